@@ -1,0 +1,485 @@
+//! The command line: parsing, output for people and for machines, and the
+//! read-only commands (`check`, `history`, `show`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::bindings::types::Mode;
+use crate::run::{self, FindingReport, RunOptions, RunReport, StepStatus, exit, fmt_duration, format_finding};
+use crate::runbook::Runbook;
+use crate::runtime::{Runtime, default_cache_dir};
+use crate::sandbox::Capability;
+use crate::state::StateDir;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  rolled back and verified, nothing to do, or the check passed
+  1  the rollback ran but a step or the verification failed
+  2  bad command line or runbook
+  3  a plugin could not be loaded, or lacks grants it needs (nothing was touched)
+  4  another run holds the state directory's lock";
+
+#[derive(Debug, Parser)]
+#[command(name = "rewind", version, about = "Run rollback runbooks compiled to sandboxed WebAssembly plugins", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout instead of the summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Only print the summary (no progress lines).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Where compiled plugins are cached [default: $REWIND_CACHE_DIR or ~/.cache/rewind].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Parse the runbook, load and link every plugin, and compare what each
+    /// plugin needs with what it is granted. Executes nothing.
+    Check {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+    },
+    /// Assess the system and print each plugin's plan. Executes nothing.
+    Plan {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Only this plugin.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Plan this level instead of the assessed one.
+        #[arg(long)]
+        level: Option<u8>,
+    },
+    /// Roll back: assess, plan, run the steps, verify, escalate if needed.
+    Run {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Record what would be done; the host executes no side effect.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this plugin.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Run this level (even if the assessment says healthy).
+        #[arg(long)]
+        level: Option<u8>,
+        /// Treat manual steps as already done by a person (no prompt).
+        #[arg(long)]
+        approve_manual: bool,
+    },
+    /// List past runs from the journal.
+    History {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Read this state directory instead of the runbook's.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show one run's timeline (a unique prefix of the run id is enough).
+    Show {
+        run_id: String,
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(cli.json || cli.quiet);
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    }
+}
+
+fn init_tracing(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REWIND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .compact()
+        .try_init();
+}
+
+type CliResult = Result<i32, (i32, String)>;
+
+fn dispatch(cli: &Cli) -> CliResult {
+    match &cli.command {
+        Command::Check { runbook } => check(cli, runbook),
+        Command::Plan { runbook, plugin, level } => {
+            let opts = RunOptions {
+                mode: Mode::DryRun,
+                plugin: plugin.clone(),
+                level: *level,
+                approve_manual: false,
+                plan_only: true,
+                live: !cli.quiet && !cli.json,
+            };
+            run_cmd(cli, runbook, &opts)
+        }
+        Command::Run { runbook, dry_run, plugin, level, approve_manual } => {
+            let opts = RunOptions {
+                mode: if *dry_run { Mode::DryRun } else { Mode::Execute },
+                plugin: plugin.clone(),
+                level: *level,
+                approve_manual: *approve_manual,
+                plan_only: false,
+                live: !cli.quiet && !cli.json,
+            };
+            run_cmd(cli, runbook, &opts)
+        }
+        Command::History { runbook, state_dir } => history(cli, &state_for(runbook, state_dir.as_deref())?),
+        Command::Show { run_id, runbook, state_dir } => show(cli, &state_for(runbook, state_dir.as_deref())?, run_id),
+    }
+}
+
+fn load_runbook(path: &Path) -> Result<Runbook, (i32, String)> {
+    Runbook::load(path).map_err(|e| (exit::USAGE, e.to_string()))
+}
+
+fn runtime(cli: &Cli, runbook: &Runbook) -> Result<Runtime, (i32, String)> {
+    let cache = cli.cache_dir.clone().or_else(default_cache_dir).or_else(|| Some(runbook.state_dir.join("cache")));
+    Runtime::new(runbook.limits, cache).map_err(|e| (exit::FAILED, format!("cannot start the WebAssembly engine: {e:#}")))
+}
+
+fn state_for(runbook: &Path, state_dir: Option<&Path>) -> Result<StateDir, (i32, String)> {
+    match state_dir {
+        Some(d) => Ok(StateDir::new(d)),
+        None => Ok(load_runbook(runbook)?.state()),
+    }
+}
+
+fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
+    let runbook = load_runbook(path)?;
+    let rt = runtime(cli, &runbook)?;
+    let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+    } else {
+        print_report(&report, opts.plan_only);
+    }
+    Ok(report.exit_code())
+}
+
+fn print_report(r: &RunReport, plan_only: bool) {
+    let what = if plan_only { "plan" } else { "run" };
+    println!();
+    println!("{what} {} of {:?} ({}): {} in {}", r.run_id, r.runbook, r.mode, r.outcome.as_str(), fmt_duration(Duration::from_millis(r.duration_ms)));
+    for p in &r.plugins {
+        println!("  plugin {} [{}] -> {}", p.name, &p.sha256[..12.min(p.sha256.len())], p.outcome.as_str());
+        if let Some(a) = &p.assessment {
+            println!("    assessment: {} severity, scenario {:?}, rollback {}", a.severity, a.scenario, if a.rollback { "yes" } else { "no" });
+            print_findings(&a.findings);
+        }
+        for l in &p.levels {
+            println!("    level {} ({}):", l.level, l.name);
+            for s in &l.steps {
+                let mark = match s.status {
+                    StepStatus::Ok => "ok     ",
+                    StepStatus::Failed => "FAILED ",
+                    StepStatus::Skipped => "skipped",
+                    StepStatus::Planned => "-      ",
+                };
+                let manual = if s.manual { " [manual]" } else { "" };
+                if plan_only {
+                    println!("      {mark} {}{manual}: {}", s.id, s.title);
+                    println!("              {}", s.detail);
+                } else {
+                    println!("      {mark} {:>8}  {}{manual}: {}", fmt_duration(Duration::from_millis(s.duration_ms)), s.id, s.message);
+                }
+                for a in &s.actions {
+                    println!("              {} {}", if a.executed { "did" } else { "would" }, a.what);
+                }
+                print_findings_indent(&s.findings, "              ");
+            }
+            if let Some(v) = &l.verification {
+                println!("      verify: {} ({})", if v.healthy { "healthy" } else { "NOT healthy" }, v.summary);
+                print_findings(&v.findings);
+            }
+        }
+        if let Some(e) = &p.error {
+            println!("    error: {e}");
+        }
+    }
+    if let Some(j) = &r.journal {
+        println!("  journal: {}", j.display());
+    }
+}
+
+fn print_findings(f: &[FindingReport]) {
+    print_findings_indent(f, "      ");
+}
+
+fn print_findings_indent(f: &[FindingReport], indent: &str) {
+    for f in f {
+        println!("{indent}{}", format_finding(f));
+    }
+}
+
+fn check(cli: &Cli, path: &Path) -> CliResult {
+    let runbook = load_runbook(path)?;
+    let rt = runtime(cli, &runbook)?;
+    let prepared = run::prepare(&runbook, &rt, None, Mode::Check, "check", None).map_err(|e| (e.exit_code(), e.to_string()))?;
+    let mut missing_total = 0;
+    let mut out = Vec::new();
+    for p in &prepared {
+        let needs = &p.info.needs;
+        let lists: [(Capability, &Vec<String>); 8] = [
+            (Capability::Http, &needs.http),
+            (Capability::Tcp, &needs.tcp),
+            (Capability::Exec, &needs.exec),
+            (Capability::Signal, &needs.signal),
+            (Capability::Read, &needs.read),
+            (Capability::Write, &needs.write),
+            (Capability::Sqlite, &needs.sqlite),
+            (Capability::Env, &needs.env),
+        ];
+        let mut missing = Vec::new();
+        for (cap, list) in lists {
+            for need in list {
+                if !p.env.sandbox.covers(cap, need) {
+                    missing.push(format!(
+                        "needs {cap} {need:?}, which is not granted: add {cap} = [{need:?}] under [plugin.grants] ({}:{})",
+                        runbook.path.display(),
+                        p.spec.grants_line
+                    ));
+                }
+            }
+        }
+        missing_total += missing.len();
+        let levels: Vec<String> = p.info.levels.iter().map(|l| format!("{} {}", l.level, l.name)).collect();
+        if !cli.json {
+            println!(
+                "{}: {} {} ({}), {} in {}, levels [{}]",
+                p.spec.name,
+                p.info.name,
+                p.info.version,
+                &p.plugin.sha256[..12],
+                if p.plugin.stats.compiled { "compiled" } else { "loaded from cache" },
+                fmt_duration(p.plugin.stats.duration),
+                levels.join(", ")
+            );
+            if missing.is_empty() {
+                println!("  grants cover everything it declares");
+            }
+            for m in &missing {
+                println!("  {m}");
+            }
+        }
+        out.push(serde_json::json!({
+            "plugin": p.spec.name, "name": p.info.name, "version": p.info.version, "sha256": p.plugin.sha256,
+            "compiled": p.plugin.stats.compiled, "levels": levels, "missing": missing,
+        }));
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runbook": runbook.name, "ok": missing_total == 0, "plugins": out})).expect("json"));
+    } else if missing_total == 0 {
+        println!("ok: {} plugin(s) load, link and are granted what they need", prepared.len());
+    }
+    if missing_total > 0 {
+        return Err((exit::PLUGIN, format!("{missing_total} grant(s) missing; nothing was run")));
+    }
+    Ok(exit::OK)
+}
+
+/// One line per run, from its journal.
+#[derive(Debug, serde::Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub started: String,
+    pub runbook: String,
+    pub mode: String,
+    pub outcome: String,
+    pub duration_ms: Option<u64>,
+    pub plugins: Vec<String>,
+}
+
+pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>> {
+    let dir = state.runs();
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let events = crate::journal::read(&path)?;
+        let Some(first) = events.first() else { continue };
+        let last = events.iter().rev().find(|e| e["event"] == "run-end");
+        let plugins = events.iter().filter(|e| e["event"] == "plugin-loaded").filter_map(|e| e["plugin"].as_str().map(String::from)).collect();
+        out.push((
+            RunSummary {
+                run_id: first["run"].as_str().unwrap_or_default().into(),
+                started: first["ts"].as_str().unwrap_or_default().into(),
+                runbook: first["name"].as_str().unwrap_or_default().into(),
+                mode: first["mode"].as_str().unwrap_or_default().into(),
+                outcome: last.and_then(|e| e["outcome"].as_str()).unwrap_or("interrupted").into(),
+                duration_ms: last.and_then(|e| e["duration_ms"].as_u64()),
+                plugins,
+            },
+            path,
+        ));
+    }
+    out.sort_by(|a, b| a.0.started.cmp(&b.0.started).then(a.0.run_id.cmp(&b.0.run_id)));
+    Ok(out)
+}
+
+fn history(cli: &Cli, state: &StateDir) -> CliResult {
+    let runs = list_runs(state).map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", state.runs().display())))?;
+    if cli.json {
+        let list: Vec<&RunSummary> = runs.iter().map(|(r, _)| r).collect();
+        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        return Ok(exit::OK);
+    }
+    if runs.is_empty() {
+        println!("no runs yet in {}", state.runs().display());
+        return Ok(exit::OK);
+    }
+    println!("{:<24} {:<25} {:<8} {:<12} {:>9}  PLUGINS", "RUN", "STARTED", "MODE", "OUTCOME", "DURATION");
+    for (r, _) in &runs {
+        let d = r.duration_ms.map(|d| fmt_duration(Duration::from_millis(d))).unwrap_or_else(|| "-".into());
+        println!("{:<24} {:<25} {:<8} {:<12} {:>9}  {}", r.run_id, r.started, r.mode, r.outcome, d, r.plugins.join(","));
+    }
+    Ok(exit::OK)
+}
+
+fn show(cli: &Cli, state: &StateDir, id: &str) -> CliResult {
+    let runs = list_runs(state).map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", state.runs().display())))?;
+    let matches: Vec<_> = runs.iter().filter(|(r, _)| r.run_id.starts_with(id)).collect();
+    let (summary, path) = match matches.as_slice() {
+        [one] => *one,
+        [] => return Err((exit::USAGE, format!("no run {id:?} in {}; `rewind history` lists them", state.runs().display()))),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|(r, _)| r.run_id.as_str()).collect();
+            return Err((exit::USAGE, format!("{id:?} matches {} runs ({}); give more of the id", ids.len(), ids.join(", "))));
+        }
+    };
+    let events = crate::journal::read(path).map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", path.display())))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&events).expect("json"));
+        return Ok(exit::OK);
+    }
+    println!("run {} of {:?} ({}), started {}: {}", summary.run_id, summary.runbook, summary.mode, summary.started, summary.outcome);
+    let t0 = events.first().and_then(|e| parse_ts(&e["ts"]));
+    for e in &events {
+        let offset = match (t0, parse_ts(&e["ts"])) {
+            (Some(a), Some(b)) => format!("+{:>8.3}s", b.duration_since(a).unwrap_or_default().as_secs_f64()),
+            _ => " ".repeat(10),
+        };
+        println!("{offset}  {}", describe_event(e));
+    }
+    println!("journal: {}", path.display());
+    Ok(exit::OK)
+}
+
+fn parse_ts(v: &Value) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339(v.as_str()?).ok()
+}
+
+/// One line for a journal event.
+pub fn describe_event(e: &Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+    let plugin = s("plugin");
+    match e["event"].as_str().unwrap_or_default() {
+        "run-start" => format!("start {} run of {}", s("mode"), s("runbook")),
+        "plugin-loaded" => format!(
+            "[{plugin}] loaded {} (sha256 {}, {})",
+            s("component"),
+            &s("sha256")[..12.min(s("sha256").len())],
+            if e["compiled"].as_bool() == Some(true) { "compiled" } else { "from cache" }
+        ),
+        "assessment" => {
+            let a = &e["assessment"];
+            let mut line = format!(
+                "[{plugin}] assessment: {} severity, scenario {}, rollback {}",
+                a["severity"].as_str().unwrap_or_default(),
+                a["scenario"],
+                a["rollback"]
+            );
+            append_findings(&mut line, &a["findings"]);
+            line
+        }
+        "plan" => format!("[{plugin}] plan level {} ({}): {} steps", e["level"], s("level_name"), e["steps"].as_array().map_or(0, Vec::len)),
+        "step-start" => format!("[{plugin}] step {} started: {}", s("step"), s("title")),
+        "action" => format!(
+            "[{plugin}]   {} {}",
+            if e["executed"].as_bool() == Some(true) { "did" } else { "would" },
+            s("what")
+        ),
+        "log" => format!("[{plugin}]   log {}: {}", s("level"), s("message")),
+        "step-end" => {
+            let mut line = format!(
+                "[{plugin}] step {} {} in {:.1} ms: {}",
+                s("step"),
+                s("status"),
+                e["duration_ms"].as_f64().unwrap_or_default(),
+                s("message")
+            );
+            append_findings(&mut line, &e["findings"]);
+            line
+        }
+        "step-skipped" => format!("[{plugin}] step {} skipped", s("step")),
+        "manual-approved" => format!("[{plugin}] manual step {} confirmed by {}", s("step"), s("by")),
+        "verification" => {
+            let v = &e["verification"];
+            let mut line = format!(
+                "[{plugin}] verify: {} ({})",
+                if v["healthy"].as_bool() == Some(true) { "healthy" } else { "NOT healthy" },
+                v["summary"].as_str().unwrap_or_default()
+            );
+            append_findings(&mut line, &v["findings"]);
+            line
+        }
+        "escalate" => format!("[{plugin}] escalate from level {} to {}: {}", e["from"], e["to"], s("reason")),
+        "plugin-end" => {
+            let err = s("error");
+            if err.is_empty() { format!("[{plugin}] {}", s("outcome")) } else { format!("[{plugin}] {}: {err}", s("outcome")) }
+        }
+        "plugin-skipped" => format!("[{plugin}] skipped: {}", s("reason")),
+        "run-end" => {
+            let err = s("error");
+            let mut line = format!("end: {}", e["outcome"].as_str().unwrap_or_default());
+            if !err.is_empty() {
+                line.push_str(&format!(": {err}"));
+            }
+            line
+        }
+        other => format!("{other} {e}"),
+    }
+}
+
+fn append_findings(line: &mut String, findings: &Value) {
+    for f in findings.as_array().into_iter().flatten() {
+        if let Ok(f) = serde_json::from_value::<FindingReport>(f.clone()) {
+            line.push_str("\n            ");
+            line.push_str(&format_finding(&f));
+        }
+    }
+}

@@ -1,0 +1,821 @@
+//! `rewind:plugin/process`: running granted programs and signalling
+//! processes. Every call but `env` is a side effect: it is checked against
+//! the grants, recorded through `PluginEnv::side_effect`, and only carried
+//! out when that says so (never in dry runs and checks).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command as StdCommand, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal as NixSignal, kill, killpg};
+use nix::unistd::Pid;
+
+use super::health::{is_zombie, matching_pids};
+use crate::bindings::process::{Command, Host, Output, SignalKind};
+use crate::bindings::types::Error;
+use crate::sandbox::{cmdline, is_protected_pid};
+use crate::state::{HostState, PluginEnv};
+
+/// Captured stdout and stderr are each cut at this size.
+pub const OUTPUT_CAP: usize = 1 << 20;
+/// `run`'s timeout when the plugin gives 0.
+const DEFAULT_RUN_TIMEOUT_MS: u64 = 60_000;
+/// How often `stop` looks whether a signalled process is gone.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a process may take to disappear after KILL.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// Host variables every child gets (when the host has them).
+const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+impl Host for HostState {
+    fn run(&mut self, cmd: Command) -> Result<Output, Error> {
+        self.timed(|env| run(env, cmd))
+    }
+
+    fn spawn(&mut self, cmd: Command, log_path: String) -> Result<u32, Error> {
+        self.timed(|env| spawn(env, cmd, &log_path))
+    }
+
+    fn signal(&mut self, pid: u32, sig: SignalKind) -> Result<(), Error> {
+        self.timed(|env| signal(env, pid, sig))
+    }
+
+    fn stop(&mut self, pid: u32, grace_ms: u64) -> Result<bool, Error> {
+        self.timed(|env| stop(env, pid, grace_ms))
+    }
+
+    fn stop_matching(&mut self, pattern: String, grace_ms: u64) -> Result<u32, Error> {
+        self.timed(|env| stop_matching(env, &pattern, grace_ms))
+    }
+
+    fn env(&mut self, name: String) -> Result<Option<String>, Error> {
+        self.timed(|env| env_var(env, &name))
+    }
+}
+
+/// A command whose program and working directory were checked.
+struct Prepared {
+    /// The resolved executable.
+    program: PathBuf,
+    cwd: PathBuf,
+    /// The command line as the plugin wrote it, for messages.
+    shown: String,
+}
+
+fn prepare(env: &PluginEnv, cmd: &Command) -> Result<Prepared, Error> {
+    let program = env.sandbox.check_exec(&cmd.program)?;
+    let cwd = match &cmd.cwd {
+        Some(dir) => {
+            let resolved = env.sandbox.check_read(dir)?;
+            if !resolved.is_dir() {
+                return Err(Error::invalid(format!(
+                    "working directory {dir:?} ({}) is not a directory",
+                    resolved.display()
+                )));
+            }
+            resolved
+        }
+        None => env.sandbox.base_dir().to_path_buf(),
+    };
+    for (k, v) in &cmd.env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(Error::invalid(format!(
+                "bad environment variable name {k:?}"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(Error::invalid(format!(
+                "environment variable {k:?} contains a NUL byte"
+            )));
+        }
+    }
+    if let Some(a) = cmd.args.iter().find(|a| a.contains('\0')) {
+        return Err(Error::invalid(format!(
+            "argument {a:?} contains a NUL byte"
+        )));
+    }
+    Ok(Prepared {
+        program,
+        cwd,
+        shown: shown_command(&cmd.program, &cmd.args),
+    })
+}
+
+/// `program arg ...`, quoting arguments that would otherwise read wrong.
+fn shown_command(program: &str, args: &[String]) -> String {
+    let mut out = program.to_string();
+    for a in args {
+        out.push(' ');
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+            out.push_str(&format!("{a:?}"));
+        } else {
+            out.push_str(a);
+        }
+    }
+    out
+}
+
+/// The child's command: a clean environment (PATH, HOME, LANG, granted
+/// variables, the command's own), its own process group.
+fn base_command(env: &PluginEnv, p: &Prepared, cmd: &Command) -> StdCommand {
+    let mut c = StdCommand::new(&p.program);
+    c.args(&cmd.args).current_dir(&p.cwd).env_clear();
+    for k in BASE_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+    for (k, v) in env.sandbox.granted_env() {
+        c.env(k, v);
+    }
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    c.stdin(if cmd.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    c.process_group(0);
+    c
+}
+
+/// Feed a child's stdin from a thread, so a child that does not read it
+/// cannot block the host; closing it ends the child's input.
+fn feed_stdin(child: &mut std::process::Child, input: Option<String>) {
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Default)]
+struct Captured {
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+/// Read a pipe to its end in a thread, keeping the first `OUTPUT_CAP` bytes
+/// and discarding the rest (so the child never blocks on a full pipe). The
+/// thread drops `done` when the pipe closes.
+fn capture(
+    src: Option<impl Read + Send + 'static>,
+    done: mpsc::Sender<()>,
+) -> Arc<Mutex<Captured>> {
+    let buf = Arc::new(Mutex::new(Captured::default()));
+    if let Some(mut src) = src {
+        let buf = buf.clone();
+        std::thread::spawn(move || {
+            let _done = done;
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                match src.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut c = buf.lock().unwrap();
+                        let keep = n.min(OUTPUT_CAP - c.data.len());
+                        c.data.extend_from_slice(&chunk[..keep]);
+                        c.truncated |= keep < n;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+    buf
+}
+
+/// Wait until every capture thread is done (all senders dropped), at most
+/// until `deadline`. Returns whether they are done.
+fn wait_captures(done: &mpsc::Receiver<()>, deadline: Instant) -> bool {
+    loop {
+        match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Disconnected) => return true,
+            Err(RecvTimeoutError::Timeout) => return false,
+            Ok(()) => {}
+        }
+    }
+}
+
+fn take_captured(c: &Mutex<Captured>) -> (String, bool) {
+    let c = std::mem::take(&mut *c.lock().unwrap());
+    (String::from_utf8_lossy(&c.data).into_owned(), c.truncated)
+}
+
+/// SIGKILL a whole process group (the child's pid is its group id).
+fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        let _ = killpg(Pid::from_raw(pgid), NixSignal::SIGKILL);
+    }
+}
+
+fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
+    let p = prepare(env, &cmd)?;
+    if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display())) {
+        return Ok(Output {
+            exit_code: Some(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            duration_ms: 0,
+            simulated: true,
+        });
+    }
+    let timeout_ms = if cmd.timeout_ms == 0 {
+        DEFAULT_RUN_TIMEOUT_MS
+    } else {
+        cmd.timeout_ms
+    };
+    let timeout = Duration::from_millis(timeout_ms);
+    let mut c = base_command(env, &p, &cmd);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start {:?}: {e}", cmd.program)))?;
+    let pid = child.id();
+    feed_stdin(&mut child, cmd.stdin);
+    let (done_tx, done_rx) = mpsc::channel();
+    let stdout = capture(child.stdout.take(), done_tx.clone());
+    let stderr = capture(child.stderr.take(), done_tx);
+    // The child is waited for in a thread, so the host can wait with a
+    // deadline and still reap it after killing its group.
+    let (status_tx, status_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = status_tx.send(child.wait());
+    });
+    let status = match status_rx.recv_timeout(timeout) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            kill_group(pid);
+            return Err(Error::failed(format!("cannot wait for {}: {e}", p.shown)));
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            kill_group(pid);
+            return Err(Error::failed(format!("lost track of {}", p.shown)));
+        }
+        Err(RecvTimeoutError::Timeout) => {
+            kill_group(pid);
+            let _ = status_rx.recv();
+            wait_captures(&done_rx, Instant::now() + KILL_WAIT);
+            return Err(Error::timeout(format!(
+                "{} did not finish within {timeout_ms} ms; killed it and its process group",
+                p.shown
+            )));
+        }
+    };
+    // Processes the child left in its group may hold the pipes open: they
+    // get until the deadline, like the child, then the group is killed.
+    if !wait_captures(&done_rx, deadline) {
+        kill_group(pid);
+        wait_captures(&done_rx, Instant::now() + KILL_WAIT);
+    }
+    let duration_ms = millis(start.elapsed());
+    let (stdout, out_cut) = take_captured(&stdout);
+    let (stderr, err_cut) = take_captured(&stderr);
+    Ok(Output {
+        exit_code: status.code(),
+        stdout,
+        stderr,
+        truncated: out_cut || err_cut,
+        duration_ms,
+        simulated: false,
+    })
+}
+
+fn spawn(env: &PluginEnv, cmd: Command, log_path: &str) -> Result<u32, Error> {
+    let p = prepare(env, &cmd)?;
+    let log = env.sandbox.check_write(log_path)?;
+    let what = format!(
+        "spawn {} (in {}), output to {}",
+        p.shown,
+        p.cwd.display(),
+        log.display()
+    );
+    if !env.side_effect(what) {
+        return Ok(0);
+    }
+    if let Some(parent) = log.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| Error::failed(format!("cannot open log {}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::failed(format!("cannot open log {}: {e}", log.display())))?;
+    let mut c = base_command(env, &p, &cmd);
+    c.stdout(out).stderr(err);
+    let mut child = c
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start {:?}: {e}", cmd.program)))?;
+    let pid = child.id();
+    env.sandbox.note_spawned(pid);
+    feed_stdin(&mut child, cmd.stdin);
+    // Reaped in the background: it never lingers as a zombie while rewind
+    // lives, and it outlives rewind (its own process group).
+    let _ = std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    Ok(pid)
+}
+
+fn nix_signal(sig: SignalKind) -> NixSignal {
+    match sig {
+        SignalKind::Term => NixSignal::SIGTERM,
+        SignalKind::Kill => NixSignal::SIGKILL,
+        SignalKind::Int => NixSignal::SIGINT,
+        SignalKind::Hup => NixSignal::SIGHUP,
+        SignalKind::Usr1 => NixSignal::SIGUSR1,
+        SignalKind::Usr2 => NixSignal::SIGUSR2,
+    }
+}
+
+/// `TERM`, `KILL` ...: the name without `SIG`.
+fn signal_name(sig: NixSignal) -> &'static str {
+    let name = sig.as_str();
+    name.strip_prefix("SIG").unwrap_or(name)
+}
+
+fn nix_pid(pid: u32) -> Result<Pid, Error> {
+    i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .map(Pid::from_raw)
+        .ok_or_else(|| Error::invalid(format!("bad pid {pid}")))
+}
+
+/// Check that a pid may be signalled; returns its command line for messages.
+fn check_pid(env: &PluginEnv, pid: u32) -> Result<(Pid, String), Error> {
+    let npid = nix_pid(pid)?;
+    let cmd = cmdline(pid);
+    env.sandbox.check_signal_pid(pid, cmd.as_deref())?;
+    Ok((npid, cmd.unwrap_or_else(|| "no command line".to_string())))
+}
+
+/// Whether a pid is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    let Ok(npid) = nix_pid(pid) else { return false };
+    !matches!(kill(npid, None), Err(Errno::ESRCH)) && !is_zombie(pid)
+}
+
+/// Wait until none of `pids` is alive, at most `within`; returns those
+/// still alive.
+fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    let mut left = pids.to_vec();
+    loop {
+        left.retain(|&p| alive(p));
+        let now = Instant::now();
+        if left.is_empty() || now >= deadline {
+            return left;
+        }
+        std::thread::sleep(POLL.min(deadline - now));
+    }
+}
+
+fn send(pid: u32, npid: Pid, sig: NixSignal) -> Result<(), Error> {
+    kill(npid, sig).map_err(|e| match e {
+        Errno::ESRCH => Error::failed(format!("no process with pid {pid}")),
+        e => Error::failed(format!(
+            "cannot send {} to pid {pid}: {}",
+            signal_name(sig),
+            e.desc()
+        )),
+    })
+}
+
+fn signal(env: &PluginEnv, pid: u32, sig: SignalKind) -> Result<(), Error> {
+    let (npid, shown) = check_pid(env, pid)?;
+    let sig = nix_signal(sig);
+    if !env.side_effect(format!("send {} to pid {pid} ({shown})", signal_name(sig))) {
+        return Ok(());
+    }
+    send(pid, npid, sig)
+}
+
+fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
+    let (npid, shown) = check_pid(env, pid)?;
+    if !alive(pid) {
+        return Err(Error::failed(format!("no process with pid {pid}")));
+    }
+    let what = format!("stop pid {pid} ({shown}): TERM, then KILL after {grace_ms} ms");
+    if !env.side_effect(what) {
+        return Ok(false);
+    }
+    match kill(npid, NixSignal::SIGTERM) {
+        Err(Errno::ESRCH) => return Ok(false),
+        Err(_) => send(pid, npid, NixSignal::SIGTERM)?,
+        Ok(()) => {}
+    }
+    if wait_gone(&[pid], Duration::from_millis(grace_ms)).is_empty() {
+        return Ok(false);
+    }
+    match kill(npid, NixSignal::SIGKILL) {
+        Err(Errno::ESRCH) => return Ok(false),
+        Err(_) => send(pid, npid, NixSignal::SIGKILL)?,
+        Ok(()) => {}
+    }
+    if !wait_gone(&[pid], KILL_WAIT).is_empty() {
+        return Err(Error::failed(format!(
+            "pid {pid} ({shown}) is still alive {} s after KILL",
+            KILL_WAIT.as_secs()
+        )));
+    }
+    Ok(true)
+}
+
+fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, Error> {
+    if pattern.trim().is_empty() {
+        return Err(Error::invalid(
+            "empty process pattern: it would match every process",
+        ));
+    }
+    env.sandbox.check_signal_pattern(pattern)?;
+    let pids: Vec<u32> = matching_pids(pattern)
+        .into_iter()
+        .filter(|&p| !is_protected_pid(p))
+        .collect();
+    let count = u32::try_from(pids.len()).unwrap_or(u32::MAX);
+    if !env.side_effect(format!(
+        "stop {count} processes matching {pattern:?}: pids {pids:?}"
+    )) {
+        return Ok(count);
+    }
+    let mut problems = Vec::new();
+    let mut signal_all = |pids: &[u32], sig: NixSignal| -> Vec<u32> {
+        let mut sent = Vec::new();
+        for &pid in pids {
+            // The pid may have ended and been reused since it was listed.
+            if !cmdline(pid).is_some_and(|c| c.contains(pattern)) {
+                continue;
+            }
+            let Ok(npid) = nix_pid(pid) else { continue };
+            match kill(npid, sig) {
+                Ok(()) => sent.push(pid),
+                Err(Errno::ESRCH) => {}
+                Err(e) => problems.push(format!(
+                    "cannot send {} to pid {pid}: {}",
+                    signal_name(sig),
+                    e.desc()
+                )),
+            }
+        }
+        sent
+    };
+    let termed = signal_all(&pids, NixSignal::SIGTERM);
+    let left = wait_gone(&termed, Duration::from_millis(grace_ms));
+    let killed = signal_all(&left, NixSignal::SIGKILL);
+    for pid in wait_gone(&killed, KILL_WAIT) {
+        problems.push(format!(
+            "pid {pid} is still alive {} s after KILL",
+            KILL_WAIT.as_secs()
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(Error::failed(format!(
+            "could not stop every process matching {pattern:?}: {}",
+            problems.join("; ")
+        )));
+    }
+    Ok(count)
+}
+
+fn env_var(env: &PluginEnv, name: &str) -> Result<Option<String>, Error> {
+    env.sandbox.check_env(name)?;
+    Ok(std::env::var(name).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::Path;
+
+    use super::*;
+    use crate::bindings::types::Mode;
+    use crate::imports::health::tests::{test_env, unique_marker};
+    use crate::sandbox::GrantsSpec;
+
+    fn command(program: &str, args: &[&str]) -> Command {
+        Command {
+            program: program.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: None,
+            env: Vec::new(),
+            stdin: None,
+            timeout_ms: 0,
+        }
+    }
+
+    fn grants(exec: &[&str]) -> GrantsSpec {
+        GrantsSpec {
+            exec: exec.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Poll a condition for up to 5 s.
+    fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A test-owned process whose command line contains `marker`. It waits
+    /// on its stdin with the builtin `read`: it never forks, so no
+    /// short-lived child shares its command line.
+    fn looping_child(marker: &str) -> std::process::Child {
+        StdCommand::new("sh")
+            .args(["-c", "read x", marker])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn run_captures_output_exit_code_and_a_clean_environment() {
+        let mut spec = grants(&["sh"]);
+        spec.read = vec![".".into()];
+        spec.env = vec!["CARGO_PKG_NAME".into()];
+        let (dir, env) = test_env(spec, Mode::Execute);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let script = "echo out; echo err >&2; cat; echo \"$FOO\"; \
+                      echo \"${CARGO_MANIFEST_DIR:-unset}\"; echo \"${CARGO_PKG_NAME:-unset}\"; \
+                      pwd; exit 3";
+        let mut cmd = command("sh", &["-c", script]);
+        cmd.cwd = Some("sub".into());
+        cmd.env = vec![("FOO".into(), "bar".into())];
+        cmd.stdin = Some("in\n".into());
+        let out = run(&env, cmd).unwrap();
+        let pkg = std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "unset".into());
+        let sub = dir.path().canonicalize().unwrap().join("sub");
+        assert_eq!(
+            out.stdout,
+            format!("out\nin\nbar\nunset\n{pkg}\n{}\n", sub.display())
+        );
+        assert_eq!(out.stderr, "err\n");
+        assert_eq!(out.exit_code, Some(3));
+        assert!(!out.truncated && !out.simulated);
+        let actions = env.take_actions();
+        assert_eq!(actions.len(), 1);
+        assert!(actions[0].executed);
+        assert!(
+            actions[0].what.starts_with("run sh -c \"echo out;"),
+            "{}",
+            actions[0].what
+        );
+        assert!(
+            actions[0]
+                .what
+                .ends_with(&format!("(in {})", sub.display())),
+            "{}",
+            actions[0].what
+        );
+
+        let out = run(&env, command("sh", &["-c", "kill -9 $$"])).unwrap();
+        assert_eq!(out.exit_code, None);
+    }
+
+    #[test]
+    fn run_caps_output_without_blocking_the_child() {
+        let (_dir, env) = test_env(grants(&["sh"]), Mode::Execute);
+        let script = "head -c 3000000 /dev/zero >&2; echo done";
+        let out = run(&env, command("sh", &["-c", script])).unwrap();
+        assert_eq!(out.exit_code, Some(0));
+        assert_eq!(out.stdout, "done\n");
+        assert_eq!(out.stderr.len(), OUTPUT_CAP);
+        assert!(out.truncated);
+    }
+
+    #[test]
+    fn run_timeout_kills_the_whole_process_group() {
+        let (dir, env) = test_env(grants(&["sh"]), Mode::Execute);
+        let mut cmd = command("sh", &["-c", "sleep 30 & echo $! > bg.pid; sleep 30"]);
+        cmd.timeout_ms = 500;
+        let start = Instant::now();
+        match run(&env, cmd) {
+            Err(Error::Timeout(m)) => {
+                assert!(m.contains("did not finish within 500 ms"), "{m}");
+                assert!(m.contains("process group"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let bg: u32 = std::fs::read_to_string(dir.path().join("bg.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        eventually("the background sleep to be killed", || !alive(bg));
+    }
+
+    #[test]
+    fn dry_runs_record_and_execute_nothing() {
+        let marker = unique_marker("dry");
+        let mut spec = grants(&["sh"]);
+        spec.write = vec![".".into()];
+        spec.signal = vec![marker.clone()];
+        let (dir, env) = test_env(spec, Mode::DryRun);
+        let out = run(&env, command("sh", &["-c", "touch ran"])).unwrap();
+        assert!(out.simulated);
+        assert_eq!(out.exit_code, Some(0));
+        assert_eq!(
+            spawn(&env, command("sh", &["-c", "touch spawned"]), "logs/d.log").unwrap(),
+            0
+        );
+        let mut child = looping_child(&marker);
+        let pid = child.id();
+        eventually("the child to start", || matching_pids(&marker) == vec![pid]);
+        signal(&env, pid, SignalKind::Kill).unwrap();
+        assert!(!stop(&env, pid, 10).unwrap());
+        assert_eq!(stop_matching(&env, &marker, 10).unwrap(), 1);
+        std::thread::sleep(Duration::from_millis(100));
+        let still_alive = alive(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(still_alive);
+        assert!(!dir.path().join("ran").exists());
+        assert!(!dir.path().join("spawned").exists());
+        assert!(!dir.path().join("logs").exists());
+        let actions = env.take_actions();
+        assert_eq!(actions.len(), 5);
+        assert!(actions.iter().all(|a| !a.executed));
+        assert!(
+            actions[2]
+                .what
+                .starts_with(&format!("send KILL to pid {pid} (sh -c"))
+        );
+        assert!(
+            actions[4].what.contains(&format!("pids [{pid}]")),
+            "{}",
+            actions[4].what
+        );
+    }
+
+    #[test]
+    fn calls_are_refused_without_grants() {
+        let (_dir, env) = test_env(grants(&["sh"]), Mode::Execute);
+        fn denied(r: Result<(), Error>) -> String {
+            match r {
+                Err(Error::Denied(d)) => d.capability,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(denied(run(&env, command("ls", &[])).map(drop)), "exec");
+        let mut cmd = command("sh", &["-c", "true"]);
+        cmd.cwd = Some("/".into());
+        assert_eq!(denied(run(&env, cmd).map(drop)), "read");
+        assert_eq!(
+            denied(spawn(&env, command("sh", &[]), "d.log").map(drop)),
+            "write"
+        );
+        assert_eq!(denied(env_var(&env, "HOME").map(drop)), "env");
+        assert_eq!(
+            denied(stop_matching(&env, "some-daemon", 10).map(drop)),
+            "signal"
+        );
+        let mut child = looping_child(&unique_marker("denied"));
+        let r = signal(&env, child.id(), SignalKind::Term);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(denied(r), "signal");
+        let parent = std::os::unix::process::parent_id();
+        assert!(matches!(
+            signal(&env, parent, SignalKind::Term),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            stop_matching(&env, "", 10),
+            Err(Error::Invalid(_))
+        ));
+        assert!(env.take_actions().is_empty());
+    }
+
+    #[test]
+    fn spawn_detaches_logs_and_is_reaped_after_stop() {
+        let mut spec = grants(&["sh"]);
+        spec.write = vec!["logs".into()];
+        let (dir, env) = test_env(spec, Mode::Execute);
+        let mut cmd = command("sh", &["-c", "echo started $FOO; exec sleep 30"]);
+        cmd.env = vec![("FOO".into(), "x".into())];
+        let pid = spawn(&env, cmd, "logs/daemon.log").unwrap();
+        assert!(pid > 0);
+        let npid = Pid::from_raw(pid as i32);
+        assert_eq!(
+            nix::unistd::getpgid(Some(npid)).unwrap(),
+            npid,
+            "own process group"
+        );
+        let log = dir.path().join("logs/daemon.log");
+        eventually("the log line", || {
+            std::fs::read_to_string(&log).is_ok_and(|s| s.contains("started x"))
+        });
+        assert!(!stop(&env, pid, 2000).unwrap());
+        eventually("the daemon to be reaped", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        // It is gone now: stopping it again is an error.
+        match stop(&env, pid, 10) {
+            Err(Error::Failed(m)) => assert!(m.contains(&format!("no process with pid {pid}"))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stop_kills_what_ignores_term() {
+        let mut spec = grants(&["sh"]);
+        spec.write = vec![".".into()];
+        let (dir, env) = test_env(spec, Mode::Execute);
+        let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+        let pid = spawn(&env, command("sh", &["-c", script]), "stubborn.log").unwrap();
+        let log = dir.path().join("stubborn.log");
+        eventually("the trap", || {
+            std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready"))
+        });
+        let start = Instant::now();
+        assert!(stop(&env, pid, 200).unwrap());
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(!alive(pid));
+    }
+
+    #[test]
+    fn signal_reaches_a_spawned_process() {
+        let mut spec = grants(&["sh"]);
+        spec.write = vec![".".into()];
+        let (_dir, env) = test_env(spec, Mode::Execute);
+        let pid = spawn(&env, command("sh", &["-c", "exec sleep 30"]), "s.log").unwrap();
+        signal(&env, pid, SignalKind::Kill).unwrap();
+        eventually("the process to die", || !alive(pid));
+    }
+
+    #[test]
+    fn stop_matching_stops_every_match() {
+        let marker = unique_marker("match");
+        let spec = GrantsSpec {
+            signal: vec![marker.clone()],
+            ..Default::default()
+        };
+        let (_dir, env) = test_env(spec, Mode::Execute);
+        let mut children = [looping_child(&marker), looping_child(&marker)];
+        eventually("the children to start", || {
+            matching_pids(&marker).len() == 2
+        });
+        assert_eq!(stop_matching(&env, &marker, 2000).unwrap(), 2);
+        for c in &mut children {
+            assert_eq!(c.wait().unwrap().signal(), Some(NixSignal::SIGTERM as i32));
+        }
+        assert_eq!(
+            stop_matching(&env, &format!("{marker} longer"), 10).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn stop_refuses_a_pid_that_does_not_exist() {
+        let spec = GrantsSpec {
+            signal: vec!["anything".into()],
+            ..Default::default()
+        };
+        let (_dir, env) = test_env(spec, Mode::Execute);
+        let mut child = StdCommand::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        match stop(&env, pid, 10) {
+            Err(Error::Failed(m)) => {
+                assert!(m.contains(&format!("no process with pid {pid}")), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_reads_only_granted_variables() {
+        let spec = GrantsSpec {
+            env: vec!["PATH".into()],
+            ..Default::default()
+        };
+        let (_dir, env) = test_env(spec, Mode::DryRun);
+        assert_eq!(env_var(&env, "PATH").unwrap(), std::env::var("PATH").ok());
+        assert!(matches!(env_var(&env, "HOME"), Err(Error::Denied(_))));
+    }
+}

@@ -1,0 +1,182 @@
+//! Durable key-value state: one table in `StateDir::kv_db()`, shared by the
+//! runbook's plugins and scoped by plugin name. The database is opened when
+//! first needed and kept for the run. In dry runs and checks, `set` and
+//! `delete` go to an in-memory overlay that `get` and `keys` consult first,
+//! so a plugin sees its own writes within the run while nothing reaches disk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::bindings::types::Error;
+use crate::state::PluginEnv;
+
+/// How long a call waits for another process holding the database lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// Largest value, in bytes.
+pub const MAX_VALUE: usize = 16 << 20;
+
+/// The cached connection and the dry-run overlay (`None` = deleted).
+#[derive(Debug, Default)]
+pub struct Kv {
+    conn: Option<Connection>,
+    overlay: HashMap<String, Option<String>>,
+}
+
+impl Kv {
+    /// The connection, opened on first use. Without `create`, a database
+    /// that does not exist yet is not created: `Ok(None)`, nothing stored.
+    fn conn(&mut self, path: &Path, create: bool) -> Result<Option<&Connection>, Error> {
+        if self.conn.is_none() {
+            if !create && !path.exists() {
+                return Ok(None);
+            }
+            self.conn = Some(open(path)?);
+        }
+        Ok(self.conn.as_ref())
+    }
+}
+
+fn open(path: &Path) -> Result<Connection, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| super::io_failed("create state directory", dir, &e))?;
+    }
+    let fail = |e: rusqlite::Error| Error::failed(format!("cannot open state database {}: {e}", path.display()));
+    let conn = Connection::open(path).map_err(fail)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+        .map_err(fail)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS kv (
+             plugin TEXT NOT NULL,
+             key TEXT NOT NULL,
+             value TEXT NOT NULL,
+             PRIMARY KEY (plugin, key)
+         ) WITHOUT ROWID;",
+    )
+    .map_err(fail)?;
+    Ok(conn)
+}
+
+fn db_failed(env: &PluginEnv, e: rusqlite::Error) -> Error {
+    Error::failed(format!("state database {}: {e}", env.storage.kv_db.display()))
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::invalid("empty key"));
+    }
+    if key.len() > MAX_KEY {
+        return Err(Error::invalid(format!(
+            "key {:?}... is {} bytes, more than {MAX_KEY}",
+            key.chars().take(40).collect::<String>(),
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn stored(env: &PluginEnv, kv: &mut Kv, key: &str) -> Result<Option<String>, Error> {
+    let Some(conn) = kv.conn(&env.storage.kv_db, false)? else {
+        return Ok(None);
+    };
+    conn.query_row(
+        "SELECT value FROM kv WHERE plugin = ?1 AND key = ?2",
+        params![env.storage.plugin, key],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| db_failed(env, e))
+}
+
+pub fn get(env: &PluginEnv, key: &str) -> Result<Option<String>, Error> {
+    check_key(key)?;
+    let mut kv = env.storage.kv();
+    if let Some(v) = kv.overlay.get(key) {
+        return Ok(v.clone());
+    }
+    stored(env, &mut kv, key)
+}
+
+pub fn set(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
+    check_key(key)?;
+    if value.len() > MAX_VALUE {
+        return Err(Error::invalid(format!(
+            "value for key {key:?} is {} bytes, more than {} MiB",
+            value.len(),
+            MAX_VALUE >> 20
+        )));
+    }
+    let execute = env.side_effect(format!("set key {key}"));
+    let mut kv = env.storage.kv();
+    if !execute {
+        kv.overlay.insert(key.to_string(), Some(value.to_string()));
+        return Ok(());
+    }
+    kv.overlay.remove(key);
+    let conn = kv.conn(&env.storage.kv_db, true)?.expect("opened with create");
+    conn.execute(
+        "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
+        params![env.storage.plugin, key, value],
+    )
+    .map_err(|e| db_failed(env, e))?;
+    Ok(())
+}
+
+/// Returns whether the key existed.
+pub fn delete(env: &PluginEnv, key: &str) -> Result<bool, Error> {
+    check_key(key)?;
+    let execute = env.side_effect(format!("delete key {key}"));
+    let mut kv = env.storage.kv();
+    if !execute {
+        let existed = match kv.overlay.get(key) {
+            Some(v) => v.is_some(),
+            None => stored(env, &mut kv, key)?.is_some(),
+        };
+        kv.overlay.insert(key.to_string(), None);
+        return Ok(existed);
+    }
+    kv.overlay.remove(key);
+    let Some(conn) = kv.conn(&env.storage.kv_db, false)? else {
+        return Ok(false);
+    };
+    let n = conn
+        .execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![env.storage.plugin, key])
+        .map_err(|e| db_failed(env, e))?;
+    Ok(n > 0)
+}
+
+/// Keys starting with `prefix`, sorted (byte order).
+pub fn keys(env: &PluginEnv, prefix: &str) -> Result<Vec<String>, Error> {
+    let mut kv = env.storage.kv();
+    let mut out = BTreeSet::new();
+    if let Some(conn) = kv.conn(&env.storage.kv_db, false)? {
+        let mut stmt = conn
+            .prepare_cached("SELECT key FROM kv WHERE plugin = ?1 AND key >= ?2 ORDER BY key")
+            .map_err(|e| db_failed(env, e))?;
+        let rows = stmt
+            .query_map(params![env.storage.plugin, prefix], |r| r.get::<_, String>(0))
+            .map_err(|e| db_failed(env, e))?;
+        for key in rows {
+            let key = key.map_err(|e| db_failed(env, e))?;
+            // Keys come in order: the first one without the prefix ends the range.
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.insert(key);
+        }
+    }
+    for (k, v) in kv.overlay.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        if v.is_some() {
+            out.insert(k.clone());
+        } else {
+            out.remove(k);
+        }
+    }
+    Ok(out.into_iter().collect())
+}

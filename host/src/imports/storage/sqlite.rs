@@ -1,0 +1,200 @@
+//! SQLite on granted database files: read-only queries (the database is
+//! opened read-only, so a query cannot change anything), batches run in one
+//! transaction, and online backups.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+
+use super::kv::BUSY_TIMEOUT;
+use super::{fsync_dir, io_failed};
+use crate::bindings::storage::{Rows, SqlValue};
+use crate::bindings::types::Error;
+use crate::state::PluginEnv;
+
+/// Queries return at most this many rows.
+pub const ROW_CAP: usize = 10_000;
+
+fn to_value(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(i),
+        SqlValue::Real(f) => Value::Real(f),
+        SqlValue::Text(s) => Value::Text(s),
+        SqlValue::Blob(b) => Value::Blob(b),
+    }
+}
+
+fn from_value(v: ValueRef<'_>) -> SqlValue {
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+/// A database file that must already exist.
+fn existing_db(p: &Path) -> Result<(), Error> {
+    match fs::metadata(p) {
+        Ok(md) if md.is_file() => Ok(()),
+        Ok(_) => Err(Error::failed(format!("cannot open database {}: not a file", p.display()))),
+        Err(e) => Err(io_failed("open database", p, &e)),
+    }
+}
+
+fn open_read_only(p: &Path) -> Result<Connection, Error> {
+    existing_db(p)?;
+    let fail = |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
+    let conn = Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(fail)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    Ok(conn)
+}
+
+fn open_read_write(p: &Path) -> Result<Connection, Error> {
+    let fail = |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
+    let conn = Connection::open(p).map_err(fail)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    Ok(conn)
+}
+
+/// The start of a statement for messages: whitespace collapsed, at most
+/// `max` characters.
+fn preview(sql: &str, max: usize) -> String {
+    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        let mut s: String = flat.chars().take(max).collect();
+        s.push_str("...");
+        s
+    } else {
+        flat
+    }
+}
+
+/// A read-only query with positional parameters (`?1`, `?2` ... or `?`).
+pub fn query(env: &PluginEnv, db: &str, sql: &str, params: Vec<SqlValue>) -> Result<Rows, Error> {
+    let p = env.sandbox.check_sqlite(db)?;
+    let conn = open_read_only(&p)?;
+    let mut stmt = conn
+        .prepare(sql)
+        .map_err(|e| Error::invalid(format!("bad SQL for {}: {e}: {}", p.display(), preview(sql, 80))))?;
+    let expected = stmt.parameter_count();
+    if expected != params.len() {
+        return Err(Error::invalid(format!(
+            "the query takes {expected} parameters, {} given: {}",
+            params.len(),
+            preview(sql, 80)
+        )));
+    }
+    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let failed = |e: rusqlite::Error| Error::failed(format!("query on {} failed: {e}", p.display()));
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(params.into_iter().map(to_value)))
+        .map_err(failed)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(failed)? {
+        if out.len() == ROW_CAP {
+            return Err(Error::invalid(format!(
+                "query on {} returns more than {ROW_CAP} rows; add a LIMIT: {}",
+                p.display(),
+                preview(sql, 80)
+            )));
+        }
+        let vals = (0..columns.len())
+            .map(|i| row.get_ref(i).map(from_value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)?;
+        out.push(vals);
+    }
+    Ok(Rows { columns, rows: out })
+}
+
+/// Run a batch of statements in one transaction; returns the rows changed.
+/// The database is created if it does not exist.
+pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
+    let p = env.sandbox.check_sqlite(db)?;
+    if sql.trim().is_empty() {
+        return Err(Error::invalid("empty SQL"));
+    }
+    if !env.side_effect(format!("execute SQL on {}: {}", p.display(), preview(sql, 80))) {
+        return Ok(0);
+    }
+    let mut conn = open_read_write(&p)?;
+    let before = conn.total_changes();
+    let failed = |e: rusqlite::Error| {
+        Error::failed(format!(
+            "SQL on {} failed, nothing was changed: {e}: {}",
+            p.display(),
+            preview(sql, 80)
+        ))
+    };
+    let tx = conn.transaction().map_err(failed)?;
+    tx.execute_batch(sql).map_err(failed)?;
+    tx.commit().map_err(failed)?;
+    Ok(conn.total_changes().saturating_sub(before))
+}
+
+/// Online backup of `db` into `target`: copied into a temporary file next
+/// to the target, fsynced and renamed into place. Returns the size in bytes
+/// (in dry runs, the size of the database file).
+pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
+    let src = env.sandbox.check_sqlite(db)?;
+    let dst = env.sandbox.check_write(target)?;
+    existing_db(&src)?;
+    if src == dst {
+        return Err(Error::invalid(format!("cannot back up {} onto itself", src.display())));
+    }
+    let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
+        return Err(Error::invalid(format!("cannot back up to {}: not a file path", dst.display())));
+    };
+    if dst.is_dir() {
+        return Err(Error::failed(format!("cannot back up to {}: Is a directory", dst.display())));
+    }
+    if !env.side_effect(format!("back up database {} to {}", src.display(), dst.display())) {
+        return fs::metadata(&src).map(|m| m.len()).map_err(|e| io_failed("read", &src, &e));
+    }
+    let from = open_read_only(&src)?;
+    fs::create_dir_all(parent).map_err(|e| io_failed("create directory", parent, &e))?;
+    let name: String = name.to_string_lossy().chars().take(64).collect();
+    let prefix = format!(".{name}.rewind-");
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .map_err(|e| io_failed("create a temporary file in", parent, &e))?;
+    let failed = |e: rusqlite::Error| {
+        Error::failed(format!("cannot back up {} to {}: {e}", src.display(), dst.display()))
+    };
+    {
+        let mut to = open_read_write(tmp.path())?;
+        rusqlite::backup::Backup::new(&from, &mut to)
+            .and_then(|b| b.run_to_completion(256, Duration::from_millis(5), None))
+            .map_err(failed)?;
+        to.close().map_err(|(_, e)| failed(e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| io_failed("write", &dst, &e))?;
+    if let Ok(md) = fs::metadata(&dst) {
+        let _ = tmp.as_file().set_permissions(md.permissions());
+    }
+    // A journal or WAL left next to an older file at the target belongs to
+    // that file; SQLite would apply it to the new one.
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = dst.clone().into_os_string();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        match fs::remove_file(&side) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_failed("remove", &side, &e)),
+        }
+    }
+    tmp.persist(&dst).map_err(|e| io_failed("replace", &dst, &e.error))?;
+    let _ = fsync_dir(parent);
+    fs::metadata(&dst).map(|m| m.len()).map_err(|e| io_failed("read", &dst, &e))
+}

@@ -1,0 +1,407 @@
+//! The runbook: a TOML file naming the plugins to run, in order, with their
+//! config and grants. Errors point at the file, line and column, show the
+//! line, and say what was expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::runtime::Limits;
+use crate::sandbox::{GrantOrigin, GrantsSpec, Sandbox};
+
+/// What to do when a plugin's rollback fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Do not run the plugins after it (the default).
+    Stop,
+    /// Run the next plugins anyway.
+    Continue,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunbook {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    rto: Option<Duration>,
+    state_dir: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    plugin: Vec<Spanned<RawPlugin>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    cpu: Option<Duration>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    memory: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: Spanned<String>,
+    component: Spanned<String>,
+    #[serde(default = "default_on_failure")]
+    on_failure: OnFailure,
+    #[serde(default)]
+    config: toml::Table,
+    grants: Option<Spanned<GrantsSpec>>,
+}
+
+fn default_on_failure() -> OnFailure {
+    OnFailure::Stop
+}
+
+/// A parsed, validated runbook.
+#[derive(Debug)]
+pub struct Runbook {
+    /// The file, as given.
+    pub path: PathBuf,
+    /// The directory relative paths are taken from.
+    pub dir: PathBuf,
+    pub name: String,
+    pub description: String,
+    pub rto: Option<Duration>,
+    pub state_dir: PathBuf,
+    pub limits: Limits,
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// One `[[plugin]]` entry.
+#[derive(Debug)]
+pub struct PluginSpec {
+    pub name: String,
+    pub component: PathBuf,
+    pub on_failure: OnFailure,
+    /// The `[plugin.config]` table as JSON, handed to the plugin.
+    pub config: String,
+    pub grants: GrantsSpec,
+    /// 1-based lines, for messages.
+    pub line: usize,
+    pub component_line: usize,
+    pub grants_line: usize,
+}
+
+impl PluginSpec {
+    /// Compile this plugin's grants into its sandbox.
+    pub fn sandbox(&self, runbook: &Runbook) -> Result<Sandbox, RunbookError> {
+        let origin = GrantOrigin {
+            plugin: self.name.clone(),
+            runbook: runbook.path.clone(),
+            line: self.grants_line,
+        };
+        Sandbox::new(self.grants.clone(), origin, &runbook.dir).map_err(|e| RunbookError {
+            path: runbook.path.clone(),
+            line: self.grants_line,
+            column: 1,
+            message: e.to_string(),
+            snippet: None,
+        })
+    }
+}
+
+/// A runbook that cannot be used: where, and why.
+#[derive(Debug, thiserror::Error)]
+pub struct RunbookError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub snippet: Option<String>,
+}
+
+impl std::fmt::Display for RunbookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)?;
+        } else {
+            write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)?;
+        }
+        if let Some(s) = &self.snippet {
+            write!(f, "\n{:>5} | {s}", self.line)?;
+        }
+        Ok(())
+    }
+}
+
+impl Runbook {
+    /// Read and validate a runbook file.
+    pub fn load(path: &Path) -> Result<Self, RunbookError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RunbookError {
+            path: path.into(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the runbook: {e}"),
+            snippet: None,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse runbook text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, RunbookError> {
+        let text = interpolate(text).map_err(|(offset, message)| error_at(path, text, offset, message))?;
+        let raw: RawRunbook = toml::from_str(&text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            error_at(path, &text, offset, e.message().trim().to_string())
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if raw.name.trim().is_empty() {
+            return Err(error_at(path, &text, 0, "`name` must not be empty".into()));
+        }
+        if raw.plugin.is_empty() {
+            return Err(error_at(
+                path,
+                &text,
+                text.len(),
+                "the runbook has no [[plugin]] entries; add one with `name` and `component`".into(),
+            ));
+        }
+        let mut plugins: Vec<PluginSpec> = Vec::new();
+        for p in raw.plugin {
+            let span = p.span();
+            let p = p.into_inner();
+            let name_span = p.name.span();
+            let name = p.name.into_inner();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(error_at(
+                    path,
+                    &text,
+                    name_span.start,
+                    format!("plugin name {name:?} must be letters, digits, '-' or '_'"),
+                ));
+            }
+            if plugins.iter().any(|q| q.name == name) {
+                return Err(error_at(path, &text, name_span.start, format!("plugin name {name:?} is used twice")));
+            }
+            let component_line = line_of(&text, p.component.span().start);
+            let component = dir.join(p.component.get_ref());
+            let grants_line = p.grants.as_ref().map_or(line_of(&text, span.start), |g| line_of(&text, g.span().start));
+            let config = serde_json::to_string(&p.config).expect("a TOML table is valid JSON");
+            plugins.push(PluginSpec {
+                name,
+                component,
+                on_failure: p.on_failure,
+                config,
+                grants: p.grants.map(Spanned::into_inner).unwrap_or_default(),
+                line: line_of(&text, span.start),
+                component_line,
+                grants_line,
+            });
+        }
+        let defaults = Limits::default();
+        let state_dir = dir.join(raw.state_dir.as_deref().unwrap_or(".rewind"));
+        let runbook = Self {
+            path: path.to_path_buf(),
+            dir,
+            name: raw.name,
+            description: raw.description,
+            rto: raw.rto,
+            state_dir,
+            limits: Limits {
+                cpu: raw.limits.cpu.unwrap_or(defaults.cpu),
+                memory: raw.limits.memory.unwrap_or(defaults.memory),
+            },
+            plugins,
+        };
+        // Grants are checked now so a bad one is a runbook error, not a
+        // failure halfway through a run.
+        for p in &runbook.plugins {
+            p.sandbox(&runbook)?;
+        }
+        Ok(runbook)
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<&PluginSpec> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+
+    pub fn state(&self) -> crate::state::StateDir {
+        crate::state::StateDir::new(self.state_dir.clone())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn error_at(path: &Path, text: &str, offset: usize, message: String) -> RunbookError {
+    let offset = offset.min(text.len());
+    let line = line_of(text, offset);
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let snippet = text.lines().nth(line - 1).map(str::to_string).filter(|s| !s.trim().is_empty());
+    RunbookError { path: path.into(), line, column: offset - start + 1, message, snippet }
+}
+
+/// Replace `${NAME}` and `${NAME:-default}` with environment variables,
+/// keeping every line where it was. `$${` stays a literal `${`.
+pub fn interpolate(text: &str) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            offset += i + 3;
+            rest = tail;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            out.push('$');
+            offset += i + 1;
+            rest = after;
+            continue;
+        };
+        let Some(end) = body.find('}') else {
+            return Err((offset + i, "unclosed `${` (write `$${` for a literal)".into()));
+        };
+        let expr = &body[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err((offset + i, format!("`${{{expr}}}` is not a variable name")));
+        }
+        match (std::env::var(name), default) {
+            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            _ => {
+                return Err((
+                    offset + i,
+                    format!(
+                        "environment variable {name} is not set (used as `${{{name}}}`); set it, or give a default: `${{{name}:-value}}`"
+                    ),
+                ));
+            }
+        }
+        let consumed = i + 2 + end + 1;
+        offset += consumed;
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn de_duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); write e.g. \"90s\", \"7m\" or \"1h\"")))
+}
+
+fn de_bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bytes(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("{s:?} is not a size; write e.g. \"64MiB\" or \"1GiB\""))
+    })
+}
+
+/// "64MiB", "1GiB", "512KiB", "1000000" (bytes).
+pub fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Runbook, RunbookError> {
+        Runbook::parse(Path::new("/tmp/rb/rewind.toml"), text)
+    }
+
+    const OK: &str = r#"
+name = "svc"
+rto = "7m"
+[limits]
+cpu = "2s"
+memory = "64MiB"
+[[plugin]]
+name = "a"
+component = "a.wasm"
+[plugin.config]
+port = 8080
+[plugin.grants]
+http = ["http://127.0.0.1:8080/"]
+"#;
+
+    #[test]
+    fn parses_a_runbook() {
+        let rb = parse(OK).unwrap();
+        assert_eq!(rb.rto, Some(Duration::from_secs(420)));
+        assert_eq!(rb.limits.cpu, Duration::from_secs(2));
+        assert_eq!(rb.limits.memory, 64 << 20);
+        assert_eq!(rb.plugins[0].config, r#"{"port":8080}"#);
+        assert_eq!(rb.plugins[0].on_failure, OnFailure::Stop);
+        assert_eq!(rb.plugins[0].grants_line, 12);
+    }
+
+    #[test]
+    fn errors_point_at_line_and_key() {
+        let bad = OK.replace("rto = \"7m\"", "rto = \"7 parsecs\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        assert!(e.to_string().contains("rto = \"7 parsecs\""), "{e}");
+
+        let bad = OK.replace("[plugin.config]", "on_failure = \"halt\"\n[plugin.config]");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.message.contains("halt"), "{e}");
+
+        let bad = OK.replace("http = [", "htp = [");
+        let e = parse(&bad).unwrap_err();
+        assert!(e.message.contains("htp"), "{e}");
+
+        let bad = format!("{OK}\n[[plugin]]\nname = \"a\"\ncomponent = \"b.wasm\"\n");
+        let e = parse(&bad).unwrap_err();
+        assert!(e.message.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn interpolates_environment() {
+        assert_eq!(interpolate("a ${REWIND_UNSET_X:-d} b").unwrap(), "a d b");
+        assert_eq!(interpolate("$${X} $5").unwrap(), "${X} $5");
+        let (off, msg) = interpolate("x\ny ${REWIND_UNSET_Y}").unwrap_err();
+        assert_eq!(off, 4);
+        assert!(msg.contains("REWIND_UNSET_Y"));
+        // SAFETY-free: PATH is always set in a test environment.
+        assert!(!interpolate("${PATH}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+        assert_eq!(parse_bytes("10"), Some(10));
+        assert_eq!(parse_bytes("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+}

@@ -1,0 +1,390 @@
+//! The WebAssembly side of the host: one `Engine` (pooling allocator, epoch
+//! interruption), the `Linker` with every import, loading and validating
+//! components (with an on-disk cache of compiled code), and calling a
+//! plugin's exports, each call in a fresh instance under a CPU budget and a
+//! memory cap.
+
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+use crate::bindings::{Procedure, ProcedurePre, WIT_PACKAGE, WIT_VERSION};
+use crate::state::{HostState, PluginEnv};
+
+/// How often the epoch advances; the CPU budget is checked at this grain.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits applied to every export call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Time a single export call may spend running guest code (time inside
+    /// host imports does not count: those have their own timeouts).
+    pub cpu: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { cpu: Duration::from_secs(10), memory: 128 << 20 }
+    }
+}
+
+/// Why a component was not accepted. One line each, saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read component {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a WebAssembly file (it starts with {head}); point `component` at the plugin's .wasm")]
+    NotWasm { path: PathBuf, head: String },
+    #[error(
+        "{path} is a core WebAssembly module, not a component; build the plugin with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{path} is not a valid component: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path} was built against {found}, but this rewind implements {WIT_PACKAGE}@{WIT_VERSION}; rebuild the plugin with a matching rewind-sdk"
+    )]
+    Version { path: PathBuf, found: String },
+    #[error(
+        "{path} is not a rewind plugin: it exports [{exports}] but a plugin exports {WIT_PACKAGE}/rollback@{WIT_VERSION}"
+    )]
+    NotPlugin { path: PathBuf, exports: String },
+    #[error("{path} cannot be linked: {reason}")]
+    Link { path: PathBuf, reason: String },
+}
+
+/// How a loaded component got here.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadStats {
+    /// True when Cranelift compiled it; false when it came from the cache.
+    pub compiled: bool,
+    pub duration: Duration,
+}
+
+/// A validated plugin component, ready to instantiate.
+pub struct LoadedPlugin {
+    pub path: PathBuf,
+    /// SHA-256 of the component file: the plugin's version in reports.
+    pub sha256: String,
+    pub stats: LoadStats,
+    pre: ProcedurePre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("path", &self.path).field("sha256", &self.sha256).finish()
+    }
+}
+
+impl LoadedPlugin {
+    /// The first 12 hex digits of the content hash.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..12]
+    }
+}
+
+/// A plugin call that did not return normally.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("plugin used more than {limit:?} of CPU time in `{export}` and was stopped (raise [limits] cpu in the runbook if that is expected)")]
+    Cpu { export: String, limit: Duration },
+    #[error("plugin tried to grow its memory past the limit of {limit} MiB in `{export}` and was stopped (raise [limits] memory in the runbook if that is expected)")]
+    Memory { export: String, limit: usize },
+    #[error("plugin trapped in `{export}`: {message}")]
+    Trap { export: String, message: String },
+    #[error("plugin returned an error from `{export}`: {message}")]
+    Plugin { export: String, message: String },
+}
+
+/// Raised from the epoch callback when the CPU budget is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("cpu budget exhausted")]
+struct CpuExhausted;
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    limits: Limits,
+    engine_hash: String,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).field("limits", &self.limits).finish()
+    }
+}
+
+impl Runtime {
+    /// Build the engine and linker. `cache_dir` holds compiled components;
+    /// `None` compiles every time.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        // Calls run one at a time (plus a reload being validated), so a
+        // small pool is plenty; it keeps the reserved address space small.
+        pool.total_component_instances(32)
+            .total_core_instances(256)
+            .total_memories(64)
+            .total_tables(256)
+            .max_memory_size(limits.memory.max(1 << 20));
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        crate::imports::add_to_linker(&mut linker)?;
+
+        let mut h = ShaHasher(Sha256::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+        let engine_hash = hex::encode(h.0.finalize());
+
+        // The ticker stops when the engine is dropped.
+        let weak = engine.weak();
+        std::thread::Builder::new().name("rewind-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Self { engine, linker, cache_dir, limits, engine_hash })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Read, validate, compile (or fetch from the cache) and link a plugin.
+    pub fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let start = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        self.load_bytes(path, &bytes, start)
+    }
+
+    fn load_bytes(&self, path: &Path, bytes: &[u8], start: Instant) -> Result<LoadedPlugin, LoadError> {
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path: path.into() }),
+            Some([0, b'a', b's', b'm', ..]) => {
+                return Err(LoadError::Invalid {
+                    path: path.into(),
+                    reason: format!("unknown WebAssembly binary version {}", hex::encode(&bytes[4..8])),
+                });
+            }
+            _ => {
+                let head = if bytes.is_empty() {
+                    "nothing: the file is empty".to_string()
+                } else {
+                    format!("bytes {}", hex::encode(&bytes[..bytes.len().min(8)]))
+                };
+                return Err(LoadError::NotWasm { path: path.into(), head });
+            }
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let (component, compiled) = self.compile_cached(path, bytes, &sha256)?;
+        self.check_world(path, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link { path: path.into(), reason: format!("{e:#}") })?;
+        let pre = ProcedurePre::new(pre).map_err(|e| LoadError::Link { path: path.into(), reason: format!("{e:#}") })?;
+        Ok(LoadedPlugin {
+            path: path.to_path_buf(),
+            sha256,
+            stats: LoadStats { compiled, duration: start.elapsed() },
+            pre,
+        })
+    }
+
+    fn compile_cached(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
+        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.into(), reason: format!("{e:#}") };
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::from_binary(&self.engine, bytes).map_err(invalid)?, true));
+        };
+        let cached = dir.join(format!("{}-{}.cwasm", &sha256[..32], &self.engine_hash[..16]));
+        if cached.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash (it is in the name),
+            // atomically (temp file + rename), in a cache directory that
+            // only rewind writes. Wasmtime still checks its header.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => return Ok((c, false)),
+                Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e:#}", cached.display()),
+            }
+        }
+        let component = Component::from_binary(&self.engine, bytes).map_err(invalid)?;
+        // A cache that cannot be written costs a recompile next time, no more.
+        if let Err(e) = write_cache(dir, &cached, &component) {
+            tracing::debug!("cannot write compiled cache {}: {e:#}", cached.display());
+        }
+        Ok((component, true))
+    }
+
+    /// Accept only components of our world, at a compatible version.
+    fn check_world(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
+        let ty = component.component_type();
+        let prefix = format!("{WIT_PACKAGE}/");
+        let mut names: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        names.extend(exports.iter().cloned());
+        for name in &names {
+            if let Some(rest) = name.strip_prefix(&prefix)
+                && let Some((_, version)) = rest.split_once('@')
+                && !compatible(version, WIT_VERSION)
+            {
+                return Err(LoadError::Version { path: path.into(), found: format!("{WIT_PACKAGE}@{version}") });
+            }
+        }
+        if !exports.iter().any(|n| n.starts_with(&format!("{prefix}rollback@"))) {
+            let list = exports.join(", ");
+            return Err(LoadError::NotPlugin { path: path.into(), exports: list });
+        }
+        Ok(())
+    }
+
+    /// Call one export in a fresh instance. `f` gets the store and the
+    /// bindings; the result is the export's own `Result<T, String>`.
+    pub fn call<T>(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        export: &str,
+        f: impl FnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        let mut store = Store::new(&self.engine, HostState::new(env.clone(), self.limits.memory));
+        store.limiter(|s| &mut s.limits);
+        let budget = self.limits.cpu;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().guest_time() > budget {
+                Err(CpuExhausted.into())
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        });
+        let result = plugin.pre.instantiate(&mut store).and_then(|bindings| f(&mut store, &bindings));
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(message)) => Err(CallError::Plugin { export: export.into(), message }),
+            Err(e) => Err(self.classify(export, e, store.data())),
+        }
+    }
+
+    fn classify(&self, export: &str, e: wasmtime::Error, state: &HostState) -> CallError {
+        let export = export.to_string();
+        if e.chain().any(|c| c.is::<CpuExhausted>()) {
+            return CallError::Cpu { export, limit: self.limits.cpu };
+        }
+        let text = format!("{e:#}");
+        if text.contains("forcing trap when growing memory") {
+            return CallError::Memory { export, limit: self.limits.memory >> 20 };
+        }
+        let stderr = state.stderr();
+        let message = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) if !stderr.is_empty() => format!("{trap}; the plugin said: {}", last_lines(&stderr, 4)),
+            Some(trap) => trap.to_string(),
+            None => text,
+        };
+        CallError::Trap { export, message }
+    }
+}
+
+/// Semver compatibility as Cargo has it: same major, or for 0.x the same minor.
+fn compatible(found: &str, ours: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parse(found), parse(ours)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+fn write_cache(dir: &Path, target: &Path, component: &Component) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = component.serialize()?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, &bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(target)?;
+    Ok(())
+}
+
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        unreachable!("only used to feed the digest")
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// Where compiled components are cached unless told otherwise:
+/// `$REWIND_CACHE_DIR`, else `$XDG_CACHE_HOME/rewind`, else `~/.cache/rewind`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("REWIND_CACHE_DIR") {
+        return Some(d.into());
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("rewind"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rewind"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_compatibility() {
+        assert!(compatible("0.1.0", "0.1.0"));
+        assert!(compatible("0.1.3", "0.1.0"));
+        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(compatible("1.4.0", "1.0.0"));
+        assert!(!compatible("2.0.0", "1.0.0"));
+        assert!(!compatible("x", "0.1.0"));
+    }
+
+    #[test]
+    fn rejects_files_that_are_not_components() {
+        let rt = Runtime::new(Limits::default(), None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[u8], &str); 3] = [
+            ("empty.wasm", b"", "not a WebAssembly file"),
+            ("text.wasm", b"hello world", "not a WebAssembly file"),
+            ("core.wasm", b"\0asm\x01\0\0\0", "core WebAssembly module"),
+        ];
+        for (name, bytes, expect) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let err = rt.load(&p).unwrap_err().to_string();
+            assert!(err.contains(expect), "{name}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let err = rt.load(&dir.path().join("missing.wasm")).unwrap_err().to_string();
+        assert!(err.contains("cannot read component"), "{err}");
+    }
+}

@@ -1,0 +1,607 @@
+//! The sandbox: what a plugin may touch. Deny by default; the runbook's
+//! `[plugin.grants]` table is the only source of permissions. Every host
+//! import calls one `check_*` function here before it acts, and a refusal
+//! names the capability, the exact resource and the runbook line to add.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+
+/// The `[plugin.grants]` table as written in the runbook.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsSpec {
+    /// URL prefixes for `http` requests and HTTP probes.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// `host:port` pairs for TCP probes (`host:*` for any port).
+    #[serde(default)]
+    pub tcp: Vec<String>,
+    /// Programs (names looked up in PATH, or paths) the plugin may run.
+    #[serde(default)]
+    pub exec: Vec<String>,
+    /// Command-line patterns of processes the plugin may signal or stop.
+    #[serde(default)]
+    pub signal: Vec<String>,
+    /// Files or directories the plugin may read.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Files or directories the plugin may write (and read).
+    #[serde(default)]
+    pub write: Vec<String>,
+    /// SQLite database files (or directories holding them).
+    #[serde(default)]
+    pub sqlite: Vec<String>,
+    /// Host environment variables the plugin may read and pass to children.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// The kinds of capability a grant can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    Http,
+    Tcp,
+    Exec,
+    Signal,
+    Read,
+    Write,
+    Sqlite,
+    Env,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 8] = [
+        Self::Http,
+        Self::Tcp,
+        Self::Exec,
+        Self::Signal,
+        Self::Read,
+        Self::Write,
+        Self::Sqlite,
+        Self::Env,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+            Self::Exec => "exec",
+            Self::Signal => "signal",
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Sqlite => "sqlite",
+            Self::Env => "env",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused call: what was asked, and how to grant it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub capability: Capability,
+    pub resource: String,
+    pub hint: String,
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?} is not granted: {}", self.capability, self.resource, self.hint)
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// Where the grants came from, to point a refusal at the runbook line.
+#[derive(Debug, Clone)]
+pub struct GrantOrigin {
+    pub plugin: String,
+    pub runbook: PathBuf,
+    /// 1-based line of the plugin's `[plugin.grants]` (or `[[plugin]]`).
+    pub line: usize,
+}
+
+#[derive(Debug)]
+struct HttpGrant {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+/// A plugin's compiled grants, with paths canonicalized once at load.
+#[derive(Debug)]
+pub struct Sandbox {
+    spec: GrantsSpec,
+    origin: GrantOrigin,
+    base_dir: PathBuf,
+    http: Vec<HttpGrant>,
+    exec: Vec<(String, Option<PathBuf>)>,
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+    sqlite: Vec<PathBuf>,
+    /// Pids this plugin spawned in this run: it may always signal those.
+    spawned: Mutex<HashSet<u32>>,
+}
+
+/// A grant that cannot be understood: reported as a runbook error.
+#[derive(Debug, thiserror::Error)]
+#[error("grant {capability} = {value:?} is not valid: {reason}")]
+pub struct BadGrant {
+    pub capability: Capability,
+    pub value: String,
+    pub reason: String,
+}
+
+impl Sandbox {
+    /// Compile a grants table. Relative paths are taken from `base_dir`
+    /// (the runbook's directory).
+    pub fn new(spec: GrantsSpec, origin: GrantOrigin, base_dir: &Path) -> Result<Self, BadGrant> {
+        let bad = |capability, value: &str, reason: String| BadGrant {
+            capability,
+            value: value.to_string(),
+            reason,
+        };
+        let http = spec
+            .http
+            .iter()
+            .map(|g| {
+                let url = url::Url::parse(g).map_err(|e| bad(Capability::Http, g, e.to_string()))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(bad(Capability::Http, g, "only http and https URLs".into()));
+                }
+                Ok(HttpGrant {
+                    scheme: url.scheme().to_string(),
+                    host: url.host_str().unwrap_or_default().to_string(),
+                    port: url.port_or_known_default(),
+                    path: url.path().to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for t in &spec.tcp {
+            if parse_host_port(t).is_none() {
+                return Err(bad(Capability::Tcp, t, "expected host:port or host:*".into()));
+            }
+        }
+        for s in &spec.signal {
+            if s.trim().len() < 3 {
+                return Err(bad(
+                    Capability::Signal,
+                    s,
+                    "a pattern this short would match unrelated processes; use at least 3 characters"
+                        .into(),
+                ));
+            }
+        }
+        let paths = |cap, list: &[String]| -> Result<Vec<PathBuf>, BadGrant> {
+            list.iter()
+                .map(|p| resolve_path(base_dir, p).map_err(|e| bad(cap, p, e)))
+                .collect()
+        };
+        let exec = spec
+            .exec
+            .iter()
+            .map(|p| (p.clone(), resolve_program(base_dir, p)))
+            .collect();
+        Ok(Self {
+            read: paths(Capability::Read, &spec.read)?,
+            write: paths(Capability::Write, &spec.write)?,
+            sqlite: paths(Capability::Sqlite, &spec.sqlite)?,
+            http,
+            exec,
+            spec,
+            origin,
+            base_dir: base_dir.to_path_buf(),
+            spawned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn spec(&self) -> &GrantsSpec {
+        &self.spec
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    fn deny(&self, capability: Capability, resource: impl Into<String>, grant: &str) -> Denied {
+        let resource = resource.into();
+        Denied {
+            hint: format!(
+                "add {capability} = [{grant:?}] under [plugin.grants] of plugin {:?} in {}:{}",
+                self.origin.plugin,
+                self.origin.runbook.display(),
+                self.origin.line
+            ),
+            capability,
+            resource,
+        }
+    }
+
+    /// An HTTP URL under a granted prefix (same scheme, host and port; path
+    /// under the grant's path).
+    pub fn check_http(&self, raw: &str) -> Result<url::Url, CheckError> {
+        let url = url::Url::parse(raw).map_err(|e| CheckError::Invalid(format!("bad URL {raw:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(CheckError::Invalid(format!("bad URL {raw:?}: only http and https")));
+        }
+        let host = url.host_str().unwrap_or_default();
+        let ok = self.http.iter().any(|g| {
+            g.scheme == url.scheme()
+                && g.host.eq_ignore_ascii_case(host)
+                && g.port == url.port_or_known_default()
+                && path_under(url.path(), &g.path)
+        });
+        if ok {
+            Ok(url)
+        } else {
+            let origin = format!("{}://{}/", url.scheme(), url.authority());
+            Err(self.deny(Capability::Http, raw, &origin).into())
+        }
+    }
+
+    pub fn check_tcp(&self, host: &str, port: u16) -> Result<(), Denied> {
+        let ok = self.spec.tcp.iter().filter_map(|g| parse_host_port(g)).any(|(h, p)| {
+            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port)
+        });
+        if ok {
+            Ok(())
+        } else {
+            let res = format!("{host}:{port}");
+            Err(self.deny(Capability::Tcp, res.clone(), &res))
+        }
+    }
+
+    /// A program: granted by the exact string, or both resolve to the same
+    /// file. Returns the program to execute (resolved path when found).
+    pub fn check_exec(&self, program: &str) -> Result<PathBuf, CheckError> {
+        if program.trim().is_empty() {
+            return Err(CheckError::Invalid("empty program name".into()));
+        }
+        let resolved = resolve_program(&self.base_dir, program);
+        let ok = self
+            .exec
+            .iter()
+            .any(|(g, gp)| g == program || (resolved.is_some() && gp.is_some() && *gp == resolved));
+        if !ok {
+            return Err(self.deny(Capability::Exec, program, program).into());
+        }
+        resolved.ok_or_else(|| CheckError::Invalid(format!("program {program:?} was not found (PATH or path)")))
+    }
+
+    /// A signal pattern, for `stop-matching`: the granted pattern or a longer
+    /// one that contains it (which can only match fewer processes).
+    pub fn check_signal_pattern(&self, pattern: &str) -> Result<(), Denied> {
+        if self.spec.signal.iter().any(|g| pattern.contains(g.as_str())) {
+            Ok(())
+        } else {
+            Err(self.deny(Capability::Signal, pattern, pattern))
+        }
+    }
+
+    /// A pid: spawned by this plugin, or its command line matches a grant.
+    /// Never pid 1, the host, or one of the host's ancestors.
+    pub fn check_signal_pid(&self, pid: u32, cmdline: Option<&str>) -> Result<(), CheckError> {
+        if is_protected_pid(pid) {
+            return Err(CheckError::Invalid(format!(
+                "pid {pid} is pid 1, rewind itself or one of its parents; it is never signalled"
+            )));
+        }
+        if self.spawned.lock().unwrap().contains(&pid) {
+            return Ok(());
+        }
+        let Some(cmd) = cmdline else {
+            return Err(CheckError::Failed(format!("no process with pid {pid}")));
+        };
+        if self.spec.signal.iter().any(|g| cmd.contains(g.as_str())) {
+            Ok(())
+        } else {
+            Err(self
+                .deny(Capability::Signal, format!("pid {pid} ({cmd})"), cmd.trim())
+                .into())
+        }
+    }
+
+    pub fn note_spawned(&self, pid: u32) {
+        self.spawned.lock().unwrap().insert(pid);
+    }
+
+    pub fn check_env(&self, name: &str) -> Result<(), Denied> {
+        if self.spec.env.iter().any(|g| g == name) {
+            Ok(())
+        } else {
+            Err(self.deny(Capability::Env, name, name))
+        }
+    }
+
+    /// Host environment variables granted to children.
+    pub fn granted_env(&self) -> impl Iterator<Item = (&str, String)> {
+        self.spec
+            .env
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.as_str(), v)))
+    }
+
+    /// A path that may be read: under a `read` or `write` grant.
+    pub fn check_read(&self, path: &str) -> Result<PathBuf, CheckError> {
+        self.check_path(Capability::Read, path, true)
+    }
+
+    /// A path that may be written: under a `write` grant. The last component
+    /// is not followed if it is a symlink (renaming or replacing a link acts
+    /// on the link), but every directory above it is.
+    pub fn check_write(&self, path: &str) -> Result<PathBuf, CheckError> {
+        self.check_path(Capability::Write, path, false)
+    }
+
+    /// A database file under a `sqlite` grant.
+    pub fn check_sqlite(&self, path: &str) -> Result<PathBuf, CheckError> {
+        self.check_path(Capability::Sqlite, path, true)
+    }
+
+    fn check_path(&self, cap: Capability, raw: &str, follow_last: bool) -> Result<PathBuf, CheckError> {
+        if raw.is_empty() {
+            return Err(CheckError::Invalid("empty path".into()));
+        }
+        let resolved = if follow_last {
+            resolve_path(&self.base_dir, raw)
+        } else {
+            resolve_entry(&self.base_dir, raw)
+        }
+        .map_err(|e| CheckError::Invalid(format!("path {raw:?}: {e}")))?;
+        let roots: Vec<&PathBuf> = match cap {
+            Capability::Read => self.read.iter().chain(self.write.iter()).collect(),
+            Capability::Write => self.write.iter().collect(),
+            Capability::Sqlite => self.sqlite.iter().collect(),
+            _ => unreachable!("not a path capability"),
+        };
+        if roots.iter().any(|r| resolved.starts_with(r)) {
+            Ok(resolved)
+        } else {
+            let shown = if resolved.as_os_str() == raw {
+                raw.to_string()
+            } else {
+                format!("{raw} (resolves to {})", resolved.display())
+            };
+            Err(self
+                .deny(cap, shown, &resolved.display().to_string())
+                .into())
+        }
+    }
+
+    /// What is granted for one capability, as written.
+    pub fn granted(&self, cap: Capability) -> &[String] {
+        match cap {
+            Capability::Http => &self.spec.http,
+            Capability::Tcp => &self.spec.tcp,
+            Capability::Exec => &self.spec.exec,
+            Capability::Signal => &self.spec.signal,
+            Capability::Read => &self.spec.read,
+            Capability::Write => &self.spec.write,
+            Capability::Sqlite => &self.spec.sqlite,
+            Capability::Env => &self.spec.env,
+        }
+    }
+
+    /// Whether a declared need is covered by the grants (for `rewind check`).
+    pub fn covers(&self, cap: Capability, need: &str) -> bool {
+        match cap {
+            Capability::Http => self.check_http(need).is_ok(),
+            Capability::Tcp => parse_host_port(need)
+                .and_then(|(h, p)| p.map(|p| (h, p)))
+                .is_some_and(|(h, p)| self.check_tcp(&h, p).is_ok()),
+            Capability::Exec => matches!(self.check_exec(need), Ok(_) | Err(CheckError::Invalid(_))),
+            Capability::Signal => self.check_signal_pattern(need).is_ok(),
+            Capability::Read => self.check_read(need).is_ok(),
+            Capability::Write => self.check_write(need).is_ok(),
+            Capability::Sqlite => self.check_sqlite(need).is_ok(),
+            Capability::Env => self.check_env(need).is_ok(),
+        }
+    }
+}
+
+/// A failed check: refused by the grants, or not even a valid request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    Denied(Denied),
+    Invalid(String),
+    Failed(String),
+}
+
+impl From<Denied> for CheckError {
+    fn from(d: Denied) -> Self {
+        Self::Denied(d)
+    }
+}
+
+impl fmt::Display for CheckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Denied(d) => d.fmt(f),
+            Self::Invalid(m) | Self::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<CheckError> for crate::bindings::types::Error {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Denied(d) => d.into(),
+            CheckError::Invalid(m) => Self::Invalid(m),
+            CheckError::Failed(m) => Self::Failed(m),
+        }
+    }
+}
+
+fn path_under(path: &str, prefix: &str) -> bool {
+    if prefix.ends_with('/') || path.len() == prefix.len() {
+        return path.starts_with(prefix);
+    }
+    path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/')
+}
+
+fn parse_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if h.is_empty() {
+        return None;
+    }
+    if p == "*" {
+        return Some((h.to_string(), None));
+    }
+    Some((h.to_string(), Some(p.parse().ok()?)))
+}
+
+fn resolve_program(base: &Path, program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        std::fs::canonicalize(base.join(program)).ok()
+    } else {
+        which::which(program).ok().and_then(|p| std::fs::canonicalize(p).ok())
+    }
+}
+
+/// Canonicalize a path that may not exist yet: the longest existing prefix
+/// is canonicalized (symlinks resolved), the rest appended. `..` is refused
+/// in the part that does not exist, where it could not be checked.
+pub fn resolve_path(base: &Path, raw: &str) -> Result<PathBuf, String> {
+    let full = base.join(raw);
+    let mut existing = full.clone();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(c) => {
+                let mut out = c;
+                for part in rest.iter().rev() {
+                    out.push(part);
+                }
+                return Ok(out);
+            }
+            Err(_) => {
+                let name = match existing.components().next_back() {
+                    Some(Component::Normal(n)) => n.to_os_string(),
+                    Some(Component::ParentDir) => {
+                        return Err("'..' in a part of the path that does not exist".into());
+                    }
+                    Some(Component::CurDir) => std::ffi::OsString::new(),
+                    _ => return Err("no part of the path exists".into()),
+                };
+                rest.push(name);
+                if !existing.pop() {
+                    return Err("no part of the path exists".into());
+                }
+            }
+        }
+    }
+}
+
+/// Like `resolve_path`, but a symlink in the last component is not followed.
+pub fn resolve_entry(base: &Path, raw: &str) -> Result<PathBuf, String> {
+    let full = base.join(raw);
+    match (full.parent(), full.file_name()) {
+        (Some(parent), Some(name)) if !matches!(full.components().next_back(), Some(Component::ParentDir)) => {
+            let mut p = resolve_path(base, &parent.to_string_lossy())?;
+            p.push(name);
+            Ok(p)
+        }
+        _ => resolve_path(base, raw),
+    }
+}
+
+/// pid 1, the host, and the host's ancestors are never signalled.
+pub fn is_protected_pid(pid: u32) -> bool {
+    if pid <= 1 {
+        return true;
+    }
+    let mut cur = std::process::id();
+    for _ in 0..64 {
+        if cur == pid {
+            return true;
+        }
+        match parent_pid(cur) {
+            Some(p) if p > 1 => cur = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process's command line, arguments joined by spaces (like `pgrep -f`).
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&raw);
+    Some(s.trim_end_matches('\0').replace('\0', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(spec: GrantsSpec, base: &Path) -> Sandbox {
+        let origin = GrantOrigin { plugin: "p".into(), runbook: "rewind.toml".into(), line: 7 };
+        Sandbox::new(spec, origin, base).unwrap()
+    }
+
+    #[test]
+    fn http_prefixes_match_scheme_host_port_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sandbox(
+            GrantsSpec { http: vec!["http://127.0.0.1:8080/api".into()], ..Default::default() },
+            dir.path(),
+        );
+        assert!(s.check_http("http://127.0.0.1:8080/api").is_ok());
+        assert!(s.check_http("http://127.0.0.1:8080/api/x?y=1").is_ok());
+        assert!(s.check_http("http://127.0.0.1:8080/apix").is_err());
+        assert!(s.check_http("http://127.0.0.1:8081/api").is_err());
+        assert!(s.check_http("https://127.0.0.1:8080/api").is_err());
+        assert!(s.check_http("http://127.0.0.1:8080@evil.example/api").is_err());
+        match s.check_http("http://127.0.0.1:9/x") {
+            Err(CheckError::Denied(d)) => {
+                assert_eq!(d.capability, Capability::Http);
+                assert!(d.hint.contains("http = [\"http://127.0.0.1:9/\"]"), "{}", d.hint);
+                assert!(d.hint.contains("rewind.toml:7"), "{}", d.hint);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dotdot_and_symlinks_cannot_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let granted = dir.path().join("granted");
+        std::fs::create_dir(&granted).unwrap();
+        std::fs::write(dir.path().join("secret"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), granted.join("link")).unwrap();
+        let s = sandbox(GrantsSpec { write: vec!["granted".into()], ..Default::default() }, dir.path());
+        assert!(s.check_read("granted/new-file").is_ok());
+        assert!(s.check_read("granted/../secret").is_err());
+        assert!(s.check_read("granted/link").is_err());
+        assert!(s.check_read("granted/missing/../../secret").is_err());
+        // Writing the link itself (replacing it) is allowed; following it is not.
+        assert!(s.check_write("granted/link").is_ok());
+    }
+
+    #[test]
+    fn protected_pids() {
+        assert!(is_protected_pid(1));
+        assert!(is_protected_pid(std::process::id()));
+        assert!(is_protected_pid(std::os::unix::process::parent_id()));
+    }
+}

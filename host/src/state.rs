@@ -1,0 +1,208 @@
+//! What a plugin's calls share: `PluginEnv` lives for one plugin in one run
+//! (sandbox, mode, journal, recorded side effects); `HostState` is the data
+//! of one wasmtime `Store`, created fresh for every export call.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+const STDERR_CAP: usize = 64 * 1024;
+
+use crate::bindings::types::Mode;
+use crate::imports::storage::StorageState;
+use crate::journal::Journal;
+use crate::sandbox::Sandbox;
+
+/// The state directory of a runbook: journals, key-value state, snapshots,
+/// the compiled-component cache and the run lock.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn runs(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+    pub fn kv_db(&self) -> PathBuf {
+        self.root.join("state.sqlite")
+    }
+    pub fn snapshots(&self, plugin: &str) -> PathBuf {
+        self.root.join("snapshots").join(plugin)
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// A side effect a plugin asked for: carried out, or only recorded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Action {
+    pub what: String,
+    pub executed: bool,
+}
+
+/// Everything one plugin's calls share during one run.
+pub struct PluginEnv {
+    pub name: String,
+    pub sandbox: Sandbox,
+    pub mode: Mode,
+    pub journal: Option<Arc<Journal>>,
+    pub state: StateDir,
+    pub storage: StorageState,
+    pub http: reqwest::blocking::Client,
+    actions: Mutex<Vec<Action>>,
+    /// The step being run, for the journal (set by the runner).
+    pub current_step: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PluginEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEnv").field("name", &self.name).field("mode", &self.mode).finish()
+    }
+}
+
+impl PluginEnv {
+    pub fn new(
+        name: String,
+        sandbox: Sandbox,
+        mode: Mode,
+        journal: Option<Arc<Journal>>,
+        state: StateDir,
+        http: reqwest::blocking::Client,
+    ) -> Self {
+        let storage = StorageState::new(&state, &name);
+        Self {
+            name,
+            sandbox,
+            mode,
+            journal,
+            state,
+            storage,
+            http,
+            actions: Mutex::new(Vec::new()),
+            current_step: Mutex::new(None),
+        }
+    }
+
+    /// Record a side effect before it happens. Returns whether to carry it
+    /// out: false in dry runs and checks, where it is only recorded as
+    /// "would ...". This is the single place that enforces dry runs.
+    #[must_use]
+    pub fn side_effect(&self, what: impl Into<String>) -> bool {
+        let what = what.into();
+        let executed = self.mode.executes();
+        if executed {
+            tracing::info!(plugin = %self.name, "{what}");
+        } else {
+            tracing::info!(plugin = %self.name, "would {what}");
+        }
+        if let Some(j) = &self.journal {
+            j.record(serde_json::json!({
+                "event": "action",
+                "plugin": self.name,
+                "step": *self.current_step.lock().unwrap(),
+                "what": what,
+                "executed": executed,
+            }));
+        }
+        self.actions.lock().unwrap().push(Action { what, executed });
+        executed
+    }
+
+    /// The side effects recorded since the last call, oldest first.
+    pub fn take_actions(&self) -> Vec<Action> {
+        std::mem::take(&mut *self.actions.lock().unwrap())
+    }
+
+    pub fn log(&self, level: &str, message: &str) {
+        match level {
+            "error" => tracing::error!(plugin = %self.name, "{message}"),
+            "warn" => tracing::warn!(plugin = %self.name, "{message}"),
+            "debug" => tracing::debug!(plugin = %self.name, "{message}"),
+            "trace" => tracing::trace!(plugin = %self.name, "{message}"),
+            _ => tracing::info!(plugin = %self.name, "{message}"),
+        }
+        if let Some(j) = &self.journal {
+            j.record(serde_json::json!({
+                "event": "log",
+                "plugin": self.name,
+                "step": *self.current_step.lock().unwrap(),
+                "level": level,
+                "message": message,
+            }));
+        }
+    }
+}
+
+/// The data of one `Store`: one export call of one plugin.
+pub struct HostState {
+    pub env: Arc<PluginEnv>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// What the plugin wrote to stderr (a Rust panic message lands here).
+    stderr: MemoryOutputPipe,
+    pub(crate) limits: StoreLimits,
+    /// Time spent inside host imports during this call; the CPU budget
+    /// counts only the rest (time in the guest).
+    pub(crate) host_time: Duration,
+    pub(crate) call_started: Instant,
+}
+
+impl HostState {
+    pub fn new(env: Arc<PluginEnv>, memory_limit: usize) -> Self {
+        // Plugins get WASI for their own runtime needs (clocks, random,
+        // stdio to nowhere) but no files, sockets or environment: every
+        // effect goes through the rewind imports and their grants.
+        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        Self {
+            env,
+            wasi,
+            stderr,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .trap_on_grow_failure(true)
+                .build(),
+            host_time: Duration::ZERO,
+            call_started: Instant::now(),
+        }
+    }
+
+    /// Run a host import, counting its time as host time (not guest CPU).
+    pub fn timed<R>(&mut self, f: impl FnOnce(&PluginEnv) -> R) -> R {
+        let start = Instant::now();
+        let env = self.env.clone();
+        let r = f(&env);
+        self.host_time += start.elapsed();
+        r
+    }
+
+    /// The plugin's stderr so far, lossily decoded (for trap reports).
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+    }
+
+    /// Guest time used by the current call so far.
+    pub fn guest_time(&self) -> Duration {
+        self.call_started.elapsed().saturating_sub(self.host_time)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}

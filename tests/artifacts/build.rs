@@ -1,0 +1,99 @@
+//! Builds the test plugins for `wasm32-wasip2` and writes their paths to
+//! `$OUT_DIR/artifacts.rs` (modeled on wasmtime's
+//! `crates/test-programs/artifacts/build.rs`).
+//!
+//! The plugins are built into `<workspace>/target/plugins`, a fixed
+//! directory rather than `OUT_DIR`, so the builds are cached across test
+//! runs and shared with `examples/demo/demo.sh`, which runs the same
+//! command.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (constant, package, library file name)
+const PLUGINS: &[(&str, &str, &str)] = &[
+    ("DEMO", "rewind-plugin-demo", "rewind_plugin_demo"),
+    ("FIXTURE", "rewind-fixture", "rewind_fixture"),
+    ("FUTURE", "rewind-fixture-future", "rewind_fixture_future"),
+];
+
+const TARGET: &str = "wasm32-wasip2";
+const PROFILE: &str = "plugin";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    // tests/artifacts -> the workspace root
+    let root = manifest_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests/artifacts lives two levels below the workspace root")
+        .to_path_buf();
+    let target_dir = root.join("target").join("plugins");
+
+    for dir in ["wit", "sdk", "plugins", "tests/plugins", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--target", TARGET, "--profile", PROFILE])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for (_, package, _) in PLUGINS {
+        cmd.args(["-p", package]);
+    }
+    // Settings of the outer build that must not leak into this one: flags
+    // meant for the host target, another target dir or target, clippy's
+    // wrapper, profile overrides (the plugin profile inherits from release).
+    for (key, _) in env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let leaks = matches!(
+            key,
+            "CARGO_ENCODED_RUSTFLAGS"
+                | "RUSTFLAGS"
+                | "CARGO_BUILD_RUSTFLAGS"
+                | "CARGO_TARGET_DIR"
+                | "CARGO_BUILD_TARGET"
+                | "CARGO_BUILD_TARGET_DIR"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "RUSTC_WORKSPACE_WRAPPER"
+                | "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER"
+                | "CLIPPY_ARGS"
+                | "CARGO_INCREMENTAL"
+        ) || key.starts_with("CARGO_PROFILE_")
+            || key.starts_with("CARGO_CFG_")
+            || key.starts_with("CARGO_FEATURE_")
+            || (key.starts_with("CARGO_TARGET_") && key.ends_with("_RUSTFLAGS"));
+        if leaks {
+            cmd.env_remove(key);
+        }
+    }
+
+    let out = cmd.output().expect("running cargo to build the test plugins");
+    if !out.status.success() {
+        panic!(
+            "building the test plugins failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+
+    let mut src = String::new();
+    for (name, package, file) in PLUGINS {
+        let wasm = target_dir.join(TARGET).join(PROFILE).join(format!("{file}.wasm"));
+        let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+        assert!(
+            bytes.starts_with(b"\0asm\x0d\0\x01\0"),
+            "{} is not a WebAssembly component",
+            wasm.display()
+        );
+        writeln!(src, "/// The `{package}` component.").unwrap();
+        writeln!(src, "pub const {name}: &str = {:?};", wasm.display().to_string()).unwrap();
+    }
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    std::fs::write(out_dir.join("artifacts.rs"), src).expect("writing artifacts.rs");
+}

@@ -1,0 +1,133 @@
+//! The demo end to end, on the example runbook itself: a service on a
+//! broken release is rolled back to the previous one and is healthy again;
+//! a dry run leaves it exactly as it was.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// The demo service, started by this test; stopped by pid at the end.
+struct DemoSite {
+    root: tempfile::TempDir,
+    port: u16,
+}
+
+impl DemoSite {
+    fn new() -> Self {
+        let root = tempfile::Builder::new().prefix("rewind-demo-").tempdir().unwrap();
+        let site = Self { root, port: free_port() };
+        site.service(&["init", "--release", "1.0.0:healthy", "--release", "1.1.0:broken", "--current", "1.0.0"]);
+        site.service(&["deploy", "--port", &site.port.to_string(), "--version", "1.0.0"]);
+        assert!(wait_until(Duration::from_secs(10), || site.get("/healthz").is_some_and(|(s, _)| s == 200)), "demo service up");
+        site
+    }
+
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn service(&self, args: &[&str]) {
+        let mut full = vec![args[0], "--root", self.root().to_str().unwrap()];
+        full.extend_from_slice(&args[1..]);
+        let out = Command::new(DEMO_SERVICE).args(&full).output().unwrap();
+        assert!(out.status.success(), "{full:?}: {}", text(&out));
+    }
+
+    fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.root().join("run/service.pid")).unwrap().trim().parse().unwrap()
+    }
+
+    fn current(&self) -> PathBuf {
+        std::fs::read_link(self.root().join("current")).unwrap()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .ok()?;
+        Some((resp.status().as_u16(), resp.text().unwrap_or_default()))
+    }
+
+    /// Run the CLI on examples/demo/rewind.toml pointed at this site.
+    fn rewind(&self, args: &[&str]) -> std::process::Output {
+        let runbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/rewind.toml");
+        let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        full.push(runbook.display().to_string());
+        Command::new(REWIND)
+            .args(&full)
+            .env("REWIND_DEMO_ROOT", self.root())
+            .env("REWIND_DEMO_PORT", self.port.to_string())
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for DemoSite {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.root().join("run/service.pid")) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                kill_pid(pid);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_demo_rolls_a_broken_release_back_and_a_dry_run_changes_nothing() {
+    let site = DemoSite::new();
+    let out = site.rewind(&["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Healthy: nothing to do.
+    let out = site.rewind(&["run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("healthy"), "{}", text(&out));
+
+    // The team deploys a broken release.
+    site.service(&["deploy", "--port", &site.port.to_string(), "--version", "1.1.0"]);
+    assert!(wait_until(Duration::from_secs(10), || site.get("/healthz").is_some_and(|(s, _)| s == 500)));
+    let broken_pid = site.pid();
+
+    // plan and dry run: findings printed, nothing touched.
+    let out = site.rewind(&["plan"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("BREACHED") && t.contains("observed 500") && t.contains("200-399"), "{t}");
+    assert!(t.contains("1.0.0"), "the plan names the release it will go back to: {t}");
+    let before = tree(site.root());
+    let out = site.rewind(&["run", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("would"), "{}", text(&out));
+    assert_eq!(site.pid(), broken_pid);
+    assert!(alive(broken_pid), "the dry run stopped nothing");
+    assert!(site.current().ends_with("1.1.0"));
+    let after: Vec<_> = tree(site.root()).into_iter().filter(|(p, _)| !p.starts_with(site.root().join(".rewind"))).collect();
+    let before: Vec<_> = before.into_iter().filter(|(p, _)| !p.starts_with(site.root().join(".rewind"))).collect();
+    assert_eq!(after, before, "the dry run changed no file of the site");
+
+    // The real rollback.
+    let out = site.rewind(&["run"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("rolled back"), "{t}");
+    assert_eq!(site.get("/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(site.get("/version").map(|(_, b)| b.trim().to_string()), Some("1.0.0".into()));
+    assert!(site.current().ends_with("1.0.0"));
+    assert!(!alive(broken_pid), "the broken release's process was stopped");
+
+    // history and show on the same runbook.
+    let out = site.rewind(&["history"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.matches("rolled-back").count(), 1, "{t}");
+    let run_id = t.lines().rev().find(|l| l.contains("rolled-back")).unwrap().split_whitespace().next().unwrap().to_string();
+    let out = site.rewind(&["show", &run_id]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("step revert") && t.contains("step wait"), "{t}");
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: real plugins built from source (tests/artifacts), the
+//! real `rewind` binary, real processes, files, SQLite databases and HTTP
+//! servers on loopback. One binary, split by topic; helpers in `util`.
+
+mod util;
+
+mod bad_input;
+mod demo;
+mod imports;
+mod limits;
+mod runs;
+mod sandbox;

@@ -1,0 +1,206 @@
+//! Whole runs through the CLI: dry runs change nothing, the journal, the
+//! lock, escalation, on_failure, manual steps, check, history and show.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::*;
+
+#[test]
+fn a_dry_run_executes_no_side_effect_whatever_the_plugin_asks() {
+    let sb = Sandbox::new();
+    let srv = Server::start();
+    srv.route("/", Reply::ok("ok"));
+    let site = sb.join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("keep.txt"), "original").unwrap();
+    let db = site.join("app.db");
+    rusqlite::Connection::open(&db).unwrap().execute_batch("create table t(x); insert into t values (1);").unwrap();
+    let victim = Proc::spawn(Command::new("sh").args(["-c", "sleep 30", "rewind-dry-victim"]));
+    let marker = sb.join("ran");
+    let run = |args: serde_json::Value| json!({"program": "sh", "args": args, "cwd": null, "env": [], "stdin": null, "timeout_ms": 0});
+    let config = json!({"steps": [
+        {"id": "run", "op": {"call": "run", "args": {"cmd": run(json!(["-c", format!("touch {}", marker.display())]))}}},
+        {"id": "spawn", "op": {"call": "spawn", "args": {"cmd": run(json!(["-c", format!("touch {}.spawned", marker.display())])), "log_path": site.join("d.log")}}},
+        {"id": "stop", "op": {"call": "stop-matching", "args": {"pattern": "rewind-dry-victim", "grace_ms": 100}}},
+        {"id": "write", "op": {"call": "write-file", "args": {"path": site.join("keep.txt"), "contents": "changed"}}},
+        {"id": "remove", "op": {"call": "remove", "args": {"path": site.join("keep.txt")}}},
+        {"id": "snapshot", "op": {"call": "snapshot", "args": {"label": "pre", "paths": [site]}}},
+        {"id": "set", "op": {"call": "set", "args": {"key": "k", "value": "v"}}},
+        {"id": "get", "op": {"call": "get", "args": {"key": "k"}}},
+        {"id": "sql", "op": {"call": "sqlite-exec", "args": {"db": db, "sql": "delete from t"}}},
+        {"id": "post", "op": {"call": "request", "args": {"req": {"method": "POST", "url": srv.url("/x"), "headers": [], "body": "x", "timeout_ms": 1000}}}},
+        {"id": "get-http", "op": {"call": "request", "args": {"req": {"method": "GET", "url": srv.url("/x"), "headers": [], "body": null, "timeout_ms": 1000}}}},
+    ]});
+    let grants = json!({"exec": ["sh"], "write": [site], "sqlite": [db], "signal": ["rewind-dry-victim"], "http": [srv.url("/")]});
+    sb.runbook(&fixture_runbook(&config, &grants));
+    let before = tree(&site);
+    let (code, report, stderr) = sb.run_json(&["--dry-run"]);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(report["outcome"], "simulated");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!marker.exists(), "run was not executed");
+    assert!(!sb.join("ran.spawned").exists(), "spawn was not executed");
+    assert!(alive(victim.pid()), "no process was stopped");
+    assert_eq!(tree(&site), before, "no file changed");
+    assert!(!sb.join("state/snapshots").exists() || std::fs::read_dir(sb.join("state/snapshots/fx")).map(|d| d.count()).unwrap_or(0) == 0);
+    assert_eq!(srv.methods(), vec!["GET /x"], "only the read-only request was sent");
+    let r = step_results(&report);
+    assert_eq!(step(&r, "run")["Ok"]["simulated"], true);
+    assert_eq!(step(&r, "get")["Ok"], "v", "the dry run sees its own key-value writes");
+    // Every side effect is listed as "would".
+    let actions: Vec<String> = report["plugins"][0]["levels"][0]["steps"].as_array().unwrap().iter().flat_map(|s| s["actions"].as_array().unwrap().clone()).map(|a| { assert_eq!(a["executed"], false); a["what"].as_str().unwrap().to_string() }).collect();
+    assert!(actions.len() >= 9, "{actions:?}");
+    // And the kv write did not persist.
+    let config = json!({"steps": [{"id": "get", "op": {"call": "get", "args": {"key": "k"}}}]});
+    sb.runbook(&fixture_runbook(&config, &grants));
+    let (_, report, _) = sb.run_json(&[]);
+    assert!(step(&step_results(&report), "get")["Ok"].is_null());
+}
+
+#[test]
+fn the_journal_records_every_event_and_history_and_show_read_it() {
+    let sb = Sandbox::new();
+    let config = json!({"steps": [{"id": "one", "op": {"call": "log", "args": {"level": "Info", "message": "step one ran"}}}, {"id": "two"}]});
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 0);
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let journal = std::fs::read_to_string(report["journal"].as_str().unwrap()).unwrap();
+    let events: Vec<String> = journal.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
+    let expected = ["run-start", "plugin-loaded", "assessment", "plan", "step-start", "log", "step-end", "step-start", "step-end", "verification", "plugin-end", "run-end"];
+    assert_eq!(events, expected);
+
+    let out = sb.rewind(&["history"]);
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&run_id) && text.contains("rolled-back"), "{text}");
+    let out = sb.rewind(&["show", &run_id[..run_id.len() - 2]]);
+    let text = text(&out);
+    assert!(out.status.success(), "{text}");
+    for needle in ["step one started", "log info: step one ran", "step two ok", "verify: healthy", "end: rolled-back"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    let out = sb.rewind(&["show", "nosuchrun"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_second_run_is_refused_while_the_first_holds_the_lock() {
+    let sb = Sandbox::new();
+    let closed = free_port();
+    let policy = json!({"interval_ms": 100, "timeout_ms": 4000, "success_threshold": 1, "failure_threshold": 0});
+    let target = json!({"Tcp": ["127.0.0.1", closed, 100]});
+    let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
+    sb.runbook(&fixture_runbook(&config, &json!({"tcp": [format!("127.0.0.1:{closed}")]})));
+    let mut first = Proc::spawn(Command::new(REWIND).args(["run", "-q"]).current_dir(sb.path()).env("REWIND_CACHE_DIR", cache_dir()).stdout(Stdio::null()).stderr(Stdio::null()));
+    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(sb.join("state/lock")).unwrap_or_default().contains("run ")));
+    let holder = std::fs::read_to_string(sb.join("state/lock")).unwrap();
+    let out = sb.rewind(&["run"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains(holder.trim()), "says which run holds it: {}", text(&out));
+    let status = first.0.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the first run finished on its own (the service never came up)");
+    let out = sb.rewind(&["run", "-q"]);
+    assert_eq!(out.status.code(), Some(1), "the lock is free again: {}", text(&out));
+}
+
+#[test]
+fn a_level_that_does_not_verify_escalates_to_the_next() {
+    let sb = Sandbox::new();
+    let config = json!({
+        "levels": [1, 2, 3],
+        "steps": [{"id": "toggle", "level": 1}, {"id": "code", "level": 2}, {"id": "restore", "level": 3}],
+        "verify": {"by_level": {"1": false, "2": true, "3": true}},
+    });
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 0, "{report}");
+    let levels = report["plugins"][0]["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    assert_eq!(levels[0]["level"], 1);
+    assert_eq!(levels[0]["verification"]["healthy"], false);
+    assert_eq!(levels[1]["level"], 2);
+    assert_eq!(levels[1]["steps"][0]["id"], "code");
+    assert_eq!(report["outcome"], "rolled-back");
+
+    // Never verifies: fails after the last level.
+    let config = json!({"levels": [1, 2], "steps": [{"id": "a"}], "verify": {"healthy": false}});
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(report["plugins"][0]["levels"].as_array().unwrap().len(), 2);
+    assert!(report["plugins"][0]["error"].as_str().unwrap().contains("verification failed after level 2"));
+}
+
+#[test]
+fn on_failure_stop_skips_the_rest_and_continue_does_not() {
+    let sb = Sandbox::new();
+    for (policy, second) in [("stop", "skipped"), ("continue", "rolled-back")] {
+        let doc = json!({
+            "name": "two", "state_dir": "state",
+            "plugin": [
+                {"name": "first", "component": FIXTURE, "on_failure": policy, "config": {"steps": [{"id": "x", "fail": true}]}},
+                {"name": "second", "component": FIXTURE, "config": {"steps": [{"id": "y"}]}},
+            ],
+        });
+        sb.runbook(&toml::to_string(&doc).unwrap());
+        let (code, report, _) = sb.run_json(&[]);
+        assert_eq!(code, 1);
+        assert_eq!(report["plugins"][0]["outcome"], "failed");
+        assert_eq!(report["plugins"][1]["outcome"], second, "{policy}");
+    }
+}
+
+#[test]
+fn manual_steps_need_a_person_or_an_explicit_approval() {
+    let sb = Sandbox::new();
+    let config = json!({"steps": [{"id": "call-dba", "kind": "manual", "title": "Ask the DBA to confirm the restore"}, {"id": "after"}]});
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 1);
+    let msg = report["plugins"][0]["levels"][0]["steps"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("no terminal") && msg.contains("--approve-manual"), "{msg}");
+    let (code, report, _) = sb.run_json(&["--approve-manual"]);
+    assert_eq!(code, 0, "{report}");
+    let journal = std::fs::read_to_string(report["journal"].as_str().unwrap()).unwrap();
+    assert!(journal.contains("manual-approved"));
+}
+
+#[test]
+fn a_healthy_system_is_left_alone_unless_a_level_is_forced() {
+    let sb = Sandbox::new();
+    let marker = sb.join("touched");
+    let config = json!({
+        "assess": {"severity": "none", "rollback": false, "level": 0, "scenario": "healthy"},
+        "steps": [{"id": "touch", "op": {"call": "write-file", "args": {"path": marker, "contents": "x"}}}],
+    });
+    sb.runbook(&fixture_runbook(&config, &json!({"write": [sb.path()]})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(report["outcome"], "healthy");
+    assert!(!marker.exists());
+    let (code, _, _) = sb.run_json(&["--level", "1"]);
+    assert_eq!(code, 0);
+    assert!(marker.exists());
+    let (code, _, stderr) = sb.run_json(&["--level", "7"]);
+    assert_eq!(code, 1, "{stderr}");
+}
+
+#[test]
+fn check_compares_declared_needs_with_grants() {
+    let sb = Sandbox::new();
+    let config = json!({"needs": {"http": ["http://127.0.0.1:9/healthz"], "tcp": [], "exec": ["git"], "signal": [], "read": [sb.join("data")], "write": [], "sqlite": [], "env": []}, "steps": []});
+    sb.runbook(&fixture_runbook(&config, &json!({"http": ["http://127.0.0.1:9/"], "read": [sb.path()]})));
+    let out = sb.rewind(&["check"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("needs exec \"git\"") && t.contains("add exec = [\"git\"]"), "{t}");
+    assert!(!t.contains("needs http"), "granted needs are not reported: {t}");
+    sb.runbook(&fixture_runbook(&config, &json!({"http": ["http://127.0.0.1:9/"], "read": [sb.path()], "exec": ["git"]})));
+    let out = sb.rewind(&["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ok: 1 plugin(s)"));
+}
