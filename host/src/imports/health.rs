@@ -399,7 +399,7 @@ pub(crate) fn matching_pids(pattern: &str) -> Vec<u32> {
 }
 
 /// Whether `/proc/<pid>/stat` shows a zombie (or dead) process.
-pub(crate) fn is_zombie(pid: u32) -> bool {
+fn is_zombie(pid: u32) -> bool {
     proc_state(pid).is_some_and(|s| matches!(s, 'Z' | 'X' | 'x'))
 }
 

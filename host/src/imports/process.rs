@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal as NixSignal, kill, killpg};
 use nix::unistd::Pid;
 
-use super::health::{is_zombie, matching_pids};
+use super::health::{matching_pids, proc_state};
 use crate::bindings::process::{Command, Host, Output, SignalKind};
 use crate::bindings::types::Error;
 use crate::sandbox::{cmdline, is_protected_pid};
@@ -214,10 +214,12 @@ fn take_captured(c: &Mutex<Captured>) -> (String, bool) {
     (String::from_utf8_lossy(&c.data).into_owned(), c.truncated)
 }
 
-/// SIGKILL a whole process group (the child's pid is its group id).
-fn kill_group(pgid: u32) {
-    if let Ok(pgid) = i32::try_from(pgid) {
-        let _ = killpg(Pid::from_raw(pgid), NixSignal::SIGKILL);
+/// SIGKILL a child and its whole process group (the child's pid is its
+/// group id). The child is also killed by pid, in case it left the group.
+fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), NixSignal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), NixSignal::SIGKILL);
     }
 }
 
@@ -374,7 +376,10 @@ fn check_pid(env: &PluginEnv, pid: u32) -> Result<(Pid, String), Error> {
 /// Whether a pid is a live process (not gone, not a zombie).
 fn alive(pid: u32) -> bool {
     let Ok(npid) = nix_pid(pid) else { return false };
-    !matches!(kill(npid, None), Err(Errno::ESRCH)) && !is_zombie(pid)
+    // Read /proc after kill(0): a zombie reaped between the two has no
+    // state any more, and is gone.
+    !matches!(kill(npid, None), Err(Errno::ESRCH))
+        && proc_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'))
 }
 
 /// Wait until none of `pids` is alive, at most `within`; returns those
@@ -694,7 +699,12 @@ mod tests {
             denied(stop_matching(&env, "some-daemon", 10).map(drop)),
             "signal"
         );
-        let mut child = looping_child(&unique_marker("denied"));
+        let marker = unique_marker("denied");
+        let mut child = looping_child(&marker);
+        let pid = child.id();
+        eventually("the child to start", || {
+            cmdline(pid).is_some_and(|c| c.contains(&marker))
+        });
         let r = signal(&env, child.id(), SignalKind::Term);
         child.kill().unwrap();
         child.wait().unwrap();

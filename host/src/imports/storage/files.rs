@@ -39,7 +39,10 @@ pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
     let file = File::open(&p).map_err(|e| io_failed("read", &p, &e))?;
     let md = file.metadata().map_err(|e| io_failed("read", &p, &e))?;
     if md.is_dir() {
-        return Err(Error::failed(format!("cannot read {}: Is a directory", p.display())));
+        return Err(Error::failed(format!(
+            "cannot read {}: Is a directory",
+            p.display()
+        )));
     }
     let too_big = |n: u64| {
         Error::invalid(format!(
@@ -52,7 +55,9 @@ pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
         return Err(too_big(md.len()));
     }
     let mut buf = Vec::with_capacity(md.len() as usize);
-    file.take(READ_CAP + 1).read_to_end(&mut buf).map_err(|e| io_failed("read", &p, &e))?;
+    file.take(READ_CAP + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_failed("read", &p, &e))?;
     if buf.len() as u64 > READ_CAP {
         return Err(too_big(buf.len() as u64));
     }
@@ -69,11 +74,17 @@ pub(crate) fn atomic_write(
     fill: impl FnOnce(&mut File) -> Result<u64, Error>,
 ) -> Result<u64, Error> {
     let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-        return Err(Error::invalid(format!("cannot write {}: not a file path", target.display())));
+        return Err(Error::invalid(format!(
+            "cannot write {}: not a file path",
+            target.display()
+        )));
     };
     let existing = match fs::symlink_metadata(target) {
         Ok(md) if md.is_dir() => {
-            return Err(Error::failed(format!("cannot write {}: Is a directory", target.display())));
+            return Err(Error::failed(format!(
+                "cannot write {}: Is a directory",
+                target.display()
+            )));
         }
         Ok(md) => md.is_file().then_some(md),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -95,21 +106,38 @@ pub(crate) fn atomic_write(
         if (md.uid(), md.gid()) != (now.uid(), now.gid()) {
             let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(md.uid()), Some(md.gid()));
         }
-        tmp.as_file().set_permissions(md.permissions()).map_err(failed)?;
+        tmp.as_file()
+            .set_permissions(md.permissions())
+            .map_err(failed)?;
     }
     tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist(target).map_err(|e| io_failed("replace", target, &e.error))?;
+    tmp.persist(target)
+        .map_err(|e| io_failed("replace", target, &e.error))?;
     let _ = fsync_dir(parent);
     Ok(n)
 }
 
+/// Files are written whole; a directory in the way is an error, reported
+/// before anything is recorded.
+fn refuse_dir(p: &Path) -> Result<(), Error> {
+    if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::failed(format!(
+            "cannot write {}: Is a directory",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
 pub fn write_file(env: &PluginEnv, path: &str, contents: &[u8]) -> Result<(), Error> {
     let p = env.sandbox.check_write(path)?;
+    refuse_dir(&p)?;
     if !env.side_effect(format!("write {} bytes to {}", contents.len(), p.display())) {
         return Ok(());
     }
     atomic_write(&p, 0o666, |f| {
-        f.write_all(contents).map_err(|e| io_failed("write", &p, &e))?;
+        f.write_all(contents)
+            .map_err(|e| io_failed("write", &p, &e))?;
         Ok(contents.len() as u64)
     })?;
     Ok(())
@@ -122,12 +150,24 @@ pub fn copy(env: &PluginEnv, source: &str, target: &str) -> Result<u64, Error> {
     let mut file = File::open(&src).map_err(|e| io_failed("read", &src, &e))?;
     let md = file.metadata().map_err(|e| io_failed("read", &src, &e))?;
     if !md.is_file() {
-        return Err(Error::invalid(format!("cannot copy {}: not a regular file", src.display())));
+        return Err(Error::invalid(format!(
+            "cannot copy {}: not a regular file",
+            src.display()
+        )));
     }
     if src == dst {
-        return Err(Error::invalid(format!("cannot copy {} onto itself", src.display())));
+        return Err(Error::invalid(format!(
+            "cannot copy {} onto itself",
+            src.display()
+        )));
     }
-    if !env.side_effect(format!("copy {} to {} ({} bytes)", src.display(), dst.display(), md.len())) {
+    refuse_dir(&dst)?;
+    if !env.side_effect(format!(
+        "copy {} to {} ({} bytes)",
+        src.display(),
+        dst.display(),
+        md.len()
+    )) {
         return Ok(md.len());
     }
     atomic_write(&dst, md.mode() & 0o7777, |f| {
@@ -174,7 +214,11 @@ pub fn remove(env: &PluginEnv, path: &str) -> Result<(), Error> {
     if !env.side_effect(format!("remove {what}{}", p.display())) {
         return Ok(());
     }
-    let r = if md.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+    let r = if md.is_dir() {
+        fs::remove_dir_all(&p)
+    } else {
+        fs::remove_file(&p)
+    };
     r.map_err(|e| io_failed("remove", &p, &e))?;
     if let Some(parent) = p.parent() {
         let _ = fsync_dir(parent);
@@ -218,7 +262,10 @@ pub fn list_dir(env: &PluginEnv, path: &str, recursive: bool) -> Result<Vec<DirE
     let p = env.sandbox.check_read(path)?;
     let md = fs::metadata(&p).map_err(|e| io_failed("list", &p, &e))?;
     if !md.is_dir() {
-        return Err(Error::failed(format!("cannot list {}: Not a directory", p.display())));
+        return Err(Error::failed(format!(
+            "cannot list {}: Not a directory",
+            p.display()
+        )));
     }
     let mut out = Vec::new();
     let mut pending = vec![p.clone()];
@@ -270,7 +317,10 @@ pub fn symlink(env: &PluginEnv, target: &str, link: &str) -> Result<(), Error> {
     }
     let l = env.sandbox.check_write(link)?;
     let (Some(dir), Some(name)) = (l.parent(), l.file_name()) else {
-        return Err(Error::invalid(format!("cannot make a symbolic link at {}", l.display())));
+        return Err(Error::invalid(format!(
+            "cannot make a symbolic link at {}",
+            l.display()
+        )));
     };
     let resolved_target = if Path::new(target).is_absolute() {
         PathBuf::from(target)
@@ -295,7 +345,8 @@ pub fn symlink(env: &PluginEnv, target: &str, link: &str) -> Result<(), Error> {
         .suffix(".tmp")
         .make_in(dir, |p| std::os::unix::fs::symlink(target, p))
         .map_err(|e| io_failed("create a symbolic link in", dir, &e))?;
-    tmp.persist(&l).map_err(|e| io_failed("replace", &l, &e.error))?;
+    tmp.persist(&l)
+        .map_err(|e| io_failed("replace", &l, &e.error))?;
     let _ = fsync_dir(dir);
     Ok(())
 }

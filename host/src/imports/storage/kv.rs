@@ -43,9 +43,15 @@ impl Kv {
 
 fn open(path: &Path) -> Result<Connection, Error> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| super::io_failed("create state directory", dir, &e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| super::io_failed("create state directory", dir, &e))?;
     }
-    let fail = |e: rusqlite::Error| Error::failed(format!("cannot open state database {}: {e}", path.display()));
+    let fail = |e: rusqlite::Error| {
+        Error::failed(format!(
+            "cannot open state database {}: {e}",
+            path.display()
+        ))
+    };
     let conn = Connection::open(path).map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
@@ -63,7 +69,10 @@ fn open(path: &Path) -> Result<Connection, Error> {
 }
 
 fn db_failed(env: &PluginEnv, e: rusqlite::Error) -> Error {
-    Error::failed(format!("state database {}: {e}", env.storage.kv_db.display()))
+    Error::failed(format!(
+        "state database {}: {e}",
+        env.storage.kv_db.display()
+    ))
 }
 
 fn check_key(key: &str) -> Result<(), Error> {
@@ -118,7 +127,9 @@ pub fn set(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
         return Ok(());
     }
     kv.overlay.remove(key);
-    let conn = kv.conn(&env.storage.kv_db, true)?.expect("opened with create");
+    let conn = kv
+        .conn(&env.storage.kv_db, true)?
+        .expect("opened with create");
     conn.execute(
         "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value",
@@ -146,7 +157,10 @@ pub fn delete(env: &PluginEnv, key: &str) -> Result<bool, Error> {
         return Ok(false);
     };
     let n = conn
-        .execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![env.storage.plugin, key])
+        .execute(
+            "DELETE FROM kv WHERE plugin = ?1 AND key = ?2",
+            params![env.storage.plugin, key],
+        )
         .map_err(|e| db_failed(env, e))?;
     Ok(n > 0)
 }
@@ -160,7 +174,9 @@ pub fn keys(env: &PluginEnv, prefix: &str) -> Result<Vec<String>, Error> {
             .prepare_cached("SELECT key FROM kv WHERE plugin = ?1 AND key >= ?2 ORDER BY key")
             .map_err(|e| db_failed(env, e))?;
         let rows = stmt
-            .query_map(params![env.storage.plugin, prefix], |r| r.get::<_, String>(0))
+            .query_map(params![env.storage.plugin, prefix], |r| {
+                r.get::<_, String>(0)
+            })
             .map_err(|e| db_failed(env, e))?;
         for key in rows {
             let key = key.map_err(|e| db_failed(env, e))?;

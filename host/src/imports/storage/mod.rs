@@ -137,7 +137,12 @@ impl Host for HostState {
         self.timed(|env| files::read_link(env, &path))
     }
 
-    fn sqlite_query(&mut self, db: String, sql: String, params: Vec<SqlValue>) -> Result<Rows, Error> {
+    fn sqlite_query(
+        &mut self,
+        db: String,
+        sql: String,
+        params: Vec<SqlValue>,
+    ) -> Result<Rows, Error> {
         self.timed(|env| sqlite::query(env, &db, &sql, params))
     }
 
@@ -161,12 +166,18 @@ pub(crate) fn os_message(e: &io::Error) -> String {
 
 /// `cannot <verb> <path>: <reason>`.
 pub(crate) fn io_failed(verb: &str, path: &Path, e: &io::Error) -> Error {
-    Error::Failed(format!("cannot {verb} {}: {}", path.display(), os_message(e)))
+    Error::Failed(format!(
+        "cannot {verb} {}: {}",
+        path.display(),
+        os_message(e)
+    ))
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
 pub(crate) fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Make a rename or a new entry in `dir` durable.

@@ -128,15 +128,25 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
         && id.len() <= 200
         && !id.starts_with('.')
         && !id.contains("..")
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok { Ok(()) } else { Err(Error::invalid(format!("bad snapshot id {id:?}"))) }
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("bad snapshot id {id:?}")))
+    }
 }
 
 /// The label as it appears in ids: `[A-Za-z0-9._-]`, at most 48 characters.
 pub fn sanitize_label(label: &str) -> String {
     let mut out = String::new();
     for c in label.chars() {
-        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' };
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            c
+        } else {
+            '-'
+        };
         if c == '.' && out.ends_with('.') {
             continue;
         }
@@ -146,7 +156,11 @@ pub fn sanitize_label(label: &str) -> String {
         }
     }
     let out = out.trim_matches(['.', '-']);
-    if out.is_empty() { "snapshot".to_string() } else { out.to_string() }
+    if out.is_empty() {
+        "snapshot".to_string()
+    } else {
+        out.to_string()
+    }
 }
 
 /// `YYYYmmddTHHMMSSmmmZ` in UTC.
@@ -163,7 +177,12 @@ fn random_u16() -> u16 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.write_u32(std::process::id());
     h.finish() as u16
 }
@@ -206,7 +225,9 @@ fn validate_roots(env: &PluginEnv, roots: &[PathBuf]) -> Result<(), Error> {
     for (i, r) in roots.iter().enumerate() {
         let s = utf8(r)?;
         if !r.is_absolute() || r.parent().is_none() {
-            return Err(Error::invalid(format!("cannot snapshot {s}: a snapshot path must be below /")));
+            return Err(Error::invalid(format!(
+                "cannot snapshot {s}: a snapshot path must be below /"
+            )));
         }
         if state.starts_with(r) {
             return Err(Error::invalid(format!(
@@ -297,7 +318,8 @@ impl Read for FileReader<'_> {
     }
 }
 
-type ArchiveWriter = tar::Builder<zstd::Encoder<'static, HashWriter<BufWriter<tempfile::NamedTempFile>>>>;
+type ArchiveWriter =
+    tar::Builder<zstd::Encoder<'static, HashWriter<BufWriter<tempfile::NamedTempFile>>>>;
 
 struct Archiver<'a> {
     env: &'a PluginEnv,
@@ -320,16 +342,24 @@ impl Archiver<'_> {
     fn add(&mut self, path: &Path, md: &Metadata) -> Result<(), Error> {
         let name = entry_name(path)?;
         let shown = path.display();
-        let failed = |e: io::Error| Error::failed(format!("cannot archive {shown}: {}", super::os_message(&e)));
+        let failed = |e: io::Error| {
+            Error::failed(format!("cannot archive {shown}: {}", super::os_message(&e)))
+        };
         let ft = md.file_type();
         if ft.is_dir() {
             let mut h = header(tar::EntryType::Directory, md, 0);
-            self.tar.append_data(&mut h, name, io::empty()).map_err(failed)?;
-            self.manifest
-                .dirs
-                .push(DirRecord { path: path.to_str().unwrap_or_default().to_string(), mode: md.mode() & 0o7777 });
+            self.tar
+                .append_data(&mut h, name, io::empty())
+                .map_err(failed)?;
+            self.manifest.dirs.push(DirRecord {
+                path: path.to_str().unwrap_or_default().to_string(),
+                mode: md.mode() & 0o7777,
+            });
             let mut children = fs::read_dir(path)
-                .and_then(|rd| rd.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>())
+                .and_then(|rd| {
+                    rd.map(|e| e.map(|e| e.path()))
+                        .collect::<io::Result<Vec<_>>>()
+                })
                 .map_err(|e| io_failed("read directory", path, &e))?;
             children.sort();
             for child in children {
@@ -347,7 +377,13 @@ impl Archiver<'_> {
             let md = file.metadata().map_err(|e| io_failed("read", path, &e))?;
             let size = md.len();
             let mut h = header(tar::EntryType::Regular, &md, size);
-            let mut r = FileReader { file, path, size, hasher: Sha256::new(), n: 0 };
+            let mut r = FileReader {
+                file,
+                path,
+                size,
+                hasher: Sha256::new(),
+                n: 0,
+            };
             self.tar.append_data(&mut h, name, &mut r).map_err(failed)?;
             self.manifest.files.push(FileRecord {
                 path: path.to_str().unwrap_or_default().to_string(),
@@ -360,10 +396,13 @@ impl Archiver<'_> {
             let target = fs::read_link(path).map_err(|e| io_failed("read link", path, &e))?;
             let target_str = utf8(&target)?.to_string();
             let mut h = header(tar::EntryType::Symlink, md, 0);
-            self.tar.append_link(&mut h, name, &target).map_err(failed)?;
-            self.manifest
-                .symlinks
-                .push(LinkRecord { path: path.to_str().unwrap_or_default().to_string(), target: target_str });
+            self.tar
+                .append_link(&mut h, name, &target)
+                .map_err(failed)?;
+            self.manifest.symlinks.push(LinkRecord {
+                path: path.to_str().unwrap_or_default().to_string(),
+                target: target_str,
+            });
         } else {
             self.env.log(
                 "warn",
@@ -414,9 +453,15 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     }
     roots.sort();
     validate_roots(env, &roots)?;
-    let root_strs: Vec<String> = roots.iter().map(|r| utf8(r).map(str::to_string)).collect::<Result<_, _>>()?;
+    let root_strs: Vec<String> = roots
+        .iter()
+        .map(|r| utf8(r).map(str::to_string))
+        .collect::<Result<_, _>>()?;
     let now = SystemTime::now();
-    if !env.side_effect(format!("snapshot {} (label {label:?})", root_strs.join(", "))) {
+    if !env.side_effect(format!(
+        "snapshot {} (label {label:?})",
+        root_strs.join(", ")
+    )) {
         let (files, bytes) = count(&roots)?;
         return Ok(SnapshotInfo {
             id: DRY_RUN_ID.to_string(),
@@ -437,7 +482,11 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
         .suffix(".tar.zst")
         .tempfile_in(&dir)
         .map_err(write_failed)?;
-    let hw = HashWriter { inner: BufWriter::new(tmp), hasher: Sha256::new(), n: 0 };
+    let hw = HashWriter {
+        inner: BufWriter::new(tmp),
+        hasher: Sha256::new(),
+        n: 0,
+    };
     let mut enc = zstd::Encoder::new(hw, ZSTD_LEVEL).map_err(write_failed)?;
     enc.include_checksum(true).map_err(write_failed)?;
     let mut ar = Archiver {
@@ -449,7 +498,10 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
             plugin: env.storage.plugin.clone(),
             label: label.to_string(),
             created_ms: millis(now),
-            created_ns: now.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+            created_ns: now
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
             paths: root_strs.clone(),
             absent: Vec::new(),
             files: Vec::new(),
@@ -467,11 +519,19 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
             Err(e) => return Err(io_failed("read", root, &e)),
         }
     }
-    let Archiver { tar, mut manifest, .. } = ar;
-    let hw = tar.into_inner().and_then(|enc| enc.finish()).map_err(write_failed)?;
+    let Archiver {
+        tar, mut manifest, ..
+    } = ar;
+    let hw = tar
+        .into_inner()
+        .and_then(|enc| enc.finish())
+        .map_err(write_failed)?;
     manifest.archive_sha256 = hex::encode(hw.hasher.finalize());
     manifest.archive_bytes = hw.n;
-    let mut tmp = hw.inner.into_inner().map_err(|e| write_failed(e.into_error()))?;
+    let mut tmp = hw
+        .inner
+        .into_inner()
+        .map_err(|e| write_failed(e.into_error()))?;
     tmp.as_file().sync_all().map_err(write_failed)?;
 
     // Pick the id: the first that names neither an archive nor a manifest.
@@ -491,7 +551,12 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
             Err(e) => return Err(write_failed(e.error)),
         }
     }
-    let id = id.ok_or_else(|| Error::failed(format!("cannot find a free snapshot id {base}-XXXX in {}", dir.display())))?;
+    let id = id.ok_or_else(|| {
+        Error::failed(format!(
+            "cannot find a free snapshot id {base}-XXXX in {}",
+            dir.display()
+        ))
+    })?;
     manifest.id = id.clone();
     if let Err(e) = write_manifest(&dir, &manifest) {
         let _ = fs::remove_file(archive_path(&dir, &id));
@@ -504,11 +569,16 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), Error> {
     let target = manifest_path(dir, &m.id);
     let failed = |e: io::Error| io_failed("write snapshot manifest", &target, &e);
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").suffix(".json").tempfile_in(dir).map_err(failed)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(".json")
+        .tempfile_in(dir)
+        .map_err(failed)?;
     serde_json::to_writer_pretty(&mut tmp, m).map_err(|e| failed(e.into()))?;
     tmp.write_all(b"\n").map_err(failed)?;
     tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist_noclobber(&target).map_err(|e| failed(e.error))?;
+    tmp.persist_noclobber(&target)
+        .map_err(|e| failed(e.error))?;
     Ok(())
 }
 
@@ -519,15 +589,30 @@ pub fn load_manifest(dir: &Path, id: &str) -> Result<Manifest, Error> {
     let text = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::failed(format!("snapshot {id} not found in {}", dir.display())));
+            return Err(Error::failed(format!(
+                "snapshot {id} not found in {}",
+                dir.display()
+            )));
         }
         Err(e) => return Err(io_failed("read snapshot manifest", &path, &e)),
     };
-    let m: Manifest = serde_json::from_slice(&text)
-        .map_err(|e| Error::failed(format!("snapshot {id}: manifest {} is not valid: {e}", path.display())))?;
-    let bad = |why: String| Err(Error::failed(format!("snapshot {id}: manifest {}: {why}", path.display())));
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| {
+        Error::failed(format!(
+            "snapshot {id}: manifest {} is not valid: {e}",
+            path.display()
+        ))
+    })?;
+    let bad = |why: String| {
+        Err(Error::failed(format!(
+            "snapshot {id}: manifest {}: {why}",
+            path.display()
+        )))
+    };
     if m.format != FORMAT {
-        return bad(format!("format {} is not supported (expected {FORMAT})", m.format));
+        return bad(format!(
+            "format {} is not supported (expected {FORMAT})",
+            m.format
+        ));
     }
     if m.id != id {
         return bad(format!("it is for snapshot {:?}", m.id));
@@ -537,7 +622,11 @@ pub fn load_manifest(dir: &Path, id: &str) -> Result<Manifest, Error> {
             return bad(format!("path {p:?} is not a plain absolute path"));
         }
     }
-    let entries = m.files.iter().map(|f| &f.path).chain(m.dirs.iter().map(|d| &d.path));
+    let entries = m
+        .files
+        .iter()
+        .map(|f| &f.path)
+        .chain(m.dirs.iter().map(|d| &d.path));
     for p in entries.chain(m.symlinks.iter().map(|l| &l.path)) {
         if !m.paths.iter().any(|r| under(p, r)) || m.absent.iter().any(|r| under(p, r)) {
             return bad(format!("entry {p} is not under one of its paths"));
@@ -558,7 +647,9 @@ pub fn list_manifests(dir: &Path) -> Result<Vec<Manifest>, Error> {
     for e in rd {
         let e = e.map_err(|e| io_failed("read snapshot directory", dir, &e))?;
         let name = e.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
         if id.starts_with('.') {
             continue;
         }
@@ -585,7 +676,11 @@ impl Extract {
         let (root, dest) = self.roots.iter().find(|(r, _)| under(abs, r))?;
         let dest = dest.as_ref()?;
         let rel = abs[root.len()..].trim_start_matches('/');
-        Some(if rel.is_empty() { dest.clone() } else { dest.join(rel) })
+        Some(if rel.is_empty() {
+            dest.clone()
+        } else {
+            dest.join(rel)
+        })
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -604,14 +699,18 @@ impl Extract {
 /// then every entry (kind, size, SHA-256, mode, link target), and that
 /// nothing is missing or extra. With `extract`, entries are also written
 /// out; the caller discards them if this fails.
-fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -> Result<(), Error> {
+fn check_archive(
+    m: &Manifest,
+    path: &Path,
+    mut extract: Option<&mut Extract>,
+) -> Result<(), Error> {
     let id = &m.id;
     let shown = path.display();
     let open = || match File::open(path) {
         Ok(f) => Ok(f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(Error::failed(format!("snapshot {id}: archive {shown} is missing")))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::failed(format!(
+            "snapshot {id}: archive {shown} is missing"
+        ))),
         Err(e) => Err(io_failed("read snapshot archive", path, &e)),
     };
     let mismatch = |found: &str| {
@@ -621,25 +720,41 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
         ))
     };
     let corrupt = |e: io::Error| {
-        Error::failed(format!("snapshot {id}: archive {shown} is corrupt: {}", super::os_message(&e)))
+        Error::failed(format!(
+            "snapshot {id}: archive {shown} is corrupt: {}",
+            super::os_message(&e)
+        ))
     };
 
     // The whole compressed file first: cheap, and catches most damage
-    // before anything is decompressed or written.
-    let mut r = HashReader { inner: open()?, hasher: Sha256::new(), n: 0 };
-    io::copy(&mut r, &mut io::sink()).map_err(|e| io_failed("read snapshot archive", path, &e))?;
-    let sha = hex::encode(r.hasher.finalize());
-    if sha != m.archive_sha256 {
-        return Err(mismatch(&sha));
+    // before anything is decompressed. (When extracting, the caller has
+    // verified already; the stream is hashed again below in any case.)
+    if extract.is_none() {
+        let mut r = HashReader {
+            inner: open()?,
+            hasher: Sha256::new(),
+            n: 0,
+        };
+        io::copy(&mut r, &mut io::sink())
+            .map_err(|e| io_failed("read snapshot archive", path, &e))?;
+        let sha = hex::encode(r.hasher.finalize());
+        if sha != m.archive_sha256 {
+            return Err(mismatch(&sha));
+        }
     }
 
     // Then every entry, hashing the compressed stream again as it is read
     // (the file could change between the two passes).
     let files: HashMap<&str, &FileRecord> = m.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let dirs: HashMap<&str, &DirRecord> = m.dirs.iter().map(|d| (d.path.as_str(), d)).collect();
-    let links: HashMap<&str, &LinkRecord> = m.symlinks.iter().map(|l| (l.path.as_str(), l)).collect();
+    let links: HashMap<&str, &LinkRecord> =
+        m.symlinks.iter().map(|l| (l.path.as_str(), l)).collect();
     let mut seen = HashSet::new();
-    let reader = HashReader { inner: open()?, hasher: Sha256::new(), n: 0 };
+    let reader = HashReader {
+        inner: open()?,
+        hasher: Sha256::new(),
+        n: 0,
+    };
     let mut archive = tar::Archive::new(zstd::Decoder::new(reader).map_err(corrupt)?);
     let fail = |what: String| Error::failed(format!("snapshot {id}: {what}"));
     let mut buf = vec![0u8; 64 * 1024];
@@ -647,7 +762,10 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
         let mut entry = entry.map_err(corrupt)?;
         let name = entry.path().map_err(corrupt)?.into_owned();
         let Some(abs) = entry_abs(&name) else {
-            return Err(fail(format!("archive entry {:?} is not a plain relative path", name.display())));
+            return Err(fail(format!(
+                "archive entry {:?} is not a plain relative path",
+                name.display()
+            )));
         };
         if !seen.insert(abs.clone()) {
             return Err(fail(format!("archive holds {abs} twice")));
@@ -656,9 +774,11 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
         let mode = hdr.mode().map_err(corrupt)? & 0o7777;
         let mtime = hdr.mtime().unwrap_or(0);
         let dest = match extract.as_deref() {
-            Some(x) => {
-                Some(x.dest(&abs).ok_or_else(|| fail(format!("archive entry {abs} is under none of the paths to restore")))?)
-            }
+            Some(x) => Some(x.dest(&abs).ok_or_else(|| {
+                fail(format!(
+                    "archive entry {abs} is under none of the paths to restore"
+                ))
+            })?),
             None => None,
         };
         let out_failed = |p: &Path, e: io::Error| io_failed("restore", p, &e);
@@ -738,7 +858,11 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
                 let Some(rec) = links.get(abs.as_str()) else {
                     return Err(fail(format!("unexpected symbolic link {abs} in archive")));
                 };
-                let target = entry.link_name().map_err(corrupt)?.map(|t| t.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name()
+                    .map_err(corrupt)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 if target.to_str() != Some(rec.target.as_str()) {
                     return Err(fail(format!(
                         "symbolic link {abs} target mismatch (manifest {:?}, archive {:?})",
@@ -751,7 +875,11 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
                     chown_best_effort(d, &hdr);
                 }
             }
-            other => return Err(fail(format!("archive entry {abs} has unexpected type {other:?}"))),
+            other => {
+                return Err(fail(format!(
+                    "archive entry {abs} has unexpected type {other:?}"
+                )));
+            }
         }
     }
     let all = m.files.iter().map(|f| ("file", &f.path));
@@ -773,7 +901,11 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
         return Err(mismatch(&sha));
     }
     if let Some(x) = extract {
-        x.finish().map_err(|e| Error::failed(format!("snapshot {id}: cannot finish restored directories: {e}")))?;
+        x.finish().map_err(|e| {
+            Error::failed(format!(
+                "snapshot {id}: cannot finish restored directories: {e}"
+            ))
+        })?;
     }
     Ok(())
 }
@@ -781,7 +913,9 @@ fn check_archive(m: &Manifest, path: &Path, mut extract: Option<&mut Extract>) -
 /// Ownership is restored when allowed (as root, or to the user's own ids).
 fn chown_best_effort(path: &Path, hdr: &tar::Header) {
     if let (Ok(uid), Ok(gid)) = (hdr.uid(), hdr.gid()) {
-        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else { return };
+        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+            return;
+        };
         if let Ok(md) = fs::symlink_metadata(path)
             && (md.uid() != uid || md.gid() != gid)
         {
@@ -895,20 +1029,32 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
             stages.push(None);
             continue;
         }
-        let parent = target.parent().ok_or_else(|| Error::invalid(format!("cannot restore {p}")))?;
+        let parent = target
+            .parent()
+            .ok_or_else(|| Error::invalid(format!("cannot restore {p}")))?;
         fs::create_dir_all(parent).map_err(|e| io_failed("create directory", parent, &e))?;
         let tmp = tempfile::Builder::new()
             .prefix(".rewind-restore-")
             .tempdir_in(parent)
             .map_err(|e| io_failed("create a temporary directory in", parent, &e))?;
-        stages.push(Some(Stage { root: target.clone(), tmp, existed, present }));
+        stages.push(Some(Stage {
+            root: target.clone(),
+            tmp,
+            existed,
+            present,
+        }));
     }
     let mut x = Extract {
         roots: m
             .paths
             .iter()
             .zip(&stages)
-            .map(|(p, s)| (p.clone(), s.as_ref().filter(|s| s.existed).map(Stage::new_path)))
+            .map(|(p, s)| {
+                (
+                    p.clone(),
+                    s.as_ref().filter(|s| s.existed).map(Stage::new_path),
+                )
+            })
             .collect(),
         dirs: Vec::new(),
     };
@@ -917,8 +1063,16 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
     // Swap them in; on failure undo the swaps already made.
     let mut active: Vec<Stage> = stages.into_iter().flatten().collect();
     for i in 0..active.len() {
-        if let Err(e) = active[i].swap_in() {
-            let mut msg = format!("cannot restore {} from snapshot {id}: {e}", active[i].root.display());
+        let swapped = if injected_swap_failure(i) {
+            Err("injected failure".to_string())
+        } else {
+            active[i].swap_in()
+        };
+        if let Err(e) = swapped {
+            let mut msg = format!(
+                "cannot restore {} from snapshot {id}: {e}",
+                active[i].root.display()
+            );
             for done in active[..i].iter_mut().rev() {
                 if let Err(u) = done.swap_out() {
                     msg.push_str(&u);
@@ -931,15 +1085,56 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
         if let Some(parent) = s.root.parent() {
             let _ = fsync_dir(parent);
         }
-        let tmp_path = s.tmp.path().to_path_buf();
-        if let Err(e) = s.tmp.close() {
+        let tmp_path = s.tmp.keep();
+        if let Err(e) = remove_tree(&tmp_path) {
             env.log(
                 "warn",
-                &format!("restore: cannot remove the previous copy in {}: {e}", tmp_path.display()),
+                &format!(
+                    "restore: cannot remove the previous copy in {}: {e}",
+                    tmp_path.display()
+                ),
             );
         }
     }
     Ok(report)
+}
+
+/// Remove a directory tree, adding owner write permission to directories
+/// that lack it (a restored or replaced tree may hold read-only ones).
+fn remove_tree(path: &Path) -> io::Result<()> {
+    fn writable(p: &Path) {
+        if let Ok(md) = fs::symlink_metadata(p)
+            && md.is_dir()
+        {
+            let _ = fs::set_permissions(p, fs::Permissions::from_mode(md.mode() & 0o7777 | 0o700));
+            if let Ok(rd) = fs::read_dir(p) {
+                for e in rd.flatten() {
+                    writable(&e.path());
+                }
+            }
+        }
+    }
+    if fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    writable(path);
+    fs::remove_dir_all(path)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: make the swap of the root at this index fail.
+    pub(super) static FAIL_SWAP_AT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+fn injected_swap_failure(i: usize) -> bool {
+    FAIL_SWAP_AT.with(|f| f.get() == Some(i))
+}
+
+#[cfg(not(test))]
+fn injected_swap_failure(_: usize) -> bool {
+    false
 }
 
 pub fn list_snapshots(env: &PluginEnv, label_prefix: &str) -> Result<Vec<SnapshotInfo>, Error> {
@@ -964,7 +1159,10 @@ pub fn prune(env: &PluginEnv, label_prefix: &str, keep: u32) -> Result<u32, Erro
     }
     let n = u32::try_from(victims.len()).unwrap_or(u32::MAX);
     let ids: Vec<&str> = victims.iter().map(|m| m.id.as_str()).collect();
-    if !env.side_effect(format!("delete {n} snapshots labelled {label_prefix:?}*: {}", ids.join(", "))) {
+    if !env.side_effect(format!(
+        "delete {n} snapshots labelled {label_prefix:?}*: {}",
+        ids.join(", ")
+    )) {
         return Ok(n);
     }
     for id in ids {

@@ -43,22 +43,30 @@ fn from_value(v: ValueRef<'_>) -> SqlValue {
 fn existing_db(p: &Path) -> Result<(), Error> {
     match fs::metadata(p) {
         Ok(md) if md.is_file() => Ok(()),
-        Ok(_) => Err(Error::failed(format!("cannot open database {}: not a file", p.display()))),
+        Ok(_) => Err(Error::failed(format!(
+            "cannot open database {}: not a file",
+            p.display()
+        ))),
         Err(e) => Err(io_failed("open database", p, &e)),
     }
 }
 
 fn open_read_only(p: &Path) -> Result<Connection, Error> {
     existing_db(p)?;
-    let fail = |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
-    let conn = Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(fail)?;
+    let fail =
+        |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
+    let conn = Connection::open_with_flags(
+        p,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
     Ok(conn)
 }
 
 fn open_read_write(p: &Path) -> Result<Connection, Error> {
-    let fail = |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
+    let fail =
+        |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
     let conn = Connection::open(p).map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
     Ok(conn)
@@ -81,9 +89,13 @@ fn preview(sql: &str, max: usize) -> String {
 pub fn query(env: &PluginEnv, db: &str, sql: &str, params: Vec<SqlValue>) -> Result<Rows, Error> {
     let p = env.sandbox.check_sqlite(db)?;
     let conn = open_read_only(&p)?;
-    let mut stmt = conn
-        .prepare(sql)
-        .map_err(|e| Error::invalid(format!("bad SQL for {}: {e}: {}", p.display(), preview(sql, 80))))?;
+    let mut stmt = conn.prepare(sql).map_err(|e| {
+        Error::invalid(format!(
+            "bad SQL for {}: {e}: {}",
+            p.display(),
+            preview(sql, 80)
+        ))
+    })?;
     let expected = stmt.parameter_count();
     if expected != params.len() {
         return Err(Error::invalid(format!(
@@ -92,8 +104,13 @@ pub fn query(env: &PluginEnv, db: &str, sql: &str, params: Vec<SqlValue>) -> Res
             preview(sql, 80)
         )));
     }
-    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
-    let failed = |e: rusqlite::Error| Error::failed(format!("query on {} failed: {e}", p.display()));
+    let columns: Vec<String> = stmt
+        .column_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let failed =
+        |e: rusqlite::Error| Error::failed(format!("query on {} failed: {e}", p.display()));
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params.into_iter().map(to_value)))
         .map_err(failed)?;
@@ -122,7 +139,11 @@ pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
     if sql.trim().is_empty() {
         return Err(Error::invalid("empty SQL"));
     }
-    if !env.side_effect(format!("execute SQL on {}: {}", p.display(), preview(sql, 80))) {
+    if !env.side_effect(format!(
+        "execute SQL on {}: {}",
+        p.display(),
+        preview(sql, 80)
+    )) {
         return Ok(0);
     }
     let mut conn = open_read_write(&p)?;
@@ -148,16 +169,31 @@ pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
     let dst = env.sandbox.check_write(target)?;
     existing_db(&src)?;
     if src == dst {
-        return Err(Error::invalid(format!("cannot back up {} onto itself", src.display())));
+        return Err(Error::invalid(format!(
+            "cannot back up {} onto itself",
+            src.display()
+        )));
     }
     let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
-        return Err(Error::invalid(format!("cannot back up to {}: not a file path", dst.display())));
+        return Err(Error::invalid(format!(
+            "cannot back up to {}: not a file path",
+            dst.display()
+        )));
     };
     if dst.is_dir() {
-        return Err(Error::failed(format!("cannot back up to {}: Is a directory", dst.display())));
+        return Err(Error::failed(format!(
+            "cannot back up to {}: Is a directory",
+            dst.display()
+        )));
     }
-    if !env.side_effect(format!("back up database {} to {}", src.display(), dst.display())) {
-        return fs::metadata(&src).map(|m| m.len()).map_err(|e| io_failed("read", &src, &e));
+    if !env.side_effect(format!(
+        "back up database {} to {}",
+        src.display(),
+        dst.display()
+    )) {
+        return fs::metadata(&src)
+            .map(|m| m.len())
+            .map_err(|e| io_failed("read", &src, &e));
     }
     let from = open_read_only(&src)?;
     fs::create_dir_all(parent).map_err(|e| io_failed("create directory", parent, &e))?;
@@ -169,7 +205,11 @@ pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
         .tempfile_in(parent)
         .map_err(|e| io_failed("create a temporary file in", parent, &e))?;
     let failed = |e: rusqlite::Error| {
-        Error::failed(format!("cannot back up {} to {}: {e}", src.display(), dst.display()))
+        Error::failed(format!(
+            "cannot back up {} to {}: {e}",
+            src.display(),
+            dst.display()
+        ))
     };
     {
         let mut to = open_read_write(tmp.path())?;
@@ -178,7 +218,9 @@ pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
             .map_err(failed)?;
         to.close().map_err(|(_, e)| failed(e))?;
     }
-    tmp.as_file().sync_all().map_err(|e| io_failed("write", &dst, &e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_failed("write", &dst, &e))?;
     if let Ok(md) = fs::metadata(&dst) {
         let _ = tmp.as_file().set_permissions(md.permissions());
     }
@@ -194,7 +236,10 @@ pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
             Err(e) => return Err(io_failed("remove", &side, &e)),
         }
     }
-    tmp.persist(&dst).map_err(|e| io_failed("replace", &dst, &e.error))?;
+    tmp.persist(&dst)
+        .map_err(|e| io_failed("replace", &dst, &e.error))?;
     let _ = fsync_dir(parent);
-    fs::metadata(&dst).map(|m| m.len()).map_err(|e| io_failed("read", &dst, &e))
+    fs::metadata(&dst)
+        .map(|m| m.len())
+        .map_err(|e| io_failed("read", &dst, &e))
 }

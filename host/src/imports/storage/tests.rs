@@ -20,14 +20,26 @@ fn fixture() -> Fixture {
     let root = fs::canonicalize(tmp.path()).unwrap();
     let work = root.join("work");
     fs::create_dir(&work).unwrap();
-    Fixture { _tmp: tmp, work, state: root.join("state") }
+    Fixture {
+        _tmp: tmp,
+        work,
+        state: root.join("state"),
+    }
 }
 
 fn env_named(f: &Fixture, name: &str, mode: Mode) -> PluginEnv {
     let dir = f.work.to_str().unwrap().to_string();
     let sandbox = Sandbox::new(
-        GrantsSpec { write: vec![dir.clone()], sqlite: vec![dir], ..Default::default() },
-        GrantOrigin { plugin: "t".into(), runbook: "rewind.toml".into(), line: 1 },
+        GrantsSpec {
+            write: vec![dir.clone()],
+            sqlite: vec![dir],
+            ..Default::default()
+        },
+        GrantOrigin {
+            plugin: "t".into(),
+            runbook: "rewind.toml".into(),
+            line: 1,
+        },
         &f.work,
     )
     .unwrap();
@@ -51,8 +63,10 @@ fn s(p: &Path) -> String {
 
 /// Names in a directory, sorted.
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -70,7 +84,9 @@ fn make_app(dir: &Path) -> Vec<u8> {
     fs::create_dir_all(dir.join("empty")).unwrap();
     fs::write(dir.join("config.toml"), "port = 8080\n").unwrap();
     fs::set_permissions(dir.join("config.toml"), fs::Permissions::from_mode(0o640)).unwrap();
-    let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     fs::write(dir.join("bin/data"), &data).unwrap();
     fs::set_permissions(dir.join("bin/data"), fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink("config.toml", dir.join("current")).unwrap();
@@ -94,11 +110,17 @@ fn snapshot_modify_restore_brings_back_exact_bytes() {
     assert_eq!(info.paths, vec![s(&absent), s(&app), s(&single)]);
     assert_eq!(info.sha256.len(), 64);
     let dir = &e.storage.snapshots_dir;
-    assert_eq!(names(dir), vec![format!("{}.json", info.id), format!("{}.tar.zst", info.id)]);
+    assert_eq!(
+        names(dir),
+        vec![format!("{}.json", info.id), format!("{}.tar.zst", info.id)]
+    );
     let m = snapshot::load_manifest(dir, &info.id).unwrap();
     assert_eq!(m.absent, vec![s(&absent)]);
     assert_eq!(m.symlinks[0].target, "config.toml");
-    assert_eq!(format!("{:?}", snapshot::verify(&e, &info.id).unwrap()), format!("{info:?}"));
+    assert_eq!(
+        format!("{:?}", snapshot::verify(&e, &info.id).unwrap()),
+        format!("{info:?}")
+    );
 
     // Break everything.
     fs::write(app.join("config.toml"), "port = 9090\n").unwrap();
@@ -115,19 +137,45 @@ fn snapshot_modify_restore_brings_back_exact_bytes() {
     assert_eq!(report.files, 3);
     assert_eq!(report.paths, info.paths);
     assert_eq!(fs::read(app.join("config.toml")).unwrap(), b"port = 8080\n");
-    assert_eq!(fs::metadata(app.join("config.toml")).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(app.join("config.toml"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
     assert_eq!(fs::read(app.join("bin/data")).unwrap(), data);
-    assert_eq!(fs::metadata(app.join("bin/data")).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::metadata(app.join("bin/data"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
     assert!(!app.join("new-file").exists());
     assert!(app.join("empty").is_dir());
-    assert_eq!(fs::read_link(app.join("current")).unwrap(), Path::new("config.toml"));
+    assert_eq!(
+        fs::read_link(app.join("current")).unwrap(),
+        Path::new("config.toml")
+    );
     assert_eq!(fs::read(&single).unwrap(), b"one\n");
     assert!(fs::symlink_metadata(&absent).is_err());
     // Nothing left behind next to the roots.
     assert_eq!(names(&f.work), vec!["app", "single.txt"]);
-    let actions: Vec<_> = e.take_actions().into_iter().map(|a| (a.what, a.executed)).collect();
+    let actions: Vec<_> = e
+        .take_actions()
+        .into_iter()
+        .map(|a| (a.what, a.executed))
+        .collect();
     assert!(actions.iter().all(|(_, x)| *x), "{actions:?}");
-    assert!(actions[1].0.starts_with(&format!("restore snapshot {}", info.id)), "{actions:?}");
+    assert!(
+        actions[1]
+            .0
+            .starts_with(&format!("restore snapshot {}", info.id)),
+        "{actions:?}"
+    );
 }
 
 #[test]
@@ -161,13 +209,20 @@ fn verify_detects_corruption_and_restore_leaves_files_untouched() {
     fs::write(&archive, &bytes).unwrap();
 
     let msg = failed(snapshot::verify(&e, &info.id));
-    assert!(msg.contains(&format!("snapshot {}", info.id)) && msg.contains("sha256 mismatch"), "{msg}");
+    assert!(
+        msg.contains(&format!("snapshot {}", info.id)) && msg.contains("sha256 mismatch"),
+        "{msg}"
+    );
     let msg = failed(snapshot::restore(&e, &info.id));
     assert!(msg.contains("sha256 mismatch"), "{msg}");
     assert_eq!(fs::read(app.join("config.toml")).unwrap(), b"port = 9090\n");
     assert_eq!(names(&f.work), vec!["app"]);
     // A failed restore records no side effect: it never got that far.
-    assert!(e.take_actions().iter().all(|a| !a.what.starts_with("restore")));
+    assert!(
+        e.take_actions()
+            .iter()
+            .all(|a| !a.what.starts_with("restore"))
+    );
 }
 
 #[test]
@@ -182,14 +237,22 @@ fn verify_detects_a_file_that_does_not_match_the_manifest() {
     // The first manifest, over the second archive (with its hash): the
     // archive is intact but a file differs.
     let dir = &e.storage.snapshots_dir;
-    fs::copy(snapshot::archive_path(dir, &second.id), snapshot::archive_path(dir, &first.id)).unwrap();
+    fs::copy(
+        snapshot::archive_path(dir, &second.id),
+        snapshot::archive_path(dir, &first.id),
+    )
+    .unwrap();
     let mp = snapshot::manifest_path(dir, &first.id);
     let mut m: snapshot::Manifest = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
     m.archive_sha256 = second.sha256.clone();
     fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
 
     let msg = failed(snapshot::verify(&e, &first.id));
-    let want = format!("snapshot {}: file {} sha256 mismatch", first.id, s(&app.join("config.toml")));
+    let want = format!(
+        "snapshot {}: file {} sha256 mismatch",
+        first.id,
+        s(&app.join("config.toml"))
+    );
     assert!(msg.starts_with(&want), "{msg}");
     assert!(snapshot::restore(&e, &first.id).is_err());
     assert_eq!(fs::read(app.join("config.toml")).unwrap(), b"port = 9090\n");
@@ -200,17 +263,32 @@ fn snapshot_ids_are_validated_and_paths_checked() {
     let f = fixture();
     let e = env(&f, Mode::Execute);
     for bad in ["../x", "a/b", "..", "", ".hidden", "a..b"] {
-        assert!(matches!(snapshot::verify(&e, bad), Err(Error::Invalid(_))), "{bad:?}");
-        assert!(matches!(snapshot::restore(&e, bad), Err(Error::Invalid(_))), "{bad:?}");
+        assert!(
+            matches!(snapshot::verify(&e, bad), Err(Error::Invalid(_))),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(snapshot::restore(&e, bad), Err(Error::Invalid(_))),
+            "{bad:?}"
+        );
     }
     assert!(failed(snapshot::verify(&e, "nope-20250101T000000000Z-0000")).contains("not found"));
     let outside = f.state.parent().unwrap().join("outside");
     fs::create_dir(&outside).unwrap();
-    assert!(matches!(snapshot::snapshot(&e, "x", &[s(&outside)]), Err(Error::Denied(_))));
+    assert!(matches!(
+        snapshot::snapshot(&e, "x", &[s(&outside)]),
+        Err(Error::Denied(_))
+    ));
     fs::create_dir(f.work.join("a")).unwrap();
     let r = snapshot::snapshot(&e, "x", &[s(&f.work.join("a")), s(&f.work)]);
-    assert!(matches!(r, Err(Error::Invalid(ref m)) if m.contains("overlap")), "{r:?}");
-    assert!(matches!(snapshot::snapshot(&e, "x", &[]), Err(Error::Invalid(_))));
+    assert!(
+        matches!(r, Err(Error::Invalid(ref m)) if m.contains("overlap")),
+        "{r:?}"
+    );
+    assert!(matches!(
+        snapshot::snapshot(&e, "x", &[]),
+        Err(Error::Invalid(_))
+    ));
 }
 
 #[test]
@@ -224,7 +302,11 @@ fn prune_keeps_the_newest() {
         ids.push(snapshot::snapshot(&e, "nightly", &[s(&file)]).unwrap().id);
     }
     let other = snapshot::snapshot(&e, "other", &[s(&file)]).unwrap().id;
-    let listed: Vec<String> = snapshot::list_snapshots(&e, "nightly").unwrap().into_iter().map(|i| i.id).collect();
+    let listed: Vec<String> = snapshot::list_snapshots(&e, "nightly")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
     assert_eq!(listed, newest_first);
 
@@ -234,12 +316,18 @@ fn prune_keeps_the_newest() {
     assert_eq!(snapshot::list_snapshots(&e, "").unwrap().len(), 5);
 
     assert_eq!(snapshot::prune(&e, "nightly", 2).unwrap(), 2);
-    let left: Vec<String> = snapshot::list_snapshots(&e, "nightly").unwrap().into_iter().map(|i| i.id).collect();
+    let left: Vec<String> = snapshot::list_snapshots(&e, "nightly")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     assert_eq!(left, newest_first[..2].to_vec());
     assert_eq!(snapshot::list_snapshots(&e, "other").unwrap()[0].id, other);
     let dir = &e.storage.snapshots_dir;
     for id in &ids[..2] {
-        assert!(!snapshot::archive_path(dir, id).exists() && !snapshot::manifest_path(dir, id).exists());
+        assert!(
+            !snapshot::archive_path(dir, id).exists() && !snapshot::manifest_path(dir, id).exists()
+        );
     }
     assert_eq!(names(dir).len(), 6);
     assert_eq!(snapshot::prune(&e, "nightly", 2).unwrap(), 0);
@@ -258,7 +346,10 @@ fn dry_run_changes_nothing_on_disk() {
     assert!(!f.work.join("new.txt").exists());
     files::write_file(&e, &s(&app.join("config.toml")), b"changed").unwrap();
     assert_eq!(fs::read(app.join("config.toml")).unwrap(), b"port = 8080\n");
-    assert_eq!(files::copy(&e, &s(&app.join("bin/data")), &s(&f.work.join("c"))).unwrap(), data.len() as u64);
+    assert_eq!(
+        files::copy(&e, &s(&app.join("bin/data")), &s(&f.work.join("c"))).unwrap(),
+        data.len() as u64
+    );
     files::remove(&e, &s(&app)).unwrap();
     files::symlink(&e, "app/bin", &s(&f.work.join("link"))).unwrap();
     assert_eq!(names(&f.work), vec!["app"]);
@@ -283,7 +374,10 @@ fn dry_run_changes_nothing_on_disk() {
     assert!(actions.iter().all(|a| !a.executed));
     let whats: Vec<&str> = actions.iter().map(|a| a.what.as_str()).collect();
     assert!(whats.contains(&"set key release"), "{whats:?}");
-    assert!(whats.iter().any(|w| w.starts_with("write 5 bytes to ")), "{whats:?}");
+    assert!(
+        whats.iter().any(|w| w.starts_with("write 5 bytes to ")),
+        "{whats:?}"
+    );
 }
 
 #[test]
@@ -295,7 +389,7 @@ fn dry_run_restore_reports_without_touching() {
     fs::write(app.join("config.toml"), "changed").unwrap();
     let e = env(&f, Mode::Check);
     let report = snapshot::restore(&e, &info.id).unwrap();
-    assert_eq!((report.paths, report.files), (vec![s(&app)], 3));
+    assert_eq!((report.paths, report.files), (vec![s(&app)], 2));
     assert_eq!(fs::read(app.join("config.toml")).unwrap(), b"changed");
     assert_eq!(names(&f.work), vec!["app"]);
 }
@@ -305,7 +399,10 @@ fn kv_is_durable_and_scoped_per_plugin() {
     let f = fixture();
     let e = env(&f, Mode::Execute);
     assert_eq!(kv::get(&e, "a").unwrap(), None);
-    assert!(!e.state.kv_db().exists(), "reads do not create the database");
+    assert!(
+        !e.state.kv_db().exists(),
+        "reads do not create the database"
+    );
     kv::set(&e, "a/1", "x").unwrap();
     kv::set(&e, "a/2", "y").unwrap();
     kv::set(&e, "b", "z").unwrap();
@@ -341,19 +438,36 @@ fn atomic_writes_leave_no_temp_files_and_keep_permissions() {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o604)).unwrap();
     files::write_file(&e, &s(&p), b"two").unwrap();
     assert_eq!(fs::read(&p).unwrap(), b"two");
-    assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o604);
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+        0o604
+    );
     assert_eq!(names(p.parent().unwrap()), vec!["config"]);
 
-    assert_eq!(files::copy(&e, &s(&p), &s(&f.work.join("copy"))).unwrap(), 3);
+    assert_eq!(
+        files::copy(&e, &s(&p), &s(&f.work.join("copy"))).unwrap(),
+        3
+    );
     assert_eq!(fs::read(f.work.join("copy")).unwrap(), b"two");
     files::rename(&e, &s(&f.work.join("copy")), &s(&f.work.join("moved"))).unwrap();
     assert_eq!(names(&f.work), vec!["etc", "moved"]);
 
     let outside = f.state.parent().unwrap().join("x");
-    assert!(matches!(files::write_file(&e, &s(&outside), b"x"), Err(Error::Denied(_))));
+    assert!(matches!(
+        files::write_file(&e, &s(&outside), b"x"),
+        Err(Error::Denied(_))
+    ));
     let msg = failed(files::read_file(&e, &s(&f.work.join("missing"))));
-    assert_eq!(msg, format!("cannot read {}: No such file or directory", s(&f.work.join("missing"))));
-    assert!(failed(files::write_file(&e, &s(&f.work.join("etc")), b"x")).contains("Is a directory"));
+    assert_eq!(
+        msg,
+        format!(
+            "cannot read {}: No such file or directory",
+            s(&f.work.join("missing"))
+        )
+    );
+    assert!(
+        failed(files::write_file(&e, &s(&f.work.join("etc")), b"x")).contains("Is a directory")
+    );
 }
 
 #[test]
@@ -372,16 +486,28 @@ fn symlink_switch_stat_list_and_remove() {
     assert_eq!(fs::read(w.join("current/app")).unwrap(), b"22");
     assert_eq!(names(w), vec!["current", "releases"]);
     let st = files::stat(&e, &current).unwrap().unwrap();
-    assert_eq!((st.kind, st.path.as_str()), (EntryKind::Symlink, current.as_str()));
+    assert_eq!(
+        (st.kind, st.path.as_str()),
+        (EntryKind::Symlink, current.as_str())
+    );
     assert!(files::stat(&e, &s(&w.join("nope"))).unwrap().is_none());
     // A target outside the grants is refused.
-    assert!(matches!(files::symlink(&e, "/etc", &current), Err(Error::Denied(_))));
+    assert!(matches!(
+        files::symlink(&e, "/etc", &current),
+        Err(Error::Denied(_))
+    ));
 
     let list = files::list_dir(&e, &s(w), true).unwrap();
     let got: Vec<(String, EntryKind, u64)> = list
         .into_iter()
         .filter(|d| d.kind != EntryKind::Dir)
-        .map(|d| (d.path.strip_prefix(&s(w)).unwrap().to_string(), d.kind, d.size))
+        .map(|d| {
+            (
+                d.path.strip_prefix(&s(w)).unwrap().to_string(),
+                d.kind,
+                d.size,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -434,8 +560,18 @@ fn sqlite_exec_query_backup_round_trip() {
     assert!(matches!(rows.rows[1][3], SqlValue::Null));
 
     // A failing batch changes nothing.
-    assert!(sqlite::exec(&e, &db, "INSERT INTO t (name) VALUES ('c'); INSERT INTO nope VALUES (1);").is_err());
-    let count = |db: &str| match &sqlite::query(&e, db, "SELECT count(*) FROM t", vec![]).unwrap().rows[0][0] {
+    assert!(
+        sqlite::exec(
+            &e,
+            &db,
+            "INSERT INTO t (name) VALUES ('c'); INSERT INTO nope VALUES (1);"
+        )
+        .is_err()
+    );
+    let count = |db: &str| match &sqlite::query(&e, db, "SELECT count(*) FROM t", vec![])
+        .unwrap()
+        .rows[0][0]
+    {
         SqlValue::Integer(n) => *n,
         other => panic!("{other:?}"),
     };
@@ -474,11 +610,61 @@ fn sqlite_query_is_read_only() {
     let missing = f.work.join("missing.db");
     assert!(failed(sqlite::query(&e, &s(&missing), "SELECT 1", vec![])).contains("No such file"));
     assert!(!missing.exists());
-    assert!(matches!(sqlite::query(&e, &db, "SELEC 1", vec![]), Err(Error::Invalid(_))));
-    assert!(matches!(sqlite::query(&e, &db, "SELECT ?1", vec![]), Err(Error::Invalid(_))));
+    assert!(matches!(
+        sqlite::query(&e, &db, "SELEC 1", vec![]),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        sqlite::query(&e, &db, "SELECT ?1", vec![]),
+        Err(Error::Invalid(_))
+    ));
     let many = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10001) SELECT i FROM n";
     let r = sqlite::query(&e, &db, many, vec![]);
-    assert!(matches!(r, Err(Error::Invalid(ref m)) if m.contains("LIMIT")), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Invalid(ref m)) if m.contains("LIMIT")),
+        "{r:?}"
+    );
     let outside = f.state.parent().unwrap().join("x.db");
-    assert!(matches!(sqlite::query(&e, &s(&outside), "SELECT 1", vec![]), Err(Error::Denied(_))));
+    assert!(matches!(
+        sqlite::query(&e, &s(&outside), "SELECT 1", vec![]),
+        Err(Error::Denied(_))
+    ));
+}
+
+#[test]
+fn a_failed_swap_puts_back_the_roots_already_swapped() {
+    let f = fixture();
+    let e = env(&f, Mode::Execute);
+    let (a, b) = (f.work.join("a"), f.work.join("b"));
+    make_app(&a);
+    fs::write(&b, "b1").unwrap();
+    let info = snapshot::snapshot(&e, "two", &[s(&a), s(&b)]).unwrap();
+    fs::write(a.join("config.toml"), "a2").unwrap();
+    // Read-only directories in the current copy must not stop the cleanup.
+    fs::set_permissions(a.join("bin"), fs::Permissions::from_mode(0o555)).unwrap();
+    fs::write(&b, "b2").unwrap();
+
+    snapshot::FAIL_SWAP_AT.with(|c| c.set(Some(1)));
+    let msg = failed(snapshot::restore(&e, &info.id));
+    snapshot::FAIL_SWAP_AT.with(|c| c.set(None));
+    assert!(
+        msg.starts_with(&format!(
+            "cannot restore {} from snapshot {}",
+            s(&b),
+            info.id
+        )),
+        "{msg}"
+    );
+    assert_eq!(fs::read(a.join("config.toml")).unwrap(), b"a2");
+    assert_eq!(fs::read(&b).unwrap(), b"b2");
+    assert_eq!(names(&f.work), vec!["a", "b"]);
+
+    snapshot::restore(&e, &info.id).unwrap();
+    assert_eq!(fs::read(a.join("config.toml")).unwrap(), b"port = 8080\n");
+    assert_eq!(
+        fs::metadata(a.join("bin")).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(fs::read(&b).unwrap(), b"b1");
+    assert_eq!(names(&f.work), vec!["a", "b"]);
 }
