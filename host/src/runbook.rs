@@ -99,13 +99,15 @@ impl PluginSpec {
             runbook: runbook.path.clone(),
             line: self.grants_line,
         };
-        Sandbox::new(self.grants.clone(), origin, &runbook.dir).map_err(|e| RunbookError {
+        let mut sandbox = Sandbox::new(self.grants.clone(), origin, &runbook.dir).map_err(|e| RunbookError {
             path: runbook.path.clone(),
             line: self.grants_line,
             column: 1,
             message: e.to_string(),
             snippet: None,
-        })
+        })?;
+        sandbox.protect(&runbook.state_dir);
+        Ok(sandbox)
     }
 }
 

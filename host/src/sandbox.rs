@@ -130,6 +130,9 @@ pub struct Sandbox {
     sqlite: Vec<PathBuf>,
     /// Pids this plugin spawned in this run: it may always signal those.
     spawned: Mutex<HashSet<u32>>,
+    /// Never reachable through any grant: rewind's own state directory
+    /// (journals, snapshots, cache), even when it sits inside a grant.
+    protected: Vec<PathBuf>,
 }
 
 /// A grant that cannot be understood: reported as a runbook error.
@@ -201,7 +204,15 @@ impl Sandbox {
             origin,
             base_dir: base_dir.to_path_buf(),
             spawned: Mutex::new(HashSet::new()),
+            protected: Vec::new(),
         })
+    }
+
+    /// Put a directory out of every grant's reach.
+    pub fn protect(&mut self, dir: &Path) {
+        if let Ok(p) = resolve_path(&self.base_dir, &dir.to_string_lossy()) {
+            self.protected.push(p);
+        }
     }
 
     pub fn spec(&self) -> &GrantsSpec {
@@ -342,6 +353,12 @@ impl Sandbox {
         self.check_path(Capability::Write, path, false)
     }
 
+    /// Like `check_read`, but a symlink in the last component is not
+    /// followed (snapshotting a release link keeps the link).
+    pub fn check_read_entry(&self, path: &str) -> Result<PathBuf, CheckError> {
+        self.check_path(Capability::Read, path, false)
+    }
+
     /// A database file under a `sqlite` grant.
     pub fn check_sqlite(&self, path: &str) -> Result<PathBuf, CheckError> {
         self.check_path(Capability::Sqlite, path, true)
@@ -357,6 +374,12 @@ impl Sandbox {
             resolve_entry(&self.base_dir, raw)
         }
         .map_err(|e| CheckError::Invalid(format!("path {raw:?}: {e}")))?;
+        if let Some(p) = self.protected.iter().find(|p| resolved.starts_with(p)) {
+            return Err(CheckError::Invalid(format!(
+                "path {raw:?} is inside rewind's state directory {}, which plugins never touch directly (use the storage key-value and snapshot calls)",
+                p.display()
+            )));
+        }
         let roots: Vec<&PathBuf> = match cap {
             Capability::Read => self.read.iter().chain(self.write.iter()).collect(),
             Capability::Write => self.write.iter().collect(),
@@ -589,8 +612,10 @@ mod tests {
         std::fs::create_dir(&granted).unwrap();
         std::fs::write(dir.path().join("secret"), "x").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), granted.join("link")).unwrap();
-        let s = sandbox(GrantsSpec { write: vec!["granted".into()], ..Default::default() }, dir.path());
+        let mut s = sandbox(GrantsSpec { write: vec!["granted".into()], ..Default::default() }, dir.path());
+        s.protect(&granted.join(".rewind"));
         assert!(s.check_read("granted/new-file").is_ok());
+        assert!(matches!(s.check_write("granted/.rewind/runs/x.jsonl"), Err(CheckError::Invalid(_))));
         assert!(s.check_read("granted/../secret").is_err());
         assert!(s.check_read("granted/link").is_err());
         assert!(s.check_read("granted/missing/../../secret").is_err());

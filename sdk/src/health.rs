@@ -15,8 +15,8 @@
 //! # let _ = (now, waited, db); Ok(()) }
 //! ```
 
-pub use crate::bindings::rewind::plugin::health::*;
 use crate::Error;
+pub use crate::bindings::rewind::plugin::health::*;
 
 /// The SDK's name for the WIT `http-check` record: an HTTP health check.
 pub type HttpProbe = HttpCheck;
@@ -67,7 +67,9 @@ impl HttpCheck {
     }
     /// The range this probe counts as healthy, as text (`200-399`).
     pub fn expected(&self) -> String {
-        let r = self.expect_status.unwrap_or(StatusRange { min: 200, max: 399 });
+        let r = self
+            .expect_status
+            .unwrap_or(StatusRange { min: 200, max: 399 });
         format!("{}-{}", r.min, r.max)
     }
 }
@@ -86,7 +88,11 @@ pub struct TcpProbe {
 impl TcpProbe {
     /// A connect check of `host:port`.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self { host: host.into(), port, timeout_ms: 0 }
+        Self {
+            host: host.into(),
+            port,
+            timeout_ms: 0,
+        }
     }
     /// Connect timeout.
     pub fn timeout_ms(mut self, ms: Millis) -> Self {
@@ -99,14 +105,22 @@ impl TcpProbe {
     }
     /// Probe until it connects, polled by the host.
     pub fn wait(&self, policy: WaitPolicy) -> Result<WaitResult, Error> {
-        wait_healthy(&Target::Tcp((self.host.clone(), self.port, self.timeout_ms)), policy)
+        wait_healthy(
+            &Target::Tcp((self.host.clone(), self.port, self.timeout_ms)),
+            policy,
+        )
     }
 }
 
 impl WaitPolicy {
     /// Probe every `interval_ms`, for up to 30 s, until one probe is healthy.
     pub fn every(interval_ms: Millis) -> Self {
-        Self { interval_ms, timeout_ms: 30_000, success_threshold: 1, failure_threshold: 0 }
+        Self {
+            interval_ms,
+            timeout_ms: 30_000,
+            success_threshold: 1,
+            failure_threshold: 0,
+        }
     }
     /// Give up after this long in all.
     pub fn timeout_ms(mut self, ms: Millis) -> Self {

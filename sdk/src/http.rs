@@ -11,13 +11,19 @@
 //! # let _ = r; Ok(()) }
 //! ```
 
-pub use crate::bindings::rewind::plugin::http::*;
 use crate::Error;
+pub use crate::bindings::rewind::plugin::http::*;
 
 impl HttpRequest {
     /// A request with any method.
     pub fn new(method: impl Into<String>, url: impl Into<String>) -> Self {
-        Self { method: method.into(), url: url.into(), headers: Vec::new(), body: None, timeout_ms: 0 }
+        Self {
+            method: method.into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            timeout_ms: 0,
+        }
     }
     /// A `GET`.
     pub fn get(url: impl Into<String>) -> Self {

@@ -213,16 +213,26 @@ impl Context {
     /// reads as `{}`. On a mismatch the error names the field, e.g.
     /// `bad [plugin.config] of plugin "demo": port: invalid type: string "x", expected u16`.
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        let text = if self.config.trim().is_empty() { "{}" } else { self.config.as_str() };
+        let text = if self.config.trim().is_empty() {
+            "{}"
+        } else {
+            self.config.as_str()
+        };
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let inner = strip_position(&inner.to_string());
             if path.is_empty() || path == "." {
-                Failure(format!("bad [plugin.config] of plugin {:?}: {inner}", self.plugin))
+                Failure(format!(
+                    "bad [plugin.config] of plugin {:?}: {inner}",
+                    self.plugin
+                ))
             } else {
-                Failure(format!("bad [plugin.config] of plugin {:?}: {path}: {inner}", self.plugin))
+                Failure(format!(
+                    "bad [plugin.config] of plugin {:?}: {path}: {inner}",
+                    self.plugin
+                ))
             }
         })
     }
@@ -365,11 +375,21 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_field() {
-        let e = ctx(r#"{"url":"x","port":"high"}"#).config::<Cfg>().unwrap_err();
-        assert!(e.message().contains("port: invalid type"), "{}", e.message());
+        let e = ctx(r#"{"url":"x","port":"high"}"#)
+            .config::<Cfg>()
+            .unwrap_err();
+        assert!(
+            e.message().contains("port: invalid type"),
+            "{}",
+            e.message()
+        );
         assert!(!e.message().contains("column"), "{}", e.message());
         let e = ctx(r#"{"port":1}"#).config::<Cfg>().unwrap_err();
-        assert!(e.message().contains("missing field `url`"), "{}", e.message());
+        assert!(
+            e.message().contains("missing field `url`"),
+            "{}",
+            e.message()
+        );
         assert_eq!(ctx(r#"{"url":"u"}"#).config::<Cfg>().unwrap().url, "u");
         assert!(ctx("").config::<Cfg>().is_err());
     }
@@ -381,9 +401,15 @@ mod tests {
             resource: "http://x/".into(),
             hint: "add http".into(),
         });
-        assert_eq!(e.to_string(), r#"denied: http "http://x/" is not granted (add http)"#);
+        assert_eq!(
+            e.to_string(),
+            r#"denied: http "http://x/" is not granted (add http)"#
+        );
         let json = serde_json::to_string(&Err::<(), _>(e)).unwrap();
-        assert!(json.starts_with(r#"{"Err":{"Denied":{"capability":"http""#), "{json}");
+        assert!(
+            json.starts_with(r#"{"Err":{"Denied":{"capability":"http""#),
+            "{json}"
+        );
         let f: Failure = Error::Failed("boom".into()).into();
         assert_eq!(f.message(), "failed: boom");
     }

@@ -17,8 +17,8 @@
 //! # Ok(()) }
 //! ```
 
-pub use crate::bindings::rewind::plugin::process::*;
 use crate::Error;
+pub use crate::bindings::rewind::plugin::process::*;
 
 /// The SDK's name for the WIT `command` record, built like
 /// `std::process::Command`.
@@ -91,7 +91,10 @@ impl Command {
 }
 
 fn quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))

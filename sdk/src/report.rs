@@ -28,7 +28,11 @@ pub fn num(v: f64) -> String {
 }
 
 fn with_unit(v: f64, unit: &str) -> String {
-    if unit.is_empty() { num(v) } else { format!("{} {unit}", num(v)) }
+    if unit.is_empty() {
+        num(v)
+    } else {
+        format!("{} {unit}", num(v))
+    }
 }
 
 impl Finding {
@@ -50,16 +54,30 @@ impl Finding {
 
     /// Breached when `observed > max`: `"3412 MB"` vs `"<= 3000 MB"`.
     pub fn at_most(check: impl Into<String>, observed: f64, max: f64, unit: &str) -> Self {
-        Self::new(check, with_unit(observed, unit), format!("<= {}", with_unit(max, unit)), observed > max)
+        Self::new(
+            check,
+            with_unit(observed, unit),
+            format!("<= {}", with_unit(max, unit)),
+            observed > max,
+        )
     }
 
     /// Breached when `observed < min`: `"3 GB"` vs `">= 5 GB"`.
     pub fn at_least(check: impl Into<String>, observed: f64, min: f64, unit: &str) -> Self {
-        Self::new(check, with_unit(observed, unit), format!(">= {}", with_unit(min, unit)), observed < min)
+        Self::new(
+            check,
+            with_unit(observed, unit),
+            format!(">= {}", with_unit(min, unit)),
+            observed < min,
+        )
     }
 
     /// Breached unless `observed == expected`.
-    pub fn equals(check: impl Into<String>, observed: impl Display, expected: impl Display) -> Self {
+    pub fn equals(
+        check: impl Into<String>,
+        observed: impl Display,
+        expected: impl Display,
+    ) -> Self {
         let (o, e) = (observed.to_string(), expected.to_string());
         let breached = o != e;
         Self::new(check, o, format!("= {e}"), breached)
@@ -76,30 +94,61 @@ impl Finding {
     }
 
     /// A yes/no check: breached when `ok` is false.
-    pub fn check(check: impl Into<String>, ok: bool, observed: impl Display, expected: impl Display) -> Self {
+    pub fn check(
+        check: impl Into<String>,
+        ok: bool,
+        observed: impl Display,
+        expected: impl Display,
+    ) -> Self {
         Self::new(check, observed, expected, !ok)
     }
 }
 
 impl Step {
     /// A step the plugin carries out itself in `run_step`.
-    pub fn auto(id: impl Into<String>, title: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { id: id.into(), title: title.into(), kind: StepKind::Auto, detail: detail.into() }
+    pub fn auto(
+        id: impl Into<String>,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            title: title.into(),
+            kind: StepKind::Auto,
+            detail: detail.into(),
+        }
     }
     /// A step for a person: the host shows `detail` and waits for confirmation.
-    pub fn manual(id: impl Into<String>, title: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { id: id.into(), title: title.into(), kind: StepKind::Manual, detail: detail.into() }
+    pub fn manual(
+        id: impl Into<String>,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            title: title.into(),
+            kind: StepKind::Manual,
+            detail: detail.into(),
+        }
     }
 }
 
 impl StepOutcome {
     /// The step did what it should.
     pub fn ok(message: impl Into<String>) -> Self {
-        Self { ok: true, message: message.into(), findings: Vec::new() }
+        Self {
+            ok: true,
+            message: message.into(),
+            findings: Vec::new(),
+        }
     }
     /// The step failed; the run stops or carries on per the runbook's `on_failure`.
     pub fn failed(message: impl Into<String>) -> Self {
-        Self { ok: false, message: message.into(), findings: Vec::new() }
+        Self {
+            ok: false,
+            message: message.into(),
+            findings: Vec::new(),
+        }
     }
     /// Attach findings (measurements behind the outcome).
     pub fn with_findings(mut self, findings: Vec<Finding>) -> Self {
@@ -156,14 +205,23 @@ impl Verification {
         } else {
             format!("failed: {}", bad.join("; "))
         };
-        Self { healthy: bad.is_empty(), summary, findings }
+        Self {
+            healthy: bad.is_empty(),
+            summary,
+            findings,
+        }
     }
 }
 
 impl LevelInfo {
     /// A level without an RTO.
     pub fn new(level: u8, name: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { level, name: name.into(), description: description.into(), rto_ms: None }
+        Self {
+            level,
+            name: name.into(),
+            description: description.into(),
+            rto_ms: None,
+        }
     }
     /// Set the Recovery Time Objective.
     pub fn rto_ms(mut self, ms: Millis) -> Self {
@@ -249,11 +307,18 @@ mod tests {
     #[test]
     fn findings_format_numbers() {
         let f = Finding::at_most("latency", 12.345, 500.0, "ms");
-        assert_eq!((f.observed.as_str(), f.threshold.as_str(), f.breached), ("12.35 ms", "<= 500 ms", false));
+        assert_eq!(
+            (f.observed.as_str(), f.threshold.as_str(), f.breached),
+            ("12.35 ms", "<= 500 ms", false)
+        );
         let f = Finding::status("status", None, 200, 399);
         assert!(f.breached && f.observed == "no answer");
         assert!(!Finding::equals("version", "1.0.0", "1.0.0").breached);
         let v = Verification::from_findings(vec![f]);
-        assert!(!v.healthy && v.summary.contains("no answer"), "{}", v.summary);
+        assert!(
+            !v.healthy && v.summary.contains("no answer"),
+            "{}",
+            v.summary
+        );
     }
 }

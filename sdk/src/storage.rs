@@ -13,8 +13,8 @@
 //! # let _ = (current, cfg); Ok(()) }
 //! ```
 
-pub use crate::bindings::rewind::plugin::storage::*;
 use crate::Error;
+pub use crate::bindings::rewind::plugin::storage::*;
 
 /// Read a granted file as text (invalid UTF-8 is replaced).
 pub fn read_to_string(path: &str) -> Result<String, Error> {
@@ -35,9 +35,9 @@ pub fn exists(path: &str) -> Result<bool, Error> {
 pub fn get_json<T: serde::de::DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
     match get(key)? {
         None => Ok(None),
-        Some(v) => serde_json::from_str(&v)
-            .map(Some)
-            .map_err(|e| Error::Invalid(format!("kv {key:?} does not hold the expected JSON: {e}"))),
+        Some(v) => serde_json::from_str(&v).map(Some).map_err(|e| {
+            Error::Invalid(format!("kv {key:?} does not hold the expected JSON: {e}"))
+        }),
     }
 }
 

@@ -23,7 +23,8 @@ const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     // tests/artifacts -> the workspace root
     let root = manifest_dir
         .parent()
@@ -32,7 +33,14 @@ fn main() {
         .to_path_buf();
     let target_dir = root.join("target").join("plugins");
 
-    for dir in ["wit", "sdk", "plugins", "tests/plugins", "Cargo.toml", "Cargo.lock"] {
+    for dir in [
+        "wit",
+        "sdk",
+        "plugins",
+        "tests/plugins",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
 
@@ -72,7 +80,9 @@ fn main() {
         }
     }
 
-    let out = cmd.output().expect("running cargo to build the test plugins");
+    let out = cmd
+        .output()
+        .expect("running cargo to build the test plugins");
     if !out.status.success() {
         panic!(
             "building the test plugins failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
@@ -84,7 +94,10 @@ fn main() {
 
     let mut src = String::new();
     for (name, package, file) in PLUGINS {
-        let wasm = target_dir.join(TARGET).join(PROFILE).join(format!("{file}.wasm"));
+        let wasm = target_dir
+            .join(TARGET)
+            .join(PROFILE)
+            .join(format!("{file}.wasm"));
         let bytes = std::fs::read(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
         assert!(
             bytes.starts_with(b"\0asm\x0d\0\x01\0"),
@@ -92,7 +105,12 @@ fn main() {
             wasm.display()
         );
         writeln!(src, "/// The `{package}` component.").unwrap();
-        writeln!(src, "pub const {name}: &str = {:?};", wasm.display().to_string()).unwrap();
+        writeln!(
+            src,
+            "pub const {name}: &str = {:?};",
+            wasm.display().to_string()
+        )
+        .unwrap();
     }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out_dir.join("artifacts.rs"), src).expect("writing artifacts.rs");

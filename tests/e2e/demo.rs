@@ -69,10 +69,10 @@ impl DemoSite {
 
 impl Drop for DemoSite {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.root().join("run/service.pid")) {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                kill_pid(pid);
-            }
+        if let Ok(pid) = std::fs::read_to_string(self.root().join("run/service.pid"))
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            kill_pid(pid);
         }
     }
 }

@@ -162,19 +162,21 @@ fn daemons_are_spawned_signalled_and_stopped() {
     assert!(alive(pid), "the daemon outlives rewind");
     assert!(wait_until(Duration::from_secs(2), || std::fs::read_to_string(sb.join("logs/daemon.log")).unwrap_or_default().contains("started")));
 
-    // Signal it (granted by pattern), then stop by pattern.
-    let config = json!({"steps": [
-        {"id": "hup", "op": {"call": "signal", "args": {"pid": pid, "sig": "Hup"}}},
-        {"id": "stop", "op": {"call": "stop-matching", "args": {"pattern": tag, "grace_ms": 2000}}},
-    ]});
+    // Signal it (granted by pattern); it handles the HUP.
+    let config = json!({"steps": [{"id": "hup", "op": {"call": "signal", "args": {"pid": pid, "sig": "Hup"}}}]});
     sb.runbook(&fixture_runbook(&config, &grants));
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
-    let r = step_results(&report);
-    assert!(step(&r, "hup").get("Ok").is_some(), "{r:?}");
-    assert_eq!(step(&r, "stop")["Ok"], 1, "{r:?}");
+    assert!(step(&step_results(&report), "hup").get("Ok").is_some(), "{report}");
+    assert!(wait_until(Duration::from_secs(3), || std::fs::read_to_string(sb.join("logs/daemon.log")).unwrap_or_default().contains("got-hup")));
+
+    // Then stop everything matching the granted pattern.
+    let config = json!({"steps": [{"id": "stop", "op": {"call": "stop-matching", "args": {"pattern": tag, "grace_ms": 2000}}}]});
+    sb.runbook(&fixture_runbook(&config, &grants));
+    let (code, report, stderr) = sb.run_json(&[]);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(step(&step_results(&report), "stop")["Ok"], 1, "{report}");
     assert!(wait_until(Duration::from_secs(3), || !alive(pid)));
-    assert!(std::fs::read_to_string(sb.join("logs/daemon.log")).unwrap().contains("got-hup"));
 }
 
 #[test]
@@ -275,8 +277,8 @@ fn snapshots_restore_exact_bytes_and_refuse_corruption() {
     std::fs::write(site.join("conf/app.env"), "MODE=broken\n").unwrap();
     std::fs::write(site.join("extra"), "junk").unwrap();
     let config = json!({"steps": [
-        {"id": "verify", "op": {"call": "verify", "args": {"id": id}}},
-        {"id": "restore", "op": {"call": "restore", "args": {"id": id}}},
+        {"id": "verify", "fail_on_err": true, "op": {"call": "verify", "args": {"id": id}}},
+        {"id": "restore", "fail_on_err": true, "op": {"call": "restore", "args": {"id": id}}},
         {"id": "list", "op": {"call": "list-snapshots", "args": {"label_prefix": "pre"}}},
     ]});
     sb.runbook(&fixture_runbook(&config, &grants));

@@ -74,14 +74,14 @@ fn the_journal_records_every_event_and_history_and_show_read_it() {
     assert_eq!(events, expected);
 
     let out = sb.rewind(&["history"]);
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains(&run_id) && text.contains("rolled-back"), "{text}");
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    assert!(listing.contains(&run_id) && listing.contains("rolled-back"), "{listing}");
     let out = sb.rewind(&["show", &run_id[..run_id.len() - 2]]);
-    let text = text(&out);
-    assert!(out.status.success(), "{text}");
+    let timeline = text(&out);
+    assert!(out.status.success(), "{timeline}");
     for needle in ["step one started", "log info: step one ran", "step two ok", "verify: healthy", "end: rolled-back"] {
-        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        assert!(timeline.contains(needle), "{needle:?} missing from:\n{timeline}");
     }
     let out = sb.rewind(&["show", "nosuchrun"]);
     assert_eq!(out.status.code(), Some(2));
@@ -102,9 +102,9 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains(holder.trim()), "says which run holds it: {}", text(&out));
     let status = first.0.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "the first run finished on its own (the service never came up)");
+    assert!(status.success(), "the first run finished undisturbed");
     let out = sb.rewind(&["run", "-q"]);
-    assert_eq!(out.status.code(), Some(1), "the lock is free again: {}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "the lock is free again: {}", text(&out));
 }
 
 #[test]

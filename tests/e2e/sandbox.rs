@@ -55,7 +55,7 @@ fn every_capability_is_denied_unless_granted() {
         assert_eq!(d["capability"], cap, "{id}: {d}");
         let hint = d["hint"].as_str().unwrap();
         assert!(hint.contains(&format!("add {cap} = [")), "{id}: {hint}");
-        assert!(hint.contains(&path.display().to_string()), "{id}: hint names the runbook: {hint}");
+        assert!(hint.contains(&format!("plugin \"fx\" in {}", path.file_name().unwrap().to_string_lossy())), "{id}: hint names the runbook: {hint}");
         if let Some(line) = grants_line {
             assert!(hint.contains(&format!(":{line}")), "{id}: hint names the line: {hint}");
         }
@@ -90,4 +90,22 @@ fn dotdot_and_symlinks_cannot_escape_a_grant() {
     assert!(denial(step(&r, "symlink")).unwrap()["resource"].as_str().unwrap().contains("resolves to"));
     assert!(step(&r, "inside").get("Ok").is_some());
     assert_eq!(std::fs::read_to_string(sb.join("secret")).unwrap(), "secret");
+}
+
+#[test]
+fn the_state_directory_is_out_of_reach_even_inside_a_grant() {
+    let sb = Sandbox::new();
+    let journal_dir = sb.join("state/runs");
+    let config = json!({"steps": [
+        {"id": "list", "op": {"call": "list-dir", "args": {"path": journal_dir, "recursive": false}}},
+        {"id": "forge", "op": {"call": "write-file", "args": {"path": journal_dir.join("forged.jsonl"), "contents": "{}"}}},
+    ]});
+    sb.runbook(&fixture_runbook(&config, &json!({"write": [sb.path()]})));
+    let (_, report, _) = sb.run_json(&[]);
+    let r = step_results(&report);
+    for id in ["list", "forge"] {
+        let err = step(&r, id)["Err"]["Invalid"].as_str().unwrap_or_else(|| panic!("{id}: {:?}", step(&r, id)));
+        assert!(err.contains("state directory"), "{err}");
+    }
+    assert!(!journal_dir.join("forged.jsonl").exists());
 }

@@ -2,17 +2,15 @@
 //! runbook writing, running the real `rewind` binary, loopback HTTP servers
 //! and processes that the test itself starts (and stops, by pid).
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use rewind_test_artifacts::{DEMO, FIXTURE, FUTURE};
+pub use rewind_test_artifacts::{FIXTURE, FUTURE};
 
 pub const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
 pub const DEMO_SERVICE: &str = env!("CARGO_BIN_EXE_rewind-demo-service");
@@ -84,6 +82,8 @@ pub fn fixture_runbook(config: &Value, grants: &Value) -> String {
 }
 
 pub fn runbook_with(component: &str, config: &Value, grants: &Value) -> String {
+    let mut config = config.clone();
+    strip_nulls(&mut config);
     let doc = serde_json::json!({
         "name": "fixture",
         "state_dir": "state",
@@ -91,6 +91,18 @@ pub fn runbook_with(component: &str, config: &Value, grants: &Value) -> String {
         "plugin": [{"name": "fx", "component": component, "config": config, "grants": grants}],
     });
     toml::to_string(&doc).unwrap()
+}
+
+/// TOML has no null: a missing key is how an `option` says none.
+pub fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(list) => list.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 /// The results of every step in a report, by step id: the value each host
@@ -146,7 +158,6 @@ pub struct Server {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<(String, String, String)>>>,
     pub routes: Arc<Mutex<Vec<(String, Reply)>>>,
-    pub hits: Arc<AtomicUsize>,
     server: Arc<tiny_http::Server>,
 }
 
@@ -156,14 +167,12 @@ impl Server {
         let port = server.server_addr().to_ip().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let routes: Arc<Mutex<Vec<(String, Reply)>>> = Arc::new(Mutex::new(Vec::new()));
-        let hits = Arc::new(AtomicUsize::new(0));
         for _ in 0..4 {
-            let (server, requests, routes, hits) = (server.clone(), requests.clone(), routes.clone(), hits.clone());
+            let (server, requests, routes) = (server.clone(), requests.clone(), routes.clone());
             std::thread::spawn(move || {
                 for mut req in server.incoming_requests() {
-                    hits.fetch_add(1, Ordering::SeqCst);
                     let mut body = String::new();
-                    let _ = req.as_reader().read_to_string(&mut body);
+                    let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
                     let path = req.url().to_string();
                     requests.lock().unwrap().push((req.method().to_string(), path.clone(), body));
                     let reply = routes
@@ -178,7 +187,7 @@ impl Server {
                 }
             });
         }
-        Self { port, requests, routes, hits, server }
+        Self { port, requests, routes, server }
     }
 
     pub fn route(&self, path: &str, reply: Reply) {

@@ -96,7 +96,10 @@ fn cmp_versions(a: &str, b: &str) -> Ordering {
     }
     let ((ac, ap), (bc, bp)) = (split(a), split(b));
     for i in 0..ac.len().max(bc.len()) {
-        let (x, y) = (ac.get(i).copied().unwrap_or("0"), bc.get(i).copied().unwrap_or("0"));
+        let (x, y) = (
+            ac.get(i).copied().unwrap_or("0"),
+            bc.get(i).copied().unwrap_or("0"),
+        );
         let o = match (x.parse::<u64>(), y.parse::<u64>()) {
             (Ok(x), Ok(y)) => x.cmp(&y),
             _ => x.cmp(y),
@@ -118,7 +121,8 @@ fn last_component(p: &str) -> &str {
 }
 
 fn current_release(cfg: &Config) -> Result<String> {
-    let link = storage::read_link(&cfg.path("current")).context(format!("reading {}", cfg.path("current")))?;
+    let link = storage::read_link(&cfg.path("current"))
+        .context(format!("reading {}", cfg.path("current")))?;
     Ok(last_component(&link).to_string())
 }
 
@@ -173,7 +177,9 @@ fn read_pid(cfg: &Config) -> Result<Option<u32>> {
 }
 
 fn is_running(cfg: &Config, pid: u32) -> Result<bool> {
-    Ok(rewind_sdk::health::processes(&cfg.serve_pattern())?.pids.contains(&pid))
+    Ok(rewind_sdk::health::processes(&cfg.serve_pattern())?
+        .pids
+        .contains(&pid))
 }
 
 struct Demo;
@@ -234,7 +240,6 @@ impl Plugin for Demo {
             probe.url,
             health.latency_ms()
         );
-        log::info(&summary);
         if health.healthy {
             return Ok(Assessment::healthy(summary).with_findings(findings));
         }
@@ -243,13 +248,19 @@ impl Plugin for Demo {
             Some(s) if s >= 500 => Severity::Critical,
             Some(_) => Severity::Major,
         };
-        Ok(Assessment::rollback(severity, 1, "health-check failing", summary).with_findings(findings))
+        Ok(
+            Assessment::rollback(severity, 1, "health-check failing", summary)
+                .with_findings(findings),
+        )
     }
 
     fn plan(ctx: &Context) -> Result<Vec<Step>> {
         let cfg = Config::load(ctx)?;
         if ctx.level != 1 {
-            bail!("the demo plugin has one level (1); level {} was asked for", ctx.level);
+            bail!(
+                "the demo plugin has one level (1); level {} was asked for",
+                ctx.level
+            );
         }
         let r = find_releases(&cfg)?;
         let pid_file = cfg.path("run/service.pid");
@@ -297,7 +308,11 @@ impl Plugin for Demo {
             Step::auto(
                 "start",
                 format!("Start rewind-demo-service {}", r.previous),
-                format!("Run `{}` detached, output appended to {}", start.display(), cfg.path("logs/service.log")),
+                format!(
+                    "Run `{}` detached, output appended to {}",
+                    start.display(),
+                    cfg.path("logs/service.log")
+                ),
             ),
             Step::auto(
                 "wait",
@@ -318,13 +333,16 @@ impl Plugin for Demo {
                 storage::set(&ctx.run_key("target"), &target)?;
                 let label = format!("demo-pre-rollback-{}", ctx.run_id);
                 log::info(format_args!(
-                    "snapshot {} and {} as {label}; rolling back to {target}",
-                    cfg.path("current"),
-                    cfg.path("run")
+                    "target release {target}; saving the current state first"
                 ));
                 let snap = storage::snapshot(&label, &[cfg.path("current"), cfg.path("run")])?;
+                let what = if ctx.executes() {
+                    "snapshot"
+                } else {
+                    "would snapshot"
+                };
                 Ok(StepOutcome::ok(format!(
-                    "snapshot {} ({} files, {} bytes); target release {target}",
+                    "{what} {} ({} files, {} bytes); target release {target}",
                     snap.id, snap.files, snap.bytes
                 )))
             }
@@ -332,9 +350,14 @@ impl Plugin for Demo {
                 let target = target_version(ctx, &cfg, true)?;
                 let link = cfg.path("current");
                 let to = format!("releases/{target}");
-                log::info(format_args!("point {link} at {to}"));
+                let from = current_release(&cfg).unwrap_or_else(|_| "unknown".into());
+                log::info(format_args!("rolling back: release {from} -> {target}"));
                 storage::symlink(&to, &link)?;
-                Ok(StepOutcome::ok(format!("{link} -> {to}")))
+                Ok(StepOutcome::ok(if ctx.executes() {
+                    format!("{link} -> {to}")
+                } else {
+                    format!("would point {link} at {to}")
+                }))
             }
             "stop" => {
                 let Some(pid) = read_pid(&cfg)? else {
@@ -345,10 +368,17 @@ impl Plugin for Demo {
                     log::info(format_args!("pid {pid} is not running (stale pid file)"));
                     return Ok(StepOutcome::ok(format!("pid {pid} was not running")));
                 }
-                log::info(format_args!("stop pid {pid} (grace {} ms)", cfg.stop_grace_ms));
+                log::info(format_args!("stopping the running service, pid {pid}"));
                 match process::stop(pid, cfg.stop_grace_ms) {
+                    Ok(_) if !ctx.executes() => Ok(StepOutcome::ok(format!(
+                        "would stop pid {pid}: TERM, then KILL after {} ms",
+                        cfg.stop_grace_ms
+                    ))),
                     Ok(killed) => Ok(StepOutcome::ok(if killed {
-                        format!("pid {pid} did not stop within {} ms and was killed", cfg.stop_grace_ms)
+                        format!(
+                            "pid {pid} did not stop within {} ms and was killed",
+                            cfg.stop_grace_ms
+                        )
                     } else {
                         format!("pid {pid} stopped")
                     })),
@@ -368,7 +398,7 @@ impl Plugin for Demo {
                     cfg.port.to_string(),
                 ]);
                 let log_path = cfg.path("logs/service.log");
-                log::info(format_args!("start {} (log {log_path})", cmd.display()));
+                log::info(format_args!("starting the service on port {}", cfg.port));
                 let pid = cmd.spawn(&log_path)?;
                 Ok(StepOutcome::ok(if ctx.executes() {
                     format!("started pid {pid}")
@@ -385,11 +415,23 @@ impl Plugin for Demo {
                         ctx.mode.as_str()
                     )));
                 }
-                log::info(format_args!("wait for GET {} (up to {} ms)", probe.url, cfg.health_timeout_ms));
-                let w = probe.wait(WaitPolicy::every(200).timeout_ms(cfg.health_timeout_ms).successes(2))?;
+                log::info(format_args!(
+                    "wait for GET {} (up to {} ms)",
+                    probe.url, cfg.health_timeout_ms
+                ));
+                let w = probe.wait(
+                    WaitPolicy::every(200)
+                        .timeout_ms(cfg.health_timeout_ms)
+                        .successes(2),
+                )?;
                 let findings = vec![
                     Finding::status("GET /healthz status", w.last.status, 200, 399),
-                    Finding::at_most("time to healthy", w.elapsed_ms as f64, cfg.health_timeout_ms as f64, "ms"),
+                    Finding::at_most(
+                        "time to healthy",
+                        w.elapsed_ms as f64,
+                        cfg.health_timeout_ms as f64,
+                        "ms",
+                    ),
                 ];
                 let msg = format!(
                     "{} after {} probes in {} ms (last: {})",
@@ -398,10 +440,16 @@ impl Plugin for Demo {
                     w.elapsed_ms,
                     w.last.detail
                 );
-                let outcome = if w.healthy { StepOutcome::ok(msg) } else { StepOutcome::failed(msg) };
+                let outcome = if w.healthy {
+                    StepOutcome::ok(msg)
+                } else {
+                    StepOutcome::failed(msg)
+                };
                 Ok(outcome.with_findings(findings))
             }
-            other => bail!("unknown step {other:?}: the demo plugin's steps are snapshot, revert, stop, start, wait"),
+            other => bail!(
+                "unknown step {other:?}: the demo plugin's steps are snapshot, revert, stop, start, wait"
+            ),
         }
     }
 
@@ -415,12 +463,10 @@ impl Plugin for Demo {
             Some(s) => format!("HTTP {s}"),
             None => "no answer".to_string(),
         };
-        let v = Verification::from_findings(vec![
+        Ok(Verification::from_findings(vec![
             Finding::status("GET /healthz status", health.status, 200, 399),
             Finding::equals("GET /version", served, &target),
-        ]);
-        log::info(format_args!("verify: {}", v.summary));
-        Ok(v)
+        ]))
     }
 }
 

@@ -446,7 +446,7 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     }
     let mut roots = Vec::new();
     for p in paths {
-        let r = env.sandbox.check_read(p)?;
+        let r = env.sandbox.check_read_entry(p)?;
         if !roots.contains(&r) {
             roots.push(r);
         }
