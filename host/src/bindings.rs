@@ -5,8 +5,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use exports::rewind::plugin::rollback;
-pub use rewind::plugin::{health, http, log, process, storage, types};
+pub use self::exports::rewind::plugin::rollback;
+pub use self::rewind::plugin::{health, http, log, process, storage, types};
 
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "rewind:plugin";

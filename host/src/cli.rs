@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::bindings::types::Mode;
-use crate::run::{self, FindingReport, RunOptions, RunReport, StepStatus, exit, fmt_duration, format_finding};
+use crate::run::{
+    self, FindingReport, RunOptions, RunReport, StepStatus, exit, fmt_duration, format_finding,
+};
 use crate::runbook::Runbook;
 use crate::runtime::{Runtime, default_cache_dir};
 use crate::sandbox::Capability;
@@ -96,7 +98,11 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return code;
         }
@@ -129,7 +135,11 @@ type CliResult = Result<i32, (i32, String)>;
 fn dispatch(cli: &Cli) -> CliResult {
     match &cli.command {
         Command::Check { runbook } => check(cli, runbook),
-        Command::Plan { runbook, plugin, level } => {
+        Command::Plan {
+            runbook,
+            plugin,
+            level,
+        } => {
             let opts = RunOptions {
                 mode: Mode::DryRun,
                 plugin: plugin.clone(),
@@ -140,9 +150,19 @@ fn dispatch(cli: &Cli) -> CliResult {
             };
             run_cmd(cli, runbook, &opts)
         }
-        Command::Run { runbook, dry_run, plugin, level, approve_manual } => {
+        Command::Run {
+            runbook,
+            dry_run,
+            plugin,
+            level,
+            approve_manual,
+        } => {
             let opts = RunOptions {
-                mode: if *dry_run { Mode::DryRun } else { Mode::Execute },
+                mode: if *dry_run {
+                    Mode::DryRun
+                } else {
+                    Mode::Execute
+                },
                 plugin: plugin.clone(),
                 level: *level,
                 approve_manual: *approve_manual,
@@ -151,8 +171,14 @@ fn dispatch(cli: &Cli) -> CliResult {
             };
             run_cmd(cli, runbook, &opts)
         }
-        Command::History { runbook, state_dir } => history(cli, &state_for(runbook, state_dir.as_deref())?),
-        Command::Show { run_id, runbook, state_dir } => show(cli, &state_for(runbook, state_dir.as_deref())?, run_id),
+        Command::History { runbook, state_dir } => {
+            history(cli, &state_for(runbook, state_dir.as_deref())?)
+        }
+        Command::Show {
+            run_id,
+            runbook,
+            state_dir,
+        } => show(cli, &state_for(runbook, state_dir.as_deref())?, run_id),
     }
 }
 
@@ -161,8 +187,17 @@ fn load_runbook(path: &Path) -> Result<Runbook, (i32, String)> {
 }
 
 fn runtime(cli: &Cli, runbook: &Runbook) -> Result<Runtime, (i32, String)> {
-    let cache = cli.cache_dir.clone().or_else(default_cache_dir).or_else(|| Some(runbook.state_dir.join("cache")));
-    Runtime::new(runbook.limits, cache).map_err(|e| (exit::FAILED, format!("cannot start the WebAssembly engine: {e:#}")))
+    let cache = cli
+        .cache_dir
+        .clone()
+        .or_else(default_cache_dir)
+        .or_else(|| Some(runbook.state_dir.join("cache")));
+    Runtime::new(runbook.limits, cache).map_err(|e| {
+        (
+            exit::FAILED,
+            format!("cannot start the WebAssembly engine: {e:#}"),
+        )
+    })
 }
 
 fn state_for(runbook: &Path, state_dir: Option<&Path>) -> Result<StateDir, (i32, String)> {
@@ -177,7 +212,10 @@ fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
     let rt = runtime(cli, &runbook)?;
     let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        );
     } else {
         print_report(&report, opts.plan_only);
     }
@@ -187,11 +225,28 @@ fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
 fn print_report(r: &RunReport, plan_only: bool) {
     let what = if plan_only { "plan" } else { "run" };
     println!();
-    println!("{what} {} of {:?} ({}): {} in {}", r.run_id, r.runbook, r.mode, r.outcome.as_str(), fmt_duration(Duration::from_millis(r.duration_ms)));
+    println!(
+        "{what} {} of {:?} ({}): {} in {}",
+        r.run_id,
+        r.runbook,
+        r.mode,
+        r.outcome.as_str(),
+        fmt_duration(Duration::from_millis(r.duration_ms))
+    );
     for p in &r.plugins {
-        println!("  plugin {} [{}] -> {}", p.name, &p.sha256[..12.min(p.sha256.len())], p.outcome.as_str());
+        println!(
+            "  plugin {} [{}] -> {}",
+            p.name,
+            &p.sha256[..12.min(p.sha256.len())],
+            p.outcome.as_str()
+        );
         if let Some(a) = &p.assessment {
-            println!("    assessment: {} severity, scenario {:?}, rollback {}", a.severity, a.scenario, if a.rollback { "yes" } else { "no" });
+            println!(
+                "    assessment: {} severity, scenario {:?}, rollback {}",
+                a.severity,
+                a.scenario,
+                if a.rollback { "yes" } else { "no" }
+            );
             print_findings(&a.findings);
         }
         for l in &p.levels {
@@ -208,15 +263,28 @@ fn print_report(r: &RunReport, plan_only: bool) {
                     println!("      {mark} {}{manual}: {}", s.id, s.title);
                     println!("              {}", s.detail);
                 } else {
-                    println!("      {mark} {:>8}  {}{manual}: {}", fmt_duration(Duration::from_millis(s.duration_ms)), s.id, s.message);
+                    println!(
+                        "      {mark} {:>8}  {}{manual}: {}",
+                        fmt_duration(Duration::from_millis(s.duration_ms)),
+                        s.id,
+                        s.message
+                    );
                 }
                 for a in &s.actions {
-                    println!("              {} {}", if a.executed { "did" } else { "would" }, a.what);
+                    println!(
+                        "              {} {}",
+                        if a.executed { "did" } else { "would" },
+                        a.what
+                    );
                 }
                 print_findings_indent(&s.findings, "              ");
             }
             if let Some(v) = &l.verification {
-                println!("      verify: {} ({})", if v.healthy { "healthy" } else { "NOT healthy" }, v.summary);
+                println!(
+                    "      verify: {} ({})",
+                    if v.healthy { "healthy" } else { "NOT healthy" },
+                    v.summary
+                );
                 print_findings(&v.findings);
             }
         }
@@ -242,7 +310,8 @@ fn print_findings_indent(f: &[FindingReport], indent: &str) {
 fn check(cli: &Cli, path: &Path) -> CliResult {
     let runbook = load_runbook(path)?;
     let rt = runtime(cli, &runbook)?;
-    let prepared = run::prepare(&runbook, &rt, None, Mode::Check, "check", None).map_err(|e| (e.exit_code(), e.to_string()))?;
+    let prepared = run::prepare(&runbook, &rt, None, Mode::Check, "check", None)
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
     let mut missing_total = 0;
     let mut out = Vec::new();
     for p in &prepared {
@@ -270,7 +339,12 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
             }
         }
         missing_total += missing.len();
-        let levels: Vec<String> = p.info.levels.iter().map(|l| format!("{} {}", l.level, l.name)).collect();
+        let levels: Vec<String> = p
+            .info
+            .levels
+            .iter()
+            .map(|l| format!("{} {}", l.level, l.name))
+            .collect();
         if !cli.json {
             println!(
                 "{}: {} {} ({}), {} in {}, levels [{}]",
@@ -278,7 +352,11 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
                 p.info.name,
                 p.info.version,
                 &p.plugin.sha256[..12],
-                if p.plugin.stats.compiled { "compiled" } else { "loaded from cache" },
+                if p.plugin.stats.compiled {
+                    "compiled"
+                } else {
+                    "loaded from cache"
+                },
                 fmt_duration(p.plugin.stats.duration),
                 levels.join(", ")
             );
@@ -297,10 +375,16 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runbook": runbook.name, "ok": missing_total == 0, "plugins": out})).expect("json"));
     } else if missing_total == 0 {
-        println!("ok: {} plugin(s) load, link and are granted what they need", prepared.len());
+        println!(
+            "ok: {} plugin(s) load, link and are granted what they need",
+            prepared.len()
+        );
     }
     if missing_total > 0 {
-        return Err((exit::PLUGIN, format!("{missing_total} grant(s) missing; nothing was run")));
+        return Err((
+            exit::PLUGIN,
+            format!("{missing_total} grant(s) missing; nothing was run"),
+        ));
     }
     Ok(exit::OK)
 }
@@ -331,28 +415,46 @@ pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>
             continue;
         }
         let events = crate::journal::read(&path)?;
-        let Some(first) = events.first() else { continue };
+        let Some(first) = events.first() else {
+            continue;
+        };
         let last = events.iter().rev().find(|e| e["event"] == "run-end");
-        let plugins = events.iter().filter(|e| e["event"] == "plugin-loaded").filter_map(|e| e["plugin"].as_str().map(String::from)).collect();
+        let plugins = events
+            .iter()
+            .filter(|e| e["event"] == "plugin-loaded")
+            .filter_map(|e| e["plugin"].as_str().map(String::from))
+            .collect();
         out.push((
             RunSummary {
                 run_id: first["run"].as_str().unwrap_or_default().into(),
                 started: first["ts"].as_str().unwrap_or_default().into(),
                 runbook: first["name"].as_str().unwrap_or_default().into(),
                 mode: first["mode"].as_str().unwrap_or_default().into(),
-                outcome: last.and_then(|e| e["outcome"].as_str()).unwrap_or("interrupted").into(),
+                outcome: last
+                    .and_then(|e| e["outcome"].as_str())
+                    .unwrap_or("interrupted")
+                    .into(),
                 duration_ms: last.and_then(|e| e["duration_ms"].as_u64()),
                 plugins,
             },
             path,
         ));
     }
-    out.sort_by(|a, b| a.0.started.cmp(&b.0.started).then(a.0.run_id.cmp(&b.0.run_id)));
+    out.sort_by(|a, b| {
+        a.0.started
+            .cmp(&b.0.started)
+            .then(a.0.run_id.cmp(&b.0.run_id))
+    });
     Ok(out)
 }
 
 fn history(cli: &Cli, state: &StateDir) -> CliResult {
-    let runs = list_runs(state).map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", state.runs().display())))?;
+    let runs = list_runs(state).map_err(|e| {
+        (
+            exit::FAILED,
+            format!("cannot read {}: {e}", state.runs().display()),
+        )
+    })?;
     if cli.json {
         let list: Vec<&RunSummary> = runs.iter().map(|(r, _)| r).collect();
         println!("{}", serde_json::to_string_pretty(&list).expect("json"));
@@ -362,35 +464,79 @@ fn history(cli: &Cli, state: &StateDir) -> CliResult {
         println!("no runs yet in {}", state.runs().display());
         return Ok(exit::OK);
     }
-    println!("{:<24} {:<25} {:<8} {:<12} {:>9}  PLUGINS", "RUN", "STARTED", "MODE", "OUTCOME", "DURATION");
+    println!(
+        "{:<24} {:<25} {:<8} {:<12} {:>9}  PLUGINS",
+        "RUN", "STARTED", "MODE", "OUTCOME", "DURATION"
+    );
     for (r, _) in &runs {
-        let d = r.duration_ms.map(|d| fmt_duration(Duration::from_millis(d))).unwrap_or_else(|| "-".into());
-        println!("{:<24} {:<25} {:<8} {:<12} {:>9}  {}", r.run_id, r.started, r.mode, r.outcome, d, r.plugins.join(","));
+        let d = r
+            .duration_ms
+            .map(|d| fmt_duration(Duration::from_millis(d)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<25} {:<8} {:<12} {:>9}  {}",
+            r.run_id,
+            r.started,
+            r.mode,
+            r.outcome,
+            d,
+            r.plugins.join(",")
+        );
     }
     Ok(exit::OK)
 }
 
 fn show(cli: &Cli, state: &StateDir, id: &str) -> CliResult {
-    let runs = list_runs(state).map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", state.runs().display())))?;
-    let matches: Vec<_> = runs.iter().filter(|(r, _)| r.run_id.starts_with(id)).collect();
+    let runs = list_runs(state).map_err(|e| {
+        (
+            exit::FAILED,
+            format!("cannot read {}: {e}", state.runs().display()),
+        )
+    })?;
+    let matches: Vec<_> = runs
+        .iter()
+        .filter(|(r, _)| r.run_id.starts_with(id))
+        .collect();
     let (summary, path) = match matches.as_slice() {
         [one] => *one,
-        [] => return Err((exit::USAGE, format!("no run {id:?} in {}; `rewind history` lists them", state.runs().display()))),
+        [] => {
+            return Err((
+                exit::USAGE,
+                format!(
+                    "no run {id:?} in {}; `rewind history` lists them",
+                    state.runs().display()
+                ),
+            ));
+        }
         many => {
             let ids: Vec<&str> = many.iter().map(|(r, _)| r.run_id.as_str()).collect();
-            return Err((exit::USAGE, format!("{id:?} matches {} runs ({}); give more of the id", ids.len(), ids.join(", "))));
+            return Err((
+                exit::USAGE,
+                format!(
+                    "{id:?} matches {} runs ({}); give more of the id",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            ));
         }
     };
-    let events = crate::journal::read(path).map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", path.display())))?;
+    let events = crate::journal::read(path)
+        .map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", path.display())))?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&events).expect("json"));
         return Ok(exit::OK);
     }
-    println!("run {} of {:?} ({}), started {}: {}", summary.run_id, summary.runbook, summary.mode, summary.started, summary.outcome);
+    println!(
+        "run {} of {:?} ({}), started {}: {}",
+        summary.run_id, summary.runbook, summary.mode, summary.started, summary.outcome
+    );
     let t0 = events.first().and_then(|e| parse_ts(&e["ts"]));
     for e in &events {
         let offset = match (t0, parse_ts(&e["ts"])) {
-            (Some(a), Some(b)) => format!("+{:>8.3}s", b.duration_since(a).unwrap_or_default().as_secs_f64()),
+            (Some(a), Some(b)) => format!(
+                "+{:>8.3}s",
+                b.duration_since(a).unwrap_or_default().as_secs_f64()
+            ),
             _ => " ".repeat(10),
         };
         println!("{offset}  {}", describe_event(e));
@@ -413,7 +559,11 @@ pub fn describe_event(e: &Value) -> String {
             "[{plugin}] loaded {} (sha256 {}, {})",
             s("component"),
             &s("sha256")[..12.min(s("sha256").len())],
-            if e["compiled"].as_bool() == Some(true) { "compiled" } else { "from cache" }
+            if e["compiled"].as_bool() == Some(true) {
+                "compiled"
+            } else {
+                "from cache"
+            }
         ),
         "assessment" => {
             let a = &e["assessment"];
@@ -426,11 +576,20 @@ pub fn describe_event(e: &Value) -> String {
             append_findings(&mut line, &a["findings"]);
             line
         }
-        "plan" => format!("[{plugin}] plan level {} ({}): {} steps", e["level"], s("level_name"), e["steps"].as_array().map_or(0, Vec::len)),
+        "plan" => format!(
+            "[{plugin}] plan level {} ({}): {} steps",
+            e["level"],
+            s("level_name"),
+            e["steps"].as_array().map_or(0, Vec::len)
+        ),
         "step-start" => format!("[{plugin}] step {} started: {}", s("step"), s("title")),
         "action" => format!(
             "[{plugin}]   {} {}",
-            if e["executed"].as_bool() == Some(true) { "did" } else { "would" },
+            if e["executed"].as_bool() == Some(true) {
+                "did"
+            } else {
+                "would"
+            },
             s("what")
         ),
         "log" => format!("[{plugin}]   log {}: {}", s("level"), s("message")),
@@ -446,21 +605,38 @@ pub fn describe_event(e: &Value) -> String {
             line
         }
         "step-skipped" => format!("[{plugin}] step {} skipped", s("step")),
-        "manual-approved" => format!("[{plugin}] manual step {} confirmed by {}", s("step"), s("by")),
+        "manual-approved" => format!(
+            "[{plugin}] manual step {} confirmed by {}",
+            s("step"),
+            s("by")
+        ),
         "verification" => {
             let v = &e["verification"];
             let mut line = format!(
                 "[{plugin}] verify: {} ({})",
-                if v["healthy"].as_bool() == Some(true) { "healthy" } else { "NOT healthy" },
+                if v["healthy"].as_bool() == Some(true) {
+                    "healthy"
+                } else {
+                    "NOT healthy"
+                },
                 v["summary"].as_str().unwrap_or_default()
             );
             append_findings(&mut line, &v["findings"]);
             line
         }
-        "escalate" => format!("[{plugin}] escalate from level {} to {}: {}", e["from"], e["to"], s("reason")),
+        "escalate" => format!(
+            "[{plugin}] escalate from level {} to {}: {}",
+            e["from"],
+            e["to"],
+            s("reason")
+        ),
         "plugin-end" => {
             let err = s("error");
-            if err.is_empty() { format!("[{plugin}] {}", s("outcome")) } else { format!("[{plugin}] {}: {err}", s("outcome")) }
+            if err.is_empty() {
+                format!("[{plugin}] {}", s("outcome"))
+            } else {
+                format!("[{plugin}] {}: {err}", s("outcome"))
+            }
         }
         "plugin-skipped" => format!("[{plugin}] skipped: {}", s("reason")),
         "run-end" => {

@@ -21,12 +21,19 @@ impl Journal {
     pub fn create(runs_dir: &Path, run_id: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(runs_dir)?;
         let path = runs_dir.join(format!("{run_id}.jsonl"));
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
         // Make the new directory entry durable too.
         if let Ok(d) = File::open(runs_dir) {
             let _ = d.sync_all();
         }
-        Ok(Self { run_id: run_id.to_string(), path, file: Mutex::new(file) })
+        Ok(Self {
+            run_id: run_id.to_string(),
+            path,
+            file: Mutex::new(file),
+        })
     }
 
     pub fn run_id(&self) -> &str {
@@ -58,7 +65,10 @@ impl Journal {
 /// Read a journal back, skipping a torn last line (a crash mid-write).
 pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
     let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 pub fn now_rfc3339() -> String {

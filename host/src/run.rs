@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::bindings::rollback::{Assessment, PluginInfo, Step, StepKind, StepOutcome, Verification};
+use crate::bindings::rollback::{
+    Assessment, PluginInfo, Step, StepKind, StepOutcome, Verification,
+};
 use crate::bindings::types::{Context, Finding, Mode};
 use crate::journal::Journal;
 use crate::runbook::{OnFailure, PluginSpec, Runbook};
@@ -59,7 +61,12 @@ pub struct FindingReport {
 
 impl From<&Finding> for FindingReport {
     fn from(f: &Finding) -> Self {
-        Self { check: f.check.clone(), observed: f.observed.clone(), threshold: f.threshold.clone(), breached: f.breached }
+        Self {
+            check: f.check.clone(),
+            observed: f.observed.clone(),
+            threshold: f.threshold.clone(),
+            breached: f.breached,
+        }
     }
 }
 
@@ -159,6 +166,9 @@ pub struct PluginReport {
     pub outcome: Outcome,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Of `duration_ms`, the time spent inside host calls (probes,
+    /// commands, waits), as opposed to rewind's own work and the plugin's.
+    pub host_calls_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,17 +185,27 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn exit_code(&self) -> i32 {
-        if self.outcome == Outcome::Failed { exit::FAILED } else { exit::OK }
+        if self.outcome == Outcome::Failed {
+            exit::FAILED
+        } else {
+            exit::OK
+        }
     }
 }
 
 /// Why a run could not start. Nothing was touched.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("another run holds the lock on {path}: {holder}; wait for it to finish (or, if no rewind process is running, the lock is stale only if that process is gone: the OS releases it on exit)")]
+    #[error(
+        "another run holds the lock on {path}: {holder}; wait for it to finish (or, if no rewind process is running, the lock is stale only if that process is gone: the OS releases it on exit)"
+    )]
     Locked { path: PathBuf, holder: String },
     #[error("plugin {plugin:?} ({line}): {source}")]
-    Load { plugin: String, line: String, source: LoadError },
+    Load {
+        plugin: String,
+        line: String,
+        source: LoadError,
+    },
     #[error("plugin {plugin:?}: {message}")]
     Describe { plugin: String, message: String },
     #[error("no plugin named {0:?} in the runbook")]
@@ -193,7 +213,10 @@ pub enum StartError {
     #[error(transparent)]
     Runbook(#[from] crate::runbook::RunbookError),
     #[error("cannot use the state directory {path}: {source}")]
-    State { path: PathBuf, source: std::io::Error },
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
@@ -217,14 +240,27 @@ pub struct RunLock {
 impl RunLock {
     pub fn acquire(state: &StateDir, run_id: &str) -> Result<Self, StartError> {
         let path = state.lock_file();
-        let io = |source| StartError::State { path: path.clone(), source };
+        let io = |source| StartError::State {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(state.path()).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = if holder.trim().is_empty() { "unknown run".to_string() } else { holder.trim().to_string() };
+                let holder = if holder.trim().is_empty() {
+                    "unknown run".to_string()
+                } else {
+                    holder.trim().to_string()
+                };
                 return Err(StartError::Locked { path, holder });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
@@ -240,7 +276,10 @@ impl RunLock {
 pub fn new_run_id() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let compact: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
     format!("{compact}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
 }
 
@@ -269,16 +308,32 @@ pub fn prepare<'a>(
     let http = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| StartError::State { path: runbook.state_dir.clone(), source: std::io::Error::other(e) })?;
-    let mut out = Vec::new();
-    for spec in runbook.plugins.iter().filter(|p| only.is_none_or(|n| n == p.name)) {
-        let plugin = rt.load(&spec.component).map_err(|source| StartError::Load {
-            plugin: spec.name.clone(),
-            line: format!("{}:{}", runbook.path.display(), spec.component_line),
-            source,
+        .map_err(|e| StartError::State {
+            path: runbook.state_dir.clone(),
+            source: std::io::Error::other(e),
         })?;
+    let mut out = Vec::new();
+    for spec in runbook
+        .plugins
+        .iter()
+        .filter(|p| only.is_none_or(|n| n == p.name))
+    {
+        let plugin = rt
+            .load(&spec.component)
+            .map_err(|source| StartError::Load {
+                plugin: spec.name.clone(),
+                line: format!("{}:{}", runbook.path.display(), spec.component_line),
+                source,
+            })?;
         let sandbox = spec.sandbox(runbook)?;
-        let env = Arc::new(PluginEnv::new(spec.name.clone(), sandbox, mode, journal.clone(), runbook.state(), http.clone()));
+        let env = Arc::new(PluginEnv::new(
+            spec.name.clone(),
+            sandbox,
+            mode,
+            journal.clone(),
+            runbook.state(),
+            http.clone(),
+        ));
         let check_env = Arc::new(PluginEnv::new(
             spec.name.clone(),
             spec.sandbox(runbook)?,
@@ -289,19 +344,39 @@ pub fn prepare<'a>(
         ));
         let ctx = context(run_id, spec, Mode::Check, 0);
         let info = rt
-            .call(&plugin, &check_env, "describe", |s, b| b.rewind_plugin_rollback().call_describe(s, &ctx))
-            .map_err(|e| StartError::Describe { plugin: spec.name.clone(), message: e.to_string() })?;
-        out.push(Prepared { spec, plugin, info, env });
+            .call(&plugin, &check_env, "describe", |s, b| {
+                b.rewind_plugin_rollback().call_describe(s, &ctx)
+            })
+            .map_err(|e| StartError::Describe {
+                plugin: spec.name.clone(),
+                message: e.to_string(),
+            })?;
+        out.push(Prepared {
+            spec,
+            plugin,
+            info,
+            env,
+        });
     }
     Ok(out)
 }
 
 pub fn context(run_id: &str, spec: &PluginSpec, mode: Mode, level: u8) -> Context {
-    Context { run_id: run_id.into(), plugin: spec.name.clone(), mode, level, config: spec.config.clone() }
+    Context {
+        run_id: run_id.into(),
+        plugin: spec.name.clone(),
+        mode,
+        level,
+        config: spec.config.clone(),
+    }
 }
 
 /// Run (or dry-run, or plan) a runbook.
-pub fn execute(runbook: &Runbook, rt: &Runtime, opts: &RunOptions) -> Result<RunReport, StartError> {
+pub fn execute(
+    runbook: &Runbook,
+    rt: &Runtime,
+    opts: &RunOptions,
+) -> Result<RunReport, StartError> {
     let started_at = Instant::now();
     let run_id = new_run_id();
     let state = runbook.state();
@@ -309,8 +384,11 @@ pub fn execute(runbook: &Runbook, rt: &Runtime, opts: &RunOptions) -> Result<Run
         (None, None)
     } else {
         let lock = RunLock::acquire(&state, &run_id)?;
-        let journal = Journal::create(&state.runs(), &run_id)
-            .map_err(|source| StartError::State { path: state.runs(), source })?;
+        let journal =
+            Journal::create(&state.runs(), &run_id).map_err(|source| StartError::State {
+                path: state.runs(),
+                source,
+            })?;
         (Some(lock), Some(Arc::new(journal)))
     };
     let record = |v: serde_json::Value| {
@@ -328,10 +406,19 @@ pub fn execute(runbook: &Runbook, rt: &Runtime, opts: &RunOptions) -> Result<Run
         "pid": std::process::id(),
         "host_version": env!("CARGO_PKG_VERSION"),
     }));
-    let prepared = match prepare(runbook, rt, opts.plugin.as_deref(), opts.mode, &run_id, journal.clone()) {
+    let prepared = match prepare(
+        runbook,
+        rt,
+        opts.plugin.as_deref(),
+        opts.mode,
+        &run_id,
+        journal.clone(),
+    ) {
         Ok(p) => p,
         Err(e) => {
-            record(json!({"event": "run-end", "outcome": "failed", "error": e.to_string(), "duration_ms": ms(started_at.elapsed())}));
+            record(
+                json!({"event": "run-end", "outcome": "failed", "error": e.to_string(), "duration_ms": ms(started_at.elapsed())}),
+            );
             return Err(e);
         }
     };
@@ -351,11 +438,14 @@ pub fn execute(runbook: &Runbook, rt: &Runtime, opts: &RunOptions) -> Result<Run
     let mut stop_rest = false;
     for p in &prepared {
         if stop_rest {
-            record(json!({"event": "plugin-skipped", "plugin": p.spec.name, "reason": "an earlier plugin failed and has on_failure = \"stop\""}));
+            record(
+                json!({"event": "plugin-skipped", "plugin": p.spec.name, "reason": "an earlier plugin failed and has on_failure = \"stop\""}),
+            );
             reports.push(skeleton(p, Outcome::Skipped));
             continue;
         }
-        let report = run_plugin(rt, p, &run_id, opts, &record);
+        let mut report = run_plugin(rt, p, &run_id, opts, &record);
+        report.host_calls_ms = p.env.host_time().as_secs_f64() * 1e3;
         if report.outcome == Outcome::Failed && p.spec.on_failure == OnFailure::Stop {
             stop_rest = true;
         }
@@ -376,7 +466,11 @@ pub fn execute(runbook: &Runbook, rt: &Runtime, opts: &RunOptions) -> Result<Run
     Ok(RunReport {
         run_id,
         runbook: runbook.name.clone(),
-        mode: if opts.plan_only { "plan".into() } else { opts.mode.as_str().into() },
+        mode: if opts.plan_only {
+            "plan".into()
+        } else {
+            opts.mode.as_str().into()
+        },
         started: crate::journal::now_rfc3339(),
         duration_ms: ms(duration),
         outcome,
@@ -397,6 +491,7 @@ fn skeleton(p: &Prepared<'_>, outcome: Outcome) -> PluginReport {
         outcome,
         error: None,
         duration_ms: 0,
+        host_calls_ms: 0.0,
     }
 }
 
@@ -433,11 +528,12 @@ fn run_plugin(
     live(opts, format!("[{name}] assessing ({})", p.info.service));
     let ctx = context(run_id, p.spec, opts.mode, 0);
     let t = Instant::now();
-    let assessment: Assessment =
-        match rt.call(&p.plugin, &p.env, "assess", |s, b| b.rewind_plugin_rollback().call_assess(s, &ctx)) {
-            Ok(a) => a,
-            Err(e) => return fail(report, e.to_string()),
-        };
+    let assessment: Assessment = match rt.call(&p.plugin, &p.env, "assess", |s, b| {
+        b.rewind_plugin_rollback().call_assess(s, &ctx)
+    }) {
+        Ok(a) => a,
+        Err(e) => return fail(report, e.to_string()),
+    };
     p.env.take_actions();
     let a = AssessmentReport {
         severity: assessment.severity.as_str().into(),
@@ -449,7 +545,13 @@ fn run_plugin(
         duration_ms: ms(t.elapsed()),
     };
     record(json!({"event": "assessment", "plugin": name, "assessment": a}));
-    live(opts, format!("[{name}] {} severity, scenario {:?}: {}", a.severity, a.scenario, a.summary));
+    live(
+        opts,
+        format!(
+            "[{name}] {} severity, scenario {:?}: {}",
+            a.severity, a.scenario, a.summary
+        ),
+    );
     for f in &a.findings {
         live(opts, format!("[{name}]   {}", format_finding(f)));
     }
@@ -468,28 +570,57 @@ fn run_plugin(
         None => assessment.level.max(1),
     };
     if level > max_level || level == 0 {
-        return fail(report, format!("level {level} does not exist; the plugin has levels 1 to {max_level}"));
+        return fail(
+            report,
+            format!("level {level} does not exist; the plugin has levels 1 to {max_level}"),
+        );
     }
 
     loop {
-        let level_name = p.info.levels.iter().find(|l| l.level == level).map(|l| l.name.clone()).unwrap_or_default();
+        let level_name = p
+            .info
+            .levels
+            .iter()
+            .find(|l| l.level == level)
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
         let ctx = context(run_id, p.spec, opts.mode, level);
-        let steps: Vec<Step> =
-            match rt.call(&p.plugin, &p.env, "plan", |s, b| b.rewind_plugin_rollback().call_plan(s, &ctx)) {
-                Ok(s) => s,
-                Err(e) => return fail(report, e.to_string()),
-            };
+        let steps: Vec<Step> = match rt.call(&p.plugin, &p.env, "plan", |s, b| {
+            b.rewind_plugin_rollback().call_plan(s, &ctx)
+        }) {
+            Ok(s) => s,
+            Err(e) => return fail(report, e.to_string()),
+        };
         p.env.take_actions();
         record(json!({
             "event": "plan", "plugin": name, "level": level, "level_name": level_name,
             "steps": steps.iter().map(|s| json!({"id": s.id, "title": s.title, "manual": s.kind == StepKind::Manual, "detail": s.detail})).collect::<Vec<_>>(),
         }));
-        live(opts, format!("[{name}] level {level} ({level_name}): {} steps", steps.len()));
-        let mut lr = LevelReport { level, name: level_name, steps: Vec::new(), verification: None };
+        live(
+            opts,
+            format!(
+                "[{name}] level {level} ({level_name}): {} steps",
+                steps.len()
+            ),
+        );
+        let mut lr = LevelReport {
+            level,
+            name: level_name,
+            steps: Vec::new(),
+            verification: None,
+        };
 
         if opts.plan_only {
             for s in &steps {
-                lr.steps.push(step_report(p, s, StepStatus::Planned, String::new(), Duration::ZERO, Vec::new(), Vec::new()));
+                lr.steps.push(step_report(
+                    p,
+                    s,
+                    StepStatus::Planned,
+                    String::new(),
+                    Duration::ZERO,
+                    Vec::new(),
+                    Vec::new(),
+                ));
             }
             report.levels.push(lr);
             report.outcome = Outcome::Simulated;
@@ -501,11 +632,21 @@ fn run_plugin(
         for s in &steps {
             if failed.is_some() {
                 record(json!({"event": "step-skipped", "plugin": name, "step": s.id}));
-                lr.steps.push(step_report(p, s, StepStatus::Skipped, "an earlier step failed".into(), Duration::ZERO, Vec::new(), Vec::new()));
+                lr.steps.push(step_report(
+                    p,
+                    s,
+                    StepStatus::Skipped,
+                    "an earlier step failed".into(),
+                    Duration::ZERO,
+                    Vec::new(),
+                    Vec::new(),
+                ));
                 continue;
             }
             *p.env.current_step.lock().unwrap() = Some(s.id.clone());
-            record(json!({"event": "step-start", "plugin": name, "level": level, "step": s.id, "title": s.title, "plugin_sha256": p.plugin.sha256}));
+            record(
+                json!({"event": "step-start", "plugin": name, "level": level, "step": s.id, "title": s.title, "plugin_sha256": p.plugin.sha256}),
+            );
             live(opts, format!("[{name}] step {}: {}", s.id, s.title));
             let t = Instant::now();
             let result = if s.kind == StepKind::Manual {
@@ -514,27 +655,45 @@ fn run_plugin(
                 Ok(())
             };
             let result = result.and_then(|()| {
-                rt.call(&p.plugin, &p.env, "run-step", |st, b| b.rewind_plugin_rollback().call_run_step(st, &ctx, &s.id))
-                    .map_err(|e| e.to_string())
+                rt.call(&p.plugin, &p.env, "run-step", |st, b| {
+                    b.rewind_plugin_rollback().call_run_step(st, &ctx, &s.id)
+                })
+                .map_err(|e| e.to_string())
             });
             let elapsed = t.elapsed();
             let actions = p.env.take_actions();
             *p.env.current_step.lock().unwrap() = None;
             let (status, message, fnd) = match result {
-                Ok(StepOutcome { ok: true, message, findings: f }) => (StepStatus::Ok, message, findings(&f)),
-                Ok(StepOutcome { ok: false, message, findings: f }) => (StepStatus::Failed, message, findings(&f)),
+                Ok(StepOutcome {
+                    ok: true,
+                    message,
+                    findings: f,
+                }) => (StepStatus::Ok, message, findings(&f)),
+                Ok(StepOutcome {
+                    ok: false,
+                    message,
+                    findings: f,
+                }) => (StepStatus::Failed, message, findings(&f)),
                 Err(e) => (StepStatus::Failed, e, Vec::new()),
             };
             record(json!({
                 "event": "step-end", "plugin": name, "level": level, "step": s.id, "status": status,
                 "message": message, "duration_ms": elapsed.as_secs_f64() * 1e3, "findings": fnd,
             }));
-            let mark = if matches!(status, StepStatus::Ok) { "ok" } else { "FAILED" };
-            live(opts, format!("[{name}]   {mark} in {}: {message}", fmt_duration(elapsed)));
+            let mark = if matches!(status, StepStatus::Ok) {
+                "ok"
+            } else {
+                "FAILED"
+            };
+            live(
+                opts,
+                format!("[{name}]   {mark} in {}: {message}", fmt_duration(elapsed)),
+            );
             if matches!(status, StepStatus::Failed) {
                 failed = Some(format!("step {} failed: {message}", s.id));
             }
-            lr.steps.push(step_report(p, s, status, message, elapsed, actions, fnd));
+            lr.steps
+                .push(step_report(p, s, status, message, elapsed, actions, fnd));
         }
 
         if let Some(err) = failed {
@@ -544,14 +703,15 @@ fn run_plugin(
 
         // Verify.
         let t = Instant::now();
-        let v: Verification =
-            match rt.call(&p.plugin, &p.env, "verify", |s, b| b.rewind_plugin_rollback().call_verify(s, &ctx)) {
-                Ok(v) => v,
-                Err(e) => {
-                    report.levels.push(lr);
-                    return fail(report, e.to_string());
-                }
-            };
+        let v: Verification = match rt.call(&p.plugin, &p.env, "verify", |s, b| {
+            b.rewind_plugin_rollback().call_verify(s, &ctx)
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                report.levels.push(lr);
+                return fail(report, e.to_string());
+            }
+        };
         p.env.take_actions();
         let vr = VerificationReport {
             healthy: v.healthy,
@@ -559,8 +719,17 @@ fn run_plugin(
             findings: findings(&v.findings),
             duration_ms: ms(t.elapsed()),
         };
-        record(json!({"event": "verification", "plugin": name, "level": level, "verification": vr}));
-        live(opts, format!("[{name}] verify: {} ({})", if v.healthy { "healthy" } else { "NOT healthy" }, v.summary));
+        record(
+            json!({"event": "verification", "plugin": name, "level": level, "verification": vr}),
+        );
+        live(
+            opts,
+            format!(
+                "[{name}] verify: {} ({})",
+                if v.healthy { "healthy" } else { "NOT healthy" },
+                v.summary
+            ),
+        );
         for f in &vr.findings {
             live(opts, format!("[{name}]   {}", format_finding(f)));
         }
@@ -576,18 +745,31 @@ fn run_plugin(
             return report;
         }
         if v.healthy {
-            record(json!({"event": "plugin-end", "plugin": name, "outcome": "rolled-back", "level": level}));
+            record(
+                json!({"event": "plugin-end", "plugin": name, "outcome": "rolled-back", "level": level}),
+            );
             report.outcome = Outcome::RolledBack;
             report.duration_ms = ms(started.elapsed());
             return report;
         }
         if level < max_level {
-            record(json!({"event": "escalate", "plugin": name, "from": level, "to": level + 1, "reason": v.summary}));
-            live(opts, format!("[{name}] level {level} did not verify; escalating to level {}", level + 1));
+            record(
+                json!({"event": "escalate", "plugin": name, "from": level, "to": level + 1, "reason": v.summary}),
+            );
+            live(
+                opts,
+                format!(
+                    "[{name}] level {level} did not verify; escalating to level {}",
+                    level + 1
+                ),
+            );
             level += 1;
             continue;
         }
-        return fail(report, format!("verification failed after level {level}: {}", v.summary));
+        return fail(
+            report,
+            format!("verification failed after level {level}: {}", v.summary),
+        );
     }
 }
 
@@ -616,15 +798,34 @@ fn step_report(
 
 /// A manual step needs a person. On a terminal, ask; otherwise it must be
 /// approved up front with `--approve-manual`. Dry runs only say so.
-fn confirm_manual(p: &Prepared<'_>, s: &Step, opts: &RunOptions, record: &dyn Fn(serde_json::Value)) -> Result<(), String> {
+fn confirm_manual(
+    p: &Prepared<'_>,
+    s: &Step,
+    opts: &RunOptions,
+    record: &dyn Fn(serde_json::Value),
+) -> Result<(), String> {
     let name = &p.spec.name;
     if !opts.mode.executes() {
-        live(opts, format!("[{name}]   manual step: would ask a person to: {}", s.detail));
+        live(
+            opts,
+            format!(
+                "[{name}]   manual step: would ask a person to: {}",
+                s.detail
+            ),
+        );
         return Ok(());
     }
     if opts.approve_manual {
-        record(json!({"event": "manual-approved", "plugin": name, "step": s.id, "by": "--approve-manual"}));
-        live(opts, format!("[{name}]   manual step approved by --approve-manual: {}", s.detail));
+        record(
+            json!({"event": "manual-approved", "plugin": name, "step": s.id, "by": "--approve-manual"}),
+        );
+        live(
+            opts,
+            format!(
+                "[{name}]   manual step approved by --approve-manual: {}",
+                s.detail
+            ),
+        );
         return Ok(());
     }
     let stdin = std::io::stdin();
@@ -634,19 +835,37 @@ fn confirm_manual(p: &Prepared<'_>, s: &Step, opts: &RunOptions, record: &dyn Fn
             s.id, s.detail
         ));
     }
-    eprintln!("\n[{name}] MANUAL STEP {}: {}\n  {}\n  Type 'done' when it is done, or 'abort':", s.id, s.title, s.detail);
+    eprintln!(
+        "\n[{name}] MANUAL STEP {}: {}\n  {}\n  Type 'done' when it is done, or 'abort':",
+        s.id, s.title, s.detail
+    );
     let mut line = String::new();
     loop {
         line.clear();
-        if stdin.lock().read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            return Err(format!("manual step {:?} was not confirmed (end of input)", s.id));
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Err(format!(
+                "manual step {:?} was not confirmed (end of input)",
+                s.id
+            ));
         }
         match line.trim() {
             "done" => {
-                record(json!({"event": "manual-approved", "plugin": name, "step": s.id, "by": "terminal"}));
+                record(
+                    json!({"event": "manual-approved", "plugin": name, "step": s.id, "by": "terminal"}),
+                );
                 return Ok(());
             }
-            "abort" => return Err(format!("manual step {:?} was aborted by the operator", s.id)),
+            "abort" => {
+                return Err(format!(
+                    "manual step {:?} was aborted by the operator",
+                    s.id
+                ));
+            }
             _ => eprintln!("  Type 'done' or 'abort':"),
         }
     }
@@ -654,7 +873,10 @@ fn confirm_manual(p: &Prepared<'_>, s: &Step, opts: &RunOptions, record: &dyn Fn
 
 pub fn format_finding(f: &FindingReport) -> String {
     let mark = if f.breached { "BREACHED" } else { "ok      " };
-    format!("{mark} {}: observed {}, threshold {}", f.check, f.observed, f.threshold)
+    format!(
+        "{mark} {}: observed {}, threshold {}",
+        f.check, f.observed, f.threshold
+    )
 }
 
 pub fn fmt_duration(d: Duration) -> String {

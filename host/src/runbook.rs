@@ -99,13 +99,14 @@ impl PluginSpec {
             runbook: runbook.path.clone(),
             line: self.grants_line,
         };
-        let mut sandbox = Sandbox::new(self.grants.clone(), origin, &runbook.dir).map_err(|e| RunbookError {
-            path: runbook.path.clone(),
-            line: self.grants_line,
-            column: 1,
-            message: e.to_string(),
-            snippet: None,
-        })?;
+        let mut sandbox =
+            Sandbox::new(self.grants.clone(), origin, &runbook.dir).map_err(|e| RunbookError {
+                path: runbook.path.clone(),
+                line: self.grants_line,
+                column: 1,
+                message: e.to_string(),
+                snippet: None,
+            })?;
         sandbox.protect(&runbook.state_dir);
         Ok(sandbox)
     }
@@ -126,7 +127,14 @@ impl std::fmt::Display for RunbookError {
         if self.line == 0 {
             write!(f, "{}: {}", self.path.display(), self.message)?;
         } else {
-            write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.column,
+                self.message
+            )?;
         }
         if let Some(s) = &self.snippet {
             write!(f, "\n{:>5} | {s}", self.line)?;
@@ -150,7 +158,8 @@ impl Runbook {
 
     /// Parse runbook text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Self, RunbookError> {
-        let text = interpolate(text).map_err(|(offset, message)| error_at(path, text, offset, message))?;
+        let text =
+            interpolate(text).map_err(|(offset, message)| error_at(path, text, offset, message))?;
         let raw: RawRunbook = toml::from_str(&text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             error_at(path, &text, offset, e.message().trim().to_string())
@@ -177,7 +186,11 @@ impl Runbook {
             let p = p.into_inner();
             let name_span = p.name.span();
             let name = p.name.into_inner();
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(error_at(
                     path,
                     &text,
@@ -186,11 +199,18 @@ impl Runbook {
                 ));
             }
             if plugins.iter().any(|q| q.name == name) {
-                return Err(error_at(path, &text, name_span.start, format!("plugin name {name:?} is used twice")));
+                return Err(error_at(
+                    path,
+                    &text,
+                    name_span.start,
+                    format!("plugin name {name:?} is used twice"),
+                ));
             }
             let component_line = line_of(&text, p.component.span().start);
             let component = dir.join(p.component.get_ref());
-            let grants_line = p.grants.as_ref().map_or(line_of(&text, span.start), |g| line_of(&text, g.span().start));
+            let grants_line = p.grants.as_ref().map_or(line_of(&text, span.start), |g| {
+                line_of(&text, g.span().start)
+            });
             let config = serde_json::to_string(&p.config).expect("a TOML table is valid JSON");
             plugins.push(PluginSpec {
                 name,
@@ -243,8 +263,18 @@ fn error_at(path: &Path, text: &str, offset: usize, message: String) -> RunbookE
     let offset = offset.min(text.len());
     let line = line_of(text, offset);
     let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let snippet = text.lines().nth(line - 1).map(str::to_string).filter(|s| !s.trim().is_empty());
-    RunbookError { path: path.into(), line, column: offset - start + 1, message, snippet }
+    let snippet = text
+        .lines()
+        .nth(line - 1)
+        .map(str::to_string)
+        .filter(|s| !s.trim().is_empty());
+    RunbookError {
+        path: path.into(),
+        line,
+        column: offset - start + 1,
+        message,
+        snippet,
+    }
 }
 
 /// Replace `${NAME}` and `${NAME:-default}` with environment variables,
@@ -269,7 +299,10 @@ pub fn interpolate(text: &str) -> Result<String, (usize, String)> {
             continue;
         };
         let Some(end) = body.find('}') else {
-            return Err((offset + i, "unclosed `${` (write `$${` for a literal)".into()));
+            return Err((
+                offset + i,
+                "unclosed `${` (write `$${` for a literal)".into(),
+            ));
         };
         let expr = &body[..end];
         let (name, default) = match expr.split_once(":-") {
@@ -301,15 +334,19 @@ pub fn interpolate(text: &str) -> Result<String, (usize, String)> {
 
 fn de_duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); write e.g. \"90s\", \"7m\" or \"1h\"")))
+    humantime::parse_duration(&s).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration ({e}); write e.g. \"90s\", \"7m\" or \"1h\""
+        ))
+    })
 }
 
 fn de_bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     let s = String::deserialize(d)?;
     parse_bytes(&s).map(Some).ok_or_else(|| {
-        serde::de::Error::custom(format!("{s:?} is not a size; write e.g. \"64MiB\" or \"1GiB\""))
+        serde::de::Error::custom(format!(
+            "{s:?} is not a size; write e.g. \"64MiB\" or \"1GiB\""
+        ))
     })
 }
 

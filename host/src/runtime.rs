@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 use crate::bindings::{Procedure, ProcedurePre, WIT_PACKAGE, WIT_VERSION};
 use crate::state::{HostState, PluginEnv};
@@ -31,7 +33,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { cpu: Duration::from_secs(10), memory: 128 << 20 }
+        Self {
+            cpu: Duration::from_secs(10),
+            memory: 128 << 20,
+        }
     }
 }
 
@@ -39,8 +44,13 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read component {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a WebAssembly file (it starts with {head}); point `component` at the plugin's .wasm")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a WebAssembly file (it starts with {head}); point `component` at the plugin's .wasm"
+    )]
     NotWasm { path: PathBuf, head: String },
     #[error(
         "{path} is a core WebAssembly module, not a component; build the plugin with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
@@ -79,7 +89,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("path", &self.path).field("sha256", &self.sha256).finish()
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .finish()
     }
 }
 
@@ -93,9 +106,13 @@ impl LoadedPlugin {
 /// A plugin call that did not return normally.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("plugin used more than {limit:?} of CPU time in `{export}` and was stopped (raise [limits] cpu in the runbook if that is expected)")]
+    #[error(
+        "plugin used more than {limit:?} of CPU time in `{export}` and was stopped (raise [limits] cpu in the runbook if that is expected)"
+    )]
     Cpu { export: String, limit: Duration },
-    #[error("plugin tried to grow its memory past the limit of {limit} MiB in `{export}` and was stopped (raise [limits] memory in the runbook if that is expected)")]
+    #[error(
+        "plugin tried to grow its memory past the limit of {limit} MiB in `{export}` and was stopped (raise [limits] memory in the runbook if that is expected)"
+    )]
     Memory { export: String, limit: usize },
     #[error("plugin trapped in `{export}`: {message}")]
     Trap { export: String, message: String },
@@ -118,7 +135,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).field("limits", &self.limits).finish()
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -149,14 +169,22 @@ impl Runtime {
 
         // The ticker stops when the engine is dropped.
         let weak = engine.weak();
-        std::thread::Builder::new().name("rewind-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
-        Ok(Self { engine, linker, cache_dir, limits, engine_hash })
+        std::thread::Builder::new()
+            .name("rewind-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            limits,
+            engine_hash,
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -170,18 +198,31 @@ impl Runtime {
     /// Read, validate, compile (or fetch from the cache) and link a plugin.
     pub fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
         let start = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
         self.load_bytes(path, &bytes, start)
     }
 
-    fn load_bytes(&self, path: &Path, bytes: &[u8], start: Instant) -> Result<LoadedPlugin, LoadError> {
+    fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        start: Instant,
+    ) -> Result<LoadedPlugin, LoadError> {
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule { path: path.into() }),
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(LoadError::CoreModule { path: path.into() });
+            }
             Some([0, b'a', b's', b'm', ..]) => {
                 return Err(LoadError::Invalid {
                     path: path.into(),
-                    reason: format!("unknown WebAssembly binary version {}", hex::encode(&bytes[4..8])),
+                    reason: format!(
+                        "unknown WebAssembly binary version {}",
+                        hex::encode(&bytes[4..8])
+                    ),
                 });
             }
             _ => {
@@ -190,7 +231,10 @@ impl Runtime {
                 } else {
                     format!("bytes {}", hex::encode(&bytes[..bytes.len().min(8)]))
                 };
-                return Err(LoadError::NotWasm { path: path.into(), head });
+                return Err(LoadError::NotWasm {
+                    path: path.into(),
+                    head,
+                });
             }
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
@@ -199,22 +243,46 @@ impl Runtime {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link { path: path.into(), reason: format!("{e:#}") })?;
-        let pre = ProcedurePre::new(pre).map_err(|e| LoadError::Link { path: path.into(), reason: format!("{e:#}") })?;
+            .map_err(|e| LoadError::Link {
+                path: path.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = ProcedurePre::new(pre).map_err(|e| LoadError::Link {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        })?;
         Ok(LoadedPlugin {
             path: path.to_path_buf(),
             sha256,
-            stats: LoadStats { compiled, duration: start.elapsed() },
+            stats: LoadStats {
+                compiled,
+                duration: start.elapsed(),
+            },
             pre,
         })
     }
 
-    fn compile_cached(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
-        let invalid = |e: wasmtime::Error| LoadError::Invalid { path: path.into(), reason: format!("{e:#}") };
-        let Some(dir) = &self.cache_dir else {
-            return Ok((Component::from_binary(&self.engine, bytes).map_err(invalid)?, true));
+    fn compile_cached(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, bool), LoadError> {
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.into(),
+            reason: format!("{e:#}"),
         };
-        let cached = dir.join(format!("{}-{}.cwasm", &sha256[..32], &self.engine_hash[..16]));
+        let Some(dir) = &self.cache_dir else {
+            return Ok((
+                Component::from_binary(&self.engine, bytes).map_err(invalid)?,
+                true,
+            ));
+        };
+        let cached = dir.join(format!(
+            "{}-{}.cwasm",
+            &sha256[..32],
+            &self.engine_hash[..16]
+        ));
         if cached.is_file() {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with the same compatibility hash (it is in the name),
@@ -223,7 +291,9 @@ impl Runtime {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(c) => return Ok((c, false)),
-                Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e:#}", cached.display()),
+                Err(e) => {
+                    tracing::warn!("ignoring unusable cache entry {}: {e:#}", cached.display())
+                }
             }
         }
         let component = Component::from_binary(&self.engine, bytes).map_err(invalid)?;
@@ -238,20 +308,35 @@ impl Runtime {
     fn check_world(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
         let ty = component.component_type();
         let prefix = format!("{WIT_PACKAGE}/");
-        let mut names: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let mut names: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         names.extend(exports.iter().cloned());
         for name in &names {
             if let Some(rest) = name.strip_prefix(&prefix)
                 && let Some((_, version)) = rest.split_once('@')
                 && !compatible(version, WIT_VERSION)
             {
-                return Err(LoadError::Version { path: path.into(), found: format!("{WIT_PACKAGE}@{version}") });
+                return Err(LoadError::Version {
+                    path: path.into(),
+                    found: format!("{WIT_PACKAGE}@{version}"),
+                });
             }
         }
-        if !exports.iter().any(|n| n.starts_with(&format!("{prefix}rollback@"))) {
+        if !exports
+            .iter()
+            .any(|n| n.starts_with(&format!("{prefix}rollback@")))
+        {
             let list = exports.join(", ");
-            return Err(LoadError::NotPlugin { path: path.into(), exports: list });
+            return Err(LoadError::NotPlugin {
+                path: path.into(),
+                exports: list,
+            });
         }
         Ok(())
     }
@@ -265,7 +350,10 @@ impl Runtime {
         export: &str,
         f: impl FnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
-        let mut store = Store::new(&self.engine, HostState::new(env.clone(), self.limits.memory));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(env.clone(), self.limits.memory),
+        );
         store.limiter(|s| &mut s.limits);
         let budget = self.limits.cpu;
         store.set_epoch_deadline(1);
@@ -276,10 +364,16 @@ impl Runtime {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
-        let result = plugin.pre.instantiate(&mut store).and_then(|bindings| f(&mut store, &bindings));
+        let result = plugin
+            .pre
+            .instantiate(&mut store)
+            .and_then(|bindings| f(&mut store, &bindings));
         match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(message)) => Err(CallError::Plugin { export: export.into(), message }),
+            Ok(Err(message)) => Err(CallError::Plugin {
+                export: export.into(),
+                message,
+            }),
             Err(e) => Err(self.classify(export, e, store.data())),
         }
     }
@@ -287,15 +381,23 @@ impl Runtime {
     fn classify(&self, export: &str, e: wasmtime::Error, state: &HostState) -> CallError {
         let export = export.to_string();
         if e.chain().any(|c| c.is::<CpuExhausted>()) {
-            return CallError::Cpu { export, limit: self.limits.cpu };
+            return CallError::Cpu {
+                export,
+                limit: self.limits.cpu,
+            };
         }
         let text = format!("{e:#}");
         if text.contains("forcing trap when growing memory") {
-            return CallError::Memory { export, limit: self.limits.memory >> 20 };
+            return CallError::Memory {
+                export,
+                limit: self.limits.memory >> 20,
+            };
         }
         let stderr = state.stderr();
         let message = match e.downcast_ref::<wasmtime::Trap>() {
-            Some(trap) if !stderr.is_empty() => format!("{trap}; the plugin said: {}", last_lines(&stderr, 4)),
+            Some(trap) if !stderr.is_empty() => {
+                format!("{trap}; the plugin said: {}", last_lines(&stderr, 4))
+            }
             Some(trap) => trap.to_string(),
             None => text,
         };
@@ -384,7 +486,10 @@ mod tests {
             assert!(err.contains(expect), "{name}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
-        let err = rt.load(&dir.path().join("missing.wasm")).unwrap_err().to_string();
+        let err = rt
+            .load(&dir.path().join("missing.wasm"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot read component"), "{err}");
     }
 }

@@ -94,7 +94,11 @@ pub struct Denied {
 
 impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} is not granted: {}", self.capability, self.resource, self.hint)
+        write!(
+            f,
+            "{} {:?} is not granted: {}",
+            self.capability, self.resource, self.hint
+        )
     }
 }
 
@@ -157,7 +161,8 @@ impl Sandbox {
             .http
             .iter()
             .map(|g| {
-                let url = url::Url::parse(g).map_err(|e| bad(Capability::Http, g, e.to_string()))?;
+                let url =
+                    url::Url::parse(g).map_err(|e| bad(Capability::Http, g, e.to_string()))?;
                 if !matches!(url.scheme(), "http" | "https") {
                     return Err(bad(Capability::Http, g, "only http and https URLs".into()));
                 }
@@ -171,7 +176,11 @@ impl Sandbox {
             .collect::<Result<_, _>>()?;
         for t in &spec.tcp {
             if parse_host_port(t).is_none() {
-                return Err(bad(Capability::Tcp, t, "expected host:port or host:*".into()));
+                return Err(bad(
+                    Capability::Tcp,
+                    t,
+                    "expected host:port or host:*".into(),
+                ));
             }
         }
         for s in &spec.signal {
@@ -240,9 +249,12 @@ impl Sandbox {
     /// An HTTP URL under a granted prefix (same scheme, host and port; path
     /// under the grant's path).
     pub fn check_http(&self, raw: &str) -> Result<url::Url, CheckError> {
-        let url = url::Url::parse(raw).map_err(|e| CheckError::Invalid(format!("bad URL {raw:?}: {e}")))?;
+        let url = url::Url::parse(raw)
+            .map_err(|e| CheckError::Invalid(format!("bad URL {raw:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(CheckError::Invalid(format!("bad URL {raw:?}: only http and https")));
+            return Err(CheckError::Invalid(format!(
+                "bad URL {raw:?}: only http and https"
+            )));
         }
         let host = url.host_str().unwrap_or_default();
         let ok = self.http.iter().any(|g| {
@@ -260,9 +272,12 @@ impl Sandbox {
     }
 
     pub fn check_tcp(&self, host: &str, port: u16) -> Result<(), Denied> {
-        let ok = self.spec.tcp.iter().filter_map(|g| parse_host_port(g)).any(|(h, p)| {
-            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port)
-        });
+        let ok = self
+            .spec
+            .tcp
+            .iter()
+            .filter_map(|g| parse_host_port(g))
+            .any(|(h, p)| h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port));
         if ok {
             Ok(())
         } else {
@@ -285,13 +300,20 @@ impl Sandbox {
         if !ok {
             return Err(self.deny(Capability::Exec, program, program).into());
         }
-        resolved.ok_or_else(|| CheckError::Invalid(format!("program {program:?} was not found (PATH or path)")))
+        resolved.ok_or_else(|| {
+            CheckError::Invalid(format!("program {program:?} was not found (PATH or path)"))
+        })
     }
 
     /// A signal pattern, for `stop-matching`: the granted pattern or a longer
     /// one that contains it (which can only match fewer processes).
     pub fn check_signal_pattern(&self, pattern: &str) -> Result<(), Denied> {
-        if self.spec.signal.iter().any(|g| pattern.contains(g.as_str())) {
+        if self
+            .spec
+            .signal
+            .iter()
+            .any(|g| pattern.contains(g.as_str()))
+        {
             Ok(())
         } else {
             Err(self.deny(Capability::Signal, pattern, pattern))
@@ -364,7 +386,12 @@ impl Sandbox {
         self.check_path(Capability::Sqlite, path, true)
     }
 
-    fn check_path(&self, cap: Capability, raw: &str, follow_last: bool) -> Result<PathBuf, CheckError> {
+    fn check_path(
+        &self,
+        cap: Capability,
+        raw: &str,
+        follow_last: bool,
+    ) -> Result<PathBuf, CheckError> {
         if raw.is_empty() {
             return Err(CheckError::Invalid("empty path".into()));
         }
@@ -421,7 +448,9 @@ impl Sandbox {
             Capability::Tcp => parse_host_port(need)
                 .and_then(|(h, p)| p.map(|p| (h, p)))
                 .is_some_and(|(h, p)| self.check_tcp(&h, p).is_ok()),
-            Capability::Exec => matches!(self.check_exec(need), Ok(_) | Err(CheckError::Invalid(_))),
+            Capability::Exec => {
+                matches!(self.check_exec(need), Ok(_) | Err(CheckError::Invalid(_)))
+            }
             Capability::Signal => self.check_signal_pattern(need).is_ok(),
             Capability::Read => self.check_read(need).is_ok(),
             Capability::Write => self.check_write(need).is_ok(),
@@ -487,7 +516,9 @@ fn resolve_program(base: &Path, program: &str) -> Option<PathBuf> {
     if program.contains('/') {
         std::fs::canonicalize(base.join(program)).ok()
     } else {
-        which::which(program).ok().and_then(|p| std::fs::canonicalize(p).ok())
+        which::which(program)
+            .ok()
+            .and_then(|p| std::fs::canonicalize(p).ok())
     }
 }
 
@@ -529,7 +560,9 @@ pub fn resolve_path(base: &Path, raw: &str) -> Result<PathBuf, String> {
 pub fn resolve_entry(base: &Path, raw: &str) -> Result<PathBuf, String> {
     let full = base.join(raw);
     match (full.parent(), full.file_name()) {
-        (Some(parent), Some(name)) if !matches!(full.components().next_back(), Some(Component::ParentDir)) => {
+        (Some(parent), Some(name))
+            if !matches!(full.components().next_back(), Some(Component::ParentDir)) =>
+        {
             let mut p = resolve_path(base, &parent.to_string_lossy())?;
             p.push(name);
             Ok(p)
@@ -578,7 +611,11 @@ mod tests {
     use super::*;
 
     fn sandbox(spec: GrantsSpec, base: &Path) -> Sandbox {
-        let origin = GrantOrigin { plugin: "p".into(), runbook: "rewind.toml".into(), line: 7 };
+        let origin = GrantOrigin {
+            plugin: "p".into(),
+            runbook: "rewind.toml".into(),
+            line: 7,
+        };
         Sandbox::new(spec, origin, base).unwrap()
     }
 
@@ -586,7 +623,10 @@ mod tests {
     fn http_prefixes_match_scheme_host_port_and_path() {
         let dir = tempfile::tempdir().unwrap();
         let s = sandbox(
-            GrantsSpec { http: vec!["http://127.0.0.1:8080/api".into()], ..Default::default() },
+            GrantsSpec {
+                http: vec!["http://127.0.0.1:8080/api".into()],
+                ..Default::default()
+            },
             dir.path(),
         );
         assert!(s.check_http("http://127.0.0.1:8080/api").is_ok());
@@ -594,11 +634,18 @@ mod tests {
         assert!(s.check_http("http://127.0.0.1:8080/apix").is_err());
         assert!(s.check_http("http://127.0.0.1:8081/api").is_err());
         assert!(s.check_http("https://127.0.0.1:8080/api").is_err());
-        assert!(s.check_http("http://127.0.0.1:8080@evil.example/api").is_err());
+        assert!(
+            s.check_http("http://127.0.0.1:8080@evil.example/api")
+                .is_err()
+        );
         match s.check_http("http://127.0.0.1:9/x") {
             Err(CheckError::Denied(d)) => {
                 assert_eq!(d.capability, Capability::Http);
-                assert!(d.hint.contains("http = [\"http://127.0.0.1:9/\"]"), "{}", d.hint);
+                assert!(
+                    d.hint.contains("http = [\"http://127.0.0.1:9/\"]"),
+                    "{}",
+                    d.hint
+                );
                 assert!(d.hint.contains("rewind.toml:7"), "{}", d.hint);
             }
             other => panic!("{other:?}"),
@@ -612,10 +659,19 @@ mod tests {
         std::fs::create_dir(&granted).unwrap();
         std::fs::write(dir.path().join("secret"), "x").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), granted.join("link")).unwrap();
-        let mut s = sandbox(GrantsSpec { write: vec!["granted".into()], ..Default::default() }, dir.path());
+        let mut s = sandbox(
+            GrantsSpec {
+                write: vec!["granted".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
         s.protect(&granted.join(".rewind"));
         assert!(s.check_read("granted/new-file").is_ok());
-        assert!(matches!(s.check_write("granted/.rewind/runs/x.jsonl"), Err(CheckError::Invalid(_))));
+        assert!(matches!(
+            s.check_write("granted/.rewind/runs/x.jsonl"),
+            Err(CheckError::Invalid(_))
+        ));
         assert!(s.check_read("granted/../secret").is_err());
         assert!(s.check_read("granted/link").is_err());
         assert!(s.check_read("granted/missing/../../secret").is_err());

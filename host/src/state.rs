@@ -3,6 +3,7 @@
 //! of one wasmtime `Store`, created fresh for every export call.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,11 +66,17 @@ pub struct PluginEnv {
     actions: Mutex<Vec<Action>>,
     /// The step being run, for the journal (set by the runner).
     pub current_step: Mutex<Option<String>>,
+    /// Time spent inside host imports over the whole run (probes, commands,
+    /// waits): the rest of a run's wall time is rewind's own overhead.
+    host_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for PluginEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginEnv").field("name", &self.name).field("mode", &self.mode).finish()
+        f.debug_struct("PluginEnv")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .finish()
     }
 }
 
@@ -93,7 +100,13 @@ impl PluginEnv {
             http,
             actions: Mutex::new(Vec::new()),
             current_step: Mutex::new(None),
+            host_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Total time spent inside host imports so far.
+    pub fn host_time(&self) -> Duration {
+        Duration::from_nanos(self.host_nanos.load(Ordering::Relaxed))
     }
 
     /// Record a side effect before it happens. Returns whether to carry it
@@ -186,13 +199,18 @@ impl HostState {
         let start = Instant::now();
         let env = self.env.clone();
         let r = f(&env);
-        self.host_time += start.elapsed();
+        let spent = start.elapsed();
+        self.host_time += spent;
+        env.host_nanos
+            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
         r
     }
 
     /// The plugin's stderr so far, lossily decoded (for trap reports).
     pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
     }
 
     /// Guest time used by the current call so far.
@@ -203,6 +221,9 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }

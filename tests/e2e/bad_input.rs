@@ -7,7 +7,9 @@ use crate::util::*;
 #[test]
 fn a_malformed_runbook_points_at_the_line() {
     let sb = Sandbox::new();
-    let text = format!("name = \"x\"\n\n[[plugin]]\nname = \"a\"\ncomponent = {FIXTURE:?}\non_failure = \"halt\"\n");
+    let text = format!(
+        "name = \"x\"\n\n[[plugin]]\nname = \"a\"\ncomponent = {FIXTURE:?}\non_failure = \"halt\"\n"
+    );
     sb.runbook(&text);
     for cmd in ["check", "plan", "run"] {
         let out = sb.rewind(&[cmd]);
@@ -19,10 +21,16 @@ fn a_malformed_runbook_points_at_the_line() {
     assert!(!sb.join(".rewind").exists(), "nothing was written");
     sb.runbook("name = \"x\"\nrto = \"soon\"\n[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n");
     let t = text_of(&sb.rewind(&["check"]));
-    assert!(t.contains("rewind.toml:2:") && t.contains("not a duration"), "{t}");
+    assert!(
+        t.contains("rewind.toml:2:") && t.contains("not a duration"),
+        "{t}"
+    );
     sb.runbook("name = \"x\"\n[[plugin]]\nname = \"a\"\ncomponent = \"${REWIND_TEST_NOT_SET}\"\n");
     let t = text_of(&sb.rewind(&["check"]));
-    assert!(t.contains("rewind.toml:4:") && t.contains("REWIND_TEST_NOT_SET is not set"), "{t}");
+    assert!(
+        t.contains("rewind.toml:4:") && t.contains("REWIND_TEST_NOT_SET is not set"),
+        "{t}"
+    );
 }
 
 fn text_of(out: &std::process::Output) -> String {
@@ -35,10 +43,22 @@ fn components_that_are_not_ours_are_refused_in_one_line() {
     std::fs::write(sb.join("random.wasm"), b"this is not wasm at all").unwrap();
     std::fs::write(sb.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let cases = [
-        (sb.join("missing.wasm").display().to_string(), "cannot read component"),
-        (sb.join("random.wasm").display().to_string(), "not a WebAssembly file"),
-        (sb.join("core.wasm").display().to_string(), "core WebAssembly module, not a component"),
-        (FUTURE.to_string(), "built against rewind:plugin@0.2.0, but this rewind implements rewind:plugin@0.1.0"),
+        (
+            sb.join("missing.wasm").display().to_string(),
+            "cannot read component",
+        ),
+        (
+            sb.join("random.wasm").display().to_string(),
+            "not a WebAssembly file",
+        ),
+        (
+            sb.join("core.wasm").display().to_string(),
+            "core WebAssembly module, not a component",
+        ),
+        (
+            FUTURE.to_string(),
+            "built against rewind:plugin@0.2.0, but this rewind implements rewind:plugin@0.1.0",
+        ),
     ];
     for (component, expect) in cases {
         sb.runbook(&runbook_with(&component, &json!({}), &json!({})));
@@ -49,7 +69,10 @@ fn components_that_are_not_ours_are_refused_in_one_line() {
             assert!(t.contains(expect), "{component}: {t}");
             let err_lines: Vec<&str> = t.lines().filter(|l| l.starts_with("error:")).collect();
             assert_eq!(err_lines.len(), 1, "{t}");
-            assert!(err_lines[0].contains("rewind.toml:"), "names the runbook line: {t}");
+            assert!(
+                err_lines[0].contains("rewind.toml:"),
+                "names the runbook line: {t}"
+            );
         }
     }
 }
@@ -61,8 +84,16 @@ fn a_failing_assessment_or_plan_is_reported_not_crashed() {
     let out = sb.rewind(&["run", "--plugin", "nope"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("no plugin named \"nope\""));
-    sb.runbook(&fixture_runbook(&json!({"assess": {"op": {"call": "trap"}}}), &json!({})));
+    sb.runbook(&fixture_runbook(
+        &json!({"assess": {"op": {"call": "trap"}}}),
+        &json!({}),
+    ));
     let (code, report, _) = sb.run_json(&[]);
     assert_eq!(code, 1);
-    assert!(report["plugins"][0]["error"].as_str().unwrap().contains("assess"));
+    assert!(
+        report["plugins"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("assess")
+    );
 }

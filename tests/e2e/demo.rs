@@ -16,11 +16,36 @@ struct DemoSite {
 
 impl DemoSite {
     fn new() -> Self {
-        let root = tempfile::Builder::new().prefix("rewind-demo-").tempdir().unwrap();
-        let site = Self { root, port: free_port() };
-        site.service(&["init", "--release", "1.0.0:healthy", "--release", "1.1.0:broken", "--current", "1.0.0"]);
-        site.service(&["deploy", "--port", &site.port.to_string(), "--version", "1.0.0"]);
-        assert!(wait_until(Duration::from_secs(10), || site.get("/healthz").is_some_and(|(s, _)| s == 200)), "demo service up");
+        let root = tempfile::Builder::new()
+            .prefix("rewind-demo-")
+            .tempdir()
+            .unwrap();
+        let site = Self {
+            root,
+            port: free_port(),
+        };
+        site.service(&[
+            "init",
+            "--release",
+            "1.0.0:healthy",
+            "--release",
+            "1.1.0:broken",
+            "--current",
+            "1.0.0",
+        ]);
+        site.service(&[
+            "deploy",
+            "--port",
+            &site.port.to_string(),
+            "--version",
+            "1.0.0",
+        ]);
+        assert!(
+            wait_until(Duration::from_secs(10), || site
+                .get("/healthz")
+                .is_some_and(|(s, _)| s == 200)),
+            "demo service up"
+        );
         site
     }
 
@@ -36,7 +61,11 @@ impl DemoSite {
     }
 
     fn pid(&self) -> u32 {
-        std::fs::read_to_string(self.root().join("run/service.pid")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(self.root().join("run/service.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     fn current(&self) -> PathBuf {
@@ -89,16 +118,30 @@ fn the_demo_rolls_a_broken_release_back_and_a_dry_run_changes_nothing() {
     assert!(text(&out).contains("healthy"), "{}", text(&out));
 
     // The team deploys a broken release.
-    site.service(&["deploy", "--port", &site.port.to_string(), "--version", "1.1.0"]);
-    assert!(wait_until(Duration::from_secs(10), || site.get("/healthz").is_some_and(|(s, _)| s == 500)));
+    site.service(&[
+        "deploy",
+        "--port",
+        &site.port.to_string(),
+        "--version",
+        "1.1.0",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || site
+        .get("/healthz")
+        .is_some_and(|(s, _)| s == 500)));
     let broken_pid = site.pid();
 
     // plan and dry run: findings printed, nothing touched.
     let out = site.rewind(&["plan"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("BREACHED") && t.contains("observed 500") && t.contains("200-399"), "{t}");
-    assert!(t.contains("1.0.0"), "the plan names the release it will go back to: {t}");
+    assert!(
+        t.contains("BREACHED") && t.contains("observed 500") && t.contains("200-399"),
+        "{t}"
+    );
+    assert!(
+        t.contains("1.0.0"),
+        "the plan names the release it will go back to: {t}"
+    );
     let before = tree(site.root());
     let out = site.rewind(&["run", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -106,8 +149,14 @@ fn the_demo_rolls_a_broken_release_back_and_a_dry_run_changes_nothing() {
     assert_eq!(site.pid(), broken_pid);
     assert!(alive(broken_pid), "the dry run stopped nothing");
     assert!(site.current().ends_with("1.1.0"));
-    let after: Vec<_> = tree(site.root()).into_iter().filter(|(p, _)| !p.starts_with(site.root().join(".rewind"))).collect();
-    let before: Vec<_> = before.into_iter().filter(|(p, _)| !p.starts_with(site.root().join(".rewind"))).collect();
+    let after: Vec<_> = tree(site.root())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(site.root().join(".rewind")))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(site.root().join(".rewind")))
+        .collect();
     assert_eq!(after, before, "the dry run changed no file of the site");
 
     // The real rollback.
@@ -116,16 +165,30 @@ fn the_demo_rolls_a_broken_release_back_and_a_dry_run_changes_nothing() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("rolled back"), "{t}");
     assert_eq!(site.get("/healthz").map(|(s, _)| s), Some(200));
-    assert_eq!(site.get("/version").map(|(_, b)| b.trim().to_string()), Some("1.0.0".into()));
+    assert_eq!(
+        site.get("/version").map(|(_, b)| b.trim().to_string()),
+        Some("1.0.0".into())
+    );
     assert!(site.current().ends_with("1.0.0"));
-    assert!(!alive(broken_pid), "the broken release's process was stopped");
+    assert!(
+        !alive(broken_pid),
+        "the broken release's process was stopped"
+    );
 
     // history and show on the same runbook.
     let out = site.rewind(&["history"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert_eq!(t.matches("rolled-back").count(), 1, "{t}");
-    let run_id = t.lines().rev().find(|l| l.contains("rolled-back")).unwrap().split_whitespace().next().unwrap().to_string();
+    let run_id = t
+        .lines()
+        .rev()
+        .find(|l| l.contains("rolled-back"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let out = site.rewind(&["show", &run_id]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");

@@ -12,7 +12,14 @@ fn health_probes_measure_and_judge() {
     let srv = Server::start();
     srv.route("/healthz", Reply::ok("ok 1.0.0"));
     srv.route("/broken", Reply::status(503));
-    srv.route("/slow", Reply { status: 200, body: "late".into(), delay: Duration::from_millis(800) });
+    srv.route(
+        "/slow",
+        Reply {
+            status: 200,
+            body: "late".into(),
+            delay: Duration::from_millis(800),
+        },
+    );
     let closed = free_port();
     let probe = |path: &str, extra: serde_json::Value| {
         let mut p = json!({"url": srv.url(path), "method": "", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 2000});
@@ -38,19 +45,37 @@ fn health_probes_measure_and_judge() {
     let r = step_results(&report);
     assert_eq!(step(&r, "ok")["Ok"]["healthy"], true, "{stderr}");
     assert_eq!(step(&r, "ok")["Ok"]["status"], 200);
-    assert!(step(&r, "ok")["Ok"]["body"].as_str().unwrap().contains("1.0.0"));
+    assert!(
+        step(&r, "ok")["Ok"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("1.0.0")
+    );
     assert!(step(&r, "ok")["Ok"]["latency_us"].as_u64().unwrap() > 0);
     assert_eq!(step(&r, "503")["Ok"]["healthy"], false);
     assert_eq!(step(&r, "503")["Ok"]["status"], 503);
-    assert_eq!(step(&r, "body")["Ok"]["healthy"], false, "body-contains must be checked");
-    assert_eq!(step(&r, "range")["Ok"]["healthy"], true, "custom status range");
+    assert_eq!(
+        step(&r, "body")["Ok"]["healthy"],
+        false,
+        "body-contains must be checked"
+    );
+    assert_eq!(
+        step(&r, "range")["Ok"]["healthy"],
+        true,
+        "custom status range"
+    );
     let t = &step(&r, "timeout")["Ok"];
     assert_eq!(t["healthy"], false);
-    assert!(t["latency_us"].as_u64().unwrap() < 700_000, "timeout honoured: {t}");
+    assert!(
+        t["latency_us"].as_u64().unwrap() < 700_000,
+        "timeout honoured: {t}"
+    );
     assert_eq!(step(&r, "tcp-open")["Ok"]["healthy"], true);
     assert_eq!(step(&r, "tcp-closed")["Ok"]["healthy"], false);
     let sys = &step(&r, "system")["Ok"];
-    assert!(sys["memory_total_bytes"].as_u64().unwrap() > sys["memory_used_bytes"].as_u64().unwrap());
+    assert!(
+        sys["memory_total_bytes"].as_u64().unwrap() > sys["memory_used_bytes"].as_u64().unwrap()
+    );
     assert!(step(&r, "disk")["Ok"]["total_bytes"].as_u64().unwrap() > 0);
     assert_eq!(code, 0, "{report}");
 }
@@ -68,7 +93,10 @@ fn wait_healthy_polls_until_the_service_answers() {
         let routes = srv.routes.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(400));
-            routes.lock().unwrap().insert(0, ("/healthz".into(), Reply::ok("ok")));
+            routes
+                .lock()
+                .unwrap()
+                .insert(0, ("/healthz".into(), Reply::ok("ok")));
         })
     };
     let (_, report, stderr) = sb.run_json(&[]);
@@ -76,7 +104,10 @@ fn wait_healthy_polls_until_the_service_answers() {
     let r = step_results(&report);
     let w = &step(&r, "wait")["Ok"];
     assert_eq!(w["healthy"], true, "{w} {stderr}");
-    assert!(w["attempts"].as_u64().unwrap() >= 4, "polled several times: {w}");
+    assert!(
+        w["attempts"].as_u64().unwrap() >= 4,
+        "polled several times: {w}"
+    );
     assert!(w["elapsed_ms"].as_u64().unwrap() >= 350, "{w}");
 
     // A service that never comes back: the failure threshold ends the wait.
@@ -94,18 +125,33 @@ fn wait_healthy_polls_until_the_service_answers() {
 fn processes_are_counted_by_pattern() {
     let sb = Sandbox::new();
     let marker = format!("{}/marker-xyz", sb.path().display());
-    let _a = Proc::spawn(std::process::Command::new("sleep").arg("30").arg("--").arg(&marker).env("X", "1"));
+    let _a = Proc::spawn(
+        std::process::Command::new("sleep")
+            .arg("30")
+            .arg("--")
+            .arg(&marker)
+            .env("X", "1"),
+    );
     // `sleep` ignores extra args on some systems; use sh to keep the marker in argv.
     let _b = Proc::spawn(std::process::Command::new("sh").args(["-c", "sleep 30", &marker]));
     let _c = Proc::spawn(std::process::Command::new("sh").args(["-c", "sleep 30", &marker]));
     std::thread::sleep(Duration::from_millis(100));
-    let config = json!({"steps": [{"id": "ps", "op": {"call": "processes", "args": {"pattern": marker}}}]});
+    let config =
+        json!({"steps": [{"id": "ps", "op": {"call": "processes", "args": {"pattern": marker}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({})));
     let (_, report, _) = sb.run_json(&[]);
     let ps = &step(&step_results(&report), "ps")["Ok"].clone();
     assert!(ps["count"].as_u64().unwrap() >= 2, "{ps}");
-    let pids: Vec<u64> = ps["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
-    assert!(pids.contains(&(_b.pid() as u64)) && pids.contains(&(_c.pid() as u64)), "{ps}");
+    let pids: Vec<u64> = ps["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(
+        pids.contains(&(_b.pid() as u64)) && pids.contains(&(_c.pid() as u64)),
+        "{ps}"
+    );
     assert!(ps["rss_bytes"].as_u64().unwrap() > 0);
 }
 
@@ -115,13 +161,19 @@ fn commands_run_with_args_cwd_env_stdin_and_are_killed_on_timeout() {
     std::fs::create_dir(sb.join("work")).unwrap();
     let pidfile = sb.join("grandchild.pid");
     let cmd = |args: serde_json::Value| json!({"program": "sh", "args": args, "cwd": sb.join("work"), "env": [["GREETING", "hello"]], "stdin": "from stdin", "timeout_ms": 0});
-    let mut slow = cmd(json!(["-c", format!("sleep 300 & echo $! > {}; wait", pidfile.display())]));
+    let mut slow = cmd(json!([
+        "-c",
+        format!("sleep 300 & echo $! > {}; wait", pidfile.display())
+    ]));
     slow["timeout_ms"] = json!(500);
     let config = json!({"steps": [
         {"id": "echo", "op": {"call": "run", "args": {"cmd": cmd(json!(["-c", "echo $GREETING; pwd; cat; echo err >&2; exit 3"]))}}},
         {"id": "slow", "op": {"call": "run", "args": {"cmd": slow}}},
     ]});
-    sb.runbook(&fixture_runbook(&config, &json!({"exec": ["sh"], "read": [sb.path()]})));
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"exec": ["sh"], "read": [sb.path()]}),
+    ));
     let (_, report, stderr) = sb.run_json(&[]);
     let r = step_results(&report);
     let out = &step(&r, "echo")["Ok"];
@@ -134,8 +186,15 @@ fn commands_run_with_args_cwd_env_stdin_and_are_killed_on_timeout() {
     assert_eq!(out["simulated"], false);
     let slow = &step(&r, "slow")["Err"]["Timeout"];
     assert!(slow.as_str().unwrap().contains("500"), "{slow}");
-    let grandchild: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    assert!(wait_until(Duration::from_secs(2), || !alive(grandchild)), "the whole process group is killed");
+    let grandchild: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || !alive(grandchild)),
+        "the whole process group is killed"
+    );
 }
 
 #[test]
@@ -151,7 +210,9 @@ fn daemons_are_spawned_signalled_and_stopped() {
     sb.runbook(&fixture_runbook(&config, &grants));
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
-    let pid = step(&step_results(&report), "spawn")["Ok"].as_u64().unwrap() as u32;
+    let pid = step(&step_results(&report), "spawn")["Ok"]
+        .as_u64()
+        .unwrap() as u32;
     struct Reap(u32);
     impl Drop for Reap {
         fn drop(&mut self) {
@@ -160,15 +221,26 @@ fn daemons_are_spawned_signalled_and_stopped() {
     }
     let _reap = Reap(pid);
     assert!(alive(pid), "the daemon outlives rewind");
-    assert!(wait_until(Duration::from_secs(2), || std::fs::read_to_string(sb.join("logs/daemon.log")).unwrap_or_default().contains("started")));
+    assert!(wait_until(Duration::from_secs(2), || {
+        std::fs::read_to_string(sb.join("logs/daemon.log"))
+            .unwrap_or_default()
+            .contains("started")
+    }));
 
     // Signal it (granted by pattern); it handles the HUP.
     let config = json!({"steps": [{"id": "hup", "op": {"call": "signal", "args": {"pid": pid, "sig": "Hup"}}}]});
     sb.runbook(&fixture_runbook(&config, &grants));
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
-    assert!(step(&step_results(&report), "hup").get("Ok").is_some(), "{report}");
-    assert!(wait_until(Duration::from_secs(3), || std::fs::read_to_string(sb.join("logs/daemon.log")).unwrap_or_default().contains("got-hup")));
+    assert!(
+        step(&step_results(&report), "hup").get("Ok").is_some(),
+        "{report}"
+    );
+    assert!(wait_until(Duration::from_secs(3), || {
+        std::fs::read_to_string(sb.join("logs/daemon.log"))
+            .unwrap_or_default()
+            .contains("got-hup")
+    }));
 
     // Then stop everything matching the granted pattern.
     let config = json!({"steps": [{"id": "stop", "op": {"call": "stop-matching", "args": {"pattern": tag, "grace_ms": 2000}}}]});
@@ -183,14 +255,26 @@ fn daemons_are_spawned_signalled_and_stopped() {
 fn stop_escalates_to_kill_after_the_grace() {
     let sb = Sandbox::new();
     let tag = format!("rewind-test-stubborn-{}", std::process::id());
-    let child = Proc::spawn(std::process::Command::new("sh").args(["-c", "trap '' TERM; while true; do sleep 0.05; done", &tag]));
+    let child = Proc::spawn(std::process::Command::new("sh").args([
+        "-c",
+        "trap '' TERM; while true; do sleep 0.05; done",
+        &tag,
+    ]));
     let pid = child.pid();
     let config = json!({"steps": [{"id": "stop", "op": {"call": "stop", "args": {"pid": pid, "grace_ms": 300}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({"signal": [tag]})));
     let (_, report, _) = sb.run_json(&[]);
-    assert_eq!(step(&step_results(&report), "stop")["Ok"], true, "needed KILL: {report}");
+    assert_eq!(
+        step(&step_results(&report), "stop")["Ok"],
+        true,
+        "needed KILL: {report}"
+    );
     let mut child = child;
-    assert!(wait_until(Duration::from_secs(2), || child.0.try_wait().unwrap().is_some()));
+    assert!(wait_until(Duration::from_secs(2), || child
+        .0
+        .try_wait()
+        .unwrap()
+        .is_some()));
 }
 
 #[test]
@@ -225,27 +309,50 @@ fn storage_kv_files_and_sqlite() {
     sb.runbook(&fixture_runbook(&config, &grants));
     let (_, report, stderr) = sb.run_json(&[]);
     let r = step_results(&report);
-    for id in ["set", "write", "copy", "rename", "mkdir", "link", "remove", "exec", "backup"] {
-        assert!(step(&r, id).get("Ok").is_some(), "{id}: {:?} {stderr}", step(&r, id));
+    for id in [
+        "set", "write", "copy", "rename", "mkdir", "link", "remove", "exec", "backup",
+    ] {
+        assert!(
+            step(&r, id).get("Ok").is_some(),
+            "{id}: {:?} {stderr}",
+            step(&r, id)
+        );
     }
     assert_eq!(std::fs::read_to_string(p("b.txt")).unwrap(), "bravo");
     assert_eq!(std::fs::read_to_string(p("d.txt")).unwrap(), "alpha");
     assert!(!p("c.txt").exists());
     assert_eq!(std::fs::read_link(p("current")).unwrap(), p("a.txt"));
-    assert!(step(&r, "readlink")["Ok"].as_str().unwrap().ends_with("a.txt"));
-    assert!(step(&r, "read")["Ok"].to_string().contains("alpha") || step(&r, "read")["Ok"].is_array());
+    assert!(
+        step(&r, "readlink")["Ok"]
+            .as_str()
+            .unwrap()
+            .ends_with("a.txt")
+    );
+    assert!(
+        step(&r, "read")["Ok"].to_string().contains("alpha") || step(&r, "read")["Ok"].is_array()
+    );
     assert!(step(&r, "list")["Ok"].to_string().contains("deeper"));
     assert!(step(&r, "stat-missing")["Ok"].is_null());
     assert!(!p("sub").exists());
     let q = &step(&r, "query")["Ok"];
     assert_eq!(q["rows"][0][0]["Integer"], 3, "{q}");
     assert_eq!(q["rows"][0][1]["Text"], "z", "{q}");
-    assert!(step(&r, "query-write").get("Err").is_some(), "queries are read-only");
+    assert!(
+        step(&r, "query-write").get("Err").is_some(),
+        "queries are read-only"
+    );
     let backup = rusqlite::Connection::open(p("backup.db")).unwrap();
-    let n: i64 = backup.query_row("select count(*) from t", [], |r| r.get(0)).unwrap();
+    let n: i64 = backup
+        .query_row("select count(*) from t", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 3);
     // No temporary files left behind by the atomic writes.
-    let leftovers: Vec<_> = std::fs::read_dir(&data).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Key-value state lasts across runs.
@@ -269,7 +376,10 @@ fn snapshots_restore_exact_bytes_and_refuse_corruption() {
     sb.runbook(&fixture_runbook(&config, &grants));
     let (_, report, stderr) = sb.run_json(&[]);
     let snap = step(&step_results(&report), "snap")["Ok"].clone();
-    let id = snap["id"].as_str().unwrap_or_else(|| panic!("{report} {stderr}")).to_string();
+    let id = snap["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{report} {stderr}"))
+        .to_string();
     assert_eq!(snap["files"], 2, "{snap}");
     let before = tree(&site);
 
@@ -284,11 +394,26 @@ fn snapshots_restore_exact_bytes_and_refuse_corruption() {
     sb.runbook(&fixture_runbook(&config, &grants));
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
-    assert_eq!(tree(&site), before, "restore brings back exactly what was snapshotted");
-    assert_eq!(step(&step_results(&report), "list")["Ok"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        tree(&site),
+        before,
+        "restore brings back exactly what was snapshotted"
+    );
+    assert_eq!(
+        step(&step_results(&report), "list")["Ok"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A corrupted archive is refused and the current files stay.
-    let archive = std::fs::read_dir(sb.join("state/snapshots/fx")).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(".tar.zst")).unwrap();
+    let archive = std::fs::read_dir(sb.join("state/snapshots/fx"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .unwrap();
     let mut bytes = std::fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -299,7 +424,11 @@ fn snapshots_restore_exact_bytes_and_refuse_corruption() {
     let r = step_results(&report);
     assert_ne!(code, 0);
     assert!(step(&r, "verify").get("Err").is_some(), "{r:?}");
-    assert_eq!(tree(&site), current, "a failed restore leaves the old files in place");
+    assert_eq!(
+        tree(&site),
+        current,
+        "a failed restore leaves the old files in place"
+    );
 
     // Prune keeps the newest.
     let config = json!({"steps": [
@@ -327,14 +456,32 @@ fn http_requests_and_logs_reach_the_server_and_the_journal() {
         {"id": "post", "op": {"call": "request", "args": {"req": {"method": "POST", "url": srv.url("/api/pause"), "headers": [["content-type", "application/json"]], "body": "{\"all\":true}", "timeout_ms": 2000}}}},
         {"id": "log", "op": {"call": "log", "args": {"level": "Warn", "message": "queues paused by rewind"}}},
     ]});
-    sb.runbook(&fixture_runbook(&config, &json!({"http": [srv.url("/api/")]})));
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"http": [srv.url("/api/")]}),
+    ));
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
     let r = step_results(&report);
     assert_eq!(step(&r, "post")["Ok"]["status"], 200);
-    assert!(step(&r, "post")["Ok"]["body"].as_str().unwrap().contains("paused"));
+    assert!(
+        step(&r, "post")["Ok"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("paused")
+    );
     let reqs = srv.requests.lock().unwrap().clone();
-    assert_eq!(reqs, vec![("POST".to_string(), "/api/pause".to_string(), "{\"all\":true}".to_string())]);
+    assert_eq!(
+        reqs,
+        vec![(
+            "POST".to_string(),
+            "/api/pause".to_string(),
+            "{\"all\":true}".to_string()
+        )]
+    );
     let journal = std::fs::read_to_string(report["journal"].as_str().unwrap()).unwrap();
-    assert!(journal.contains("queues paused by rewind"), "plugin logs land in the journal");
+    assert!(
+        journal.contains("queues paused by rewind"),
+        "plugin logs land in the journal"
+    );
 }

@@ -14,14 +14,25 @@ fn misbehave(call: &str) -> (i32, serde_json::Value, String, Sandbox) {
     sb.runbook(&fixture_runbook(&config, &json!({})));
     let started = std::time::Instant::now();
     let (code, report, stderr) = sb.run_json(&[]);
-    assert!(started.elapsed().as_secs() < 30, "{call} was not stopped in time");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "{call} was not stopped in time"
+    );
     (code, report, stderr, sb)
 }
 
 fn bad_step(report: &serde_json::Value) -> (String, String) {
-    let steps = report["plugins"][0]["levels"][0]["steps"].as_array().unwrap();
-    assert_eq!(steps[1]["status"], "skipped", "steps after a failure are skipped");
-    (steps[0]["status"].as_str().unwrap().into(), steps[0]["message"].as_str().unwrap().into())
+    let steps = report["plugins"][0]["levels"][0]["steps"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        steps[1]["status"], "skipped",
+        "steps after a failure are skipped"
+    );
+    (
+        steps[0]["status"].as_str().unwrap().into(),
+        steps[0]["message"].as_str().unwrap().into(),
+    )
 }
 
 #[test]
@@ -30,9 +41,15 @@ fn an_endless_loop_is_stopped_by_the_cpu_budget() {
     assert_eq!(code, 1, "{stderr}");
     let (status, msg) = bad_step(&report);
     assert_eq!(status, "failed");
-    assert!(msg.contains("CPU time") && msg.contains("[limits] cpu"), "{msg}");
+    assert!(
+        msg.contains("CPU time") && msg.contains("[limits] cpu"),
+        "{msg}"
+    );
     let journal = std::fs::read_to_string(report["journal"].as_str().unwrap()).unwrap();
-    assert!(journal.lines().last().unwrap().contains("run-end"), "journal completed");
+    assert!(
+        journal.lines().last().unwrap().contains("run-end"),
+        "journal completed"
+    );
     drop(sb);
 }
 
@@ -50,5 +67,8 @@ fn a_panic_is_reported_with_its_message() {
     assert_eq!(code, 1);
     let (_, msg) = bad_step(&report);
     assert!(msg.contains("trapped"), "{msg}");
-    assert!(msg.contains("panicked"), "the plugin's panic message is shown: {msg}");
+    assert!(
+        msg.contains("panicked"),
+        "the plugin's panic message is shown: {msg}"
+    );
 }

@@ -17,7 +17,10 @@ fn a_dry_run_executes_no_side_effect_whatever_the_plugin_asks() {
     std::fs::create_dir(&site).unwrap();
     std::fs::write(site.join("keep.txt"), "original").unwrap();
     let db = site.join("app.db");
-    rusqlite::Connection::open(&db).unwrap().execute_batch("create table t(x); insert into t values (1);").unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("create table t(x); insert into t values (1);")
+        .unwrap();
     let victim = Proc::spawn(Command::new("sh").args(["-c", "sleep 30", "rewind-dry-victim"]));
     let marker = sb.join("ran");
     let run = |args: serde_json::Value| json!({"program": "sh", "args": args, "cwd": null, "env": [], "stdin": null, "timeout_ms": 0});
@@ -45,13 +48,36 @@ fn a_dry_run_executes_no_side_effect_whatever_the_plugin_asks() {
     assert!(!sb.join("ran.spawned").exists(), "spawn was not executed");
     assert!(alive(victim.pid()), "no process was stopped");
     assert_eq!(tree(&site), before, "no file changed");
-    assert!(!sb.join("state/snapshots").exists() || std::fs::read_dir(sb.join("state/snapshots/fx")).map(|d| d.count()).unwrap_or(0) == 0);
-    assert_eq!(srv.methods(), vec!["GET /x"], "only the read-only request was sent");
+    assert!(
+        !sb.join("state/snapshots").exists()
+            || std::fs::read_dir(sb.join("state/snapshots/fx"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == 0
+    );
+    assert_eq!(
+        srv.methods(),
+        vec!["GET /x"],
+        "only the read-only request was sent"
+    );
     let r = step_results(&report);
     assert_eq!(step(&r, "run")["Ok"]["simulated"], true);
-    assert_eq!(step(&r, "get")["Ok"], "v", "the dry run sees its own key-value writes");
+    assert_eq!(
+        step(&r, "get")["Ok"],
+        "v",
+        "the dry run sees its own key-value writes"
+    );
     // Every side effect is listed as "would".
-    let actions: Vec<String> = report["plugins"][0]["levels"][0]["steps"].as_array().unwrap().iter().flat_map(|s| s["actions"].as_array().unwrap().clone()).map(|a| { assert_eq!(a["executed"], false); a["what"].as_str().unwrap().to_string() }).collect();
+    let actions: Vec<String> = report["plugins"][0]["levels"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["actions"].as_array().unwrap().clone())
+        .map(|a| {
+            assert_eq!(a["executed"], false);
+            a["what"].as_str().unwrap().to_string()
+        })
+        .collect();
     assert!(actions.len() >= 9, "{actions:?}");
     // And the kv write did not persist.
     let config = json!({"steps": [{"id": "get", "op": {"call": "get", "args": {"key": "k"}}}]});
@@ -69,19 +95,52 @@ fn the_journal_records_every_event_and_history_and_show_read_it() {
     assert_eq!(code, 0);
     let run_id = report["run_id"].as_str().unwrap().to_string();
     let journal = std::fs::read_to_string(report["journal"].as_str().unwrap()).unwrap();
-    let events: Vec<String> = journal.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
-    let expected = ["run-start", "plugin-loaded", "assessment", "plan", "step-start", "log", "step-end", "step-start", "step-end", "verification", "plugin-end", "run-end"];
+    let events: Vec<String> = journal
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected = [
+        "run-start",
+        "plugin-loaded",
+        "assessment",
+        "plan",
+        "step-start",
+        "log",
+        "step-end",
+        "step-start",
+        "step-end",
+        "verification",
+        "plugin-end",
+        "run-end",
+    ];
     assert_eq!(events, expected);
 
     let out = sb.rewind(&["history"]);
     let listing = text(&out);
     assert!(out.status.success(), "{listing}");
-    assert!(listing.contains(&run_id) && listing.contains("rolled-back"), "{listing}");
+    assert!(
+        listing.contains(&run_id) && listing.contains("rolled-back"),
+        "{listing}"
+    );
     let out = sb.rewind(&["show", &run_id[..run_id.len() - 2]]);
     let timeline = text(&out);
     assert!(out.status.success(), "{timeline}");
-    for needle in ["step one started", "log info: step one ran", "step two ok", "verify: healthy", "end: rolled-back"] {
-        assert!(timeline.contains(needle), "{needle:?} missing from:\n{timeline}");
+    for needle in [
+        "step one started",
+        "log info: step one ran",
+        "step two ok",
+        "verify: healthy",
+        "end: rolled-back",
+    ] {
+        assert!(
+            timeline.contains(needle),
+            "{needle:?} missing from:\n{timeline}"
+        );
     }
     let out = sb.rewind(&["show", "nosuchrun"]);
     assert_eq!(out.status.code(), Some(2));
@@ -94,17 +153,40 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
     let policy = json!({"interval_ms": 100, "timeout_ms": 4000, "success_threshold": 1, "failure_threshold": 0});
     let target = json!({"Tcp": ["127.0.0.1", closed, 100]});
     let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
-    sb.runbook(&fixture_runbook(&config, &json!({"tcp": [format!("127.0.0.1:{closed}")]})));
-    let mut first = Proc::spawn(Command::new(REWIND).args(["run", "-q"]).current_dir(sb.path()).env("REWIND_CACHE_DIR", cache_dir()).stdout(Stdio::null()).stderr(Stdio::null()));
-    assert!(wait_until(Duration::from_secs(10), || std::fs::read_to_string(sb.join("state/lock")).unwrap_or_default().contains("run ")));
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"tcp": [format!("127.0.0.1:{closed}")]}),
+    ));
+    let mut first = Proc::spawn(
+        Command::new(REWIND)
+            .args(["run", "-q"])
+            .current_dir(sb.path())
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(sb.join("state/lock"))
+            .unwrap_or_default()
+            .contains("run ")
+    }));
     let holder = std::fs::read_to_string(sb.join("state/lock")).unwrap();
     let out = sb.rewind(&["run"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains(holder.trim()), "says which run holds it: {}", text(&out));
+    assert!(
+        text(&out).contains(holder.trim()),
+        "says which run holds it: {}",
+        text(&out)
+    );
     let status = first.0.wait().unwrap();
     assert!(status.success(), "the first run finished undisturbed");
     let out = sb.rewind(&["run", "-q"]);
-    assert_eq!(out.status.code(), Some(0), "the lock is free again: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the lock is free again: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -132,7 +214,12 @@ fn a_level_that_does_not_verify_escalates_to_the_next() {
     let (code, report, _) = sb.run_json(&[]);
     assert_eq!(code, 1);
     assert_eq!(report["plugins"][0]["levels"].as_array().unwrap().len(), 2);
-    assert!(report["plugins"][0]["error"].as_str().unwrap().contains("verification failed after level 2"));
+    assert!(
+        report["plugins"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("verification failed after level 2")
+    );
 }
 
 #[test]
@@ -161,8 +248,13 @@ fn manual_steps_need_a_person_or_an_explicit_approval() {
     sb.runbook(&fixture_runbook(&config, &json!({})));
     let (code, report, _) = sb.run_json(&[]);
     assert_eq!(code, 1);
-    let msg = report["plugins"][0]["levels"][0]["steps"][0]["message"].as_str().unwrap();
-    assert!(msg.contains("no terminal") && msg.contains("--approve-manual"), "{msg}");
+    let msg = report["plugins"][0]["levels"][0]["steps"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        msg.contains("no terminal") && msg.contains("--approve-manual"),
+        "{msg}"
+    );
     let (code, report, _) = sb.run_json(&["--approve-manual"]);
     assert_eq!(code, 0, "{report}");
     let journal = std::fs::read_to_string(report["journal"].as_str().unwrap()).unwrap();
@@ -193,13 +285,25 @@ fn a_healthy_system_is_left_alone_unless_a_level_is_forced() {
 fn check_compares_declared_needs_with_grants() {
     let sb = Sandbox::new();
     let config = json!({"needs": {"http": ["http://127.0.0.1:9/healthz"], "tcp": [], "exec": ["git"], "signal": [], "read": [sb.join("data")], "write": [], "sqlite": [], "env": []}, "steps": []});
-    sb.runbook(&fixture_runbook(&config, &json!({"http": ["http://127.0.0.1:9/"], "read": [sb.path()]})));
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"http": ["http://127.0.0.1:9/"], "read": [sb.path()]}),
+    ));
     let out = sb.rewind(&["check"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(3), "{t}");
-    assert!(t.contains("needs exec \"git\"") && t.contains("add exec = [\"git\"]"), "{t}");
-    assert!(!t.contains("needs http"), "granted needs are not reported: {t}");
-    sb.runbook(&fixture_runbook(&config, &json!({"http": ["http://127.0.0.1:9/"], "read": [sb.path()], "exec": ["git"]})));
+    assert!(
+        t.contains("needs exec \"git\"") && t.contains("add exec = [\"git\"]"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("needs http"),
+        "granted needs are not reported: {t}"
+    );
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"http": ["http://127.0.0.1:9/"], "read": [sb.path()], "exec": ["git"]}),
+    ));
     let out = sb.rewind(&["check"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("ok: 1 plugin(s)"));

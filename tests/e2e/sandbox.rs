@@ -18,7 +18,10 @@ fn every_capability_is_denied_unless_granted() {
     let outside = sb.join("outside.txt");
     std::fs::write(&outside, "secret").unwrap();
     let db = sb.join("x.db");
-    rusqlite::Connection::open(&db).unwrap().execute_batch("create table t(x)").unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("create table t(x)")
+        .unwrap();
     let probe = json!({"url": srv.url("/"), "method": "", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 500});
     let config = json!({"steps": [
         {"id": "http", "op": {"call": "request", "args": {"req": {"method": "GET", "url": srv.url("/"), "headers": [], "body": null, "timeout_ms": 500}}}},
@@ -33,10 +36,16 @@ fn every_capability_is_denied_unless_granted() {
         {"id": "env", "op": {"call": "env", "args": {"name": "HOME"}}},
     ]});
     let text = fixture_runbook(&config, &json!({}));
-    let grants_line = text.lines().position(|l| l.contains("[plugin.grants]")).map(|i| i + 1);
+    let grants_line = text
+        .lines()
+        .position(|l| l.contains("[plugin.grants]"))
+        .map(|i| i + 1);
     let path = sb.runbook(&text);
     let (code, report, _) = sb.run_json(&[]);
-    assert_eq!(code, 0, "on_failure only applies to failed steps; denied calls are values: {report}");
+    assert_eq!(
+        code, 0,
+        "on_failure only applies to failed steps; denied calls are values: {report}"
+    );
     let r = step_results(&report);
     let expect = [
         ("http", "http"),
@@ -51,18 +60,31 @@ fn every_capability_is_denied_unless_granted() {
         ("env", "env"),
     ];
     for (id, cap) in expect {
-        let d = denial(step(&r, id)).unwrap_or_else(|| panic!("{id} not denied: {:?}", step(&r, id)));
+        let d =
+            denial(step(&r, id)).unwrap_or_else(|| panic!("{id} not denied: {:?}", step(&r, id)));
         assert_eq!(d["capability"], cap, "{id}: {d}");
         let hint = d["hint"].as_str().unwrap();
         assert!(hint.contains(&format!("add {cap} = [")), "{id}: {hint}");
-        assert!(hint.contains(&format!("plugin \"fx\" in {}", path.file_name().unwrap().to_string_lossy())), "{id}: hint names the runbook: {hint}");
+        assert!(
+            hint.contains(&format!(
+                "plugin \"fx\" in {}",
+                path.file_name().unwrap().to_string_lossy()
+            )),
+            "{id}: hint names the runbook: {hint}"
+        );
         if let Some(line) = grants_line {
-            assert!(hint.contains(&format!(":{line}")), "{id}: hint names the line: {hint}");
+            assert!(
+                hint.contains(&format!(":{line}")),
+                "{id}: hint names the line: {hint}"
+            );
         }
     }
     assert!(alive(victim.pid()), "the ungranted signal was not sent");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
-    assert!(srv.requests.lock().unwrap().is_empty(), "no request left the sandbox");
+    assert!(
+        srv.requests.lock().unwrap().is_empty(),
+        "no request left the sandbox"
+    );
 }
 
 #[test]
@@ -85,11 +107,23 @@ fn dotdot_and_symlinks_cannot_escape_a_grant() {
     let (_, report, _) = sb.run_json(&[]);
     let r = step_results(&report);
     for id in ["dotdot", "symlink", "dirlink", "missing-dotdot"] {
-        assert!(step(&r, id).get("Err").is_some(), "{id} escaped: {:?}", step(&r, id));
+        assert!(
+            step(&r, id).get("Err").is_some(),
+            "{id} escaped: {:?}",
+            step(&r, id)
+        );
     }
-    assert!(denial(step(&r, "symlink")).unwrap()["resource"].as_str().unwrap().contains("resolves to"));
+    assert!(
+        denial(step(&r, "symlink")).unwrap()["resource"]
+            .as_str()
+            .unwrap()
+            .contains("resolves to")
+    );
     assert!(step(&r, "inside").get("Ok").is_some());
-    assert_eq!(std::fs::read_to_string(sb.join("secret")).unwrap(), "secret");
+    assert_eq!(
+        std::fs::read_to_string(sb.join("secret")).unwrap(),
+        "secret"
+    );
 }
 
 #[test]
@@ -104,7 +138,9 @@ fn the_state_directory_is_out_of_reach_even_inside_a_grant() {
     let (_, report, _) = sb.run_json(&[]);
     let r = step_results(&report);
     for id in ["list", "forge"] {
-        let err = step(&r, id)["Err"]["Invalid"].as_str().unwrap_or_else(|| panic!("{id}: {:?}", step(&r, id)));
+        let err = step(&r, id)["Err"]["Invalid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: {:?}", step(&r, id)));
         assert!(err.contains("state directory"), "{err}");
     }
     assert!(!journal_dir.join("forged.jsonl").exists());

@@ -28,7 +28,12 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
-        Self { dir: tempfile::Builder::new().prefix("rewind-e2e-").tempdir().unwrap() }
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("rewind-e2e-")
+                .tempdir()
+                .unwrap(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -65,14 +70,21 @@ impl Sandbox {
         let out = self.rewind(&all);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("no JSON report ({e}); stdout: {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "no JSON report ({e}); stdout: {}\nstderr: {stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         });
         (out.status.code().unwrap_or(-1), report, stderr)
     }
 }
 
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A runbook running the fixture plugin with the given config and grants
@@ -114,7 +126,11 @@ pub fn step_results(report: &Value) -> Vec<(String, Value, bool)> {
             for s in l["steps"].as_array().unwrap() {
                 let msg = s["message"].as_str().unwrap_or_default();
                 let v = serde_json::from_str(msg).unwrap_or(Value::String(msg.to_string()));
-                out.push((s["id"].as_str().unwrap().to_string(), v, s["status"] == "ok"));
+                out.push((
+                    s["id"].as_str().unwrap().to_string(),
+                    v,
+                    s["status"] == "ok",
+                ));
             }
         }
     }
@@ -122,7 +138,11 @@ pub fn step_results(report: &Value) -> Vec<(String, Value, bool)> {
 }
 
 pub fn step<'a>(results: &'a [(String, Value, bool)], id: &str) -> &'a Value {
-    &results.iter().find(|(i, _, _)| i == id).unwrap_or_else(|| panic!("no step {id} in {results:?}")).1
+    &results
+        .iter()
+        .find(|(i, _, _)| i == id)
+        .unwrap_or_else(|| panic!("no step {id} in {results:?}"))
+        .1
 }
 
 /// The `denied` error of a step, if it was denied.
@@ -132,7 +152,11 @@ pub fn denial(v: &Value) -> Option<&Value> {
 
 /// A free loopback port (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// What a test HTTP server answers on a path.
@@ -145,10 +169,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: &str) -> Self {
-        Self { status: 200, body: body.into(), delay: Duration::ZERO }
+        Self {
+            status: 200,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn status(status: u16) -> Self {
-        Self { status, body: format!("status {status}"), delay: Duration::ZERO }
+        Self {
+            status,
+            body: format!("status {status}"),
+            delay: Duration::ZERO,
+        }
     }
 }
 
@@ -174,7 +206,10 @@ impl Server {
                     let mut body = String::new();
                     let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
                     let path = req.url().to_string();
-                    requests.lock().unwrap().push((req.method().to_string(), path.clone(), body));
+                    requests
+                        .lock()
+                        .unwrap()
+                        .push((req.method().to_string(), path.clone(), body));
                     let reply = routes
                         .lock()
                         .unwrap()
@@ -183,11 +218,18 @@ impl Server {
                         .map(|(_, r)| r.clone())
                         .unwrap_or(Reply::status(404));
                     std::thread::sleep(reply.delay);
-                    let _ = req.respond(tiny_http::Response::from_string(reply.body).with_status_code(reply.status));
+                    let _ = req.respond(
+                        tiny_http::Response::from_string(reply.body).with_status_code(reply.status),
+                    );
                 }
             });
         }
-        Self { port, requests, routes, server }
+        Self {
+            port,
+            requests,
+            routes,
+            server,
+        }
     }
 
     pub fn route(&self, path: &str, reply: Reply) {
@@ -201,7 +243,12 @@ impl Server {
     }
 
     pub fn methods(&self) -> Vec<String> {
-        self.requests.lock().unwrap().iter().map(|(m, p, _)| format!("{m} {p}")).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect()
     }
 }
 
@@ -233,7 +280,9 @@ impl Drop for Proc {
 /// Whether a pid is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -267,7 +316,13 @@ pub fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             let p = e.path();
             let ft = e.file_type().unwrap();
             if ft.is_symlink() {
-                out.push((p.clone(), std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
+                out.push((
+                    p.clone(),
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
             } else if ft.is_dir() {
                 out.push((p.clone(), b"<dir>".to_vec()));
                 walk(&p, out);

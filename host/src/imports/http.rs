@@ -18,16 +18,33 @@ impl Host for HostState {
 
 fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
     let url = env.sandbox.check_http(&req.url)?;
-    let method = if req.method.is_empty() { "GET".to_string() } else { req.method.to_ascii_uppercase() };
+    let method = if req.method.is_empty() {
+        "GET".to_string()
+    } else {
+        req.method.to_ascii_uppercase()
+    };
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| Error::invalid(format!("bad HTTP method {:?}", req.method)))?;
     if !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD)
         && !env.side_effect(format!("send {method} {url}"))
     {
-        return Ok(Response { status: 0, headers: Vec::new(), body: String::new(), latency_us: 0, simulated: true });
+        return Ok(Response {
+            status: 0,
+            headers: Vec::new(),
+            body: String::new(),
+            latency_us: 0,
+            simulated: true,
+        });
     }
-    let timeout = Duration::from_millis(if req.timeout_ms == 0 { 10_000 } else { req.timeout_ms });
-    let mut builder = env.http.request(method.clone(), url.clone()).timeout(timeout);
+    let timeout = Duration::from_millis(if req.timeout_ms == 0 {
+        10_000
+    } else {
+        req.timeout_ms
+    });
+    let mut builder = env
+        .http
+        .request(method.clone(), url.clone())
+        .timeout(timeout);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }
@@ -35,19 +52,36 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
         builder = builder.body(body);
     }
     let start = Instant::now();
-    let resp = builder.send().map_err(|e| describe_error(&method, &url, timeout, &e))?;
+    let resp = builder
+        .send()
+        .map_err(|e| describe_error(&method, &url, timeout, &e))?;
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = read_capped(resp, BODY_CAP).map_err(|e| describe_error(&method, &url, timeout, &e))?;
-    Ok(Response { status, headers, body, latency_us: start.elapsed().as_micros() as u64, simulated: false })
+    let body =
+        read_capped(resp, BODY_CAP).map_err(|e| describe_error(&method, &url, timeout, &e))?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+        latency_us: start.elapsed().as_micros() as u64,
+        simulated: false,
+    })
 }
 
 /// Read at most `cap` bytes of a body, lossily decoded.
-pub fn read_capped(resp: reqwest::blocking::Response, cap: usize) -> Result<String, reqwest::Error> {
+pub fn read_capped(
+    resp: reqwest::blocking::Response,
+    cap: usize,
+) -> Result<String, reqwest::Error> {
     use std::io::Read;
     let mut buf = Vec::new();
     // A body that errors midway keeps what arrived; the status is what counts.
@@ -56,11 +90,22 @@ pub fn read_capped(resp: reqwest::blocking::Response, cap: usize) -> Result<Stri
 }
 
 /// Turn a reqwest error into a call error that says what happened.
-pub fn describe_error(method: &reqwest::Method, url: &url::Url, timeout: Duration, e: &reqwest::Error) -> Error {
+pub fn describe_error(
+    method: &reqwest::Method,
+    url: &url::Url,
+    timeout: Duration,
+    e: &reqwest::Error,
+) -> Error {
     if e.is_timeout() {
-        Error::timeout(format!("{method} {url}: no answer within {} ms", timeout.as_millis()))
+        Error::timeout(format!(
+            "{method} {url}: no answer within {} ms",
+            timeout.as_millis()
+        ))
     } else if e.is_connect() {
-        Error::failed(format!("{method} {url}: connection failed: {}", root_cause(e)))
+        Error::failed(format!(
+            "{method} {url}: connection failed: {}",
+            root_cause(e)
+        ))
     } else {
         Error::failed(format!("{method} {url}: {}", root_cause(e)))
     }
