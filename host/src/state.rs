@@ -116,10 +116,11 @@ impl PluginEnv {
     pub fn side_effect(&self, what: impl Into<String>) -> bool {
         let what = what.into();
         let executed = self.mode.executes();
+        let name = &self.name;
         if executed {
-            tracing::info!(plugin = %self.name, "{what}");
+            tracing::info!("[{name}]   {what}");
         } else {
-            tracing::info!(plugin = %self.name, "would {what}");
+            tracing::info!("[{name}]   would {what}");
         }
         if let Some(j) = &self.journal {
             j.record(serde_json::json!({
@@ -140,12 +141,13 @@ impl PluginEnv {
     }
 
     pub fn log(&self, level: &str, message: &str) {
+        let name = &self.name;
         match level {
-            "error" => tracing::error!(plugin = %self.name, "{message}"),
-            "warn" => tracing::warn!(plugin = %self.name, "{message}"),
-            "debug" => tracing::debug!(plugin = %self.name, "{message}"),
-            "trace" => tracing::trace!(plugin = %self.name, "{message}"),
-            _ => tracing::info!(plugin = %self.name, "{message}"),
+            "error" => tracing::error!("[{name}]   ERROR: {message}"),
+            "warn" => tracing::warn!("[{name}]   WARNING: {message}"),
+            "debug" => tracing::debug!("[{name}]   {message}"),
+            "trace" => tracing::trace!("[{name}]   {message}"),
+            _ => tracing::info!("[{name}]   {message}"),
         }
         if let Some(j) = &self.journal {
             j.record(serde_json::json!({
