@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use rewind_test_artifacts::{FIXTURE, FUTURE};
+#[allow(unused_imports)]
+pub use rewind_test_artifacts::{AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FUTURE};
 
 pub const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
 pub const DEMO_SERVICE: &str = env!("CARGO_BIN_EXE_rewind-demo-service");
