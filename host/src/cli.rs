@@ -32,7 +32,7 @@ pub struct Cli {
     /// Only print the summary (no progress lines).
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Where compiled plugins are cached [default: $REWIND_CACHE_DIR or ~/.cache/rewind].
+    /// Where compiled plugins are cached [default: $REWIND_CACHE_DIR, else $XDG_CACHE_HOME/rewind, else ~/.cache/rewind].
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     #[command(subcommand)]

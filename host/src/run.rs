@@ -305,8 +305,13 @@ pub fn prepare<'a>(
     {
         return Err(StartError::NoSuchPlugin(name.to_string()));
     }
+    // Rollbacks talk to services on this machine or its network: a proxy
+    // from the environment would only be in the way (and would see traffic
+    // it has no business seeing). Redirects are not followed, so a grant's
+    // URL prefix is the only place a request can go.
     let http = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .build()
         .map_err(|e| StartError::State {
             path: runbook.state_dir.clone(),
@@ -378,6 +383,7 @@ pub fn execute(
     opts: &RunOptions,
 ) -> Result<RunReport, StartError> {
     let started_at = Instant::now();
+    let started = crate::journal::now_rfc3339();
     let run_id = new_run_id();
     let state = runbook.state();
     let (lock, journal) = if opts.plan_only {
@@ -471,7 +477,7 @@ pub fn execute(
         } else {
             opts.mode.as_str().into()
         },
-        started: crate::journal::now_rfc3339(),
+        started,
         duration_ms: ms(duration),
         outcome,
         plugins: reports,

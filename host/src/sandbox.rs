@@ -3,7 +3,7 @@
 //! import calls one `check_*` function here before it acts, and a refusal
 //! names the capability, the exact resource and the runbook line to add.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
@@ -132,10 +132,11 @@ pub struct Sandbox {
     read: Vec<PathBuf>,
     write: Vec<PathBuf>,
     sqlite: Vec<PathBuf>,
-    /// Pids this plugin spawned in this run: it may always signal those.
-    spawned: Mutex<HashSet<u32>>,
+    /// Pids this plugin spawned in this run, with their start times (so a
+    /// reused pid is not mistaken for ours): it may always signal those.
+    spawned: Mutex<HashMap<u32, Option<u64>>>,
     /// Never reachable through any grant: rewind's own state directory
-    /// (journals, snapshots, cache), even when it sits inside a grant.
+    /// (journals, snapshots, key-value state), even when it sits inside a grant.
     protected: Vec<PathBuf>,
 }
 
@@ -212,7 +213,7 @@ impl Sandbox {
             spec,
             origin,
             base_dir: base_dir.to_path_buf(),
-            spawned: Mutex::new(HashSet::new()),
+            spawned: Mutex::new(HashMap::new()),
             protected: Vec::new(),
         })
     }
@@ -328,7 +329,9 @@ impl Sandbox {
                 "pid {pid} is pid 1, rewind itself or one of its parents; it is never signalled"
             )));
         }
-        if self.spawned.lock().unwrap().contains(&pid) {
+        if let Some(started) = self.spawned.lock().unwrap().get(&pid)
+            && *started == start_time(pid)
+        {
             return Ok(());
         }
         let Some(cmd) = cmdline else {
@@ -344,7 +347,7 @@ impl Sandbox {
     }
 
     pub fn note_spawned(&self, pid: u32) {
-        self.spawned.lock().unwrap().insert(pid);
+        self.spawned.lock().unwrap().insert(pid, start_time(pid));
     }
 
     pub fn check_env(&self, name: &str) -> Result<(), Denied> {
@@ -594,6 +597,14 @@ fn parent_pid(pid: u32) -> Option<u32> {
     // The command name is in parentheses and may contain spaces.
     let after = &stat[stat.rfind(')')? + 2..];
     after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// When a process started (clock ticks since boot, /proc/PID/stat field 22):
+/// with the pid, it identifies one process even if the pid is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A process's command line, arguments joined by spaces (like `pgrep -f`).

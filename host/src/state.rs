@@ -20,7 +20,8 @@ use crate::journal::Journal;
 use crate::sandbox::Sandbox;
 
 /// The state directory of a runbook: journals, key-value state, snapshots,
-/// the compiled-component cache and the run lock.
+/// and the run lock (the compiled-component cache lives here only when no
+/// other cache directory can be found).
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: PathBuf,

@@ -38,6 +38,7 @@ fn health_probes_measure_and_judge() {
         {"id": "tcp-closed", "op": {"call": "tcp-probe", "args": {"host": "127.0.0.1", "port": closed, "timeout_ms": 500}}},
         {"id": "system", "op": {"call": "system", "args": {}}},
         {"id": "disk", "op": {"call": "disk", "args": {"path": sb.path()}}},
+        {"id": "delete", "op": {"call": "http-probe", "args": {"probe": probe("/healthz", json!({"method": "DELETE"}))}}},
     ]});
     let grants = json!({"http": [srv.url("/")], "tcp": [format!("127.0.0.1:{}", srv.port), format!("127.0.0.1:{closed}")]});
     sb.runbook(&fixture_runbook(&config, &grants));
@@ -77,6 +78,14 @@ fn health_probes_measure_and_judge() {
         sys["memory_total_bytes"].as_u64().unwrap() > sys["memory_used_bytes"].as_u64().unwrap()
     );
     assert!(step(&r, "disk")["Ok"]["total_bytes"].as_u64().unwrap() > 0);
+    // Probes run even in dry runs, so they may only observe.
+    assert!(
+        step(&r, "delete")["Err"]["Invalid"]
+            .as_str()
+            .unwrap()
+            .contains("GET, HEAD or OPTIONS")
+    );
+    assert!(!srv.methods().iter().any(|m| m.starts_with("DELETE")));
     assert_eq!(code, 0, "{report}");
 }
 

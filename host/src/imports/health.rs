@@ -94,6 +94,17 @@ fn prepare_http(env: &PluginEnv, probe: HttpCheck) -> Result<PreparedHttp, Error
     };
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| Error::invalid(format!("bad HTTP method {:?}", probe.method)))?;
+    // Probes are observations, carried out even in dry runs, so they may
+    // not change anything: a request with side effects goes through
+    // `http.request`, where dry runs hold it back.
+    if !matches!(
+        method,
+        reqwest::Method::GET | reqwest::Method::HEAD | reqwest::Method::OPTIONS
+    ) {
+        return Err(Error::invalid(format!(
+            "a probe must be GET, HEAD or OPTIONS, not {method}; use http.request for calls that change things"
+        )));
+    }
     let mut headers = HeaderMap::new();
     for (k, v) in &probe.headers {
         let name = HeaderName::from_bytes(k.as_bytes())

@@ -61,7 +61,19 @@ fn open_read_only(p: &Path) -> Result<Connection, Error> {
     )
     .map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    confine(&conn);
     Ok(conn)
+}
+
+/// Keep SQL inside the granted file: no ATTACH of other files and no
+/// `VACUUM INTO` a new one (both would reach paths no grant covers). The
+/// nameless temporary database that a plain VACUUM attaches stays allowed.
+fn confine(conn: &Connection) {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Attach { filename } if !filename.is_empty() => Authorization::Deny,
+        _ => Authorization::Allow,
+    }));
 }
 
 fn open_read_write(p: &Path) -> Result<Connection, Error> {
@@ -69,6 +81,7 @@ fn open_read_write(p: &Path) -> Result<Connection, Error> {
         |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
     let conn = Connection::open(p).map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    confine(&conn);
     Ok(conn)
 }
 

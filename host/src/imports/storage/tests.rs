@@ -595,6 +595,25 @@ fn sqlite_exec_query_backup_round_trip() {
 }
 
 #[test]
+fn sqlite_cannot_reach_files_outside_the_grant() {
+    let f = fixture();
+    let e = env(&f, Mode::Execute);
+    let db = s(&f.work.join("app.db"));
+    sqlite::exec(&e, &db, "CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+    let outside = f.state.parent().unwrap().join("escape.db");
+    let attach = format!(
+        "COMMIT; ATTACH DATABASE '{}' AS o; CREATE TABLE o.t(x); BEGIN;",
+        outside.display()
+    );
+    assert!(sqlite::exec(&e, &db, &attach).is_err());
+    let vacuum_into = format!("COMMIT; VACUUM INTO '{}'; BEGIN;", outside.display());
+    assert!(sqlite::exec(&e, &db, &vacuum_into).is_err());
+    assert!(!outside.exists(), "no file was created outside the grant");
+    // A plain VACUUM (which attaches a nameless temporary database) works.
+    sqlite::exec(&e, &db, "COMMIT; VACUUM; BEGIN;").unwrap();
+}
+
+#[test]
 fn sqlite_query_is_read_only() {
     let f = fixture();
     let e = env(&f, Mode::Execute);
