@@ -16,8 +16,16 @@ use std::process::Command;
 const PLUGINS: &[(&str, &str, &str)] = &[
     ("DEMO", "rewind-plugin-demo", "rewind_plugin_demo"),
     ("AIDIS", "rewind-plugin-aidis", "rewind_plugin_aidis"),
-    ("FEATURE_FLAGS", "rewind-plugin-feature-flags", "rewind_plugin_feature_flags"),
-    ("AIVILLAGE", "rewind-plugin-aivillage", "rewind_plugin_aivillage"),
+    (
+        "FEATURE_FLAGS",
+        "rewind-plugin-feature-flags",
+        "rewind_plugin_feature_flags",
+    ),
+    (
+        "AIVILLAGE",
+        "rewind-plugin-aivillage",
+        "rewind_plugin_aivillage",
+    ),
     ("FIXTURE", "rewind-fixture", "rewind_fixture"),
     ("FUTURE", "rewind-fixture-future", "rewind_fixture_future"),
 ];
