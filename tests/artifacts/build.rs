@@ -26,6 +26,8 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "rewind-plugin-aivillage",
         "rewind_plugin_aivillage",
     ),
+    ("ABATHUR", "rewind-plugin-abathur", "rewind_plugin_abathur"),
+    ("QUEUE_APP", "rewind-plugin-queue-app", "rewind_plugin_queue_app"),
     ("FIXTURE", "rewind-fixture", "rewind_fixture"),
     ("FUTURE", "rewind-fixture-future", "rewind_fixture_future"),
 ];

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 #[allow(unused_imports)]
-pub use rewind_test_artifacts::{AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FUTURE};
+pub use rewind_test_artifacts::{
+    ABATHUR, AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FUTURE, QUEUE_APP,
+};
 
 pub const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
 pub const DEMO_SERVICE: &str = env!("CARGO_BIN_EXE_rewind-demo-service");

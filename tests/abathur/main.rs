@@ -1,0 +1,5 @@
+//! End-to-end tests of the abathur plugin against a local stand-in.
+
+#[allow(dead_code)]
+#[path = "../e2e/util.rs"]
+mod util;
