@@ -1,0 +1,342 @@
+//! Reading the application log: timestamps, error rates over a window cut
+//! into buckets (to tell "for more than 5 minutes" from a burst), per-feature
+//! failure rates, request durations, and `grep`-style marker matching.
+
+use crate::clock::days_from_civil;
+
+/// The timestamp a log line starts with, in ms since the epoch:
+/// `2025-11-12T14:30:00.123Z`, `2025-11-12 14:30:00,123 +01:00`,
+/// `[2025-11-12T14:30:00]` ... A time without a zone is taken at
+/// `default_offset_min` minutes from UTC.
+pub fn parse_ts(line: &str, default_offset_min: i64) -> Option<i64> {
+    let b = line.as_bytes();
+    let start = usize::from(b.first() == Some(&b'['));
+    let b = &b[start..];
+    if b.len() < 19 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = &b[r];
+        if s.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(s).ok()?.parse().ok()
+        } else {
+            None
+        }
+    };
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut ms = 0;
+    if i < b.len() && matches!(b[i], b'.' | b',') {
+        i += 1;
+        let digits_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let frac = &b[digits_start..i];
+        let mut v = 0i64;
+        for k in 0..3 {
+            v = v * 10 + frac.get(k).map_or(0, |c| i64::from(c - b'0'));
+        }
+        ms = v;
+    }
+    if i < b.len() && b[i] == b' ' && i + 1 < b.len() && matches!(b[i + 1], b'+' | b'-') {
+        i += 1;
+    }
+    let offset_min = match b.get(i) {
+        Some(b'Z') | Some(b'z') => 0,
+        Some(&sign @ (b'+' | b'-')) => {
+            let rest = &b[i + 1..];
+            let digits: Vec<u8> = rest
+                .iter()
+                .take(5)
+                .copied()
+                .filter(u8::is_ascii_digit)
+                .collect();
+            if digits.len() >= 4 {
+                let hh = i64::from(digits[0] - b'0') * 10 + i64::from(digits[1] - b'0');
+                let mm = i64::from(digits[2] - b'0') * 10 + i64::from(digits[3] - b'0');
+                let v = hh * 60 + mm;
+                if sign == b'-' { -v } else { v }
+            } else {
+                default_offset_min
+            }
+        }
+        _ => default_offset_min,
+    };
+    let days = days_from_civil(y, mo as u32, d as u32);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60;
+    Some(secs * 1000 + ms)
+}
+
+/// Lines that start with a timestamp: (ms, line).
+pub fn events(text: &str, offset_min: i64) -> Vec<(i64, &str)> {
+    text.lines()
+        .filter_map(|l| parse_ts(l, offset_min).map(|t| (t, l)))
+        .collect()
+}
+
+/// Case-insensitive `grep -i`: `pattern` in `line`, where `.*` matches
+/// anything (the runbook's `MCP.*unavailable`).
+pub fn matches_ci(line: &str, pattern: &str) -> bool {
+    matches(&line.to_lowercase(), &pattern.to_lowercase())
+}
+
+/// `grep` with a pattern whose only special form is `.*`.
+pub fn matches(line: &str, pattern: &str) -> bool {
+    let mut rest = line;
+    for piece in pattern.split(".*") {
+        if piece.is_empty() {
+            continue;
+        }
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The number after `key` in a line (`duration_ms=120` -> 120).
+pub fn number_after(line: &str, key: &str) -> Option<f64> {
+    if key.is_empty() {
+        return None;
+    }
+    let i = line.find(key)? + key.len();
+    let tail = &line[i..];
+    let end = tail
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(tail.len());
+    tail[..end].parse().ok()
+}
+
+/// What to look for in lines.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    /// Lines matching this (case-insensitive) are errors.
+    pub error: String,
+    /// One pattern per feature (case-insensitive).
+    pub features: Vec<String>,
+    /// `duration_ms=`: the number after it is the request's duration.
+    pub duration_key: String,
+}
+
+/// Counts over one window of the log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub window_ms: i64,
+    pub events: u64,
+    pub errors: u64,
+    /// (events, errors) per bucket, oldest first.
+    pub buckets: Vec<(u64, u64)>,
+    /// (events, errors) per feature.
+    pub features: Vec<(u64, u64)>,
+    pub duration_sum: f64,
+    pub duration_n: u64,
+}
+
+pub fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+impl Stats {
+    /// Errors per event over the whole window, in percent.
+    pub fn rate(&self) -> f64 {
+        pct(self.errors, self.events)
+    }
+
+    /// How many buckets have traffic and an error rate above `threshold`
+    /// (`>` when `strict`, else `>=`).
+    pub fn buckets_above(&self, threshold: f64, strict: bool) -> usize {
+        self.buckets
+            .iter()
+            .filter(|(n, e)| {
+                let r = pct(*e, *n);
+                *n > 0
+                    && if strict {
+                        r > threshold
+                    } else {
+                        r >= threshold
+                    }
+            })
+            .count()
+    }
+
+    /// True when every bucket of the window is above the threshold: the
+    /// rate has been there for the whole window.
+    pub fn sustained(&self, threshold: f64, strict: bool) -> bool {
+        !self.buckets.is_empty() && self.buckets_above(threshold, strict) == self.buckets.len()
+    }
+
+    pub fn mean_duration(&self) -> Option<f64> {
+        (self.duration_n > 0).then(|| self.duration_sum / self.duration_n as f64)
+    }
+}
+
+/// Count the events in `[now - window, now]`, cut into `buckets` buckets.
+pub fn window(
+    events: &[(i64, &str)],
+    now: i64,
+    window_ms: i64,
+    buckets: usize,
+    m: &Matcher,
+) -> Stats {
+    let buckets = buckets.max(1);
+    let window_ms = window_ms.max(1);
+    let start = now - window_ms;
+    let mut s = Stats {
+        window_ms,
+        buckets: vec![(0, 0); buckets],
+        features: vec![(0, 0); m.features.len()],
+        ..Stats::default()
+    };
+    let features: Vec<String> = m.features.iter().map(|f| f.to_lowercase()).collect();
+    let error = m.error.to_lowercase();
+    for &(ts, line) in events {
+        if ts < start {
+            continue;
+        }
+        // A line stamped slightly in the future (clock skew) counts as now.
+        let ts = ts.min(now);
+        let lower = line.to_lowercase();
+        let is_error = matches(&lower, &error);
+        s.events += 1;
+        s.errors += u64::from(is_error);
+        let b = (((ts - start) as i128 * buckets as i128) / window_ms as i128) as usize;
+        let b = b.min(buckets - 1);
+        s.buckets[b].0 += 1;
+        s.buckets[b].1 += u64::from(is_error);
+        for (i, f) in features.iter().enumerate() {
+            if !f.is_empty() && matches(&lower, f) {
+                s.features[i].0 += 1;
+                s.features[i].1 += u64::from(is_error);
+            }
+        }
+        if let Some(d) = number_after(line, &m.duration_key) {
+            s.duration_sum += d;
+            s.duration_n += 1;
+        }
+    }
+    s
+}
+
+/// The lines of the log written after byte `offset` (the whole log when it
+/// is shorter than that: it was rotated).
+pub fn since_offset(text: &str, offset: u64) -> &str {
+    let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+    if offset > text.len() {
+        return text;
+    }
+    // Start at a line boundary.
+    let mut i = offset;
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    &text[i..]
+}
+
+/// Lines at or after `since_ms`; lines without a timestamp go with the
+/// last timestamped line before them (stack traces and the like).
+pub fn lines_since(text: &str, since_ms: i64, offset_min: i64) -> Vec<&str> {
+    let mut current: Option<i64> = None;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if let Some(t) = parse_ts(l, offset_min) {
+            current = Some(t);
+        }
+        if current.is_some_and(|t| t >= since_ms) {
+            out.push(l);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(h: i64, m: i64, s: i64) -> i64 {
+        (days_from_civil(2025, 11, 12) * 86_400 + h * 3600 + m * 60 + s) * 1000
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            parse_ts("2025-11-12T14:30:00.123Z INFO x", 0),
+            Some(at(14, 30, 0) + 123)
+        );
+        assert_eq!(parse_ts("[2025-11-12 14:30:00] x", 0), Some(at(14, 30, 0)));
+        assert_eq!(
+            parse_ts("2025-11-12T15:30:00+01:00 x", 0),
+            Some(at(14, 30, 0))
+        );
+        assert_eq!(
+            parse_ts("2025-11-12 15:30:00,5 +0100 x", 0),
+            Some(at(14, 30, 0) + 500)
+        );
+        assert_eq!(parse_ts("2025-11-12T15:30:00 x", 60), Some(at(14, 30, 0)));
+        assert_eq!(parse_ts("    at foo (bar.js:1)", 0), None);
+        assert_eq!(parse_ts("2025-13-12T15:30:00 x", 0), None);
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(matches("WARN MCP tracking unavailable", "MCP.*unavailable"));
+        assert!(!matches("WARN unavailable MCP", "MCP.*unavailable"));
+        assert!(matches_ci("x ERROR y", "error"));
+        assert_eq!(
+            number_after("spawn ok duration_ms=120 x", "duration_ms="),
+            Some(120.0)
+        );
+        assert_eq!(since_offset("abc\ndef\n", 4), "def\n");
+        assert_eq!(since_offset("abc\n", 40), "abc\n");
+    }
+
+    #[test]
+    fn windows_and_buckets() {
+        let now = at(14, 30, 0);
+        let mut text = String::new();
+        // 6 minutes of traffic, one spawn and one upload line every 10 s;
+        // uploads fail in the last 3 minutes only.
+        for i in (1..=36).rev() {
+            let t = crate::clock::Utc::at(now - i * 10_000).rfc3339();
+            text.push_str(&format!("{t} INFO spawn ok duration_ms=100\n"));
+            if i <= 18 {
+                text.push_str(&format!("{t} ERROR upload failed duration_ms=300\n"));
+            } else {
+                text.push_str(&format!("{t} INFO upload ok duration_ms=100\n"));
+            }
+        }
+        text.push_str("    at stack (x.js:1)\n");
+        let ev = events(&text, 0);
+        assert_eq!(ev.len(), 72);
+        let m = Matcher {
+            error: "error".into(),
+            features: vec!["spawn".into(), "upload".into()],
+            duration_key: "duration_ms=".into(),
+        };
+        let s = window(&ev, now, 300_000, 5, &m);
+        assert_eq!(s.events, 60);
+        assert_eq!(s.errors, 18);
+        assert_eq!(s.features, vec![(30, 0), (30, 18)]);
+        assert_eq!(s.buckets_above(5.0, true), 3);
+        assert!(!s.sustained(5.0, true));
+        let s3 = window(&ev, now, 180_000, 3, &m);
+        assert!(s3.sustained(5.0, true));
+        assert!((s.mean_duration().unwrap() - (42.0 * 100.0 + 18.0 * 300.0) / 60.0).abs() < 1e-9);
+        assert_eq!(lines_since(&text, now - 10_000, 0).len(), 3);
+    }
+}
