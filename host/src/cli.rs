@@ -91,6 +91,40 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Rehearse a rollback: break the system as a [[drill]] says, time
+    /// detect, decide, act and verify, and compare with the RTO.
+    Drill {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Only this scenario (default: all of them, in order).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Swap in a plugin file that changes during the drill (between steps).
+        #[arg(long)]
+        reload: bool,
+        /// Treat manual steps as done by a person.
+        #[arg(long)]
+        approve_manual: bool,
+    },
+    /// List past drills with their recovery times against the RTO.
+    Drills {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Probe on an interval ([watch] in the runbook) and roll back after N
+    /// consecutive failures; never twice until the service was healthy again.
+    Watch {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Stop after this many probe rounds.
+        #[arg(long)]
+        max_rounds: Option<u64>,
+        /// Treat manual steps as done by a person.
+        #[arg(long)]
+        approve_manual: bool,
+    },
 }
 
 /// Run the CLI; returns the process exit code.
@@ -180,6 +214,38 @@ fn dispatch(cli: &Cli) -> CliResult {
             runbook,
             state_dir,
         } => show(cli, &state_for(runbook, state_dir.as_deref())?, run_id),
+        Command::Drill {
+            runbook,
+            scenario,
+            reload,
+            approve_manual,
+        } => drill_cmd(
+            cli,
+            runbook,
+            &crate::drill::DrillOptions {
+                scenario: scenario.clone(),
+                reload: *reload,
+                approve_manual: *approve_manual,
+                live: !cli.quiet && !cli.json,
+            },
+        ),
+        Command::Drills { runbook, state_dir } => {
+            drills_cmd(cli, &state_for(runbook, state_dir.as_deref())?)
+        }
+        Command::Watch {
+            runbook,
+            max_rounds,
+            approve_manual,
+        } => {
+            let runbook = load_runbook(runbook)?;
+            let rt = runtime(cli, &runbook)?;
+            let opts = crate::watch::WatchOptions {
+                json: cli.json,
+                max_rounds: *max_rounds,
+                approve_manual: *approve_manual,
+            };
+            crate::watch::watch(&runbook, &rt, &opts).map_err(|e| (e.exit_code(), e.to_string()))
+        }
     }
 }
 
@@ -659,4 +725,40 @@ fn append_findings(line: &mut String, findings: &Value) {
             line.push_str(&format_finding(&f));
         }
     }
+}
+
+fn drill_cmd(cli: &Cli, path: &Path, opts: &crate::drill::DrillOptions) -> CliResult {
+    let runbook = load_runbook(path)?;
+    let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
+    let reports = crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&reports).expect("json"));
+    } else {
+        for d in &reports {
+            println!();
+            print!("{}", crate::drill::markdown(d));
+            println!("report: {}", crate::drill::drills_dir(&runbook.state()).join(format!("{}.md", d.id)).display());
+        }
+    }
+    if reports.iter().all(|d| d.verdict != "fail") { Ok(exit::OK) } else { Ok(exit::FAILED) }
+}
+
+fn drills_cmd(cli: &Cli, state: &StateDir) -> CliResult {
+    let list = crate::drill::list(state).map_err(|e| (exit::FAILED, format!("cannot read the drills in {}: {e}", state.path().display())))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        return Ok(exit::OK);
+    }
+    if list.is_empty() {
+        println!("no drills yet in {}", crate::drill::drills_dir(state).display());
+        return Ok(exit::OK);
+    }
+    println!("{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  VERDICT  SLOWEST", "DRILL", "STARTED", "SCENARIO", "RECOVERY", "RTO", "MARGIN");
+    for d in &list {
+        let f = |ms: f64| fmt_duration(Duration::from_secs_f64(ms.abs() / 1e3));
+        let rto = d.rto_ms.map(|r| f(r as f64)).unwrap_or_else(|| "-".into());
+        let margin = d.margin_ms.map(|m| format!("{}{}", if m < 0.0 { "-" } else { "+" }, f(m))).unwrap_or_else(|| "-".into());
+        println!("{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  {:<7}  {}", d.id, d.started, d.scenario, f(d.recovery_ms), rto, margin, d.verdict, d.slowest_phase);
+    }
+    Ok(exit::OK)
 }

@@ -3,10 +3,13 @@
 
 pub mod bindings;
 pub mod cli;
+pub mod drill;
 pub mod imports;
 pub mod journal;
+pub mod reload;
 pub mod run;
 pub mod runbook;
 pub mod runtime;
 pub mod sandbox;
 pub mod state;
+pub mod watch;

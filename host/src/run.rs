@@ -70,7 +70,7 @@ impl From<&Finding> for FindingReport {
     }
 }
 
-fn findings(list: &[Finding]) -> Vec<FindingReport> {
+pub(crate) fn findings(list: &[Finding]) -> Vec<FindingReport> {
     list.iter().map(FindingReport::from).collect()
 }
 
@@ -140,6 +140,8 @@ pub enum Outcome {
     Failed,
     /// Not run, because an earlier plugin failed with `on_failure = "stop"`.
     Skipped,
+    /// Stopped between two steps (a signal in `rewind watch`).
+    Aborted,
 }
 
 impl Outcome {
@@ -150,6 +152,7 @@ impl Outcome {
             Self::Simulated => "simulated",
             Self::Failed => "FAILED",
             Self::Skipped => "skipped",
+            Self::Aborted => "ABORTED",
         }
     }
 }
@@ -185,7 +188,7 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn exit_code(&self) -> i32 {
-        if self.outcome == Outcome::Failed {
+        if matches!(self.outcome, Outcome::Failed | Outcome::Aborted) {
             exit::FAILED
         } else {
             exit::OK
@@ -210,6 +213,8 @@ pub enum StartError {
     Describe { plugin: String, message: String },
     #[error("no plugin named {0:?} in the runbook")]
     NoSuchPlugin(String),
+    #[error("no drill scenario {name:?} in the runbook (it has: {known}); add a [[drill]] with that name")]
+    NoSuchScenario { name: String, known: String },
     #[error(transparent)]
     Runbook(#[from] crate::runbook::RunbookError),
     #[error("cannot use the state directory {path}: {source}")]
@@ -224,7 +229,7 @@ impl StartError {
         match self {
             Self::Locked { .. } => exit::LOCKED,
             Self::Load { .. } | Self::Describe { .. } => exit::PLUGIN,
-            Self::NoSuchPlugin(_) | Self::Runbook(_) => exit::USAGE,
+            Self::NoSuchPlugin(_) | Self::NoSuchScenario { .. } | Self::Runbook(_) => exit::USAGE,
             Self::State { .. } => exit::FAILED,
         }
     }
@@ -282,6 +287,28 @@ pub fn new_run_id() -> String {
         .subsec_nanos();
     format!("{compact}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
 }
+
+/// What a caller may do between two steps of a run: swap in a reloaded
+/// plugin (drills), or stop the run (watch, on a signal). The step that is
+/// running always finishes first.
+pub trait RunHooks {
+    /// Called before each step. `Err(reason)` stops the run before it: the
+    /// rest of the steps are skipped and the plugin ends `aborted`.
+    fn before_step(
+        &mut self,
+        _p: &mut Prepared<'_>,
+        _step: &Step,
+        _record: &dyn Fn(serde_json::Value),
+    ) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// No hooks: a plain run.
+#[derive(Debug)]
+pub struct NoHooks;
+
+impl RunHooks for NoHooks {}
 
 /// A loaded plugin with what it said about itself.
 pub struct Prepared<'a> {
@@ -382,6 +409,16 @@ pub fn execute(
     rt: &Runtime,
     opts: &RunOptions,
 ) -> Result<RunReport, StartError> {
+    execute_with(runbook, rt, opts, &mut NoHooks)
+}
+
+/// `execute`, with hooks called between steps.
+pub fn execute_with(
+    runbook: &Runbook,
+    rt: &Runtime,
+    opts: &RunOptions,
+    hooks: &mut dyn RunHooks,
+) -> Result<RunReport, StartError> {
     let started_at = Instant::now();
     let started = crate::journal::now_rfc3339();
     let run_id = new_run_id();
@@ -412,7 +449,7 @@ pub fn execute(
         "pid": std::process::id(),
         "host_version": env!("CARGO_PKG_VERSION"),
     }));
-    let prepared = match prepare(
+    let mut prepared = match prepare(
         runbook,
         rt,
         opts.plugin.as_deref(),
@@ -442,7 +479,7 @@ pub fn execute(
 
     let mut reports = Vec::new();
     let mut stop_rest = false;
-    for p in &prepared {
+    for p in prepared.iter_mut() {
         if stop_rest {
             record(
                 json!({"event": "plugin-skipped", "plugin": p.spec.name, "reason": "an earlier plugin failed and has on_failure = \"stop\""}),
@@ -450,14 +487,19 @@ pub fn execute(
             reports.push(skeleton(p, Outcome::Skipped));
             continue;
         }
-        let mut report = run_plugin(rt, p, &run_id, opts, &record);
+        let mut report = run_plugin(rt, p, &run_id, opts, &record, hooks, None);
         report.host_calls_ms = p.env.host_time().as_secs_f64() * 1e3;
+        if report.outcome == Outcome::Aborted {
+            stop_rest = true;
+        }
         if report.outcome == Outcome::Failed && p.spec.on_failure == OnFailure::Stop {
             stop_rest = true;
         }
         reports.push(report);
     }
-    let outcome = if reports.iter().any(|r| r.outcome == Outcome::Failed) {
+    let outcome = if reports.iter().any(|r| r.outcome == Outcome::Aborted) {
+        Outcome::Aborted
+    } else if reports.iter().any(|r| r.outcome == Outcome::Failed) {
         Outcome::Failed
     } else if reports.iter().any(|r| r.outcome == Outcome::RolledBack) {
         Outcome::RolledBack
@@ -511,16 +553,21 @@ fn live(opts: &RunOptions, line: impl AsRef<str>) {
     }
 }
 
-fn run_plugin(
+/// One plugin's rollback: assess (unless the caller already did), plan,
+/// steps, verify, escalate.
+pub(crate) fn run_plugin(
     rt: &Runtime,
-    p: &Prepared<'_>,
+    p: &mut Prepared<'_>,
     run_id: &str,
     opts: &RunOptions,
     record: &dyn Fn(serde_json::Value),
+    hooks: &mut dyn RunHooks,
+    assessed: Option<(Assessment, Duration)>,
 ) -> PluginReport {
     let started = Instant::now();
     let mut report = skeleton(p, Outcome::Failed);
-    let name = &p.spec.name;
+    let spec = p.spec;
+    let name = &spec.name;
     let fail = |mut report: PluginReport, error: String| {
         record(json!({"event": "plugin-end", "plugin": name, "outcome": "failed", "error": error}));
         live(opts, format!("[{name}] FAILED: {error}"));
@@ -531,14 +578,19 @@ fn run_plugin(
     };
 
     // Assess.
-    live(opts, format!("[{name}] assessing ({})", p.info.service));
-    let ctx = context(run_id, p.spec, opts.mode, 0);
-    let t = Instant::now();
-    let assessment: Assessment = match rt.call(&p.plugin, &p.env, "assess", |s, b| {
-        b.rewind_plugin_rollback().call_assess(s, &ctx)
-    }) {
-        Ok(a) => a,
-        Err(e) => return fail(report, e.to_string()),
+    let (assessment, assess_time) = match assessed {
+        Some(a) => a,
+        None => {
+            live(opts, format!("[{name}] assessing ({})", p.info.service));
+            let ctx = context(run_id, spec, opts.mode, 0);
+            let t = Instant::now();
+            match rt.call(&p.plugin, &p.env, "assess", |s, b| {
+                b.rewind_plugin_rollback().call_assess(s, &ctx)
+            }) {
+                Ok(a) => (a, t.elapsed()),
+                Err(e) => return fail(report, e.to_string()),
+            }
+        }
     };
     p.env.take_actions();
     let a = AssessmentReport {
@@ -548,7 +600,7 @@ fn run_plugin(
         scenario: assessment.scenario.clone(),
         summary: assessment.summary.clone(),
         findings: findings(&assessment.findings),
-        duration_ms: ms(t.elapsed()),
+        duration_ms: ms(assess_time),
     };
     record(json!({"event": "assessment", "plugin": name, "assessment": a}));
     live(
@@ -635,6 +687,7 @@ fn run_plugin(
         }
 
         let mut failed: Option<String> = None;
+        let mut aborted: Option<String> = None;
         for s in &steps {
             if failed.is_some() {
                 record(json!({"event": "step-skipped", "plugin": name, "step": s.id}));
@@ -643,6 +696,22 @@ fn run_plugin(
                     s,
                     StepStatus::Skipped,
                     "an earlier step failed".into(),
+                    Duration::ZERO,
+                    Vec::new(),
+                    Vec::new(),
+                ));
+                continue;
+            }
+            if let Err(reason) = hooks.before_step(p, s, record) {
+                record(json!({"event": "step-skipped", "plugin": name, "step": s.id, "reason": reason}));
+                live(opts, format!("[{name}] stopping before step {}: {reason}", s.id));
+                aborted = Some(format!("stopped before step {}: {reason}", s.id));
+                failed = aborted.clone();
+                lr.steps.push(step_report(
+                    p,
+                    s,
+                    StepStatus::Skipped,
+                    reason,
                     Duration::ZERO,
                     Vec::new(),
                     Vec::new(),
@@ -702,6 +771,14 @@ fn run_plugin(
                 .push(step_report(p, s, status, message, elapsed, actions, fnd));
         }
 
+        if let Some(reason) = aborted {
+            report.levels.push(lr);
+            record(json!({"event": "plugin-end", "plugin": name, "outcome": "aborted", "error": reason}));
+            report.error = Some(reason);
+            report.outcome = Outcome::Aborted;
+            report.duration_ms = ms(started.elapsed());
+            return report;
+        }
         if let Some(err) = failed {
             report.levels.push(lr);
             return fail(report, err);

@@ -34,6 +34,90 @@ struct RawRunbook {
     limits: RawLimits,
     #[serde(default)]
     plugin: Vec<Spanned<RawPlugin>>,
+    watch: Option<RawWatch>,
+    #[serde(default)]
+    drill: Vec<Spanned<RawDrill>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    period: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    timeout: Option<Duration>,
+    failure_threshold: Option<u32>,
+    success_threshold: Option<u32>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    initial_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    cooldown: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    name: String,
+    #[serde(default)]
+    description: String,
+    plugin: Option<Spanned<String>>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    rto: Option<Duration>,
+    #[serde(default)]
+    inject: Vec<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    detect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    detect_interval: Option<Duration>,
+}
+
+/// `[watch]`: how `rewind watch` probes, named as Kubernetes probes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// Time between two probe rounds (periodSeconds). Default 30 s.
+    pub period: Duration,
+    /// A round that takes longer counts as a failure (timeoutSeconds). Default 10 s.
+    pub timeout: Duration,
+    /// Consecutive breaches before the rollback (failureThreshold). Default 3.
+    pub failure_threshold: u32,
+    /// Consecutive healthy rounds that count as recovered (successThreshold). Default 1.
+    pub success_threshold: u32,
+    /// Wait before the first round (initialDelaySeconds). Default 0.
+    pub initial_delay: Duration,
+    /// After a rollback, no other one for this long. Default 5 min.
+    pub cooldown: Duration,
+}
+
+impl Default for WatchSpec {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            failure_threshold: 3,
+            success_threshold: 1,
+            initial_delay: Duration::ZERO,
+            cooldown: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One `[[drill]]` scenario: how to break the system, who should notice,
+/// and the RTO the recovery is timed against.
+#[derive(Debug, Clone)]
+pub struct DrillSpec {
+    pub name: String,
+    pub description: String,
+    /// The plugin that should detect and repair it (default: the first).
+    pub plugin: String,
+    /// Default: the runbook's `rto`.
+    pub rto: Option<Duration>,
+    /// Commands that break the system, run with the plugin's grants.
+    pub inject: Vec<Vec<String>>,
+    /// How long to poll the assessment for the breakage. Default 5 min.
+    pub detect_timeout: Duration,
+    /// Between two assessments. Default 1 s.
+    pub detect_interval: Duration,
+    pub line: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +158,8 @@ pub struct Runbook {
     pub state_dir: PathBuf,
     pub limits: Limits,
     pub plugins: Vec<PluginSpec>,
+    pub watch: WatchSpec,
+    pub drills: Vec<DrillSpec>,
 }
 
 /// One `[[plugin]]` entry.
@@ -223,6 +309,51 @@ impl Runbook {
                 grants_line,
             });
         }
+        let w = raw.watch.unwrap_or_default();
+        let wd = WatchSpec::default();
+        let watch = WatchSpec {
+            period: w.period.unwrap_or(wd.period),
+            timeout: w.timeout.unwrap_or(wd.timeout),
+            failure_threshold: w.failure_threshold.unwrap_or(wd.failure_threshold).max(1),
+            success_threshold: w.success_threshold.unwrap_or(wd.success_threshold).max(1),
+            initial_delay: w.initial_delay.unwrap_or(wd.initial_delay),
+            cooldown: w.cooldown.unwrap_or(wd.cooldown),
+        };
+        let mut drills: Vec<DrillSpec> = Vec::new();
+        for d in raw.drill {
+            let span = d.span();
+            let d = d.into_inner();
+            let plugin = match d.plugin {
+                Some(p) => {
+                    if !plugins.iter().any(|q| q.name == *p.get_ref()) {
+                        return Err(error_at(
+                            path,
+                            &text,
+                            p.span().start,
+                            format!("drill {:?} names plugin {:?}, which the runbook does not have", d.name, p.get_ref()),
+                        ));
+                    }
+                    p.into_inner()
+                }
+                None => plugins[0].name.clone(),
+            };
+            if drills.iter().any(|q| q.name == d.name) {
+                return Err(error_at(path, &text, span.start, format!("drill name {:?} is used twice", d.name)));
+            }
+            if let Some(bad) = d.inject.iter().find(|c| c.is_empty() || c[0].is_empty()) {
+                return Err(error_at(path, &text, span.start, format!("drill {:?}: an inject command is empty ({bad:?}); write [\"program\", \"arg\", ...]", d.name)));
+            }
+            drills.push(DrillSpec {
+                name: d.name,
+                description: d.description,
+                plugin,
+                rto: d.rto.or(raw.rto),
+                inject: d.inject,
+                detect_timeout: d.detect_timeout.unwrap_or(Duration::from_secs(300)),
+                detect_interval: d.detect_interval.unwrap_or(Duration::from_secs(1)),
+                line: line_of(&text, span.start),
+            });
+        }
         let defaults = Limits::default();
         let state_dir = dir.join(raw.state_dir.as_deref().unwrap_or(".rewind"));
         let runbook = Self {
@@ -237,6 +368,8 @@ impl Runbook {
                 memory: raw.limits.memory.unwrap_or(defaults.memory),
             },
             plugins,
+            watch,
+            drills,
         };
         // Grants are checked now so a bad one is a runbook error, not a
         // failure halfway through a run.

@@ -105,7 +105,35 @@ fn main() {
         );
     }
 
+    // A second build of the fixture with a visible difference (its no-op
+    // steps answer "v2"), for the hot-reload tests.
+    let v2_dir = root.join("target").join("plugins-v2");
+    let mut v2 = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    v2.current_dir(&root)
+        .args(["build", "--target", TARGET, "--profile", PROFILE, "-p", "rewind-fixture"])
+        .arg("--target-dir")
+        .arg(&v2_dir)
+        .env("REWIND_FIXTURE_FLAVOR", "v2");
+    for (key, _) in env::vars_os() {
+        if let Some(key) = key.to_str()
+            && cmd.get_envs().any(|(k, v)| k == key && v.is_none())
+        {
+            v2.env_remove(key);
+        }
+    }
+    let out = v2.output().expect("running cargo to build the v2 fixture");
+    if !out.status.success() {
+        panic!(
+            "building the v2 fixture failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     let mut src = String::new();
+    let v2_wasm = v2_dir.join(TARGET).join(PROFILE).join("rewind_fixture.wasm");
+    writeln!(src, "/// The fixture built with `REWIND_FIXTURE_FLAVOR=v2` (hot-reload tests).").unwrap();
+    writeln!(src, "pub const FIXTURE_V2: &str = {:?};", v2_wasm.display().to_string()).unwrap();
     for (name, package, file) in PLUGINS {
         let wasm = target_dir
             .join(TARGET)

@@ -223,7 +223,7 @@ fn kill_group(pid: u32) {
     }
 }
 
-fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
+pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
     let p = prepare(env, &cmd)?;
     if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display())) {
         return Ok(Output {

@@ -1,0 +1,180 @@
+//! `rewind watch`: probe through each plugin's assessment on an interval
+//! and roll back after `failure_threshold` consecutive breaches, by the same
+//! path as `rewind run` (same lock, same journal). After a rollback it
+//! waits for `cooldown` and for the service to be seen healthy
+//! (`success_threshold` rounds) before it will roll back again, so a
+//! service that stays broken is not rolled back in a loop. SIGINT/SIGTERM
+//! stop it cleanly: a rollback in progress finishes its current step, skips
+//! the rest, and says so.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::bindings::rollback::Step;
+use crate::bindings::types::Mode;
+use crate::run::{self, Prepared, RunHooks, RunOptions, StartError, context};
+use crate::runbook::Runbook;
+use crate::runtime::Runtime;
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// Stop after this many probe rounds (for tests and cron-like use).
+    pub max_rounds: Option<u64>,
+    pub approve_manual: bool,
+}
+
+/// Stops a rollback between steps once a signal has arrived.
+struct StopOnSignal(Arc<AtomicBool>);
+
+impl RunHooks for StopOnSignal {
+    fn before_step(
+        &mut self,
+        _p: &mut Prepared<'_>,
+        _step: &Step,
+        _record: &dyn Fn(serde_json::Value),
+    ) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Err("rewind watch received SIGINT or SIGTERM; the steps before this one completed".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Sleep, waking early when a signal arrives. Returns false if it did.
+fn nap(d: Duration, stop: &AtomicBool) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(25)));
+    }
+    !stop.load(Ordering::SeqCst)
+}
+
+/// Watch until a signal (or `max_rounds`). Returns the exit code.
+pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32, StartError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|source| StartError::State { path: runbook.state_dir.clone(), source })?;
+    }
+    let w = &runbook.watch;
+    // Validate everything up front, as a run does; assessments need no lock.
+    let prepared = run::prepare(runbook, rt, None, Mode::Execute, "watch", None)?;
+    let out = |v: serde_json::Value, text: String| {
+        let mut o = std::io::stdout().lock();
+        let _ = if opts.json { writeln!(o, "{v}") } else { writeln!(o, "{text}") };
+        let _ = o.flush();
+    };
+    out(
+        json!({"event": "watch-start", "runbook": runbook.name, "period_ms": w.period.as_millis() as u64,
+               "failure_threshold": w.failure_threshold, "success_threshold": w.success_threshold,
+               "timeout_ms": w.timeout.as_millis() as u64, "cooldown_ms": w.cooldown.as_millis() as u64}),
+        format!(
+            "watching {:?}: every {}, roll back after {} consecutive failures (timeout {}, success threshold {}, cooldown {})",
+            runbook.name,
+            humantime::format_duration(w.period),
+            w.failure_threshold,
+            humantime::format_duration(w.timeout),
+            w.success_threshold,
+            humantime::format_duration(w.cooldown)
+        ),
+    );
+    if !nap(w.initial_delay, &stop) {
+        return Ok(stopped(&out, 0));
+    }
+    let mut failures = 0u32;
+    let mut successes = 0u32;
+    // Armed: a rollback may run. Disarmed after one, until healthy again.
+    let mut armed = true;
+    let mut last_rollback: Option<Instant> = None;
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        let started = Instant::now();
+        let mut problems = Vec::new();
+        for p in &prepared {
+            let ctx = context("watch", p.spec, Mode::Execute, 0);
+            match rt.call(&p.plugin, &p.env, "assess", |s, b| b.rewind_plugin_rollback().call_assess(s, &ctx)) {
+                Ok(a) if a.rollback => problems.push(format!("{}: {} ({})", p.spec.name, a.scenario, a.summary)),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{}: {e}", p.spec.name)),
+            }
+            p.env.take_actions();
+        }
+        let took = started.elapsed();
+        if took > w.timeout {
+            problems.push(format!("the round took {}, over the timeout of {}", run::fmt_duration(took), humantime::format_duration(w.timeout)));
+        }
+        let healthy = problems.is_empty();
+        if healthy {
+            successes += 1;
+            failures = 0;
+            if successes >= w.success_threshold {
+                armed = true;
+            }
+        } else {
+            failures += 1;
+            successes = 0;
+        }
+        let mut action = "none";
+        if failures >= w.failure_threshold {
+            let cooling = last_rollback.is_some_and(|t| t.elapsed() < w.cooldown);
+            action = if !armed { "hold: not healthy since the last rollback" } else if cooling { "hold: cooldown" } else { "rollback" };
+        }
+        out(
+            json!({"event": "probe", "round": round, "healthy": healthy, "consecutive_failures": failures,
+                   "consecutive_successes": successes, "ms": took.as_secs_f64() * 1e3, "problems": problems, "action": action}),
+            format!(
+                "round {round:>4}  {}  failures {failures}/{}  {:>8}  {}{}",
+                if healthy { "healthy " } else { "BREACHED" },
+                w.failure_threshold,
+                run::fmt_duration(took),
+                problems.join("; "),
+                if action == "none" { String::new() } else { format!("  -> {action}") }
+            ),
+        );
+        if action == "rollback" {
+            let ropts = RunOptions {
+                mode: Mode::Execute,
+                plugin: None,
+                level: None,
+                approve_manual: opts.approve_manual,
+                plan_only: false,
+                live: !opts.json,
+            };
+            let mut hooks = StopOnSignal(stop.clone());
+            match run::execute_with(runbook, rt, &ropts, &mut hooks) {
+                Ok(r) => out(
+                    json!({"event": "rollback", "run_id": r.run_id, "outcome": r.outcome, "duration_ms": r.duration_ms}),
+                    format!("rollback {}: {} in {}", r.run_id, r.outcome.as_str(), run::fmt_duration(Duration::from_millis(r.duration_ms))),
+                ),
+                Err(e) => out(json!({"event": "rollback", "error": e.to_string()}), format!("rollback could not start: {e}")),
+            }
+            armed = false;
+            last_rollback = Some(Instant::now());
+            failures = 0;
+            successes = 0;
+        }
+        if opts.max_rounds.is_some_and(|m| round >= m) {
+            return Ok(stopped(&out, round));
+        }
+        let next = w.period.saturating_sub(started.elapsed());
+        if stop.load(Ordering::SeqCst) || !nap(next, &stop) {
+            return Ok(stopped(&out, round));
+        }
+    }
+}
+
+fn stopped(out: &dyn Fn(serde_json::Value, String), rounds: u64) -> i32 {
+    out(json!({"event": "watch-end", "rounds": rounds}), format!("stopped after {rounds} rounds"));
+    run::exit::OK
+}
