@@ -730,35 +730,69 @@ fn append_findings(line: &mut String, findings: &Value) {
 fn drill_cmd(cli: &Cli, path: &Path, opts: &crate::drill::DrillOptions) -> CliResult {
     let runbook = load_runbook(path)?;
     let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
-    let reports = crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    let reports =
+        crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&reports).expect("json"));
     } else {
         for d in &reports {
             println!();
             print!("{}", crate::drill::markdown(d));
-            println!("report: {}", crate::drill::drills_dir(&runbook.state()).join(format!("{}.md", d.id)).display());
+            println!(
+                "report: {}",
+                crate::drill::drills_dir(&runbook.state())
+                    .join(format!("{}.md", d.id))
+                    .display()
+            );
         }
     }
-    if reports.iter().all(|d| d.verdict != "fail") { Ok(exit::OK) } else { Ok(exit::FAILED) }
+    if reports.iter().all(|d| d.verdict != "fail") {
+        Ok(exit::OK)
+    } else {
+        Ok(exit::FAILED)
+    }
 }
 
 fn drills_cmd(cli: &Cli, state: &StateDir) -> CliResult {
-    let list = crate::drill::list(state).map_err(|e| (exit::FAILED, format!("cannot read the drills in {}: {e}", state.path().display())))?;
+    let list = crate::drill::list(state).map_err(|e| {
+        (
+            exit::FAILED,
+            format!("cannot read the drills in {}: {e}", state.path().display()),
+        )
+    })?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&list).expect("json"));
         return Ok(exit::OK);
     }
     if list.is_empty() {
-        println!("no drills yet in {}", crate::drill::drills_dir(state).display());
+        println!(
+            "no drills yet in {}",
+            crate::drill::drills_dir(state).display()
+        );
         return Ok(exit::OK);
     }
-    println!("{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  VERDICT  SLOWEST", "DRILL", "STARTED", "SCENARIO", "RECOVERY", "RTO", "MARGIN");
+    println!(
+        "{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  VERDICT  SLOWEST",
+        "DRILL", "STARTED", "SCENARIO", "RECOVERY", "RTO", "MARGIN"
+    );
     for d in &list {
         let f = |ms: f64| fmt_duration(Duration::from_secs_f64(ms.abs() / 1e3));
         let rto = d.rto_ms.map(|r| f(r as f64)).unwrap_or_else(|| "-".into());
-        let margin = d.margin_ms.map(|m| format!("{}{}", if m < 0.0 { "-" } else { "+" }, f(m))).unwrap_or_else(|| "-".into());
-        println!("{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  {:<7}  {}", d.id, d.started, d.scenario, f(d.recovery_ms), rto, margin, d.verdict, d.slowest_phase);
+        let margin = d
+            .margin_ms
+            .map(|m| format!("{}{}", if m < 0.0 { "-" } else { "+" }, f(m)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  {:<7}  {}",
+            d.id,
+            d.started,
+            d.scenario,
+            f(d.recovery_ms),
+            rto,
+            margin,
+            d.verdict,
+            d.slowest_phase
+        );
     }
     Ok(exit::OK)
 }

@@ -21,8 +21,8 @@ use crate::bindings::types::Mode;
 use crate::journal::Journal;
 use crate::reload::{Reload, Reloader};
 use crate::run::{
-    self, FindingReport, Outcome, PluginReport, Prepared, RunHooks, RunLock, RunOptions, StartError, context,
-    fmt_duration,
+    self, FindingReport, Outcome, PluginReport, Prepared, RunHooks, RunLock, RunOptions,
+    StartError, context, fmt_duration,
 };
 use crate::runbook::{DrillSpec, Runbook};
 use crate::runtime::Runtime;
@@ -113,7 +113,12 @@ impl ReloadHooks<'_> {
         let Some(r) = self.reloader else { return };
         for ev in r.poll() {
             match ev {
-                Reload::Ready { path, plugin, compile, changed_at } if path == p.spec.component => {
+                Reload::Ready {
+                    path,
+                    plugin,
+                    compile,
+                    changed_at,
+                } if path == p.spec.component => {
                     let swap = Instant::now();
                     let from = p.plugin.short_hash().to_string();
                     p.plugin = *plugin;
@@ -123,7 +128,9 @@ impl ReloadHooks<'_> {
                         to,
                         before_step: before.to_string(),
                         compile_ms: compile.as_secs_f64() * 1e3,
-                        live_after_ms: (swap.duration_since(changed_at) + swap.elapsed()).as_secs_f64() * 1e3,
+                        live_after_ms: (swap.duration_since(changed_at) + swap.elapsed())
+                            .as_secs_f64()
+                            * 1e3,
                     };
                     record(json!({"event": "reload", "plugin": p.spec.name, "reload": rec}));
                     if self.live {
@@ -136,9 +143,15 @@ impl ReloadHooks<'_> {
                 }
                 Reload::Ready { .. } => {}
                 Reload::Refused { sha256, error, .. } => {
-                    record(json!({"event": "reload-refused", "plugin": p.spec.name, "sha256": sha256, "error": error}));
+                    record(
+                        json!({"event": "reload-refused", "plugin": p.spec.name, "sha256": sha256, "error": error}),
+                    );
                     if self.live {
-                        eprintln!("[{}] refused the changed plugin file, keeping {}: {error}", p.spec.name, p.plugin.short_hash());
+                        eprintln!(
+                            "[{}] refused the changed plugin file, keeping {}: {error}",
+                            p.spec.name,
+                            p.plugin.short_hash()
+                        );
                     }
                     self.refused.push(RefusedReload { sha256, error });
                 }
@@ -164,38 +177,67 @@ pub fn drills_dir(state: &StateDir) -> PathBuf {
 }
 
 /// Run the selected scenarios, one after the other.
-pub fn run(runbook: &Runbook, rt: &Arc<Runtime>, opts: &DrillOptions) -> Result<Vec<DrillReport>, StartError> {
+pub fn run(
+    runbook: &Runbook,
+    rt: &Arc<Runtime>,
+    opts: &DrillOptions,
+) -> Result<Vec<DrillReport>, StartError> {
     let scenarios: Vec<&DrillSpec> = match &opts.scenario {
         Some(name) => match runbook.drills.iter().find(|d| &d.name == name) {
             Some(d) => vec![d],
             None => {
                 let known: Vec<&str> = runbook.drills.iter().map(|d| d.name.as_str()).collect();
-                return Err(StartError::NoSuchScenario { name: name.clone(), known: known.join(", ") });
+                return Err(StartError::NoSuchScenario {
+                    name: name.clone(),
+                    known: known.join(", "),
+                });
             }
         },
         None => runbook.drills.iter().collect(),
     };
     if scenarios.is_empty() {
-        return Err(StartError::NoSuchScenario { name: "(any)".into(), known: String::new() });
+        return Err(StartError::NoSuchScenario {
+            name: "(any)".into(),
+            known: String::new(),
+        });
     }
-    scenarios.into_iter().map(|d| run_one(runbook, rt, d, opts)).collect()
+    scenarios
+        .into_iter()
+        .map(|d| run_one(runbook, rt, d, opts))
+        .collect()
 }
 
-fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOptions) -> Result<DrillReport, StartError> {
+fn run_one(
+    runbook: &Runbook,
+    rt: &Arc<Runtime>,
+    d: &DrillSpec,
+    opts: &DrillOptions,
+) -> Result<DrillReport, StartError> {
     let state = runbook.state();
     let run_id = format!("{}-drill", run::new_run_id());
     let started = crate::journal::now_rfc3339();
     let lock = RunLock::acquire(&state, &run_id)?;
-    let journal = Arc::new(
-        Journal::create(&state.runs(), &run_id).map_err(|source| StartError::State { path: state.runs(), source })?,
-    );
+    let journal =
+        Arc::new(
+            Journal::create(&state.runs(), &run_id).map_err(|source| StartError::State {
+                path: state.runs(),
+                source,
+            })?,
+        );
     let record = |v: serde_json::Value| journal.record(v);
     record(json!({
         "event": "run-start", "runbook": runbook.path.display().to_string(), "name": runbook.name,
         "mode": "drill", "drill": d.name, "plugin": d.plugin, "pid": std::process::id(),
         "host_version": env!("CARGO_PKG_VERSION"),
     }));
-    let mut prepared = match run::prepare(runbook, rt, Some(&d.plugin), Mode::Drill, &run_id, Some(journal.clone())) {
+    let mut prepared = match run::prepare(
+        runbook,
+        rt,
+        Some(&d.plugin),
+        Mode::Drill,
+        &run_id,
+        Some(journal.clone()),
+    ) {
         Ok(p) => p,
         Err(e) => {
             record(json!({"event": "run-end", "outcome": "failed", "error": e.to_string()}));
@@ -203,7 +245,9 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         }
     };
     let p = &mut prepared[0];
-    record(json!({"event": "plugin-loaded", "plugin": p.spec.name, "component": p.spec.component.display().to_string(), "sha256": p.plugin.sha256, "version": p.info.version, "compiled": p.plugin.stats.compiled}));
+    record(
+        json!({"event": "plugin-loaded", "plugin": p.spec.name, "component": p.spec.component.display().to_string(), "sha256": p.plugin.sha256, "version": p.info.version, "compiled": p.plugin.stats.compiled}),
+    );
     let live = |line: String| {
         if opts.live {
             eprintln!("{line}");
@@ -214,14 +258,23 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         match Reloader::start(rt.clone(), current) {
             Ok(r) => Some(r),
             Err(e) => {
-                live(format!("[{}] cannot watch {} for reloads: {e}", p.spec.name, p.spec.component.display()));
+                live(format!(
+                    "[{}] cannot watch {} for reloads: {e}",
+                    p.spec.name,
+                    p.spec.component.display()
+                ));
                 None
             }
         }
     } else {
         None
     };
-    let mut hooks = ReloadHooks { reloader: reloader.as_ref(), reloads: Vec::new(), refused: Vec::new(), live: opts.live };
+    let mut hooks = ReloadHooks {
+        reloader: reloader.as_ref(),
+        reloads: Vec::new(),
+        refused: Vec::new(),
+        live: opts.live,
+    };
     let mut phases = Vec::new();
     let mut error = None;
     live(format!("drill {:?}: {}", d.name, d.description));
@@ -240,7 +293,11 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         match crate::imports::process::run(&p.env, command) {
             Ok(out) if out.exit_code == Some(0) => {}
             Ok(out) => {
-                error = Some(format!("injection {cmd:?} exited with {:?}: {}", out.exit_code, out.stderr.trim()));
+                error = Some(format!(
+                    "injection {cmd:?} exited with {:?}: {}",
+                    out.exit_code,
+                    out.stderr.trim()
+                ));
                 break;
             }
             Err(e) => {
@@ -250,9 +307,16 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         }
     }
     p.env.take_actions();
-    phases.push(Phase { name: "inject".into(), ms: t.elapsed().as_secs_f64() * 1e3 });
+    phases.push(Phase {
+        name: "inject".into(),
+        ms: t.elapsed().as_secs_f64() * 1e3,
+    });
     record(json!({"event": "drill-phase", "phase": "inject", "ms": phases[0].ms, "error": error}));
-    live(format!("[{}] inject: {}", p.spec.name, fmt_duration(t.elapsed())));
+    live(format!(
+        "[{}] inject: {}",
+        p.spec.name,
+        fmt_duration(t.elapsed())
+    ));
 
     // Detect: the plugin's own assessment, polled until it says roll back.
     let mut report: Option<PluginReport> = None;
@@ -265,7 +329,9 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         while t.elapsed() < d.detect_timeout {
             rounds += 1;
             let a0 = Instant::now();
-            match rt.call(&p.plugin, &p.env, "assess", |s, b| b.rewind_plugin_rollback().call_assess(s, &ctx)) {
+            match rt.call(&p.plugin, &p.env, "assess", |s, b| {
+                b.rewind_plugin_rollback().call_assess(s, &ctx)
+            }) {
                 Ok(a) if a.rollback => {
                     detected = Some((a, a0.elapsed()));
                     break;
@@ -277,12 +343,24 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
                 }
             }
             p.env.take_actions();
-            std::thread::sleep(d.detect_interval.min(d.detect_timeout.saturating_sub(t.elapsed())));
+            std::thread::sleep(
+                d.detect_interval
+                    .min(d.detect_timeout.saturating_sub(t.elapsed())),
+            );
         }
         let detect = t.elapsed();
-        phases.push(Phase { name: "detect".into(), ms: detect.as_secs_f64() * 1e3 });
-        record(json!({"event": "drill-phase", "phase": "detect", "ms": detect.as_secs_f64() * 1e3, "rounds": rounds, "detected": detected.is_some()}));
-        live(format!("[{}] detect: {} ({rounds} assessments)", p.spec.name, fmt_duration(detect)));
+        phases.push(Phase {
+            name: "detect".into(),
+            ms: detect.as_secs_f64() * 1e3,
+        });
+        record(
+            json!({"event": "drill-phase", "phase": "detect", "ms": detect.as_secs_f64() * 1e3, "rounds": rounds, "detected": detected.is_some()}),
+        );
+        live(format!(
+            "[{}] detect: {} ({rounds} assessments)",
+            p.spec.name,
+            fmt_duration(detect)
+        ));
         match detected {
             None if error.is_none() => {
                 error = Some(format!(
@@ -302,14 +380,35 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
                     live: opts.live,
                 };
                 let r = run::run_plugin(rt, p, &run_id, &ropts, &record, &mut hooks, Some(a));
-                let act: u64 = r.levels.iter().flat_map(|l| &l.steps).map(|s| s.duration_ms).sum();
-                let verify: u64 = r.levels.iter().filter_map(|l| l.verification.as_ref()).map(|v| v.duration_ms).sum();
+                let act: u64 = r
+                    .levels
+                    .iter()
+                    .flat_map(|l| &l.steps)
+                    .map(|s| s.duration_ms)
+                    .sum();
+                let verify: u64 = r
+                    .levels
+                    .iter()
+                    .filter_map(|l| l.verification.as_ref())
+                    .map(|v| v.duration_ms)
+                    .sum();
                 let decide = r.duration_ms.saturating_sub(act + verify);
-                phases.push(Phase { name: "decide".into(), ms: decide as f64 });
-                phases.push(Phase { name: "act".into(), ms: act as f64 });
-                phases.push(Phase { name: "verify".into(), ms: verify as f64 });
+                phases.push(Phase {
+                    name: "decide".into(),
+                    ms: decide as f64,
+                });
+                phases.push(Phase {
+                    name: "act".into(),
+                    ms: act as f64,
+                });
+                phases.push(Phase {
+                    name: "verify".into(),
+                    ms: verify as f64,
+                });
                 if r.outcome != Outcome::RolledBack {
-                    error = error.or_else(|| r.error.clone()).or(Some(format!("the rollback ended {}", r.outcome.as_str())));
+                    error = error
+                        .or_else(|| r.error.clone())
+                        .or(Some(format!("the rollback ended {}", r.outcome.as_str())));
                 }
                 report = Some(r);
             }
@@ -325,7 +424,11 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
     }
 
     let recovered = error.is_none();
-    let recovery_ms: f64 = phases.iter().filter(|ph| ph.name != "inject").map(|ph| ph.ms).sum();
+    let recovery_ms: f64 = phases
+        .iter()
+        .filter(|ph| ph.name != "inject")
+        .map(|ph| ph.ms)
+        .sum();
     let rto_ms = d.rto.map(|r| r.as_millis() as u64);
     let margin_ms = rto_ms.map(|r| r as f64 - recovery_ms);
     let verdict = match (recovered, margin_ms) {
@@ -347,12 +450,16 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         .map(|(level, s)| StepTiming {
             level,
             step: s.id.clone(),
-            status: serde_json::to_value(&s.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            status: serde_json::to_value(&s.status)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             ms: s.duration_ms,
             plugin_version: s.plugin_version.clone(),
         })
         .collect();
-    let mut plugin_versions: Vec<String> = vec![prepared_short(&prepared[0].plugin.sha256, &hooks.reloads)];
+    let mut plugin_versions: Vec<String> =
+        vec![prepared_short(&prepared[0].plugin.sha256, &hooks.reloads)];
     for r in &hooks.reloads {
         plugin_versions.push(r.to.clone());
     }
@@ -382,7 +489,10 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
         "event": "run-end", "outcome": if recovered { "rolled-back" } else { "failed" },
         "duration_ms": recovery_ms, "drill": {"verdict": drill.verdict, "recovery_ms": recovery_ms, "rto_ms": rto_ms},
     }));
-    write_reports(&state, &drill).map_err(|source| StartError::State { path: drills_dir(&state), source })?;
+    write_reports(&state, &drill).map_err(|source| StartError::State {
+        path: drills_dir(&state),
+        source,
+    })?;
     drop(lock);
     Ok(drill)
 }
@@ -390,13 +500,19 @@ fn run_one(runbook: &Runbook, rt: &Arc<Runtime>, d: &DrillSpec, opts: &DrillOpti
 /// The version that started the drill: the first reload's `from`, or the
 /// one still loaded.
 fn prepared_short(sha: &str, reloads: &[ReloadRecord]) -> String {
-    reloads.first().map(|r| r.from.clone()).unwrap_or_else(|| sha[..12].to_string())
+    reloads
+        .first()
+        .map(|r| r.from.clone())
+        .unwrap_or_else(|| sha[..12].to_string())
 }
 
 fn write_reports(state: &StateDir, d: &DrillReport) -> std::io::Result<()> {
     let dir = drills_dir(state);
     std::fs::create_dir_all(&dir)?;
-    atomic_write(&dir.join(format!("{}.json", d.id)), &serde_json::to_vec_pretty(d).expect("json"))?;
+    atomic_write(
+        &dir.join(format!("{}.json", d.id)),
+        &serde_json::to_vec_pretty(d).expect("json"),
+    )?;
     atomic_write(&dir.join(format!("{}.md", d.id)), markdown(d).as_bytes())
 }
 
@@ -415,16 +531,39 @@ fn ms_text(ms: f64) -> String {
 /// The drill report as Markdown.
 pub fn markdown(d: &DrillReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Drill `{}` of {}: {}\n", d.scenario, d.runbook, d.verdict.to_uppercase());
+    let _ = writeln!(
+        s,
+        "# Drill `{}` of {}: {}\n",
+        d.scenario,
+        d.runbook,
+        d.verdict.to_uppercase()
+    );
     if !d.description.is_empty() {
         let _ = writeln!(s, "{}\n", d.description);
     }
     let _ = writeln!(s, "- drill id: `{}`, started {}", d.id, d.started);
-    let _ = writeln!(s, "- plugin: `{}`, versions {}", d.plugin, d.plugin_versions.join(" -> "));
-    let rto = d.rto_ms.map(|r| ms_text(r as f64)).unwrap_or_else(|| "none".into());
-    let _ = writeln!(s, "- recovery time (detect to verified): **{}** against an RTO of {rto}", ms_text(d.recovery_ms));
+    let _ = writeln!(
+        s,
+        "- plugin: `{}`, versions {}",
+        d.plugin,
+        d.plugin_versions.join(" -> ")
+    );
+    let rto = d
+        .rto_ms
+        .map(|r| ms_text(r as f64))
+        .unwrap_or_else(|| "none".into());
+    let _ = writeln!(
+        s,
+        "- recovery time (detect to verified): **{}** against an RTO of {rto}",
+        ms_text(d.recovery_ms)
+    );
     if let Some(m) = d.margin_ms {
-        let _ = writeln!(s, "- margin: {}{}", if m < 0.0 { "over by " } else { "" }, ms_text(m.abs()));
+        let _ = writeln!(
+            s,
+            "- margin: {}{}",
+            if m < 0.0 { "over by " } else { "" },
+            ms_text(m.abs())
+        );
     }
     let _ = writeln!(s, "- slowest phase: {}", d.slowest_phase);
     if let Some(e) = &d.error {
@@ -434,9 +573,20 @@ pub fn markdown(d: &DrillReport) -> String {
     for ph in &d.phases {
         let _ = writeln!(s, "| {} | {} |", ph.name, ms_text(ph.ms));
     }
-    let _ = writeln!(s, "\n## Steps\n\n| level | step | status | time | plugin version |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## Steps\n\n| level | step | status | time | plugin version |\n|---|---|---|---|---|"
+    );
     for st in &d.steps {
-        let _ = writeln!(s, "| {} | {} | {} | {} | `{}` |", st.level, st.step, st.status, ms_text(st.ms as f64), st.plugin_version);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | `{}` |",
+            st.level,
+            st.step,
+            st.status,
+            ms_text(st.ms as f64),
+            st.plugin_version
+        );
     }
     if !d.findings.is_empty() {
         let _ = writeln!(s, "\n## What detection saw\n");

@@ -57,16 +57,20 @@ impl Reloader {
         let (raw_tx, raw_rx) = mpsc::channel::<PathBuf>();
         let files: Vec<PathBuf> = current.keys().cloned().collect();
         let wanted = files.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                for p in ev.paths {
-                    if wanted.iter().any(|w| same_file(w, &p)) {
-                        let _ = raw_tx.send(p);
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    for p in ev.paths {
+                        if wanted.iter().any(|w| same_file(w, &p)) {
+                            let _ = raw_tx.send(p);
+                        }
                     }
                 }
-            }
-        })?;
-        let mut dirs: Vec<PathBuf> = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+            })?;
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
         dirs.sort();
         dirs.dedup();
         for d in &dirs {
@@ -77,7 +81,10 @@ impl Reloader {
             .name("rewind-reload".into())
             .spawn(move || debounce_and_load(rt, files, current, raw_rx, tx))
             .map_err(|e| notify::Error::generic(&e.to_string()))?;
-        Ok(Self { rx, _watcher: watcher })
+        Ok(Self {
+            rx,
+            _watcher: watcher,
+        })
     }
 
     /// Reloads finished since the last call, oldest first. Never blocks.
@@ -87,7 +94,10 @@ impl Reloader {
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    a == b || (a.file_name() == b.file_name() && a.parent().and_then(|p| p.canonicalize().ok()) == b.parent().and_then(|p| p.canonicalize().ok()))
+    a == b
+        || (a.file_name() == b.file_name()
+            && a.parent().and_then(|p| p.canonicalize().ok())
+                == b.parent().and_then(|p| p.canonicalize().ok()))
 }
 
 fn debounce_and_load(
@@ -102,18 +112,28 @@ fn debounce_and_load(
     loop {
         match raw.recv_timeout(Duration::from_millis(50)) {
             Ok(p) => {
-                let Some(file) = files.iter().find(|f| same_file(f, &p)).cloned() else { continue };
+                let Some(file) = files.iter().find(|f| same_file(f, &p)).cloned() else {
+                    continue;
+                };
                 let now = Instant::now();
-                pending.entry(file).and_modify(|e| e.1 = now).or_insert((now, now));
+                pending
+                    .entry(file)
+                    .and_modify(|e| e.1 = now)
+                    .or_insert((now, now));
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let quiet: Vec<PathBuf> =
-            pending.iter().filter(|(_, (_, last))| last.elapsed() >= DEBOUNCE).map(|(f, _)| f.clone()).collect();
+        let quiet: Vec<PathBuf> = pending
+            .iter()
+            .filter(|(_, (_, last))| last.elapsed() >= DEBOUNCE)
+            .map(|(f, _)| f.clone())
+            .collect();
         for file in quiet {
             let (first, _) = pending.remove(&file).expect("pending");
-            let Ok(bytes) = std::fs::read(&file) else { continue };
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
             let sha = hex::encode(Sha256::digest(&bytes));
             if current.get(&file) == Some(&sha) {
                 continue;
@@ -122,13 +142,22 @@ fn debounce_and_load(
             let msg = match rt.load(&file) {
                 Ok(plugin) if plugin.sha256 == sha => {
                     current.insert(file.clone(), sha);
-                    Reload::Ready { path: file, plugin: Box::new(plugin), compile: start.elapsed(), changed_at: first }
+                    Reload::Ready {
+                        path: file,
+                        plugin: Box::new(plugin),
+                        compile: start.elapsed(),
+                        changed_at: first,
+                    }
                 }
                 // Changed again while compiling: the next event reloads it.
                 Ok(_) => continue,
                 Err(e) => {
                     current.insert(file.clone(), sha.clone());
-                    Reload::Refused { path: file, sha256: sha, error: e.to_string() }
+                    Reload::Refused {
+                        path: file,
+                        sha256: sha,
+                        error: e.to_string(),
+                    }
                 }
             };
             if tx.send(msg).is_err() {

@@ -213,7 +213,9 @@ pub enum StartError {
     Describe { plugin: String, message: String },
     #[error("no plugin named {0:?} in the runbook")]
     NoSuchPlugin(String),
-    #[error("no drill scenario {name:?} in the runbook (it has: {known}); add a [[drill]] with that name")]
+    #[error(
+        "no drill scenario {name:?} in the runbook (it has: {known}); add a [[drill]] with that name"
+    )]
     NoSuchScenario { name: String, known: String },
     #[error(transparent)]
     Runbook(#[from] crate::runbook::RunbookError),
@@ -703,8 +705,13 @@ pub(crate) fn run_plugin(
                 continue;
             }
             if let Err(reason) = hooks.before_step(p, s, record) {
-                record(json!({"event": "step-skipped", "plugin": name, "step": s.id, "reason": reason}));
-                live(opts, format!("[{name}] stopping before step {}: {reason}", s.id));
+                record(
+                    json!({"event": "step-skipped", "plugin": name, "step": s.id, "reason": reason}),
+                );
+                live(
+                    opts,
+                    format!("[{name}] stopping before step {}: {reason}", s.id),
+                );
                 aborted = Some(format!("stopped before step {}: {reason}", s.id));
                 failed = aborted.clone();
                 lr.steps.push(step_report(
@@ -773,7 +780,9 @@ pub(crate) fn run_plugin(
 
         if let Some(reason) = aborted {
             report.levels.push(lr);
-            record(json!({"event": "plugin-end", "plugin": name, "outcome": "aborted", "error": reason}));
+            record(
+                json!({"event": "plugin-end", "plugin": name, "outcome": "aborted", "error": reason}),
+            );
             report.error = Some(reason);
             report.outcome = Outcome::Aborted;
             report.duration_ms = ms(started.elapsed());

@@ -330,7 +330,11 @@ impl Runbook {
                             path,
                             &text,
                             p.span().start,
-                            format!("drill {:?} names plugin {:?}, which the runbook does not have", d.name, p.get_ref()),
+                            format!(
+                                "drill {:?} names plugin {:?}, which the runbook does not have",
+                                d.name,
+                                p.get_ref()
+                            ),
                         ));
                     }
                     p.into_inner()
@@ -338,10 +342,23 @@ impl Runbook {
                 None => plugins[0].name.clone(),
             };
             if drills.iter().any(|q| q.name == d.name) {
-                return Err(error_at(path, &text, span.start, format!("drill name {:?} is used twice", d.name)));
+                return Err(error_at(
+                    path,
+                    &text,
+                    span.start,
+                    format!("drill name {:?} is used twice", d.name),
+                ));
             }
             if let Some(bad) = d.inject.iter().find(|c| c.is_empty() || c[0].is_empty()) {
-                return Err(error_at(path, &text, span.start, format!("drill {:?}: an inject command is empty ({bad:?}); write [\"program\", \"arg\", ...]", d.name)));
+                return Err(error_at(
+                    path,
+                    &text,
+                    span.start,
+                    format!(
+                        "drill {:?}: an inject command is empty ({bad:?}); write [\"program\", \"arg\", ...]",
+                        d.name
+                    ),
+                ));
             }
             drills.push(DrillSpec {
                 name: d.name,

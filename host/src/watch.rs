@@ -40,7 +40,10 @@ impl RunHooks for StopOnSignal {
         _record: &dyn Fn(serde_json::Value),
     ) -> Result<(), String> {
         if self.0.load(Ordering::SeqCst) {
-            Err("rewind watch received SIGINT or SIGTERM; the steps before this one completed".into())
+            Err(
+                "rewind watch received SIGINT or SIGTERM; the steps before this one completed"
+                    .into(),
+            )
         } else {
             Ok(())
         }
@@ -63,15 +66,21 @@ fn nap(d: Duration, stop: &AtomicBool) -> bool {
 pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|source| StartError::State { path: runbook.state_dir.clone(), source })?;
+        signal_hook::flag::register(sig, stop.clone()).map_err(|source| StartError::State {
+            path: runbook.state_dir.clone(),
+            source,
+        })?;
     }
     let w = &runbook.watch;
     // Validate everything up front, as a run does; assessments need no lock.
     let prepared = run::prepare(runbook, rt, None, Mode::Execute, "watch", None)?;
     let out = |v: serde_json::Value, text: String| {
         let mut o = std::io::stdout().lock();
-        let _ = if opts.json { writeln!(o, "{v}") } else { writeln!(o, "{text}") };
+        let _ = if opts.json {
+            writeln!(o, "{v}")
+        } else {
+            writeln!(o, "{text}")
+        };
         let _ = o.flush();
     };
     out(
@@ -103,8 +112,12 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
         let mut problems = Vec::new();
         for p in &prepared {
             let ctx = context("watch", p.spec, Mode::Execute, 0);
-            match rt.call(&p.plugin, &p.env, "assess", |s, b| b.rewind_plugin_rollback().call_assess(s, &ctx)) {
-                Ok(a) if a.rollback => problems.push(format!("{}: {} ({})", p.spec.name, a.scenario, a.summary)),
+            match rt.call(&p.plugin, &p.env, "assess", |s, b| {
+                b.rewind_plugin_rollback().call_assess(s, &ctx)
+            }) {
+                Ok(a) if a.rollback => {
+                    problems.push(format!("{}: {} ({})", p.spec.name, a.scenario, a.summary))
+                }
                 Ok(_) => {}
                 Err(e) => problems.push(format!("{}: {e}", p.spec.name)),
             }
@@ -112,7 +125,11 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
         }
         let took = started.elapsed();
         if took > w.timeout {
-            problems.push(format!("the round took {}, over the timeout of {}", run::fmt_duration(took), humantime::format_duration(w.timeout)));
+            problems.push(format!(
+                "the round took {}, over the timeout of {}",
+                run::fmt_duration(took),
+                humantime::format_duration(w.timeout)
+            ));
         }
         let healthy = problems.is_empty();
         if healthy {
@@ -128,7 +145,13 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
         let mut action = "none";
         if failures >= w.failure_threshold {
             let cooling = last_rollback.is_some_and(|t| t.elapsed() < w.cooldown);
-            action = if !armed { "hold: not healthy since the last rollback" } else if cooling { "hold: cooldown" } else { "rollback" };
+            action = if !armed {
+                "hold: not healthy since the last rollback"
+            } else if cooling {
+                "hold: cooldown"
+            } else {
+                "rollback"
+            };
         }
         out(
             json!({"event": "probe", "round": round, "healthy": healthy, "consecutive_failures": failures,
@@ -139,7 +162,11 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
                 w.failure_threshold,
                 run::fmt_duration(took),
                 problems.join("; "),
-                if action == "none" { String::new() } else { format!("  -> {action}") }
+                if action == "none" {
+                    String::new()
+                } else {
+                    format!("  -> {action}")
+                }
             ),
         );
         if action == "rollback" {
@@ -155,9 +182,17 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
             match run::execute_with(runbook, rt, &ropts, &mut hooks) {
                 Ok(r) => out(
                     json!({"event": "rollback", "run_id": r.run_id, "outcome": r.outcome, "duration_ms": r.duration_ms}),
-                    format!("rollback {}: {} in {}", r.run_id, r.outcome.as_str(), run::fmt_duration(Duration::from_millis(r.duration_ms))),
+                    format!(
+                        "rollback {}: {} in {}",
+                        r.run_id,
+                        r.outcome.as_str(),
+                        run::fmt_duration(Duration::from_millis(r.duration_ms))
+                    ),
                 ),
-                Err(e) => out(json!({"event": "rollback", "error": e.to_string()}), format!("rollback could not start: {e}")),
+                Err(e) => out(
+                    json!({"event": "rollback", "error": e.to_string()}),
+                    format!("rollback could not start: {e}"),
+                ),
             }
             armed = false;
             last_rollback = Some(Instant::now());
@@ -175,6 +210,9 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
 }
 
 fn stopped(out: &dyn Fn(serde_json::Value, String), rounds: u64) -> i32 {
-    out(json!({"event": "watch-end", "rounds": rounds}), format!("stopped after {rounds} rounds"));
+    out(
+        json!({"event": "watch-end", "rounds": rounds}),
+        format!("stopped after {rounds} rounds"),
+    );
     run::exit::OK
 }

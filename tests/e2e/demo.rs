@@ -194,3 +194,66 @@ fn the_demo_rolls_a_broken_release_back_and_a_dry_run_changes_nothing() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("step revert") && t.contains("step wait"), "{t}");
 }
+
+#[test]
+fn the_demo_drill_meets_its_rto_and_watch_rolls_back_by_itself() {
+    let site = DemoSite::new();
+    // Drill: inject the bad deploy, time the recovery against the 1m RTO.
+    let out = site.rewind(&["drill", "--json"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &d[0];
+    assert_eq!(d["scenario"], "bad-deploy");
+    assert_eq!(d["verdict"], "pass", "{d}");
+    assert_eq!(d["rto_ms"], 60_000);
+    assert!(d["findings"].to_string().contains("observed"), "{d}");
+    assert_eq!(
+        site.get("/version").map(|(_, b)| b.trim().to_string()),
+        Some("1.0.0".into())
+    );
+    let out = site.rewind(&["drills"]);
+    assert!(
+        text(&out).contains("bad-deploy") && text(&out).contains("pass"),
+        "{}",
+        text(&out)
+    );
+
+    // Watch: after the next bad deploy, it rolls back after exactly 3
+    // failed rounds, by itself.
+    site.service(&[
+        "deploy",
+        "--port",
+        &site.port.to_string(),
+        "--version",
+        "1.1.0",
+    ]);
+    assert!(wait_until(Duration::from_secs(10), || site
+        .get("/healthz")
+        .is_some_and(|(s, _)| s == 500)));
+    let runbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/rewind.toml");
+    let out = Command::new(REWIND)
+        .args(["watch", "--json", "--max-rounds", "5"])
+        .arg(&runbook)
+        .env("REWIND_DEMO_ROOT", site.root())
+        .env("REWIND_DEMO_PORT", site.port.to_string())
+        .env("REWIND_DEMO_WATCH_PERIOD", "100ms")
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let probes: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "probe").collect();
+    assert_eq!(probes[1]["action"], "none");
+    assert_eq!(probes[2]["action"], "rollback", "{lines:?}");
+    let rollback = lines.iter().find(|l| l["event"] == "rollback").unwrap();
+    assert_eq!(rollback["outcome"], "rolled-back", "{rollback}");
+    assert_eq!(probes[3]["healthy"], true, "{lines:?}");
+    assert_eq!(
+        site.get("/version").map(|(_, b)| b.trim().to_string()),
+        Some("1.0.0".into())
+    );
+}

@@ -6,7 +6,9 @@ mod util;
 
 mod bad_input;
 mod demo;
+mod drills;
 mod imports;
 mod limits;
 mod runs;
 mod sandbox;
+mod watch;

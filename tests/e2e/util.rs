@@ -12,7 +12,7 @@ use serde_json::Value;
 
 #[allow(unused_imports)]
 pub use rewind_test_artifacts::{
-    ABATHUR, AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FUTURE, QUEUE_APP,
+    ABATHUR, AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FIXTURE_V2, FUTURE, QUEUE_APP,
 };
 
 pub const REWIND: &str = env!("CARGO_BIN_EXE_rewind");
@@ -193,6 +193,8 @@ pub struct Server {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<(String, String, String)>>>,
     pub routes: Arc<Mutex<Vec<(String, Reply)>>>,
+    /// Statuses answered in turn on a path; the last one repeats.
+    scripts: Arc<Mutex<Vec<(String, std::collections::VecDeque<u16>)>>>,
     server: Arc<tiny_http::Server>,
 }
 
@@ -202,8 +204,15 @@ impl Server {
         let port = server.server_addr().to_ip().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let routes: Arc<Mutex<Vec<(String, Reply)>>> = Arc::new(Mutex::new(Vec::new()));
+        let scripts: Arc<Mutex<Vec<(String, std::collections::VecDeque<u16>)>>> =
+            Arc::new(Mutex::new(Vec::new()));
         for _ in 0..4 {
-            let (server, requests, routes) = (server.clone(), requests.clone(), routes.clone());
+            let (server, requests, routes, scripts) = (
+                server.clone(),
+                requests.clone(),
+                routes.clone(),
+                scripts.clone(),
+            );
             std::thread::spawn(move || {
                 for mut req in server.incoming_requests() {
                     let mut body = String::new();
@@ -213,6 +222,18 @@ impl Server {
                         .lock()
                         .unwrap()
                         .push((req.method().to_string(), path.clone(), body));
+                    let scripted = scripts
+                        .lock()
+                        .unwrap()
+                        .iter_mut()
+                        .find(|(p, _)| *p == path)
+                        .and_then(|(_, q)| {
+                            if q.len() > 1 {
+                                q.pop_front()
+                            } else {
+                                q.front().copied()
+                            }
+                        });
                     let reply = routes
                         .lock()
                         .unwrap()
@@ -220,6 +241,7 @@ impl Server {
                         .find(|(p, _)| path.starts_with(p.as_str()))
                         .map(|(_, r)| r.clone())
                         .unwrap_or(Reply::status(404));
+                    let reply = scripted.map(Reply::status).unwrap_or(reply);
                     std::thread::sleep(reply.delay);
                     let _ = req.respond(
                         tiny_http::Response::from_string(reply.body).with_status_code(reply.status),
@@ -231,6 +253,7 @@ impl Server {
             port,
             requests,
             routes,
+            scripts,
             server,
         }
     }
@@ -239,6 +262,14 @@ impl Server {
         let mut r = self.routes.lock().unwrap();
         r.retain(|(p, _)| p != path);
         r.insert(0, (path.to_string(), reply));
+    }
+
+    /// Answer these statuses on `path`, one per request; the last repeats.
+    pub fn script(&self, path: &str, statuses: &[u16]) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .push((path.to_string(), statuses.iter().copied().collect()));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -270,6 +301,29 @@ impl Proc {
     }
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Wait for it to exit, collecting its piped output.
+    pub fn output(&mut self) -> Output {
+        let err = self.0.stderr.take();
+        let reader = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut e) = err {
+                let _ = std::io::Read::read_to_end(&mut e, &mut b);
+            }
+            b
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = std::io::Read::read_to_end(&mut o, &mut stdout);
+        }
+        let stderr = reader.join().unwrap();
+        let status = self.0.wait().unwrap();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
     }
 }
 
