@@ -705,6 +705,23 @@ pub fn describe_event(e: &Value) -> String {
                 format!("[{plugin}] {}: {err}", s("outcome"))
             }
         }
+        "drill-phase" => format!(
+            "drill phase {}: {:.1} ms{}",
+            s("phase"),
+            e["ms"].as_f64().unwrap_or_default(),
+            e["error"].as_str().map(|x| format!(" ({x})")).unwrap_or_default()
+        ),
+        "reload" => {
+            let r = &e["reload"];
+            format!(
+                "[{plugin}] reloaded {} -> {} before step {} (compiled in {:.1} ms)",
+                r["from"].as_str().unwrap_or_default(),
+                r["to"].as_str().unwrap_or_default(),
+                r["before_step"].as_str().unwrap_or_default(),
+                r["compile_ms"].as_f64().unwrap_or_default()
+            )
+        }
+        "reload-refused" => format!("[{plugin}] refused a changed plugin file: {}", s("error")),
         "plugin-skipped" => format!("[{plugin}] skipped: {}", s("reason")),
         "run-end" => {
             let err = s("error");

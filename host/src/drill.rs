@@ -70,6 +70,10 @@ pub struct StepTiming {
     pub ms: u64,
     /// Short content hash of the plugin build that ran it.
     pub plugin_version: String,
+    /// What the step did (side effects, as the journal has them): in a
+    /// drill these show anything the plugin does differently.
+    #[serde(default)]
+    pub actions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -456,6 +460,7 @@ fn run_one(
                 .unwrap_or_default(),
             ms: s.duration_ms,
             plugin_version: s.plugin_version.clone(),
+            actions: s.actions.iter().map(|a| a.what.clone()).collect(),
         })
         .collect();
     let mut plugin_versions: Vec<String> =
@@ -575,17 +580,18 @@ pub fn markdown(d: &DrillReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Steps\n\n| level | step | status | time | plugin version |\n|---|---|---|---|---|"
+        "\n## Steps\n\n| level | step | status | time | plugin version | actions |\n|---|---|---|---|---|---|"
     );
     for st in &d.steps {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | `{}` |",
+            "| {} | {} | {} | {} | `{}` | {} |",
             st.level,
             st.step,
             st.status,
             ms_text(st.ms as f64),
-            st.plugin_version
+            st.plugin_version,
+            st.actions.join("; ").replace('|', "\\|")
         );
     }
     if !d.findings.is_empty() {
