@@ -301,7 +301,10 @@ impl Sandbox {
         if !ok {
             return Err(self.deny(Capability::Exec, program, program).into());
         }
-        resolved.ok_or_else(|| {
+        // Run the program by the path it was found at, not the canonical
+        // one: multi-call binaries (Debian's pg_wrapper behind psql and
+        // pg_dump, busybox) choose what to be from the name they are run by.
+        locate_program(&self.base_dir, program).filter(|_| resolved.is_some()).ok_or_else(|| {
             CheckError::Invalid(format!("program {program:?} was not found (PATH or path)"))
         })
     }
@@ -515,14 +518,20 @@ fn parse_host_port(s: &str) -> Option<(String, Option<u16>)> {
     Some((h.to_string(), Some(p.parse().ok()?)))
 }
 
-fn resolve_program(base: &Path, program: &str) -> Option<PathBuf> {
+/// Where a program is: the path as given (relative to the runbook), or the
+/// first match in PATH.
+fn locate_program(base: &Path, program: &str) -> Option<PathBuf> {
     if program.contains('/') {
-        std::fs::canonicalize(base.join(program)).ok()
+        let p = base.join(program);
+        p.is_file().then_some(p)
     } else {
-        which::which(program)
-            .ok()
-            .and_then(|p| std::fs::canonicalize(p).ok())
+        which::which(program).ok()
     }
+}
+
+/// The file a program resolves to, symlinks followed: what grants compare.
+fn resolve_program(base: &Path, program: &str) -> Option<PathBuf> {
+    locate_program(base, program).and_then(|p| std::fs::canonicalize(p).ok())
 }
 
 /// Canonicalize a path that may not exist yet: the longest existing prefix
@@ -688,6 +697,17 @@ mod tests {
         assert!(s.check_read("granted/missing/../../secret").is_err());
         // Writing the link itself (replacing it) is allowed; following it is not.
         assert!(s.check_write("granted/link").is_ok());
+    }
+
+    #[test]
+    fn programs_run_by_the_name_they_were_found_at() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("multi"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("multi"), dir.path().join("psql")).unwrap();
+        // Granted through the file the link resolves to, run by the link.
+        let s = sandbox(GrantsSpec { exec: vec!["./multi".into()], ..Default::default() }, dir.path());
+        assert_eq!(s.check_exec("./psql").unwrap(), dir.path().join("./psql"));
+        assert!(s.check_exec("./missing").is_err());
     }
 
     #[test]

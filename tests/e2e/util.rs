@@ -187,6 +187,9 @@ impl Reply {
     }
 }
 
+/// Per path, the statuses still to answer.
+type Scripts = Vec<(String, std::collections::VecDeque<u16>)>;
+
 /// A loopback HTTP server whose answers the test scripts per path, which
 /// remembers the requests it got.
 pub struct Server {
@@ -194,7 +197,7 @@ pub struct Server {
     pub requests: Arc<Mutex<Vec<(String, String, String)>>>,
     pub routes: Arc<Mutex<Vec<(String, Reply)>>>,
     /// Statuses answered in turn on a path; the last one repeats.
-    scripts: Arc<Mutex<Vec<(String, std::collections::VecDeque<u16>)>>>,
+    scripts: Arc<Mutex<Scripts>>,
     server: Arc<tiny_http::Server>,
 }
 
@@ -204,8 +207,7 @@ impl Server {
         let port = server.server_addr().to_ip().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let routes: Arc<Mutex<Vec<(String, Reply)>>> = Arc::new(Mutex::new(Vec::new()));
-        let scripts: Arc<Mutex<Vec<(String, std::collections::VecDeque<u16>)>>> =
-            Arc::new(Mutex::new(Vec::new()));
+        let scripts: Arc<Mutex<Scripts>> = Arc::new(Mutex::new(Vec::new()));
         for _ in 0..4 {
             let (server, requests, routes, scripts) = (
                 server.clone(),

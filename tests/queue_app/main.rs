@@ -1,5 +1,1021 @@
 //! End-to-end tests of the queue-app plugin against a local stand-in.
+//!
+//! Each test builds the app in its own temporary directory: a git
+//! repository (`app.json`, the queue code under `backend/src/queues/`, a
+//! down migration) with release 1.0.0 committed, its own Redis
+//! (tests/support/redis.rs) and PostgreSQL (tests/support/postgres.rs)
+//! servers on free loopback ports, and `examples/queue-app/standin/app.py`
+//! (the API with the runbook's endpoints and Bull-like queues in memory,
+//! started through `standin/ctl.py`, which stands in for npm and pm2). It
+//! breaks it the way the runbook's triggers describe and runs the real
+//! `rewind` binary on `examples/queue-app/rewind.toml` pointed at it.
 
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
+
+#[path = "../support/postgres.rs"]
+mod postgres;
+#[path = "../support/redis.rs"]
+mod redis;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use util::*;
+
+const QUEUES: [&str; 2] = ["ai-analysis", "document-processing"];
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/queue-app")
+}
+
+fn ctl_path() -> PathBuf {
+    example_dir().join("standin/ctl.py")
+}
+
+fn app_json(version: &str, deps: &str, extra: Value) -> String {
+    let mut v = json!({
+        "version": version,
+        "deps": deps,
+        "healthy": true,
+        "error_percent": 0,
+        "delay_ms": 0,
+        "features": {"export": "ok", "search": "ok"},
+    });
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+fn worker_json(version: &str, fail_percent: u32) -> String {
+    serde_json::to_string_pretty(&json!({"version": version, "fail_percent": fail_percent}))
+        .unwrap()
+}
+
+const SCHEMA_V1: &str = "
+CREATE TABLE projects (id serial PRIMARY KEY, name text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE scenes (id serial PRIMARY KEY, project_id integer NOT NULL, title text NOT NULL);
+INSERT INTO projects (name) SELECT 'project ' || g FROM generate_series(1, 12) g;
+INSERT INTO scenes (project_id, title) SELECT 1 + (g % 12), 'scene ' || g FROM generate_series(1, 40) g;
+";
+
+const MIGRATION_UP_0002: &str = "
+ALTER TABLE projects ADD COLUMN new_column text;
+CREATE INDEX idx_new_index ON projects (new_column);
+UPDATE projects SET new_column = 'x' || id;
+";
+
+const MIGRATION_DOWN_0002: &str = "-- Reverse the changes from migration 0002
+DROP INDEX IF EXISTS idx_new_index;
+ALTER TABLE projects DROP COLUMN IF EXISTS new_column;
+";
+
+/// The stand-in: app repo, servers, app process; everything it started is
+/// stopped by pid when dropped.
+struct Stand {
+    base: tempfile::TempDir,
+    port: u16,
+    redis: redis::RedisServer,
+    pg: postgres::PgServer,
+    env: Vec<(String, String)>,
+    v1: String,
+}
+
+impl Stand {
+    /// Release 1.0.0, healthy; queues each with `active` running jobs and
+    /// a backlog of `waiting`, a worker tick of `tick_ms`.
+    fn new(active: u32, waiting: u32, tick_ms: u32) -> Self {
+        let base = tempfile::Builder::new()
+            .prefix("rewind-queue-app-")
+            .tempdir()
+            .unwrap();
+        let redis = redis::RedisServer::start();
+        let pg = postgres::PgServer::start();
+        pg.create_db("app");
+        pg.psql_in("app", SCHEMA_V1);
+        let mut s = Self {
+            port: free_port(),
+            base,
+            redis,
+            pg,
+            env: Vec::new(),
+            v1: String::new(),
+        };
+        for d in ["app/run", "logs", "backups"] {
+            std::fs::create_dir_all(s.base.path().join(d)).unwrap();
+        }
+        s.git(&["init", "-q", "-b", "main"]);
+        s.write(".gitignore", "run/\ndist/\nnode_modules/\n");
+        s.write("app.json", &app_json("1.0.0", "1", json!({})));
+        s.write("backend/src/queues/worker.json", &worker_json("1.0.0", 0));
+        s.write("backend/src/server.txt", "server 1.0.0\n");
+        s.write("migrations/down_0002_rollback.sql", MIGRATION_DOWN_0002);
+        s.commit("release 1.0.0");
+        s.git(&["tag", "v1.0.0"]);
+        s.v1 = s.head();
+        let initial: serde_json::Map<String, Value> = QUEUES
+            .iter()
+            .map(|q| (q.to_string(), json!({"active": active, "waiting": waiting})))
+            .collect();
+        let settings = json!({
+            "port": s.port,
+            "queues": QUEUES,
+            "initial": initial,
+            "tick_ms": tick_ms,
+            "app_log": s.base.path().join("logs/app.log"),
+            "calls_log": s.base.path().join("logs/calls.log"),
+            "redis_port": s.redis.port,
+        });
+        std::fs::write(
+            s.app().join("run/standin.json"),
+            serde_json::to_string_pretty(&settings).unwrap(),
+        )
+        .unwrap();
+        for c in ["install", "build", "start"] {
+            s.ctl(c);
+        }
+        assert!(wait_until(Duration::from_secs(10), || s.status("/health") == Some(200)));
+        s
+    }
+
+    fn base(&self) -> &Path {
+        self.base.path()
+    }
+    fn app(&self) -> PathBuf {
+        self.base().join("app")
+    }
+    fn write(&self, rel: &str, text: &str) {
+        let p = self.app().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.app().join(rel)).unwrap_or_default()
+    }
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(self.app())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+    fn commit(&self, msg: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", msg]);
+    }
+    fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+    fn ctl(&self, cmd: &str) {
+        let out = Command::new(ctl_path())
+            .args(["--dir"])
+            .arg(self.app())
+            .arg(cmd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctl {cmd}: {}", text(&out));
+    }
+    /// The team's deployment: commit, install, build, restart.
+    fn deploy(&self, files: &[(&str, &str)], msg: &str) {
+        for (rel, t) in files {
+            self.write(rel, t);
+        }
+        self.commit(msg);
+        for c in ["install", "build", "restart-all"] {
+            self.ctl(c);
+        }
+    }
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.app().join("run/app.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .ok()?;
+        Some((r.status().as_u16(), r.text().unwrap_or_default()))
+    }
+    fn status(&self, path: &str) -> Option<u16> {
+        self.get(path).map(|(s, _)| s)
+    }
+    fn stats(&self) -> Value {
+        serde_json::from_str(&self.get("/api/queue/stats").unwrap().1).unwrap()
+    }
+    /// Every request the app got: (time, method, path, total active jobs).
+    fn calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.base().join("logs/calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+    fn posts_since(&self, n: usize) -> Vec<String> {
+        self.calls()[n..]
+            .iter()
+            .filter(|c| c["m"] == "POST")
+            .map(|c| c["p"].as_str().unwrap().to_string())
+            .collect()
+    }
+    /// ctl.py invocations: (time, command).
+    fn ctl_log(&self) -> Vec<(f64, String)> {
+        std::fs::read_to_string(self.app().join("run/ctl.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let (t, c) = l.split_once(' ').unwrap();
+                (t.parse().unwrap(), c.to_string())
+            })
+            .collect()
+    }
+    fn set(&mut self, k: &str, v: &str) {
+        self.env.push((k.to_string(), v.to_string()));
+    }
+    /// The CLI on examples/queue-app/rewind.toml, pointed at this stand-in.
+    fn rewind(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(REWIND);
+        cmd.args(args)
+            .arg(example_dir().join("rewind.toml"))
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .env_remove("REWIND_LOG")
+            .env("QUEUE_APP_STANDIN", self.base())
+            .env("QUEUE_APP_PORT", self.port.to_string())
+            .env("QUEUE_APP_REDIS_PORT", self.redis.port.to_string())
+            .env("QUEUE_APP_PG_PORT", self.pg.port.to_string())
+            .env("QUEUE_APP_PG_BIN", &self.pg.bin_dir)
+            .env("QUEUE_APP_POLL_MS", "100")
+            .env("QUEUE_APP_MONITOR_MS", "500")
+            .env("QUEUE_APP_HEALTH_TIMEOUT_MS", "10000")
+            .env("QUEUE_APP_DRAIN_TIMEOUT_MS", "20000");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+    fn run_json(&self, args: &[&str]) -> (i32, Value, String) {
+        let mut all = vec!["run", "--json"];
+        all.extend_from_slice(args);
+        let out = self.rewind(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}); stdout: {}\nstderr: {stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (out.status.code().unwrap_or(-1), report, stderr)
+    }
+    fn files(&self, dir: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        tree(&self.base().join(dir))
+    }
+    fn sql(&self, q: &str) -> String {
+        self.pg.psql_in("app", q)
+    }
+
+    /// `rewind plan` and `rewind run --dry-run`: both print findings and
+    /// touch nothing (files, pid, HEAD, no POST, no command run).
+    fn plan_and_dry_run_touch_nothing(&self) -> (String, String) {
+        self.plan_and_dry_run_with(&[])
+    }
+
+    /// The same with extra arguments (`--level N`: a dry run cannot run
+    /// redis-cli or psql, so it cannot see a cache or data problem itself).
+    fn plan_and_dry_run_with(&self, extra: &[&str]) -> (String, String) {
+        let pid = self.pid().unwrap();
+        let head = self.head();
+        let (app, backups) = (self.files("app"), self.files("backups"));
+        let n = self.calls().len();
+        let keys = self.redis.cli(&["DBSIZE"]);
+        let out = self.rewind(&[&["plan"], extra].concat());
+        let plan = text(&out);
+        assert!(out.status.success(), "{plan}");
+        let out = self.rewind(&[&["run", "--dry-run"], extra].concat());
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(t.contains("would "), "{t}");
+        assert_eq!(self.pid(), Some(pid));
+        assert!(alive(pid), "the dry run stopped nothing");
+        assert_eq!(self.head(), head, "the dry run checked nothing out");
+        assert!(
+            self.files("app") == app,
+            "plan and dry run changed no file of the app"
+        );
+        assert!(self.files("backups") == backups, "no backup written");
+        assert_eq!(self.posts_since(n), Vec::<String>::new(), "no POST sent");
+        assert_eq!(self.redis.cli(&["DBSIZE"]), keys, "no key deleted");
+        (plan, t)
+    }
+}
+
+impl Drop for Stand {
+    fn drop(&mut self) {
+        // The app by its pid file, and anything whose command line holds
+        // this stand-in's unique temporary path. Only pids, never a name.
+        let base = self.base().to_string_lossy().into_owned();
+        let mut pids: Vec<u32> = self.pid().into_iter().collect();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>()
+                    && let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    && String::from_utf8_lossy(&cmd).contains(&base)
+                    && pid != std::process::id()
+                {
+                    pids.push(pid);
+                }
+            }
+        }
+        for pid in pids {
+            kill_pid(pid);
+        }
+    }
+}
+
+fn plugin(report: &Value) -> &Value {
+    &report["plugins"][0]
+}
+
+/// The verification of the last level run.
+fn verification(report: &Value) -> Value {
+    plugin(report)["levels"]
+        .as_array()
+        .unwrap()
+        .last()
+        .map_or(Value::Null, |l| l["verification"].clone())
+}
+
+fn level_numbers(report: &Value) -> Vec<u64> {
+    plugin(report)["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["level"].as_u64().unwrap())
+        .collect()
+}
+
+/// (id, status, message) of a level's steps.
+fn steps(report: &Value, level: u64) -> Vec<(String, String, String)> {
+    plugin(report)["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == level)
+        .unwrap_or_else(|| panic!("no level {level}: {report:#}"))["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                s["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn ids(steps: &[(String, String, String)]) -> Vec<&str> {
+    steps.iter().map(|(i, _, _)| i.as_str()).collect()
+}
+
+fn message<'a>(steps: &'a [(String, String, String)], id: &str) -> &'a str {
+    &steps.iter().find(|(i, _, _)| i == id).unwrap().2
+}
+
+fn all_ok(steps: &[(String, String, String)], report: &Value) {
+    for (i, s, m) in steps {
+        assert_eq!(s, "ok", "step {i}: {m}\n{report:#}");
+    }
+}
+
+/// The queues were resumed one at a time: the second resume comes after
+/// at least `min_checks` health checks that followed the first, and no
+/// queue was resumed all at once.
+fn assert_resumed_one_at_a_time(s: &Stand, from: usize, min_checks: usize) {
+    let calls = &s.calls()[from..];
+    let resumes: Vec<(usize, &str)> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c["m"] == "POST" && c["p"].as_str().unwrap().ends_with("/resume"))
+        .map(|(i, c)| (i, c["p"].as_str().unwrap()))
+        .collect();
+    let order: Vec<&str> = resumes.iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        order,
+        QUEUES.map(|q| format!("/api/queue/{q}/resume")),
+        "resumed one by one, in order"
+    );
+    assert!(
+        !calls.iter().any(|c| c["p"] == "/api/queue/resume-all"),
+        "never resume-all"
+    );
+    let between: Vec<&Value> = calls[resumes[0].0..resumes[1].0]
+        .iter()
+        .filter(|c| c["p"] == "/health" && c["s"] == 200)
+        .collect();
+    assert!(
+        between.len() >= min_checks,
+        "{} healthy /health checks between the resumes",
+        between.len()
+    );
+    let (t0, t1) = (
+        calls[resumes[0].0]["t"].as_f64().unwrap(),
+        calls[resumes[1].0]["t"].as_f64().unwrap(),
+    );
+    assert!(
+        t1 - t0 >= 0.4,
+        "monitored {:.2} s between the resumes",
+        t1 - t0
+    );
+    // The first queue was running while the second was still paused.
+    let mid = &calls[resumes[1].0 - 1];
+    assert_eq!(mid["paused"], json!([QUEUES[1]]), "{mid}");
+    for q in QUEUES {
+        assert_eq!(s.stats()["queues"][q]["paused"], false, "{q} resumed");
+    }
+}
+
+#[test]
+fn the_example_runbook_checks() {
+    let out = Command::new(REWIND)
+        .arg("check")
+        .arg(example_dir().join("rewind.toml"))
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .env("QUEUE_APP_PG_BIN", postgres::bin_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("grants cover everything"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn an_api_down_deploy_is_rolled_back_to_the_stable_commit_draining_and_resuming_queues() {
+    // Six jobs stay active per queue until the queues are paused, then one
+    // finishes every 150 ms: the drain takes real time.
+    let s = Stand::new(6, 10, 150);
+    let out = s.rewind(&["run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("healthy"), "{}", text(&out));
+
+    // The bad deploy: new deps, and the API answers 500.
+    s.deploy(
+        &[
+            (
+                "app.json",
+                &app_json("1.1.0", "2", json!({"healthy": false})),
+            ),
+            ("backend/src/server.txt", "server 1.1.0\n"),
+        ],
+        "release 1.1.0",
+    );
+    let broken_head = s.head();
+    let broken_pid = s.pid().unwrap();
+    assert_eq!(s.status("/health"), Some(500));
+
+    let (plan, dry) = s.plan_and_dry_run_touch_nothing();
+    assert!(plan.contains("P0 API completely down"), "{plan}");
+    assert!(
+        plan.contains("BREACHED") && plan.contains("observed 500") && plan.contains("200-399"),
+        "{plan}"
+    );
+    assert!(plan.contains("git checkout"), "{plan}");
+    assert!(
+        dry.contains("would POST") && dry.contains("would run"),
+        "{dry}"
+    );
+
+    let n = s.calls().len();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(level_numbers(&report), [4]);
+    let st = steps(&report, 4);
+    all_ok(&st, &report);
+    assert_eq!(
+        ids(&st),
+        [
+            "identify",
+            "pause-queues",
+            "drain",
+            "checkout",
+            "install",
+            "build",
+            "restart",
+            "health",
+            "smoke",
+            "resume-ai-analysis",
+            "resume-document-processing"
+        ]
+    );
+    // Back on 1.0.0: HEAD, the version served, a new process.
+    assert_eq!(s.head(), s.v1);
+    assert_ne!(s.head(), broken_head);
+    assert_eq!(s.get("/api/version").unwrap().1, "1.0.0");
+    assert_eq!(s.status("/health"), Some(200));
+    assert!(!alive(broken_pid), "the broken release's process is gone");
+    assert!(s.pid().is_some_and(alive));
+
+    // The drain was real: paused first, active jobs went down to 0 before
+    // anything was checked out, installed or restarted.
+    let drain = message(&st, "drain");
+    let first: u64 = drain
+        .strip_prefix("drained: active jobs ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{drain}"));
+    assert!(first >= 8 && drain.contains(" -> 0 in "), "{drain}");
+    let calls = s.calls()[n..].to_vec();
+    let pause_t = calls
+        .iter()
+        .find(|c| c["p"] == "/api/queue/pause-all")
+        .unwrap()["t"]
+        .as_f64()
+        .unwrap();
+    let drained_t = calls
+        .iter()
+        .find(|c| {
+            c["p"] == "/api/queue/stats" && c["active"] == 0 && c["t"].as_f64().unwrap() > pause_t
+        })
+        .unwrap()["t"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        drained_t - pause_t >= 0.5,
+        "drained in {:.2} s",
+        drained_t - pause_t
+    );
+    let ctl: Vec<(f64, String)> = s
+        .ctl_log()
+        .into_iter()
+        .filter(|(t, _)| *t > pause_t)
+        .collect();
+    assert_eq!(
+        ctl.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>(),
+        ["install", "build", "restart-all", "smoke"],
+        "install, build, restart, smoke in order"
+    );
+    assert!(ctl[0].0 > drained_t, "nothing ran before the drain ended");
+    assert_resumed_one_at_a_time(&s, n, 3);
+
+    let v = verification(&report);
+    assert_eq!(v["healthy"], true, "{v:#}");
+}
+
+#[test]
+fn a_bloated_cache_is_cleared_by_pattern_with_scan_not_keys() {
+    let mut s = Stand::new(1, 5, 100);
+    // 300 entries of 10 KB under gemini:* (3 MB), and 50 other keys.
+    let mut cmds = String::new();
+    let big = "x".repeat(10_000);
+    for i in 0..300 {
+        cmds.push_str(&format!("SET gemini:analysis:{i} {big}\n"));
+    }
+    for i in 0..50 {
+        cmds.push_str(&format!("SET session:{i} keep\n"));
+    }
+    s.redis.pipe(&cmds);
+    s.set("QUEUE_APP_CACHE_MAX_MB", "2.5");
+    // A dry run runs no redis-cli: the cache issue shows in a real run.
+    let (plan, dry) = s.plan_and_dry_run_with(&["--level", "2"]);
+    assert!(plan.contains("Redis 127.0.0.1"), "{plan}");
+    assert!(plan.contains("--scan --pattern"), "{plan}");
+    assert!(
+        dry.contains("would run redis-cli") && dry.contains("--scan"),
+        "{dry}"
+    );
+    s.redis.cli(&["CONFIG", "RESETSTAT"]);
+
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &plugin(&report)["assessment"];
+    assert_eq!(a["scenario"], "Cache causing issues", "{a:#}");
+    let f = a["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"].as_str().unwrap().starts_with("Redis"))
+        .unwrap();
+    assert_eq!(f["breached"], true, "{f}");
+    assert!(
+        f["threshold"].as_str().unwrap().contains("<= 2.5 MB"),
+        "{f}"
+    );
+    assert_eq!(level_numbers(&report), [2]);
+    let st = steps(&report, 2);
+    all_ok(&st, &report);
+    assert_eq!(ids(&st), ["flush", "restart-redis", "ping", "warm"]);
+    assert!(
+        message(&st, "flush")
+            .contains("gemini:*: 300 keys found with SCAN, 300 deleted in 3 DEL batches"),
+        "{st:?}"
+    );
+    assert!(
+        message(&st, "restart-redis").starts_with("not needed"),
+        "{st:?}"
+    );
+    assert_eq!(s.redis.cli(&["--scan", "--pattern", "gemini:*"]), "");
+    assert_eq!(
+        s.redis
+            .cli(&["--scan", "--pattern", "session:*"])
+            .lines()
+            .count(),
+        50,
+        "other keys kept"
+    );
+    assert_eq!(
+        s.redis.cli(&["GET", "cache:warm:projects"]),
+        "1.0.0",
+        "cache warmed"
+    );
+    let stats = s.redis.cli(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_scan:"), "{stats}");
+    assert!(
+        !stats.contains("cmdstat_keys:"),
+        "KEYS was never used: {stats}"
+    );
+    assert_eq!(verification(&report)["healthy"], true);
+}
+
+#[test]
+fn failing_queue_workers_get_only_the_queue_code_rolled_back() {
+    // One job finishes per queue every 50 ms.
+    let s = Stand::new(2, 10, 50);
+    s.deploy(
+        &[
+            ("app.json", &app_json("1.1.0", "1", json!({}))),
+            ("backend/src/queues/worker.json", &worker_json("1.1.0", 50)),
+        ],
+        "release 1.1.0: new queue code",
+    );
+    let head = s.head();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let st = s.stats();
+        QUEUES
+            .iter()
+            .all(|q| st["queues"][q]["failed"].as_u64().unwrap() >= 5)
+    }));
+    let (plan, _) = s.plan_and_dry_run_touch_nothing();
+    assert!(plan.contains("Queue workers causing issues"), "{plan}");
+    assert!(plan.contains("-- backend/src/queues/"), "{plan}");
+
+    let n = s.calls().len();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(level_numbers(&report), [3]);
+    let st = steps(&report, 3);
+    all_ok(&st, &report);
+    assert_eq!(
+        ids(&st),
+        [
+            "stop-workers",
+            "drain",
+            "pause-queues",
+            "clean",
+            "revert-queue-code",
+            "build",
+            "restart-workers",
+            "resume-ai-analysis",
+            "resume-document-processing"
+        ]
+    );
+    // Only the queue code went back; HEAD and the rest stay on 1.1.0.
+    assert_eq!(s.head(), head);
+    assert_eq!(
+        s.read("backend/src/queues/worker.json"),
+        worker_json("1.0.0", 0)
+    );
+    assert!(s.read("app.json").contains("1.1.0"));
+    assert_eq!(
+        s.read("dist/queues.json"),
+        worker_json("1.0.0", 0),
+        "rebuilt"
+    );
+    let ctl: Vec<String> = s.ctl_log().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        ctl[ctl.len() - 3..],
+        ["stop-worker", "build", "restart-worker"]
+    );
+    assert_eq!(
+        s.posts_since(n)[..2],
+        [
+            "/api/queue/pause-all".to_string(),
+            "/api/queue/clean-all".to_string()
+        ]
+    );
+    assert_resumed_one_at_a_time(&s, n, 3);
+    // The reverted workers process jobs without failures.
+    let before: u64 = QUEUES
+        .iter()
+        .map(|q| s.stats()["queues"][q]["completed"].as_u64().unwrap())
+        .sum();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let st = s.stats();
+        QUEUES
+            .iter()
+            .map(|q| st["queues"][q]["completed"].as_u64().unwrap())
+            .sum::<u64>()
+            > before + 5
+    }));
+    for q in QUEUES {
+        assert_eq!(s.stats()["queues"][q]["failed"], 0, "{q}");
+    }
+    assert_eq!(verification(&report)["healthy"], true);
+}
+
+#[test]
+fn the_schema_rollback_backs_up_applies_the_down_migration_and_keeps_ten_backups() {
+    let s = Stand::new(1, 5, 100);
+    // Migration 0002 ran with the deploy.
+    s.sql(MIGRATION_UP_0002);
+    // Eleven older backups of ours, and the pre-deploy one (never pruned).
+    for i in 0..11 {
+        let (name, when) = if i == 10 {
+            (
+                "20241231_000000_000".to_string(),
+                "2024-12-31 00:00:00".to_string(),
+            )
+        } else {
+            (
+                format!("2025010{i}_000000_000"),
+                format!("2025-01-01 00:00:{i:02}"),
+            )
+        };
+        let p = s
+            .base()
+            .join(format!("backups/backup_before_rollback_{name}.sql"));
+        std::fs::write(&p, "-- old\n").unwrap();
+        let out = Command::new("touch")
+            .args(["-d", &when])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    std::fs::write(
+        s.base().join("backups/backup_pre_deploy_20251107.sql"),
+        "-- pre deploy\n",
+    )
+    .unwrap();
+    let rows = s.sql("SELECT count(*) FROM projects");
+
+    let n = s.calls().len();
+    let (code, report, stderr) = s.run_json(&["--level", "5"]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let st = steps(&report, 5);
+    all_ok(&st, &report);
+    assert_eq!(
+        ids(&st),
+        [
+            "maintenance-on",
+            "pause-queues",
+            "drain",
+            "backup",
+            "migrate-down",
+            "verify-schema",
+            "maintenance-off",
+            "resume-ai-analysis",
+            "resume-document-processing"
+        ]
+    );
+    // The schema is back, no row lost.
+    assert_eq!(
+        s.sql("SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'projects'"),
+        "id,name,updated_at"
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM projects"), rows);
+    assert!(
+        message(&st, "verify-schema").contains("rows in projects (before -> after): 12 -> 12"),
+        "{st:?}"
+    );
+    // The backup holds the state before the migration; ten of ours kept.
+    let mut ours: Vec<PathBuf> = std::fs::read_dir(s.base().join("backups"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("backup_before_rollback_")
+        })
+        .collect();
+    ours.sort();
+    assert_eq!(ours.len(), 10, "{ours:?}");
+    let newest = std::fs::read_to_string(ours.last().unwrap()).unwrap();
+    assert!(
+        newest.contains("CREATE TABLE public.projects") && newest.contains("new_column"),
+        "the dump before the migration"
+    );
+    assert!(
+        !s.base()
+            .join("backups/backup_before_rollback_20241231_000000_000.sql")
+            .exists(),
+        "the oldest pruned"
+    );
+    assert!(
+        s.base()
+            .join("backups/backup_pre_deploy_20251107.sql")
+            .exists()
+    );
+    // Writes stopped first and allowed again at the end.
+    let posts = s.posts_since(n);
+    assert_eq!(
+        posts[..2],
+        [
+            "/api/maintenance/enable".to_string(),
+            "/api/queue/pause-all".to_string()
+        ]
+    );
+    assert!(posts.contains(&"/api/maintenance/disable".to_string()));
+    assert_resumed_one_at_a_time(&s, n, 3);
+}
+
+#[test]
+fn data_corruption_stops_writes_and_restores_the_pre_deploy_backup() {
+    let s = Stand::new(1, 5, 100);
+    let dump = s.base().join("backups/backup_pre_deploy_20251107.sql");
+    let out = Command::new(s.pg.bin("pg_dump"))
+        .arg(s.pg.url("app"))
+        .arg("-f")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Corruption: projects deleted under their scenes.
+    s.sql("DELETE FROM projects WHERE id IN (1, 2)");
+    let (plan, dry) = s.plan_and_dry_run_with(&["--level", "6"]);
+    assert!(plan.contains("data integrity"), "{plan}");
+    assert!(plan.contains("backup_pre_deploy_20251107.sql"), "{plan}");
+    assert!(dry.contains("would run") && dry.contains("dropdb"), "{dry}");
+
+    let n = s.calls().len();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &plugin(&report)["assessment"];
+    assert_eq!(a["scenario"], "Data corruption detected", "{a:#}");
+    assert_eq!(a["severity"], "critical");
+    let f = a["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "data integrity: scenes without a project")
+        .unwrap();
+    assert_eq!(
+        (f["observed"].as_str(), f["breached"].as_bool()),
+        (Some("7"), Some(true)),
+        "{f}"
+    );
+    assert_eq!(level_numbers(&report), [6]);
+    let st = steps(&report, 6);
+    all_ok(&st, &report);
+    assert_eq!(
+        ids(&st),
+        [
+            "maintenance-on",
+            "pause-queues",
+            "drain",
+            "backup",
+            "restore",
+            "verify-data",
+            "maintenance-off",
+            "resume-ai-analysis",
+            "resume-document-processing"
+        ]
+    );
+    assert!(
+        message(&st, "restore").contains("backup_pre_deploy_20251107.sql"),
+        "{st:?}"
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM projects"), "12");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM scenes s LEFT JOIN projects p ON p.id = s.project_id WHERE p.id IS NULL"),
+        "0"
+    );
+    // The corrupted state was saved before the restore.
+    let ours: Vec<PathBuf> = std::fs::read_dir(s.base().join("backups"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("backup_before_rollback_")
+        })
+        .collect();
+    assert_eq!(ours.len(), 1);
+    let posts = s.posts_since(n);
+    assert_eq!(posts[0], "/api/maintenance/enable", "stop all writes first");
+    assert_eq!(verification(&report)["healthy"], true);
+}
+
+#[test]
+fn a_single_broken_feature_is_disabled_by_its_flag_not_rolled_back() {
+    let s = Stand::new(1, 5, 100);
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json(
+                "1.1.0",
+                "1",
+                json!({"features": {"export": "broken", "search": "ok"}}),
+            ),
+        )],
+        "release 1.1.0",
+    );
+    let head = s.head();
+    let (plan, _) = s.plan_and_dry_run_touch_nothing();
+    assert!(
+        plan.contains("Single feature broken: feature flag"),
+        "{plan}"
+    );
+    let n = s.calls().len();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(level_numbers(&report), [1]);
+    let st = steps(&report, 1);
+    all_ok(&st, &report);
+    assert_eq!(ids(&st), ["flag-export", "health"]);
+    assert_eq!(s.posts_since(n), ["/api/flags/export/disable"]);
+    assert_eq!(s.head(), head, "fix forward: no code rollback");
+    assert_eq!(s.status("/api/features/export"), Some(404));
+    assert_eq!(verification(&report)["healthy"], true);
+}
+
+#[test]
+fn error_rates_investigate_at_5_to_10_percent_and_roll_back_above_10_after_the_quick_fix_window() {
+    let mut s = Stand::new(1, 5, 100);
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json("1.1.0", "1", json!({"error_percent": 7})),
+        )],
+        "release 1.1.0",
+    );
+    s.set("QUEUE_APP_SAMPLES", "20");
+    let head = s.head();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &plugin(&report)["assessment"];
+    assert_eq!(
+        (a["rollback"].as_bool(), a["severity"].as_str()),
+        (Some(false), Some("major")),
+        "{a:#}"
+    );
+    assert!(
+        a["summary"].as_str().unwrap().contains("investigate"),
+        "{a:#}"
+    );
+    assert!(level_numbers(&report).is_empty());
+    assert_eq!(s.head(), head);
+
+    // Over 10 %: a quick fix first (the window is 5 minutes) ...
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json("1.2.0", "1", json!({"error_percent": 20})),
+        )],
+        "release 1.2.0",
+    );
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &plugin(&report)["assessment"];
+    assert_eq!(a["rollback"], false, "{a:#}");
+    assert!(
+        a["scenario"].as_str().unwrap().contains("quick fix first"),
+        "{a:#}"
+    );
+    let f = a["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"].as_str().unwrap().starts_with("error rate"))
+        .unwrap();
+    assert!(f["observed"].as_str().unwrap().starts_with("20.0%"), "{f}");
+    assert_eq!(f["breached"], true);
+    // ... and once it has failed for longer than the window: rollback.
+    std::thread::sleep(Duration::from_millis(1200));
+    s.set("QUEUE_APP_QUICK_FIX_MS", "1000");
+    s.set("QUEUE_APP_STABLE_REF", "v1.0.0");
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(plugin(&report)["assessment"]["scenario"], "Error rate >10%");
+    assert_eq!(level_numbers(&report), [4]);
+    all_ok(&steps(&report, 4), &report);
+    assert_eq!(s.head(), s.v1, "back on the configured stable ref");
+    assert_eq!(verification(&report)["healthy"], true);
+}

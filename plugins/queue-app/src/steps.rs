@@ -1,0 +1,844 @@
+//! The steps of every level, as the runbook orders them.
+
+use rewind_sdk::http::HttpRequest;
+use rewind_sdk::prelude::*;
+use rewind_sdk::storage::EntryKind;
+
+use crate::config::{Config, db_name_and_maintenance};
+use crate::measure::*;
+
+pub type Out = Result<StepOutcome>;
+
+pub fn verb(ctx: &Context, done: &str, would: &str) -> String {
+    if ctx.executes() {
+        done.to_string()
+    } else {
+        would.to_string()
+    }
+}
+
+/// Run a command; `Err(why)` for a non-zero exit.
+pub fn run_ok(cmd: &Cmd, what: &str) -> Result<std::result::Result<String, String>> {
+    let out = cmd.run()?;
+    if out.simulated {
+        return Ok(Ok(format!("would run `{}`", cmd.display())));
+    }
+    if out.exit_code == Some(0) {
+        let said = one_line(&out.stdout, 160);
+        Ok(Ok(if said.is_empty() {
+            format!("`{}` ok", cmd.display())
+        } else {
+            format!("`{}`: {said}", cmd.display())
+        }))
+    } else {
+        let code = out
+            .exit_code
+            .map_or("was killed by a signal".to_string(), |c| {
+                format!("exited {c}")
+            });
+        Ok(Err(format!(
+            "{what}: `{}` {code}: {}",
+            cmd.display(),
+            one_line(&format!("{} {}", out.stderr, out.stdout), 300)
+        )))
+    }
+}
+
+/// A configured command as one step; skipped when configured empty.
+pub fn command_step(cfg: &Config, argv: &[String], what: &str) -> Out {
+    let Some(cmd) = cfg.cmd(argv) else {
+        return Ok(StepOutcome::ok(format!(
+            "{what}: no command configured, skipped"
+        )));
+    };
+    Ok(match run_ok(&cmd, what)? {
+        Ok(m) => StepOutcome::ok(m),
+        Err(e) => StepOutcome::failed(e),
+    })
+}
+
+/// `POST` a control endpoint; 2xx expected.
+pub fn post(
+    ctx: &Context,
+    cfg: &Config,
+    url: &str,
+    what: &str,
+) -> Result<std::result::Result<String, String>> {
+    let r = HttpRequest::post(url, "{}")
+        .header("content-type", "application/json")
+        .timeout_ms(cfg.probe_timeout_ms.max(5000))
+        .send();
+    match r {
+        Ok(r) if r.simulated => Ok(Ok(format!("would POST {url}"))),
+        Ok(r) if (200..300).contains(&r.status) => Ok(Ok(format!("POST {url} -> {}", r.status))),
+        Ok(r) => Ok(Err(format!(
+            "{what}: POST {url} -> {} {}",
+            r.status,
+            one_line(&r.body, 120)
+        ))),
+        Err(Error::Failed(m)) | Err(Error::Timeout(m)) if ctx.executes() => {
+            Ok(Err(format!("{what}: POST {url}: {m}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn post_step(ctx: &Context, cfg: &Config, path: &str, what: &str) -> Out {
+    if path.is_empty() {
+        return Ok(StepOutcome::ok(format!(
+            "{what}: no endpoint configured, skipped"
+        )));
+    }
+    Ok(match post(ctx, cfg, &cfg.url(path), what)? {
+        Ok(m) => StepOutcome::ok(m),
+        Err(e) => StepOutcome::failed(e),
+    })
+}
+
+pub fn pause_all(ctx: &Context, cfg: &Config) -> Out {
+    post_step(ctx, cfg, &cfg.pause_all_path, "pausing all queues")
+}
+
+/// Wait, polled by the host, until no queue has an active job, for at most
+/// `drain_timeout_ms`. Each poll is a GET of the stats (a host-side wait on
+/// the stats URL of `drain_poll_ms`, whose last answer is read).
+pub fn drain(ctx: &Context, cfg: &Config) -> Out {
+    let url = cfg.url(&cfg.queue_stats_path);
+    if !ctx.executes() {
+        let now = match queue_stats(cfg)? {
+            Ok(q) => format!("{} active now", q.iter().map(|q| q.active).sum::<u64>()),
+            Err(e) => e,
+        };
+        return Ok(StepOutcome::ok(format!(
+            "would wait until GET {url} shows 0 active jobs, polling every {} for at most {} ({now})",
+            fmt_ms(cfg.drain_poll_ms),
+            fmt_ms(cfg.drain_timeout_ms)
+        )));
+    }
+    let start = now_ms();
+    let mut seen = Vec::new();
+    let mut polls = 0u32;
+    loop {
+        let stats = match queue_stats(cfg)? {
+            Ok(s) => s,
+            Err(e) => return Ok(StepOutcome::failed(format!("draining: {e}"))),
+        };
+        polls += 1;
+        let active: u64 = stats.iter().map(|q| q.active).sum();
+        if seen.last() != Some(&active) {
+            seen.push(active);
+        }
+        let elapsed = now_ms().saturating_sub(start);
+        let finding = Finding::at_most("active jobs after the drain", active as f64, 0.0, "jobs");
+        if active == 0 {
+            return Ok(StepOutcome::ok(format!(
+                "drained: active jobs {} -> 0 in {} ({polls} polls)",
+                seen.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> "),
+                fmt_ms(elapsed)
+            ))
+            .with_findings(vec![finding]));
+        }
+        if elapsed >= cfg.drain_timeout_ms {
+            return Ok(StepOutcome::failed(format!(
+                "{active} jobs still active after {} (deadline {}): not rolling back under running jobs",
+                fmt_ms(elapsed),
+                fmt_ms(cfg.drain_timeout_ms)
+            ))
+            .with_findings(vec![finding]));
+        }
+        let wait = cfg
+            .drain_poll_ms
+            .min(cfg.drain_timeout_ms.saturating_sub(elapsed))
+            .max(1);
+        // Never healthy (status 599 only): the host waits `wait` ms.
+        let _ = HttpProbe::get(&url)
+            .expect(599, 599)
+            .timeout_ms(cfg.probe_timeout_ms)
+            .wait(WaitPolicy::every(wait).timeout_ms(wait))?;
+    }
+}
+
+/// Wait until /health is healthy: the runbook's `sleep 10; curl /health`.
+pub fn wait_health(ctx: &Context, cfg: &Config, successes: u32) -> Out {
+    let probe = cfg.health_probe();
+    if !ctx.executes() {
+        return Ok(StepOutcome::ok(format!(
+            "would wait for GET {} (200-399), up to {}",
+            probe.url,
+            fmt_ms(cfg.health_timeout_ms)
+        )));
+    }
+    let w = probe.wait(
+        WaitPolicy::every(cfg.health_interval_ms)
+            .timeout_ms(cfg.health_timeout_ms)
+            .successes(successes.max(1)),
+    )?;
+    let f = vec![
+        Finding::status(format!("GET {}", probe.url), w.last.status, 200, 399),
+        Finding::at_most(
+            "time to healthy",
+            w.elapsed_ms as f64,
+            cfg.health_timeout_ms as f64,
+            "ms",
+        ),
+    ];
+    let msg = format!(
+        "{} after {} probes in {} (last: {})",
+        if w.healthy { "healthy" } else { "not healthy" },
+        w.attempts,
+        fmt_ms(w.elapsed_ms),
+        match w.last.status {
+            Some(s) => format!("{s} {}", one_line(&w.last.body, 100)),
+            None => w.last.detail.clone(),
+        }
+    );
+    Ok(if w.healthy {
+        StepOutcome::ok(msg)
+    } else {
+        StepOutcome::failed(msg)
+    }
+    .with_findings(f))
+}
+
+/// Resume one queue, then "wait and monitor": /health must stay healthy
+/// for `resume_monitor_ms` and the queue must be running and not failing.
+pub fn resume_queue(ctx: &Context, cfg: &Config, queue: &str) -> Out {
+    let url = cfg.resume_url(queue);
+    let said = match post(ctx, cfg, &url, &format!("resuming {queue}"))? {
+        Ok(m) => m,
+        Err(e) => return Ok(StepOutcome::failed(e)),
+    };
+    if !ctx.executes() {
+        return Ok(StepOutcome::ok(format!(
+            "{said}, then watch GET {} for {} before the next queue",
+            cfg.url(&cfg.health_path),
+            fmt_ms(cfg.resume_monitor_ms)
+        )));
+    }
+    let n = (cfg.resume_monitor_ms / cfg.health_interval_ms.max(1)).max(1) as u32;
+    let w = cfg.health_probe().wait(
+        WaitPolicy::every(cfg.health_interval_ms)
+            .timeout_ms(cfg.resume_monitor_ms + cfg.health_timeout_ms)
+            .successes(n),
+    )?;
+    let mut f = vec![Finding::status(
+        format!("GET {} after resuming {queue}", cfg.url(&cfg.health_path)),
+        w.last.status,
+        200,
+        399,
+    )];
+    if !w.healthy {
+        return Ok(StepOutcome::failed(format!(
+            "{said}; /health did not stay healthy ({}): the next queues stay paused",
+            w.last.detail
+        ))
+        .with_findings(f));
+    }
+    let stats = match queue_stats(cfg)? {
+        Ok(s) => s,
+        Err(e) => return Ok(StepOutcome::failed(format!("{said}; {e}")).with_findings(f)),
+    };
+    let Some(q) = stats.iter().find(|q| q.name == queue) else {
+        return Ok(
+            StepOutcome::failed(format!("{said}; no queue {queue:?} in the stats"))
+                .with_findings(f),
+        );
+    };
+    f.push(Finding::check(
+        format!("queue {queue} running"),
+        !q.paused,
+        if q.paused { "paused" } else { "running" },
+        "running",
+    ));
+    f.push(Finding::at_most(
+        format!("queue {queue}: failure rate"),
+        (q.failure_percent() * 10.0).round() / 10.0,
+        cfg.queue_failure_percent,
+        "%",
+    ));
+    let ok = !q.paused && q.failure_percent() <= cfg.queue_failure_percent;
+    let msg = format!(
+        "{said}; healthy for {} probes; {queue}: {} active, {} waiting, {} failed{}",
+        w.attempts,
+        q.active,
+        q.waiting,
+        q.failed,
+        if q.paused { ", still paused" } else { "" }
+    );
+    Ok(if ok {
+        StepOutcome::ok(msg)
+    } else {
+        StepOutcome::failed(msg)
+    }
+    .with_findings(f))
+}
+
+// ----------------------------------------------------------------- git
+
+/// Where HEAD points now, read from `.git` (works in every mode).
+pub fn head(cfg: &Config) -> Result<String> {
+    let git = cfg.app_path(".git");
+    let h =
+        storage::read_to_string(&format!("{git}/HEAD")).context(format!("reading {git}/HEAD"))?;
+    let h = h.trim();
+    let Some(r) = h.strip_prefix("ref: ") else {
+        return Ok(h.to_string());
+    };
+    if let Ok(v) = storage::read_to_string(&format!("{git}/{r}")) {
+        return Ok(v.trim().to_string());
+    }
+    if let Ok(p) = storage::read_to_string(&format!("{git}/packed-refs")) {
+        for l in p.lines() {
+            if let Some((sha, name)) = l.split_once(' ')
+                && name == r
+            {
+                return Ok(sha.to_string());
+            }
+        }
+    }
+    bail!("cannot resolve {r} in {git}")
+}
+
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// The stable commit: remembered for the run, or `git rev-parse`.
+pub fn target(ctx: &Context, cfg: &Config) -> Result<Option<String>> {
+    if let Some(t) = storage::get(&ctx.run_key("target"))? {
+        return Ok(Some(t));
+    }
+    let spec = format!("{}^{{commit}}", cfg.stable_ref);
+    let out = cfg.git(&["rev-parse", "--verify", &spec]).run()?;
+    if out.simulated {
+        return Ok(None);
+    }
+    if out.exit_code != Some(0) {
+        bail!(
+            "`git rev-parse --verify {spec}` in {}: {}",
+            cfg.app_dir,
+            one_line(&out.stderr, 200)
+        );
+    }
+    let sha = out.stdout.trim().to_string();
+    storage::set(&ctx.run_key("target"), &sha)?;
+    Ok(Some(sha))
+}
+
+pub fn identify(ctx: &Context, cfg: &Config) -> Out {
+    let now = head(cfg)?;
+    let log = cfg.git(&["log", "--oneline", "-5"]).run()?;
+    let t = target(ctx, cfg)?;
+    storage::set(&ctx.run_key("from"), &now)?;
+    let recent = one_line(&log.stdout.replace('\n', " | "), 300);
+    Ok(StepOutcome::ok(match t {
+        Some(t) => format!(
+            "HEAD {} -> stable {} ({}); recent: {recent}",
+            short(&now),
+            short(&t),
+            cfg.stable_ref
+        ),
+        None => format!(
+            "HEAD {}; would resolve {} with git rev-parse",
+            short(&now),
+            cfg.stable_ref
+        ),
+    }))
+}
+
+pub fn checkout(ctx: &Context, cfg: &Config, path: Option<&str>) -> Out {
+    let t = target(ctx, cfg)?.unwrap_or_else(|| cfg.stable_ref.clone());
+    let mut args = vec!["checkout", t.as_str()];
+    if let Some(p) = path {
+        args.extend(["--", p]);
+    }
+    let cmd = cfg.git(&args);
+    Ok(match run_ok(&cmd, "checking out the stable version")? {
+        Ok(_) if !ctx.executes() => StepOutcome::ok(format!("would run `{}`", cmd.display())),
+        Ok(_) => {
+            let now = head(cfg)?;
+            StepOutcome::ok(match path {
+                None => format!("`{}`: HEAD is {}", cmd.display(), short(&now)),
+                Some(p) => format!(
+                    "`{}`: only {p} is at {}, HEAD stays {}",
+                    cmd.display(),
+                    short(&t),
+                    short(&now)
+                ),
+            })
+        }
+        Err(e) => StepOutcome::failed(e),
+    })
+}
+
+/// The app log's size when the services were restarted: "No errors in
+/// logs" counts ERROR lines written after it.
+pub fn mark_log(ctx: &Context, cfg: &Config) -> Result<()> {
+    if cfg.app_log.is_empty() {
+        return Ok(());
+    }
+    let size = storage::stat(&cfg.app_log)?.map_or(0, |e| e.size);
+    Ok(storage::set(&ctx.run_key("log_offset"), &size.to_string())?)
+}
+
+pub fn restart(ctx: &Context, cfg: &Config, argv: &[String], what: &str) -> Out {
+    mark_log(ctx, cfg)?;
+    command_step(cfg, argv, what)
+}
+
+// ---------------------------------------------------------------- cache
+
+pub fn flush(ctx: &Context, cfg: &Config) -> Out {
+    if cfg.cache_patterns.is_empty() {
+        let cmd = cfg.redis(&["FLUSHALL"]);
+        return Ok(match run_ok(&cmd, "clearing all cache")? {
+            Ok(m) => StepOutcome::ok(m),
+            Err(e) => StepOutcome::failed(e),
+        });
+    }
+    let mut said = Vec::new();
+    let mut total = 0usize;
+    for p in &cfg.cache_patterns {
+        // SCAN, never KEYS: redis-cli --scan iterates with the cursor.
+        let scan = cfg.redis(&["--scan", "--pattern", p]);
+        let out = scan.run()?;
+        if out.simulated {
+            said.push(format!(
+                "would run `{}` and DEL the keys in batches of {}",
+                scan.display(),
+                cfg.del_batch
+            ));
+            continue;
+        }
+        if out.exit_code != Some(0) {
+            return Ok(StepOutcome::failed(format!(
+                "`{}`: {}",
+                scan.display(),
+                one_line(&out.stderr, 200)
+            )));
+        }
+        let mut keys: Vec<&str> = out.stdout.lines().filter(|k| !k.is_empty()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut deleted = 0u64;
+        for batch in keys.chunks(cfg.del_batch) {
+            let mut args = vec!["DEL"];
+            args.extend(batch.iter().copied());
+            let del = cfg.redis(&args).run()?;
+            let n: u64 = del.stdout.trim().parse().unwrap_or(0);
+            if del.exit_code != Some(0) || del.stdout.starts_with("ERR") {
+                return Ok(StepOutcome::failed(format!(
+                    "DEL of {} keys matching {p}: {}",
+                    batch.len(),
+                    one_line(&format!("{}{}", del.stdout, del.stderr), 200)
+                )));
+            }
+            deleted += n;
+        }
+        total += keys.len();
+        said.push(format!(
+            "{p}: {} keys found with SCAN, {deleted} deleted in {} DEL batches",
+            keys.len(),
+            keys.len().div_ceil(cfg.del_batch)
+        ));
+    }
+    let _ = total;
+    let _ = ctx;
+    Ok(StepOutcome::ok(said.join("; ")))
+}
+
+/// "Restart Redis if needed": only when it does not answer or still uses
+/// too much memory after the flush.
+pub fn restart_redis(ctx: &Context, cfg: &Config) -> Out {
+    let c = cache_state(ctx, cfg)?;
+    if ctx.executes() && cache_problem(cfg, &c).is_none() {
+        return Ok(StepOutcome::ok(format!(
+            "not needed: Redis answers {}{}",
+            c.detail,
+            c.used_mb
+                .map(|m| format!(", used_memory {m:.1} MB"))
+                .unwrap_or_default()
+        )));
+    }
+    command_step(cfg, &cfg.redis_restart_command, "restarting Redis")
+}
+
+pub fn ping(ctx: &Context, cfg: &Config) -> Out {
+    let cmd = cfg.redis(&["PING"]);
+    let out = cmd.run()?;
+    if out.simulated {
+        return Ok(StepOutcome::ok(format!(
+            "would run `{}` (expect PONG)",
+            cmd.display()
+        )));
+    }
+    let said = out.stdout.trim().to_string();
+    let f = Finding::equals("redis-cli PING", &said, "PONG");
+    let _ = ctx;
+    Ok(if said == "PONG" {
+        StepOutcome::ok("PONG")
+    } else {
+        StepOutcome::failed(format!(
+            "PING answered {said:?} {}",
+            one_line(&out.stderr, 100)
+        ))
+    }
+    .with_findings(vec![f]))
+}
+
+pub fn warm(ctx: &Context, cfg: &Config) -> Out {
+    post_step(ctx, cfg, &cfg.cache_warm_path, "warming the cache")
+}
+
+/// Keys matching the patterns now (SCAN), for verification.
+pub fn pattern_keys(cfg: &Config) -> Result<Option<usize>> {
+    let mut n = 0;
+    for p in &cfg.cache_patterns {
+        let out = cfg.redis(&["--scan", "--pattern", p]).run()?;
+        if out.simulated || out.exit_code != Some(0) {
+            return Ok(None);
+        }
+        n += out.stdout.lines().filter(|k| !k.is_empty()).count();
+    }
+    Ok(Some(n))
+}
+
+// ------------------------------------------------------------- database
+
+pub fn maintenance(ctx: &Context, cfg: &Config, on: bool) -> Out {
+    if on {
+        post_step(
+            ctx,
+            cfg,
+            &cfg.maintenance_enable_path,
+            "stopping all writes (maintenance on)",
+        )
+    } else {
+        post_step(ctx, cfg, &cfg.maintenance_disable_path, "maintenance off")
+    }
+}
+
+fn stamp() -> String {
+    // UTC date_time like `date +%Y%m%d_%H%M%S`.
+    let ms = now_ms();
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil from days (Howard Hinnant).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}{mo:02}{d:02}_{h:02}{m:02}{s:02}_{:03}", ms % 1000)
+}
+
+pub const OWN_PREFIX: &str = "backup_before_rollback_";
+
+/// Row counts of `count_tables`: "SELECT count(*) FROM projects;".
+pub fn counts(cfg: &Config) -> Result<std::result::Result<Vec<(String, i64)>, String>> {
+    let mut out = Vec::new();
+    for t in &cfg.count_tables {
+        match sql(cfg, &format!("SELECT count(*) FROM {t};"))? {
+            Ok(v) => out.push((t.clone(), v.parse().unwrap_or(-1))),
+            Err(e) => return Ok(Err(format!("count of {t}: {e}"))),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// `pg_dump $DATABASE_URL > backup_before_rollback_<stamp>.sql`, then keep
+/// the newest `keep_backups` of them.
+pub fn backup(ctx: &Context, cfg: &Config) -> Out {
+    let file = cfg.backup_path(&format!("{OWN_PREFIX}{}.sql", stamp()));
+    storage::make_dir(&cfg.backup_dir)?;
+    let dump = Cmd::new(&cfg.pg_dump)
+        .arg(cfg.db_url()?)
+        .args(["--no-password", "-f", &file])
+        .timeout_ms(cfg.command_timeout_ms);
+    if let Err(e) = run_ok(&dump, "backing up the database")? {
+        return Ok(StepOutcome::failed(e));
+    }
+    let before = if ctx.executes() {
+        match counts(cfg)? {
+            Ok(c) => c,
+            Err(e) => return Ok(StepOutcome::failed(e)),
+        }
+    } else {
+        Vec::new()
+    };
+    storage::set_json(&ctx.run_key("counts"), &before)?;
+    let size = storage::stat(&file)?.map_or(0, |e| e.size);
+    if ctx.executes() && size == 0 {
+        return Ok(StepOutcome::failed(format!(
+            "{file} is empty after pg_dump"
+        )));
+    }
+    storage::set(&ctx.run_key("backup"), &file)?;
+    // Keep the last N backups (ls -t | tail -n +11 | xargs rm -f).
+    let mut own: Vec<(u64, String)> = storage::list_dir(&cfg.backup_dir, false)?
+        .into_iter()
+        .filter(|e| matches!(e.kind, EntryKind::File))
+        .filter(|e| {
+            e.path
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .starts_with(OWN_PREFIX)
+        })
+        .map(|e| (e.modified_ms, e.path))
+        .collect();
+    own.sort_by(|a, b| b.cmp(a));
+    let mut pruned = Vec::new();
+    for (_, p) in own.iter().skip(cfg.keep_backups) {
+        storage::remove(p)?;
+        pruned.push(p.rsplit('/').next().unwrap_or(p).to_string());
+    }
+    let counts: Vec<String> = before
+        .iter()
+        .map(|(t, n)| format!("{t}: {n} rows"))
+        .collect();
+    Ok(StepOutcome::ok(format!(
+        "{} {file} ({size} bytes){}; kept the newest {} backups{}",
+        verb(ctx, "dumped the database to", "would dump the database to"),
+        if counts.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", counts.join(", "))
+        },
+        cfg.keep_backups,
+        if pruned.is_empty() {
+            String::new()
+        } else {
+            format!(", removed {}", pruned.join(", "))
+        }
+    )))
+}
+
+/// Columns of a table, in order (`\d projects`).
+pub fn columns(cfg: &Config, table: &str) -> Result<std::result::Result<Vec<String>, String>> {
+    let q = format!(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = '{table}' ORDER BY ordinal_position;"
+    );
+    Ok(sql(cfg, &q)?.map(|v| {
+        v.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }))
+}
+
+/// Schema, row counts and relationships after a database rollback.
+pub fn db_checks(ctx: &Context, cfg: &Config, compare_counts: bool) -> Result<Vec<Finding>> {
+    let mut f = Vec::new();
+    for (t, want) in &cfg.stable_schema {
+        let got = match columns(cfg, t)? {
+            Ok(c) => c.join(", "),
+            Err(e) => format!("query failed: {e}"),
+        };
+        f.push(Finding::equals(
+            format!("schema of {t} (\\d {t})"),
+            got,
+            want.join(", "),
+        ));
+    }
+    let before: Vec<(String, i64)> = storage::get_json(&ctx.run_key("counts"))?.unwrap_or_default();
+    match counts(cfg)? {
+        Ok(now) => {
+            for (t, n) in now {
+                match before.iter().find(|(b, _)| *b == t) {
+                    Some((_, b)) if compare_counts => f.push(Finding::new(
+                        format!("rows in {t} (before -> after)"),
+                        format!("{b} -> {n}"),
+                        format!("= {b}"),
+                        n != *b,
+                    )),
+                    _ => f.push(Finding::new(format!("rows in {t}"), n, "> 0", n <= 0)),
+                }
+            }
+        }
+        Err(e) => f.push(Finding::new("row counts", e, "SELECT count(*) works", true)),
+    }
+    if let Some(list) = corruption(cfg, &Db::Ok(String::new()))? {
+        for (n, v, bad) in list {
+            f.push(Finding::new(format!("data integrity: {n}"), v, "= 0", bad));
+        }
+    }
+    Ok(f)
+}
+
+fn checks_outcome(ctx: &Context, f: Vec<Finding>, what: &str) -> StepOutcome {
+    if !ctx.executes() {
+        return StepOutcome::ok(format!("would check {what}"));
+    }
+    let bad: Vec<String> = f
+        .iter()
+        .filter(|x| x.breached)
+        .map(|x| format!("{}: {} (want {})", x.check, x.observed, x.threshold))
+        .collect();
+    let all: Vec<String> = f
+        .iter()
+        .map(|x| format!("{}: {}", x.check, x.observed))
+        .collect();
+    if bad.is_empty() {
+        StepOutcome::ok(all.join("; "))
+    } else {
+        StepOutcome::failed(bad.join("; "))
+    }
+    .with_findings(f)
+}
+
+pub fn migrate_down(cfg: &Config) -> Out {
+    command_step(
+        cfg,
+        &cfg.migrate_down_command,
+        "applying the down migration",
+    )
+}
+
+pub fn verify_schema(ctx: &Context, cfg: &Config) -> Out {
+    let f = if ctx.executes() {
+        db_checks(ctx, cfg, true)?
+    } else {
+        Vec::new()
+    };
+    Ok(checks_outcome(
+        ctx,
+        f,
+        "the schema against stable_schema, the row counts against the backup's, and the integrity queries",
+    ))
+}
+
+pub fn verify_data(ctx: &Context, cfg: &Config) -> Out {
+    let f = if ctx.executes() {
+        db_checks(ctx, cfg, false)?
+    } else {
+        Vec::new()
+    };
+    Ok(checks_outcome(
+        ctx,
+        f,
+        "the schema, that the row counts are above 0, and the integrity queries",
+    ))
+}
+
+/// The backup to restore: `restore_from`, or the newest
+/// `<restore_prefix>*` in the backup dir.
+pub fn restore_file(cfg: &Config) -> Result<String> {
+    if !cfg.restore_from.is_empty() {
+        return Ok(if cfg.restore_from.starts_with('/') {
+            cfg.restore_from.clone()
+        } else {
+            cfg.backup_path(&cfg.restore_from)
+        });
+    }
+    let mut found: Vec<String> = storage::list_dir(&cfg.backup_dir, false)
+        .context(format!("listing {}", cfg.backup_dir))?
+        .into_iter()
+        .filter(|e| matches!(e.kind, EntryKind::File))
+        .map(|e| e.path)
+        .filter(|p| {
+            let n = p.rsplit('/').next().unwrap_or("");
+            n.starts_with(&cfg.restore_prefix) && n.ends_with(".sql")
+        })
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some(p) => Ok(p),
+        None => bail!(
+            "no {}*.sql backup in {} to restore from (set restore_from)",
+            cfg.restore_prefix,
+            cfg.backup_dir
+        ),
+    }
+}
+
+/// dropdb, createdb, `psql $DATABASE_URL < backup`.
+pub fn restore(ctx: &Context, cfg: &Config) -> Out {
+    let file = restore_file(cfg)?;
+    let url = cfg.db_url()?;
+    let Some((db, maint)) = db_name_and_maintenance(&url) else {
+        bail!("cannot read the database name from {url}");
+    };
+    let m = format!("--maintenance-db={maint}");
+    let steps = [
+        Cmd::new(&cfg.dropdb).args([
+            m.as_str(),
+            "--no-password",
+            "--if-exists",
+            "--force",
+            db.as_str(),
+        ]),
+        Cmd::new(&cfg.createdb).args([m.as_str(), "--no-password", db.as_str()]),
+        Cmd::new(&cfg.psql).args([
+            url.as_str(),
+            "-X",
+            "-w",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            file.as_str(),
+        ]),
+    ];
+    let mut said = Vec::new();
+    for c in steps {
+        let c = c.timeout_ms(cfg.command_timeout_ms);
+        match run_ok(&c, "restoring from the backup")? {
+            Ok(_) => said.push(format!("`{}`", c.display())),
+            Err(e) => {
+                return Ok(StepOutcome::failed(format!(
+                    "{e} (done before: {})",
+                    said.join(", ")
+                )));
+            }
+        }
+    }
+    storage::set(&ctx.run_key("restored_from"), &file)?;
+    Ok(StepOutcome::ok(format!(
+        "{} {file}: {}",
+        verb(ctx, "restored", "would restore"),
+        said.join(", ")
+    )))
+}
+
+// -------------------------------------------------------------- features
+
+pub fn flag(ctx: &Context, cfg: &Config, name: &str) -> Out {
+    let Some(f) = cfg.features.iter().find(|f| f.name == name) else {
+        bail!("no feature {name:?} in the config");
+    };
+    let Some(p) = &f.flag_path else {
+        bail!("feature {name} has no flag_path");
+    };
+    let url = cfg.url(p);
+    let r = HttpRequest::new(&f.flag_method, &url)
+        .body(&f.flag_body)
+        .header("content-type", "application/json")
+        .send()?;
+    if r.simulated {
+        return Ok(StepOutcome::ok(format!("would {} {url}", f.flag_method)));
+    }
+    if !(200..300).contains(&r.status) {
+        return Ok(StepOutcome::failed(format!(
+            "{} {url} -> {} {}",
+            f.flag_method,
+            r.status,
+            one_line(&r.body, 120)
+        )));
+    }
+    let mut flagged: Vec<String> = storage::get_json(&ctx.run_key("flagged"))?.unwrap_or_default();
+    flagged.push(name.to_string());
+    storage::set_json(&ctx.run_key("flagged"), &flagged)?;
+    Ok(StepOutcome::ok(format!(
+        "{} {url} -> {}: {name} disabled, fix forward",
+        f.flag_method, r.status
+    )))
+}
