@@ -1,5 +1,568 @@
-//! End-to-end tests of the aidis plugin against a local stand-in.
+//! End-to-end tests of the aidis plugin against a local stand-in: a real
+//! git checkout with `refactor/phase-0-baseline` and `phase-4`, real
+//! python3 services on loopback started by the checkout's own scripts, a
+//! private PostgreSQL, runaway processes. Each test breaks the stand-in the
+//! way one of the runbook's triggers describes, runs the real `rewind`
+//! binary on the plugin built from source, and checks that AIDIS is back:
+//! healthy, on the right ref, data intact, the runbook's records written;
+//! and that a dry run leaves the stand-in untouched.
 
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
+
+#[path = "../support/postgres.rs"]
+mod postgres;
+
+#[allow(dead_code)]
+mod standin;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::standin::*;
+use crate::util::*;
+
+/// The findings of the assessment, as `check | observed | threshold | breached`.
+fn assessment(report: &Value) -> &Value {
+    &report["plugins"][0]["assessment"]
+}
+
+fn finding<'a>(list: &'a Value, check_contains: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"].as_str().unwrap().contains(check_contains))
+        .unwrap_or_else(|| panic!("no finding {check_contains:?} in {list:#}"))
+}
+
+fn levels(report: &Value) -> Vec<u64> {
+    report["plugins"][0]["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["level"].as_u64().unwrap())
+        .collect()
+}
+
+fn step_ids(report: &Value, level: u64) -> Vec<String> {
+    report["plugins"][0]["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == level)
+        .unwrap()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn step_message(report: &Value, level: u64, id: &str) -> String {
+    report["plugins"][0]["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == level)
+        .unwrap()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} at level {level}"))["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A dry run on the broken stand-in: every file of the checkout (with
+/// `.git`) is as it was, the same pids are alive, HEAD has not moved.
+fn dry_run_changes_nothing(s: &StandIn, runbook: &Path) {
+    let tree = s.tree();
+    let pids = s.pids();
+    let head = s.rev("HEAD");
+    let branch = s.head();
+    let (code, report, stderr) = s.run_json(runbook, &["--dry-run"]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "simulated", "{report:#}");
+    let text = serde_json::to_string(&report).unwrap();
+    assert!(text.contains("would "), "{report:#}");
+    assert_eq!(s.pids(), pids, "the dry run stopped or started processes");
+    assert_eq!(s.rev("HEAD"), head);
+    assert_eq!(s.head(), branch);
+    assert!(
+        s.tree() == tree,
+        "the dry run changed files of the checkout"
+    );
+    assert!(s.refs("branch", "rollback-point-").is_empty());
+    assert!(s.refs("tag", "phase-4-rollback-").is_empty());
+}
+
+/// The example runbook, pointed at the stand-in through its variables.
+fn example(s: &StandIn, args: &[&str]) -> std::process::Output {
+    let runbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/aidis/rewind.toml");
+    let c = s.config();
+    let list = |v: &Value| serde_json::to_string(v).unwrap();
+    let bin = |p: &str| s.pg.bin(p).display().to_string();
+    let db_status = c["db_status_command"].clone();
+    let db_restart = c["db_restart_command"].clone();
+    Command::new(REWIND)
+        .args(args)
+        .arg(&runbook)
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .env_remove("REWIND_LOG")
+        .env("AIDIS_ROOT", s.root_str())
+        .env("AIDIS_STATE_DIR", s.dir.path().join("state"))
+        .env("AIDIS_HOST", "127.0.0.1")
+        .env("AIDIS_FRONTEND_PORT", s.ports.frontend.to_string())
+        .env("AIDIS_BACKEND_PORT", s.ports.backend.to_string())
+        .env("AIDIS_MCP_PORT", s.ports.mcp.to_string())
+        .env("AIDIS_RESPONSE_TIMEOUT_MS", "3000")
+        .env("AIDIS_STARTUP_TIMEOUT_MS", "20000")
+        .env("AIDIS_POLL_INTERVAL_MS", "100")
+        .env("AIDIS_STOP_GRACE_MS", "3000")
+        .env("AIDIS_MESH_GRACE_MS", "2000")
+        .env("AIDIS_MAX_MEMORY_MB", "1000000000")
+        .env("AIDIS_WARN_MEMORY_MB", "1000000000")
+        .env("AIDIS_MIN_AVAILABLE_MB", "1")
+        .env("AIDIS_MAX_LOAD", "1000000")
+        .env("AIDIS_PROCESS_PATTERNS", list(&c["process_patterns"]))
+        .env(
+            "AIDIS_SERVER_PATTERN",
+            c["server_pattern"].as_str().unwrap(),
+        )
+        .env("AIDIS_STOP_PATTERNS", list(&c["stop_patterns"]))
+        .env("AIDIS_CLEANUP_PATTERNS", list(&c["cleanup_patterns"]))
+        .env(
+            "AIDIS_BRIDGE_PATTERN",
+            c["bridge_pattern"].as_str().unwrap(),
+        )
+        .env("AIDIS_MESH_STOP_PATTERNS", list(&c["mesh_stop_patterns"]))
+        .env("AIDIS_PS", s.ps())
+        .env("AIDIS_NPM", s.pat("bin/npm"))
+        .env("AIDIS_NODE", s.pat("bin/node"))
+        .env("AIDIS_BRIDGE_SCRIPT", s.pat("claude-http-mcp-bridge.py"))
+        .env("AIDIS_DB_STATUS_COMMAND", list(&db_status))
+        .env("AIDIS_DB_STATUS_PROGRAM", db_status[0].as_str().unwrap())
+        .env("AIDIS_DB_RESTART_COMMAND", list(&db_restart))
+        .env("AIDIS_DB_RESTART_PROGRAM", db_restart[0].as_str().unwrap())
+        .env("AIDIS_DB_HOST", &s.pg.host)
+        .env("AIDIS_DB_PORT", s.pg.port.to_string())
+        .env("AIDIS_DB_USER", &s.pg.user)
+        .env("AIDIS_PSQL", bin("psql"))
+        .env("AIDIS_PG_DUMP", bin("pg_dump"))
+        .env("AIDIS_DB_TIMEOUT_MS", "15000")
+        .env("AIDIS_DB_EXTENSION", "plpgsql")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn report_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {}", text(out)))
+}
+
+#[test]
+fn phase4_serving_500s_is_rolled_back_to_the_baseline_on_the_example_runbook() {
+    let s = StandIn::new(PHASE4);
+    assert_eq!(
+        s.get(s.ports.mcp, "/healthz"),
+        Some(500),
+        "phase-4 is broken"
+    );
+    let phase4 = s.rev(PHASE4);
+    let counts = s.db_counts();
+    let broken_mcp = s.pid("mcp").unwrap();
+
+    let out = example(&s, &["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("grants cover everything"),
+        "{}",
+        text(&out)
+    );
+
+    // The plan: Scenario 1, observed vs threshold, the Phase 0 rollback.
+    let out = example(&s, &["plan"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Scenario 1: service health failures"), "{t}");
+    assert!(t.contains("critical"), "{t}");
+    assert!(
+        t.contains("BREACHED MCP health GET") && t.contains("observed 500, threshold 200-399"),
+        "{t}"
+    );
+    assert!(t.contains("services down at once: observed 2"), "{t}");
+    assert!(t.contains("level 2 (phase 0 rollback)"), "{t}");
+    assert!(t.contains(&format!("checkout {BASELINE}")), "{t}");
+    assert!(t.contains("pg_dump"), "{t}");
+
+    // A dry run of the same leaves everything as it is.
+    let before = s.tree();
+    let pids = s.pids();
+    let out = example(&s, &["run", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("would run"), "{}", text(&out));
+    assert!(s.tree() == before, "the dry run changed the checkout");
+    assert_eq!(s.pids(), pids, "the dry run touched processes");
+    assert_eq!(s.head(), PHASE4);
+    assert!(s.refs("branch", "rollback-point-").is_empty());
+
+    // The rollback.
+    let out = example(&s, &["run", "--json"]);
+    let report = report_of(&out);
+    assert!(out.status.success(), "{report:#}\n{}", text(&out));
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let a = assessment(&report);
+    assert_eq!(a["scenario"], "Scenario 1: service health failures");
+    assert_eq!(a["severity"], "critical");
+    assert_eq!(levels(&report), [2], "Scenario 1 reverts at once");
+    assert_eq!(
+        step_ids(&report, 2),
+        [
+            "backup-database",
+            "backup-config",
+            "backup-git",
+            "stop-services",
+            "stop-processes",
+            "revert",
+            "start-services",
+            "start-dev",
+            "wait-healthy",
+            "validate",
+            "record"
+        ]
+    );
+    let v = &report["plugins"][0]["levels"][0]["verification"];
+    assert_eq!(v["healthy"], true, "{v:#}");
+    assert_eq!(finding(&v["findings"], "git HEAD")["breached"], false);
+
+    // AIDIS is back: healthy, on the baseline, the old server gone.
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    assert_eq!(s.head(), BASELINE);
+    assert!(!alive(broken_mcp), "the phase-4 MCP server was stopped");
+    // The data is intact, and was dumped first.
+    assert_eq!(s.db_counts(), counts);
+    let dumps = s.files("backups", "pre-rollback-");
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    let dump = std::fs::read_to_string(&dumps[0]).unwrap();
+    assert!(dump.contains("CREATE TABLE public.contexts"), "{dump}");
+    assert!(
+        dump.contains("service de-duplication"),
+        "the rows are in the dump"
+    );
+    // The config was copied and snapshotted; the git state preserved.
+    let copies = s.files("backups", "config-");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(
+        std::fs::read_to_string(copies[0].join("aidis.json")).unwrap(),
+        s.read("config/aidis.json")
+    );
+    assert!(
+        step_message(&report, 2, "backup-config").contains("snapshot"),
+        "{report:#}"
+    );
+    let branches = s.refs("branch", "rollback-point-");
+    let tags = s.refs("tag", "phase-4-rollback-");
+    assert_eq!(
+        (branches.len(), tags.len()),
+        (1, 1),
+        "{branches:?} {tags:?}"
+    );
+    assert_eq!(s.rev(&branches[0]), phase4);
+    assert_eq!(s.rev(&tags[0]), phase4);
+    assert_eq!(
+        branches[0].trim_start_matches("rollback-point-"),
+        tags[0].trim_start_matches("phase-4-rollback-"),
+        "one timestamp for the run"
+    );
+    // The runbook's records.
+    let log = s.read("logs/rollback.log");
+    assert!(
+        log.contains(": Phase 4 service rollback completed"),
+        "{log}"
+    );
+    assert!(log.contains(BASELINE), "{log}");
+    let ps = s.files("logs", "rollback-processes-");
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    let ps = std::fs::read_to_string(&ps[0]).unwrap();
+    assert!(ps.contains(&s.pat("src/server.py")), "{ps}");
+
+    // Healthy now: nothing more to do.
+    let out = example(&s, &["run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("healthy: nothing to roll back"),
+        "{}",
+        text(&out)
+    );
+    let out = example(&s, &["history"]);
+    assert_eq!(
+        text(&out).matches("rolled-back").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn runaway_processes_are_cleaned_up_without_a_code_change() {
+    let mut s = StandIn::new(BASELINE);
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    let spawner = s.runaway(20);
+    let baseline = s.rev("HEAD");
+    let runbook = s.runbook(|_| {});
+
+    let out = s.rewind(&runbook, &["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = s.rewind(&runbook, &["plan"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Scenario 4: process count explosion"), "{t}");
+    assert!(t.contains("threshold <= 20"), "{t}");
+    assert!(t.contains("level 1 (targeted recovery)"), "{t}");
+    dry_run_changes_nothing(&s, &runbook);
+    assert!(alive(spawner));
+
+    let (code, report, stderr) = s.run_json(&runbook, &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let a = assessment(&report);
+    assert_eq!(a["scenario"], "Scenario 4: process count explosion");
+    assert_eq!(a["severity"], "major");
+    let f = finding(&a["findings"], "processes matching");
+    assert_eq!(f["breached"], true, "{f}");
+    assert!(f["observed"].as_str().unwrap().parse::<u32>().unwrap() > 20);
+    assert_eq!(levels(&report), [1], "no escalation: {report:#}");
+    assert_eq!(
+        step_ids(&report, 1),
+        [
+            "cleanup-processes",
+            "start-essential",
+            "wait-mcp",
+            "count-essential",
+            "start-dev",
+            "wait-healthy",
+            "validate",
+            "record"
+        ]
+    );
+    let count = &report["plugins"][0]["levels"][0]["steps"][3]["findings"][0];
+    assert_eq!(count["breached"], false, "at most 5 processes: {count}");
+
+    // Back: healthy, at most 15 processes, the runaways gone, no revert.
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    assert!(!alive(spawner), "the runaway spawner was stopped");
+    assert!(s.pids_of("concurrently.py --child").is_empty());
+    assert!(s.pids().len() <= 15, "{:?}", s.pids());
+    assert_eq!(s.rev("HEAD"), baseline);
+    assert!(s.refs("branch", "rollback-point-").is_empty());
+    let log = s.read("logs/rollback.log");
+    assert!(
+        log.contains("Phase 4 service rollback completed (Scenario 4"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_runaway_phase4_escalates_from_cleanup_to_the_baseline() {
+    let mut s = StandIn::new(PHASE4);
+    s.runaway(20);
+    let counts = s.db_counts();
+    // Level 1 waits in vain for phase-4 to turn healthy: keep that short.
+    let runbook = s.runbook(|c| c["startup_timeout_ms"] = 4000.into());
+
+    let (code, report, stderr) = s.run_json(&runbook, &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let a = assessment(&report);
+    assert_eq!(a["scenario"], "Scenario 4: process count explosion");
+    assert_eq!(a["severity"], "critical", "services are down too");
+    // The cleanup alone left phase-4's 500s: the host escalated.
+    assert_eq!(levels(&report), [1, 2], "{report:#}");
+    let l1 = &report["plugins"][0]["levels"][0]["verification"];
+    assert_eq!(l1["healthy"], false);
+    assert_eq!(
+        finding(&l1["findings"], "MCP health GET")["observed"],
+        "500"
+    );
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    assert_eq!(s.head(), BASELINE);
+    assert!(s.pids_of("concurrently.py --child").is_empty());
+    assert_eq!(s.db_counts(), counts);
+    let log = s.read("logs/rollback.log");
+    assert!(
+        log.contains("did NOT validate"),
+        "level 1 is on record: {log}"
+    );
+    assert!(log.contains("level 2 (phase 0 rollback)"), "{log}");
+}
+
+#[test]
+fn a_stopped_database_is_restarted_and_its_data_kept() {
+    let mut s = StandIn::new(BASELINE);
+    let counts = s.db_counts();
+    s.pg.stop();
+    assert_eq!(s.get(s.ports.mcp, "/readyz"), Some(503));
+    assert_eq!(s.get(s.ports.mcp, "/healthz"), Some(200));
+    let runbook = s.runbook(|_| {});
+
+    let out = s.rewind(&runbook, &["plan"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Scenario 3: database connection issues"), "{t}");
+    assert!(t.contains("BREACHED MCP ready GET"), "{t}");
+    assert!(t.contains("observed 503"), "{t}");
+    dry_run_changes_nothing(&s, &runbook);
+    assert!(!s.pg.accepts(), "the dry run started nothing");
+
+    let (code, report, stderr) = s.run_json(&runbook, &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let a = assessment(&report);
+    assert_eq!(a["scenario"], "Scenario 3: database connection issues");
+    assert_eq!(a["severity"], "critical");
+    let db = finding(&a["findings"], "psql -c \"SELECT 1;\"");
+    assert_eq!(db["breached"], true, "{db}");
+    assert_eq!(levels(&report), [1], "{report:#}");
+    assert!(
+        step_message(&report, 1, "db-connectivity").contains("does not answer"),
+        "{report:#}"
+    );
+    assert!(
+        step_message(&report, 1, "db-restart").contains("accepts connections after"),
+        "{report:#}"
+    );
+    assert!(
+        step_message(&report, 1, "db-extension").contains("plpgsql is installed"),
+        "{report:#}"
+    );
+    assert!(s.pg.accepts());
+    assert_eq!(s.db_counts(), counts, "the data is intact");
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    assert_eq!(s.head(), BASELINE);
+    assert!(
+        s.read("logs/rollback.log")
+            .contains("rollback completed (Scenario 3"),
+        "{}",
+        s.read("logs/rollback.log")
+    );
+}
+
+#[test]
+fn a_dead_bridge_is_restarted() {
+    let s = StandIn::new(BASELINE);
+    let bridge = s.pid("bridge").unwrap();
+    kill_pid(bridge);
+    assert!(wait_until(std::time::Duration::from_secs(5), || s.ping() == Some(502)));
+    assert_eq!(s.get(s.ports.mcp, "/healthz"), Some(200));
+    let runbook = s.runbook(|_| {});
+    dry_run_changes_nothing(&s, &runbook);
+
+    let (code, report, stderr) = s.run_json(&runbook, &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = assessment(&report);
+    assert_eq!(a["scenario"], "Scenario 5: service mesh failures");
+    assert_eq!(a["severity"], "major");
+    let ping = finding(&a["findings"], "MCP bridge GET");
+    assert_eq!(
+        (ping["observed"].as_str(), ping["breached"].as_bool()),
+        (Some("502"), Some(true))
+    );
+    assert_eq!(levels(&report), [1], "{report:#}");
+    assert!(
+        step_message(&report, 1, "mesh-stop").contains("no service mesh reset needed"),
+        "the bridge restart was enough: {report:#}"
+    );
+    assert_eq!(s.ping(), Some(200));
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    let new_bridge = s.pids_of("claude-http-mcp-bridge.py");
+    assert_eq!(new_bridge.len(), 1, "{new_bridge:?}");
+
+    // Level 3 is a person's: without a terminal it needs --approve-manual.
+    let (code, report, _) = s.run_json(&runbook, &["--level", "3"]);
+    assert_eq!(code, 1, "{report:#}");
+    let err = report["plugins"][0]["error"].as_str().unwrap();
+    assert!(err.contains("needs a person"), "{err}");
+    let (code, report, stderr) = s.run_json(&runbook, &["--level", "3", "--approve-manual"]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(
+        step_ids(&report, 3),
+        ["manual-intervention", "validate", "record"]
+    );
+    let detail = report["plugins"][0]["levels"][0]["steps"][0]["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains("point-in-time recovery to 2025-09-19 18:00:00 UTC"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_slow_phase4_degrades_gracefully_then_rolls_back() {
+    let s = StandIn::slow(PHASE4, 700);
+    let backend = s.pid("backend").unwrap();
+    let runbook = s.runbook(|c| {
+        c["max_latency_ms"] = 300.into();
+        c["warn_latency_ms"] = 200.into();
+        c["startup_timeout_ms"] = 5000.into();
+    });
+
+    let out = s.rewind(&runbook, &["plan"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Scenario 2: performance degradation"), "{t}");
+    assert!(
+        t.contains("BREACHED MCP /healthz response time, consistently: observed 7"),
+        "{t}"
+    );
+    assert!(t.contains("threshold <= 300 ms"), "{t}");
+    dry_run_changes_nothing(&s, &runbook);
+
+    let (code, report, stderr) = s.run_json(&runbook, &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let a = assessment(&report);
+    assert_eq!(a["scenario"], "Scenario 2: performance degradation");
+    assert_eq!(a["severity"], "major");
+    // Graceful degradation first; the degradation continued, so the full
+    // rollback.
+    assert_eq!(levels(&report), [1, 2], "{report:#}");
+    assert_eq!(
+        step_ids(&report, 1),
+        [
+            "triage",
+            "graceful-shutdown",
+            "start-backend",
+            "wait-healthy",
+            "validate",
+            "record"
+        ]
+    );
+    let triage = &report["plugins"][0]["levels"][0]["steps"][0]["findings"];
+    for port in [s.ports.frontend, s.ports.backend, s.ports.mcp] {
+        let f = finding(triage, &format!("port {port} "));
+        assert_eq!(f["breached"], false, "listening: {f}");
+    }
+    assert!(
+        step_message(&report, 1, "graceful-shutdown").contains(": 202"),
+        "{report:#}"
+    );
+    assert!(!alive(backend), "the backend was shut down gracefully");
+    let l1 = &report["plugins"][0]["levels"][0]["verification"];
+    assert_eq!(
+        finding(&l1["findings"], "/healthz response time")["breached"],
+        true
+    );
+    assert_eq!(s.head(), BASELINE);
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    let log = s.read("logs/rollback.log");
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(log.contains("did NOT validate (Scenario 2"), "{log}");
+}

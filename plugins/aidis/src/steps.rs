@@ -1,0 +1,1159 @@
+//! The rollback procedures: each level's steps for the scenario the
+//! assessment chose, in the runbook's order, and how each step is carried
+//! out through host calls.
+
+use rewind_sdk::prelude::*;
+use rewind_sdk::storage::EntryKind;
+
+use crate::clock;
+use crate::config::Config;
+use crate::gitref::Repo;
+use crate::measure::{self, Scenario};
+
+pub const LEVEL_TARGETED: u8 = 1;
+pub const LEVEL_PHASE0: u8 = 2;
+pub const LEVEL_MANUAL: u8 = 3;
+
+pub fn level_name(level: u8) -> &'static str {
+    match level {
+        LEVEL_TARGETED => "targeted recovery",
+        LEVEL_PHASE0 => "phase 0 rollback",
+        _ => "manual intervention",
+    }
+}
+
+/// The scenario the assessment chose in this run (Scenario 1 when the
+/// system was healthy and a level was forced with `--level`).
+pub fn scenario(ctx: &Context) -> Result<Scenario> {
+    Ok(storage::get(&ctx.run_key("scenario"))?
+        .and_then(|s| Scenario::parse(&s))
+        .unwrap_or(Scenario::Health))
+}
+
+/// This run's timestamp (`date +%Y%m%d_%H%M%S`), fixed by the first call
+/// that needs it so that the plan and the steps name the same backups.
+pub fn stamp(ctx: &Context) -> Result<String> {
+    let key = ctx.run_key("stamp");
+    if let Some(s) = storage::get(&key)? {
+        return Ok(s);
+    }
+    let s = clock::stamp(clock::now_s());
+    storage::set(&key, &s)?;
+    Ok(s)
+}
+
+struct Names {
+    dump: String,
+    config_copy: String,
+    snapshot: String,
+    branch: String,
+    tag: String,
+}
+
+fn names(ctx: &Context, cfg: &Config) -> Result<Names> {
+    let ts = stamp(ctx)?;
+    Ok(Names {
+        dump: format!("{}/pre-rollback-{ts}.sql", cfg.backups()),
+        config_copy: format!("{}/config-{ts}", cfg.backups()),
+        snapshot: format!("aidis-pre-rollback-{ts}"),
+        branch: format!("{}{ts}", cfg.branch_prefix),
+        tag: format!("{}{ts}", cfg.tag_prefix),
+    })
+}
+
+fn shown(cmd: Option<Cmd>) -> String {
+    cmd.map_or_else(
+        || "(turned off)".to_string(),
+        |c| format!("`{}`", c.display()),
+    )
+}
+
+fn spawn_log(cfg: &Config, name: &str) -> String {
+    format!("{}/rollback-{name}.log", cfg.logs())
+}
+
+fn patterns_list(p: &[String]) -> String {
+    p.iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The patterns stopped before the revert: the runbook's `pkill -f`
+/// list, and the Scenario 4 list too when processes ran away.
+fn phase0_patterns(cfg: &Config, sc: Scenario) -> Vec<String> {
+    let mut p = cfg.stop_patterns.clone();
+    if sc == Scenario::Processes {
+        for c in &cfg.cleanup_patterns {
+            if !p.contains(c) {
+                p.push(c.clone());
+            }
+        }
+    }
+    p.retain(|s| !s.trim().is_empty());
+    p
+}
+
+fn wait_detail(cfg: &Config, what: &str) -> String {
+    format!(
+        "Poll {what} every {} ms until it answers 200-399, for at most {} ms in all (the runbook's `sleep 30`, as a wait that ends as soon as AIDIS is up); not being healthy is left to the verification, which escalates",
+        cfg.poll_interval_ms, cfg.startup_timeout_ms
+    )
+}
+
+fn all_endpoints(cfg: &Config) -> String {
+    let mut urls: Vec<String> = cfg.endpoints().into_iter().map(|e| e.url).collect();
+    urls.push(format!("GET {} (the bridge)", cfg.ping_url()));
+    urls.join(", ")
+}
+
+fn validate_step(cfg: &Config, level: u8) -> Step {
+    let mut d = format!(
+        "The validation checklist: GET {} answer 200-399; psql SELECT current_database() on {}:{}/{}; POST {} within {} ms; at most {} processes matching {}; memory used <= {} MB and available >= {} MB",
+        cfg.endpoints()
+            .iter()
+            .map(|e| e.url.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.db_host,
+        cfg.db_port,
+        cfg.db_name,
+        cfg.ping_url(),
+        cfg.max_latency_ms,
+        cfg.max_processes_after,
+        measure::patterns_shown(&cfg.process_patterns),
+        cfg.max_memory_mb,
+        cfg.min_available_mb,
+    );
+    if level >= LEVEL_PHASE0 {
+        d.push_str(&format!("; git HEAD on {}", cfg.baseline_ref));
+    }
+    if let Some(c) = cfg.cmd(&cfg.integration_command) {
+        d.push_str(&format!("; `{}` exits 0", c.display()));
+    }
+    Step::auto("validate", "Validate the rollback", d)
+}
+
+fn record_step(cfg: &Config) -> Step {
+    Step::auto(
+        "record",
+        "Document the rollback",
+        format!(
+            "Append \"<date>: Phase 4 service rollback completed\" (or what did not validate) to {}; capture `{}` into {}/rollback-processes-<epoch>.log",
+            cfg.rollback_log(),
+            cfg.cmd(&cfg.ps_command)
+                .map_or_else(|| "(turned off)".into(), |c| c.display()),
+            cfg.logs()
+        ),
+    )
+}
+
+fn start_dev_step(cfg: &Config, why: &str) -> Option<Step> {
+    let cmd = cfg.cmd(&cfg.dev_command)?;
+    Some(Step::auto(
+        "start-dev",
+        "Start the command services",
+        format!(
+            "Start `{}` in the background in {} ({why}), output appended to {}",
+            cmd.display(),
+            cfg.root,
+            spawn_log(cfg, "dev")
+        ),
+    ))
+}
+
+fn wait_step(cfg: &Config) -> Step {
+    Step::auto(
+        "wait-healthy",
+        "Wait until AIDIS is healthy",
+        wait_detail(cfg, &all_endpoints(cfg)),
+    )
+}
+
+/// The ordered steps of `level` for scenario `sc`.
+pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<Step>> {
+    let mut s: Vec<Step> = Vec::new();
+    let stop = Step::auto(
+        "stop-services",
+        "Stop the AIDIS services",
+        format!("Run {} in {}", shown(cfg.cmd(&cfg.stop_command)), cfg.root),
+    );
+    let start = Step::auto(
+        "start-services",
+        "Start the AIDIS services",
+        format!("Run {} in {}", shown(cfg.cmd(&cfg.start_command)), cfg.root),
+    );
+    match level {
+        LEVEL_TARGETED => match sc {
+            Scenario::Health => {
+                // The quick reference's "Service Recovery (60 seconds)".
+                s.push(stop);
+                s.push(start);
+                s.extend(start_dev_step(cfg, "`npm run dev`: start command services"));
+                s.push(wait_step(cfg));
+            }
+            Scenario::Performance => {
+                s.push(Step::auto(
+                    "triage",
+                    "Performance triage",
+                    format!(
+                        "Record the top 10 of {} and whether ports {}, {} and {} listen on {}",
+                        shown(cfg.cmd(&cfg.ps_command)),
+                        cfg.frontend_port,
+                        cfg.backend_port,
+                        cfg.mcp_port,
+                        cfg.host
+                    ),
+                ));
+                s.push(Step::auto(
+                    "graceful-shutdown",
+                    "Gracefully shut the backend down",
+                    format!(
+                        "POST {} (keep MCP and the frontend running, restart the backend)",
+                        cfg.graceful_shutdown_url()
+                    ),
+                ));
+                s.push(Step::auto(
+                    "start-backend",
+                    "Start the backend again",
+                    format!(
+                        "Start {} in the background in {}, output appended to {}",
+                        shown(cfg.cmd(&cfg.backend_start_command)),
+                        cfg.root,
+                        spawn_log(cfg, "backend")
+                    ),
+                ));
+                s.push(wait_step(cfg));
+            }
+            Scenario::Database => {
+                s.push(Step::auto(
+                    "restart-services",
+                    "Restart the MCP server to reset the connection pool",
+                    format!(
+                        "Run {} in {}",
+                        shown(cfg.cmd(&cfg.restart_command)),
+                        cfg.root
+                    ),
+                ));
+                s.push(Step::auto(
+                    "wait-mcp",
+                    "Wait for the MCP server",
+                    wait_detail(cfg, &format!("GET {}", cfg.healthz())),
+                ));
+                s.push(Step::auto(
+                    "db-connectivity",
+                    "Verify database connectivity",
+                    format!(
+                        "Run `{}`; the next three steps run only if it fails",
+                        cfg.psql_cmd("SELECT current_database();").display()
+                    ),
+                ));
+                s.push(Step::auto(
+                    "db-status",
+                    "Check the PostgreSQL service",
+                    format!(
+                        "Only if the database does not answer: run {} and record its output",
+                        shown(cfg.cmd(&cfg.db_status_command))
+                    ),
+                ));
+                s.push(Step::auto(
+                    "db-restart",
+                    "Restart PostgreSQL",
+                    format!(
+                        "Only if the database does not answer: run {}, then poll {}:{} until it accepts connections, for at most {} ms",
+                        shown(cfg.cmd(&cfg.db_restart_command)),
+                        cfg.db_host,
+                        cfg.db_port,
+                        cfg.db_timeout_ms
+                    ),
+                ));
+                s.push(Step::auto(
+                    "db-extension",
+                    format!("Verify the {} extension", cfg.db_extension),
+                    format!(
+                        "Only after a PostgreSQL restart: `{}` must list {}; if it does not, the data needs the DBA (level {LEVEL_MANUAL})",
+                        cfg.psql_cmd(&extension_sql(cfg)).display(),
+                        cfg.db_extension
+                    ),
+                ));
+                s.push(Step::auto(
+                    "wait-ready",
+                    "Wait for readiness",
+                    wait_detail(cfg, &format!("GET {}", cfg.readyz())),
+                ));
+            }
+            Scenario::Processes => {
+                s.push(Step::auto(
+                    "cleanup-processes",
+                    "Kill all AIDIS processes",
+                    format!(
+                        "Stop every process matching {}: TERM, then KILL what is left after {} ms (the runbook's `pkill -f` and `sleep 10`)",
+                        patterns_list(&cfg.cleanup_patterns),
+                        cfg.stop_grace_ms
+                    ),
+                ));
+                s.push(Step::auto(
+                    "start-essential",
+                    "Start the essential services only",
+                    format!(
+                        "Run {} in {} (only the MCP server)",
+                        shown(cfg.cmd(&cfg.essential_start_command)),
+                        cfg.root
+                    ),
+                ));
+                s.push(Step::auto(
+                    "wait-mcp",
+                    "Wait for the MCP server",
+                    wait_detail(cfg, &format!("GET {}", cfg.healthz())),
+                ));
+                s.push(Step::auto(
+                    "count-essential",
+                    "Verify the process count",
+                    format!(
+                        "Count the processes matching {}: at most {} with the essential services only",
+                        measure::patterns_shown(&cfg.process_patterns),
+                        cfg.essential_max_processes
+                    ),
+                ));
+                s.extend(start_dev_step(cfg, "restart command services"));
+                s.push(wait_step(cfg));
+            }
+            Scenario::Mesh => {
+                s.push(Step::auto(
+                    "stop-bridge",
+                    "Stop the HTTP-MCP bridge",
+                    format!(
+                        "Stop every process matching {:?}: TERM, then KILL after {} ms",
+                        cfg.bridge_pattern, cfg.mesh_grace_ms
+                    ),
+                ));
+                s.push(Step::auto(
+                    "start-bridge",
+                    "Start the HTTP-MCP bridge",
+                    format!(
+                        "Start {} in the background in {}, output appended to {}",
+                        shown(cfg.cmd(&cfg.bridge_start_command)),
+                        cfg.root,
+                        spawn_log(cfg, "bridge")
+                    ),
+                ));
+                s.push(Step::auto(
+                    "test-bridge",
+                    "Test the bridge",
+                    format!(
+                        "{}; then call the tool: POST {} with {{}} as JSON, which must answer 200-399",
+                        wait_detail(cfg, &format!("GET {}", cfg.ping_url())),
+                        cfg.ping_url()
+                    ),
+                ));
+                s.push(Step::auto(
+                    "mesh-stop",
+                    "Service mesh reset: stop",
+                    format!(
+                        "Only if the bridge still fails: run {}, then stop every process matching {} (TERM, KILL after {} ms: the runbook's `sleep 5`)",
+                        shown(cfg.cmd(&cfg.stop_command)),
+                        patterns_list(&cfg.mesh_stop_patterns),
+                        cfg.mesh_grace_ms
+                    ),
+                ));
+                s.push(Step::auto(
+                    "mesh-start",
+                    "Service mesh reset: start",
+                    format!(
+                        "Only if the bridge still failed: run {}, then start {} in the background",
+                        shown(cfg.cmd(&cfg.start_command)),
+                        shown(cfg.cmd(&cfg.dev_command))
+                    ),
+                ));
+                s.push(wait_step(cfg));
+            }
+        },
+        LEVEL_PHASE0 => {
+            let n = names(ctx, cfg)?;
+            let repo = Repo::new(&cfg.root);
+            let head = repo
+                .head_described()
+                .map(|h| h.1)
+                .unwrap_or_else(|e| format!("unknown ({})", e.message()));
+            let target = match repo.resolve(&cfg.baseline_ref) {
+                Some(sha) => format!("{} ({})", cfg.baseline_ref, &sha[..7]),
+                None => cfg.baseline_ref.clone(),
+            };
+            s.push(Step::auto(
+                "backup-database",
+                "Back up the database",
+                if cfg.backup_database {
+                    format!("Run `{}`", cfg.dump_cmd(&n.dump).display())
+                } else {
+                    "Turned off (backup_database = false)".to_string()
+                },
+            ));
+            s.push(Step::auto(
+                "backup-config",
+                "Back up the configuration and logs",
+                format!(
+                    "Snapshot {} and {} (verified archive {:?} in rewind's state) and copy {} to {}",
+                    cfg.config_path(),
+                    cfg.logs(),
+                    n.snapshot,
+                    cfg.config_path(),
+                    n.config_copy
+                ),
+            ));
+            s.push(Step::auto(
+                "backup-git",
+                "Preserve the git state",
+                format!(
+                    "In {}: `git branch {}` and `git tag {}` at HEAD, now {head}",
+                    cfg.root, n.branch, n.tag
+                ),
+            ));
+            s.push(stop);
+            let pats = phase0_patterns(cfg, sc);
+            s.push(Step::auto(
+                "stop-processes",
+                "Stop the remaining Phase 4 processes",
+                format!(
+                    "Stop every process matching {}: TERM, then KILL after {} ms",
+                    patterns_list(&pats),
+                    cfg.mesh_grace_ms
+                ),
+            ));
+            s.push(Step::auto(
+                "revert",
+                format!("Revert to {}", cfg.baseline_ref),
+                format!(
+                    "`{} checkout {}` in {}: {head} -> {target}",
+                    cfg.git, cfg.baseline_ref, cfg.root
+                ),
+            ));
+            s.push(start);
+            s.extend(start_dev_step(cfg, "start command services"));
+            s.push(wait_step(cfg));
+        }
+        LEVEL_MANUAL => {
+            s.push(Step::manual(
+                "manual-intervention",
+                "Manual intervention (senior developer, DBA)",
+                manual_detail(ctx, cfg)?,
+            ));
+        }
+        other => bail!(
+            "the aidis plugin has levels {LEVEL_TARGETED} to {LEVEL_MANUAL}; level {other} was asked for"
+        ),
+    }
+    s.push(validate_step(cfg, level));
+    s.push(record_step(cfg));
+    Ok(s)
+}
+
+fn manual_detail(ctx: &Context, cfg: &Config) -> Result<String> {
+    let n = names(ctx, cfg)?;
+    Ok(format!(
+        "The Phase 0 rollback did not validate: MANUAL INTERVENTION REQUIRED. A senior developer checks AIDIS in {} by hand (`whoami`, `pwd`, `git status`; logs in {}). If the database is corrupted, the DBA on call restores {} on {}:{} by point-in-time recovery to {} (the pre-Phase 4 state). This run's backups: {}, {}, git branch {}. Confirm once AIDIS is back",
+        cfg.root,
+        cfg.logs(),
+        cfg.db_name,
+        cfg.db_host,
+        cfg.db_port,
+        cfg.pitr_target,
+        n.dump,
+        n.config_copy,
+        n.branch
+    ))
+}
+
+fn extension_sql(cfg: &Config) -> String {
+    format!(
+        "SELECT extname FROM pg_extension WHERE extname='{}';",
+        cfg.db_extension.replace('\'', "''")
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Carrying the steps out.
+
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Run a configured command; a non-zero exit fails the step (the runbook's
+/// scripts run under `set -e`).
+fn run_cmd(what: &str, cmd: Option<Cmd>) -> Result<StepOutcome> {
+    let Some(cmd) = cmd else {
+        return Ok(StepOutcome::ok(format!("{what}: turned off in the config")));
+    };
+    let shown = cmd.display();
+    let o = cmd.run()?;
+    if o.simulated {
+        return Ok(StepOutcome::ok(format!("would run `{shown}`")));
+    }
+    if o.success() {
+        let tail = last_lines(&o.stdout, 2);
+        Ok(StepOutcome::ok(if tail.is_empty() {
+            format!("`{shown}` exited 0 in {} ms", o.duration_ms)
+        } else {
+            format!("`{shown}` exited 0 in {} ms: {tail}", o.duration_ms)
+        }))
+    } else {
+        Ok(StepOutcome::failed(format!(
+            "`{shown}` failed ({}): {}",
+            o.exit_code
+                .map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}")),
+            last_lines(&format!("{}\n{}", o.stdout, o.stderr), 3)
+        )))
+    }
+}
+
+fn spawn_cmd(ctx: &Context, cfg: &Config, name: &str, cmd: Option<Cmd>) -> Result<StepOutcome> {
+    let Some(cmd) = cmd else {
+        return Ok(StepOutcome::ok(format!("{name}: turned off in the config")));
+    };
+    let log = spawn_log(cfg, name);
+    let pid = cmd.spawn(&log)?;
+    Ok(StepOutcome::ok(if ctx.executes() {
+        format!("started `{}` as pid {pid}, output in {log}", cmd.display())
+    } else {
+        format!("would start `{}` in the background", cmd.display())
+    }))
+}
+
+fn stop_matching(ctx: &Context, patterns: &[String], grace_ms: u64) -> Result<StepOutcome> {
+    let mut parts = Vec::new();
+    let mut total = 0;
+    for p in patterns.iter().filter(|p| !p.trim().is_empty()) {
+        let n = process::stop_matching(p, grace_ms)?;
+        total += n;
+        parts.push(format!("{n} matching {p:?}"));
+    }
+    let verb = if ctx.executes() {
+        "stopped"
+    } else {
+        "would stop"
+    };
+    Ok(StepOutcome::ok(format!(
+        "{verb} {total} processes ({})",
+        parts.join(", ")
+    )))
+}
+
+/// Poll each URL until healthy, sharing one time budget. Never fails the
+/// step: the verification judges, and escalates.
+fn wait_for(ctx: &Context, cfg: &Config, probes: Vec<(String, HttpProbe)>) -> Result<StepOutcome> {
+    let names: Vec<String> = probes.iter().map(|(n, _)| n.clone()).collect();
+    if !ctx.executes() {
+        return Ok(StepOutcome::ok(format!(
+            "would wait for {} (a {} restarts nothing)",
+            names.join(", "),
+            ctx.mode.as_str()
+        )));
+    }
+    let budget = cfg.startup_timeout_ms;
+    let mut spent = 0u64;
+    let mut findings = Vec::new();
+    let mut bad = Vec::new();
+    let mut attempts = 0;
+    for (name, probe) in probes {
+        // Once the budget is spent, each remaining URL still gets one probe.
+        let left = budget.saturating_sub(spent);
+        let w = probe.wait(
+            WaitPolicy::every(cfg.poll_interval_ms)
+                .timeout_ms(left)
+                .successes(1),
+        )?;
+        spent += w.elapsed_ms;
+        attempts += w.attempts;
+        let range = probe
+            .expect_status
+            .unwrap_or(rewind_sdk::health::StatusRange { min: 200, max: 399 });
+        let mut f = Finding::status(name.clone(), w.last.status, range.min, range.max);
+        if w.last.status.is_none() {
+            f.observed = format!("no answer ({})", w.last.detail);
+        }
+        if !w.healthy {
+            bad.push(format!("{name}: {}", f.observed));
+        }
+        findings.push(f);
+    }
+    findings.push(Finding::at_most(
+        "time to healthy",
+        spent as f64,
+        budget as f64,
+        "ms",
+    ));
+    let msg = if bad.is_empty() {
+        format!("healthy after {spent} ms ({attempts} probes)")
+    } else {
+        format!(
+            "not healthy within {budget} ms ({}); the verification decides",
+            bad.join("; ")
+        )
+    };
+    Ok(StepOutcome::ok(msg).with_findings(findings))
+}
+
+fn all_probes(cfg: &Config) -> Vec<(String, HttpProbe)> {
+    // The MCP server first: the rest depends on it.
+    let mut eps = cfg.endpoints();
+    eps.sort_by_key(|e| e.url != cfg.healthz());
+    let mut v: Vec<(String, HttpProbe)> = eps
+        .into_iter()
+        .map(|e| (format!("GET {}", e.url), cfg.probe(&e.url)))
+        .collect();
+    v.push((
+        format!("GET {} (the bridge)", cfg.ping_url()),
+        cfg.ping_probe(),
+    ));
+    v
+}
+
+fn flag(ctx: &Context, key: &str) -> Result<Option<bool>> {
+    Ok(storage::get(&ctx.run_key(key))?.map(|v| v == "true"))
+}
+
+fn set_flag(ctx: &Context, key: &str, v: bool) -> Result<()> {
+    storage::set(&ctx.run_key(key), if v { "true" } else { "false" })?;
+    Ok(())
+}
+
+pub fn run(
+    ctx: &Context,
+    cfg: &Config,
+    sc: Scenario,
+    level: u8,
+    step: &str,
+) -> Result<StepOutcome> {
+    match step {
+        "stop-services" => run_cmd("stop", cfg.cmd(&cfg.stop_command)),
+        "start-services" => run_cmd("start", cfg.cmd(&cfg.start_command)),
+        "restart-services" => run_cmd("restart", cfg.cmd(&cfg.restart_command)),
+        "start-essential" => run_cmd("start", cfg.cmd(&cfg.essential_start_command)),
+        "start-dev" => spawn_cmd(ctx, cfg, "dev", cfg.cmd(&cfg.dev_command)),
+        "start-backend" => spawn_cmd(ctx, cfg, "backend", cfg.cmd(&cfg.backend_start_command)),
+        "start-bridge" => spawn_cmd(ctx, cfg, "bridge", cfg.cmd(&cfg.bridge_start_command)),
+        "wait-healthy" => wait_for(ctx, cfg, all_probes(cfg)),
+        "wait-mcp" => wait_for(
+            ctx,
+            cfg,
+            vec![(format!("GET {}", cfg.healthz()), cfg.probe(&cfg.healthz()))],
+        ),
+        "wait-ready" => wait_for(
+            ctx,
+            cfg,
+            vec![(format!("GET {}", cfg.readyz()), cfg.probe(&cfg.readyz()))],
+        ),
+        "triage" => triage(cfg),
+        "graceful-shutdown" => graceful_shutdown(ctx, cfg),
+        "cleanup-processes" => stop_matching(ctx, &cfg.cleanup_patterns, cfg.stop_grace_ms),
+        "count-essential" => {
+            let p = measure::count_processes(&cfg.process_patterns)?;
+            let f = Finding::at_most(
+                format!(
+                    "processes matching {}",
+                    measure::patterns_shown(&cfg.process_patterns)
+                ),
+                f64::from(p.count),
+                f64::from(cfg.essential_max_processes),
+                "",
+            );
+            Ok(StepOutcome::ok(format!(
+                "{} processes (limit {} with the essential services only)",
+                p.count, cfg.essential_max_processes
+            ))
+            .with_findings(vec![f]))
+        }
+        "stop-bridge" => stop_matching(
+            ctx,
+            std::slice::from_ref(&cfg.bridge_pattern),
+            cfg.mesh_grace_ms,
+        ),
+        "test-bridge" => {
+            let waited = if ctx.executes() {
+                wait_for(
+                    ctx,
+                    cfg,
+                    vec![(format!("GET {}", cfg.ping_url()), cfg.ping_probe())],
+                )?
+            } else {
+                StepOutcome::ok(format!(
+                    "would wait for GET {} (a {} restarts nothing)",
+                    cfg.ping_url(),
+                    ctx.mode.as_str()
+                ))
+            };
+            // Nothing restarts in a dry run: the bridge as it is now says
+            // whether the mesh reset would run.
+            let call = measure::tool_call(ctx, cfg)?;
+            let ok = call.iter().all(|f| !f.breached);
+            set_flag(ctx, "bridge-ok", ok)?;
+            let msg = format!(
+                "{}; tool call: {}",
+                waited.message,
+                call.first().map_or("-", |f| f.observed.as_str())
+            );
+            Ok(StepOutcome::ok(msg).with_findings(call))
+        }
+        "mesh-stop" => {
+            if flag(ctx, "bridge-ok")?.unwrap_or(false) {
+                return Ok(StepOutcome::ok(
+                    "the bridge answers: no service mesh reset needed",
+                ));
+            }
+            let a = run_cmd("stop", cfg.cmd(&cfg.stop_command))?;
+            if !a.ok {
+                return Ok(a);
+            }
+            let b = stop_matching(ctx, &cfg.mesh_stop_patterns, cfg.mesh_grace_ms)?;
+            Ok(StepOutcome::ok(format!("{}; {}", a.message, b.message)))
+        }
+        "mesh-start" => {
+            if flag(ctx, "bridge-ok")?.unwrap_or(false) {
+                return Ok(StepOutcome::ok(
+                    "the bridge answers: no service mesh reset needed",
+                ));
+            }
+            let a = run_cmd("start", cfg.cmd(&cfg.start_command))?;
+            if !a.ok {
+                return Ok(a);
+            }
+            let b = spawn_cmd(ctx, cfg, "dev", cfg.cmd(&cfg.dev_command))?;
+            Ok(StepOutcome::ok(format!("{}; {}", a.message, b.message)))
+        }
+        "db-connectivity" => {
+            let db = measure::db_check(
+                ctx,
+                cfg,
+                "SELECT current_database();",
+                Some(cfg.db_name.as_str()),
+            )?;
+            set_flag(ctx, "db-ok", db.ok)?;
+            let f = Finding::check(&db.check, db.ok, &db.observed, "answers");
+            Ok(StepOutcome::ok(if db.ok {
+                format!("the database answers: {}", db.observed)
+            } else {
+                format!(
+                    "the database does not answer ({}): recovering it",
+                    db.observed
+                )
+            })
+            .with_findings(vec![f]))
+        }
+        "db-status" => {
+            if flag(ctx, "db-ok")?.unwrap_or(true) {
+                return Ok(StepOutcome::ok("the database answers: not needed"));
+            }
+            let Some(cmd) = cfg.cmd(&cfg.db_status_command) else {
+                return Ok(StepOutcome::ok("turned off in the config"));
+            };
+            let shown = cmd.display();
+            let o = cmd.run()?;
+            Ok(StepOutcome::ok(if o.simulated {
+                format!("would run `{shown}`")
+            } else {
+                // `systemctl status` exits 3 for a stopped service: that
+                // is what it reports, not a failure of the step.
+                format!(
+                    "`{shown}` exit {}: {}",
+                    o.exit_code.unwrap_or(-1),
+                    last_lines(&format!("{}\n{}", o.stdout, o.stderr), 3)
+                )
+            }))
+        }
+        "db-restart" => {
+            if flag(ctx, "db-ok")?.unwrap_or(true) {
+                return Ok(StepOutcome::ok("the database answers: not restarted"));
+            }
+            let out = run_cmd("restart", cfg.cmd(&cfg.db_restart_command))?;
+            if !out.ok || !ctx.executes() {
+                return Ok(out);
+            }
+            let w = TcpProbe::new(&cfg.db_host, cfg.db_port).wait(
+                WaitPolicy::every(cfg.poll_interval_ms.min(500))
+                    .timeout_ms(cfg.db_timeout_ms)
+                    .successes(1),
+            )?;
+            let f = Finding::check(
+                format!(
+                    "database {}:{} accepts connections",
+                    cfg.db_host, cfg.db_port
+                ),
+                w.healthy,
+                format!("{} after {} ms", w.last.detail, w.elapsed_ms),
+                "connects",
+            );
+            let msg = if w.healthy {
+                format!(
+                    "{}; {}:{} accepts connections after {} ms",
+                    out.message, cfg.db_host, cfg.db_port, w.elapsed_ms
+                )
+            } else {
+                format!(
+                    "{}; {}:{} does not accept connections within {} ms: {}",
+                    out.message, cfg.db_host, cfg.db_port, cfg.db_timeout_ms, w.last.detail
+                )
+            };
+            Ok(if w.healthy {
+                StepOutcome::ok(msg)
+            } else {
+                StepOutcome::failed(msg)
+            }
+            .with_findings(vec![f]))
+        }
+        "db-extension" => {
+            if flag(ctx, "db-ok")?.unwrap_or(true) {
+                return Ok(StepOutcome::ok(
+                    "the database answered: no recovery to check",
+                ));
+            }
+            let o = cfg.psql_cmd(&extension_sql(cfg)).run()?;
+            if o.simulated {
+                return Ok(StepOutcome::ok(format!(
+                    "would check that {} is installed",
+                    cfg.db_extension
+                )));
+            }
+            let found = o.success() && o.stdout.lines().any(|l| l.trim() == cfg.db_extension);
+            let f = Finding::check(
+                format!("extension {} in {}", cfg.db_extension, cfg.db_name),
+                found,
+                if found {
+                    "installed".to_string()
+                } else if o.success() {
+                    "missing".to_string()
+                } else {
+                    format!("query failed: {}", measure::first_line(o.stderr.trim()))
+                },
+                "installed",
+            );
+            Ok(if found {
+                StepOutcome::ok(format!("{} is installed", cfg.db_extension))
+            } else {
+                StepOutcome::failed(format!(
+                    "{} is not usable after the restart: corruption is possible; the DBA restores to {} (rewind run --level {LEVEL_MANUAL})",
+                    cfg.db_extension, cfg.pitr_target
+                ))
+            }
+            .with_findings(vec![f]))
+        }
+        "backup-database" => backup_database(ctx, cfg),
+        "backup-config" => backup_config(ctx, cfg),
+        "backup-git" => backup_git(ctx, cfg),
+        "stop-processes" => stop_matching(ctx, &phase0_patterns(cfg, sc), cfg.mesh_grace_ms),
+        "revert" => revert(ctx, cfg),
+        "manual-intervention" => Ok(StepOutcome::ok("confirmed by the operator")),
+        "validate" => validate(ctx, cfg, level),
+        "record" => record(ctx, cfg, sc, level),
+        other => bail!("unknown step {other:?} of the aidis plugin"),
+    }
+}
+
+fn triage(cfg: &Config) -> Result<StepOutcome> {
+    let mut findings = Vec::new();
+    for port in [cfg.frontend_port, cfg.backend_port, cfg.mcp_port] {
+        let r = TcpProbe::new(&cfg.host, port).timeout_ms(1000).probe()?;
+        let (ok, observed) = (r.healthy, r.detail);
+        findings.push(Finding::check(
+            format!("port {port} on {}", cfg.host),
+            ok,
+            observed,
+            "listening",
+        ));
+    }
+    let top = match cfg.cmd(&cfg.ps_command) {
+        None => "process list turned off".to_string(),
+        Some(cmd) => {
+            let o = cmd.run()?;
+            if o.simulated {
+                format!("would run `{}`", cmd.display())
+            } else {
+                o.stdout.lines().take(11).collect::<Vec<_>>().join("\n")
+            }
+        }
+    };
+    let procs = measure::count_processes(&cfg.process_patterns)?;
+    findings.push(Finding::at_most(
+        format!(
+            "memory of processes matching {}",
+            measure::patterns_shown(&cfg.process_patterns)
+        ),
+        procs.rss_mb.round(),
+        cfg.leak_memory_mb,
+        "MB",
+    ));
+    log::info(format_args!("top processes by memory:\n{top}"));
+    Ok(StepOutcome::ok(format!(
+        "{} AIDIS processes, {} MB resident; top by memory: {}",
+        procs.count,
+        rewind_sdk::report::num(procs.rss_mb.round()),
+        top.lines()
+            .nth(1)
+            .unwrap_or("-")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))
+    .with_findings(findings))
+}
+
+fn graceful_shutdown(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
+    let url = cfg.graceful_shutdown_url();
+    let r = http::HttpRequest::post(&url, "")
+        .timeout_ms(cfg.response_timeout_ms)
+        .send();
+    Ok(match r {
+        Ok(r) if r.simulated => StepOutcome::ok(format!("would POST {url}")),
+        Ok(r) if (200..300).contains(&r.status) => {
+            StepOutcome::ok(format!("POST {url}: {} {}", r.status, r.body.trim()))
+        }
+        Ok(r) => StepOutcome::ok(format!(
+            "POST {url} answered {}; the backend is restarted anyway",
+            r.status
+        )),
+        // A backend that is already gone is what the next step fixes.
+        Err(Error::Failed(m)) | Err(Error::Timeout(m)) if ctx.executes() => StepOutcome::ok(
+            format!("POST {url} failed ({m}); the backend is restarted anyway"),
+        ),
+        Err(e) => return Err(e.into()),
+    })
+}
+
+fn backup_database(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
+    if !cfg.backup_database {
+        return Ok(StepOutcome::ok("turned off (backup_database = false)"));
+    }
+    let n = names(ctx, cfg)?;
+    storage::make_dir(&cfg.backups())?;
+    let cmd = cfg.dump_cmd(&n.dump);
+    let shown = cmd.display();
+    let o = cmd.run()?;
+    if o.simulated {
+        return Ok(StepOutcome::ok(format!("would run `{shown}`")));
+    }
+    if o.success() {
+        let size = storage::stat(&n.dump)?.map(|e| e.size).unwrap_or(0);
+        storage::set(&ctx.run_key("dump"), &n.dump)?;
+        let f = Finding::at_least("database dump size", size as f64, 1.0, "bytes");
+        return Ok(if size > 0 {
+            StepOutcome::ok(format!(
+                "dumped {} to {} ({size} bytes)",
+                cfg.db_name, n.dump
+            ))
+        } else {
+            StepOutcome::failed(format!("`{shown}` wrote nothing to {}", n.dump))
+        }
+        .with_findings(vec![f]));
+    }
+    // A database that does not even accept connections cannot be dumped,
+    // and the code rollback does not touch it: go on, and say so.
+    let tcp = TcpProbe::new(&cfg.db_host, cfg.db_port)
+        .timeout_ms(2000)
+        .probe()?;
+    let err = last_lines(&o.stderr, 2);
+    if !tcp.healthy {
+        let f = Finding::check(
+            "database dump",
+            false,
+            format!("not taken: {}", tcp.detail),
+            "taken",
+        );
+        return Ok(StepOutcome::ok(format!(
+            "no dump: the database at {}:{} is unreachable ({}); rolling the code back anyway",
+            cfg.db_host, cfg.db_port, tcp.detail
+        ))
+        .with_findings(vec![f]));
+    }
+    Ok(StepOutcome::failed(format!(
+        "`{shown}` failed (exit {}): {err}",
+        o.exit_code.unwrap_or(-1)
+    )))
+}
+
+fn backup_config(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
+    let n = names(ctx, cfg)?;
+    let mut paths = Vec::new();
+    for p in [cfg.config_path(), cfg.logs()] {
+        if storage::exists(&p)? {
+            paths.push(p);
+        }
+    }
+    if paths.is_empty() {
+        return Ok(StepOutcome::ok(format!(
+            "neither {} nor {} exists: nothing to back up",
+            cfg.config_path(),
+            cfg.logs()
+        )));
+    }
+    let snap = storage::snapshot(&n.snapshot, &paths)?;
+    if ctx.executes() {
+        storage::set(&ctx.run_key("snapshot"), &snap.id)?;
+    }
+    // `cp -r config/ backups/config-<ts>/`, file by file.
+    let mut copied = 0;
+    if storage::exists(&cfg.config_path())? {
+        let entries = storage::list_dir(&cfg.config_path(), true)?;
+        // Entries come back under the directory's canonical path: the
+        // shortest parent is the directory itself.
+        let base = entries
+            .iter()
+            .filter_map(|e| e.path.rsplit_once('/').map(|(d, _)| d.to_string()))
+            .min_by_key(|d| d.len());
+        if let Some(base) = base {
+            for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+                let rel = e
+                    .path
+                    .strip_prefix(&base)
+                    .unwrap_or(&e.path)
+                    .trim_start_matches('/');
+                storage::copy(&e.path, &format!("{}/{rel}", n.config_copy))?;
+                copied += 1;
+            }
+        }
+    }
+    let verb = if ctx.executes() { "" } else { "would " };
+    Ok(StepOutcome::ok(format!(
+        "{verb}snapshot {} ({} files, {} bytes) of {}; {verb}copy {copied} config files to {}",
+        snap.id,
+        snap.files,
+        snap.bytes,
+        paths.join(" and "),
+        n.config_copy
+    )))
+}
+
+fn git(cfg: &Config, args: &[&str]) -> Cmd {
+    Cmd::new(cfg.program(&cfg.git))
+        .args(args.iter().copied())
+        .cwd(&cfg.root)
+        .timeout_ms(cfg.command_timeout_ms)
+}
+
+fn backup_git(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
+    let n = names(ctx, cfg)?;
+    let head = Repo::new(&cfg.root)
+        .head_described()
+        .map(|h| h.1)
+        .unwrap_or_else(|_| "HEAD".into());
+    for args in [["branch", n.branch.as_str()], ["tag", n.tag.as_str()]] {
+        let out = run_cmd("git", Some(git(cfg, &args)))?;
+        if !out.ok {
+            return Ok(out);
+        }
+    }
+    if ctx.executes() {
+        storage::set(&ctx.run_key("from"), &head)?;
+    }
+    let verb = if ctx.executes() {
+        "created"
+    } else {
+        "would create"
+    };
+    Ok(StepOutcome::ok(format!(
+        "{verb} branch {} and tag {} at {head}",
+        n.branch, n.tag
+    )))
+}
+
+fn revert(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
+    let repo = Repo::new(&cfg.root);
+    let before = repo
+        .head_described()
+        .map(|h| h.1)
+        .unwrap_or_else(|_| "HEAD".into());
+    let out = run_cmd("git", Some(git(cfg, &["checkout", &cfg.baseline_ref])))?;
+    if !out.ok || !ctx.executes() {
+        return Ok(out);
+    }
+    let after = repo.head_described().map(|h| h.1).unwrap_or_default();
+    log::info(format_args!("reverted {before} -> {after}"));
+    Ok(StepOutcome::ok(format!("{before} -> {after}")))
+}
+
+fn validate(ctx: &Context, cfg: &Config, level: u8) -> Result<StepOutcome> {
+    let findings = measure::checklist(ctx, cfg, level)?;
+    let v = Verification::from_findings(findings);
+    storage::set_json(
+        &ctx.run_key(&format!("validation-{level}")),
+        &(v.healthy, v.summary.clone()),
+    )?;
+    // The checklist's verdict goes to the log and the verification; a
+    // failed check does not fail the step, so that the host can escalate.
+    Ok(StepOutcome::ok(if v.healthy {
+        format!("validation passed: {}", v.summary)
+    } else {
+        format!("validation {}", v.summary)
+    })
+    .with_findings(v.findings))
+}
+
+fn record(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<StepOutcome> {
+    let now = clock::now_s();
+    let validation: Option<(bool, String)> =
+        storage::get_json(&ctx.run_key(&format!("validation-{level}")))?;
+    let head = Repo::new(&cfg.root)
+        .head_described()
+        .map(|h| h.1)
+        .unwrap_or_else(|_| "unknown".into());
+    let what = format!(
+        "{}, level {level} ({}), run {}, HEAD {head}",
+        sc.title(),
+        level_name(level),
+        ctx.run_id
+    );
+    let line = match &validation {
+        Some((true, s)) => format!(
+            "{}: Phase 4 service rollback completed ({what}; validation: {s})",
+            clock::date(now)
+        ),
+        Some((false, s)) => format!(
+            "{}: Phase 4 service rollback did NOT validate ({what}; validation {s})",
+            clock::date(now)
+        ),
+        None => format!(
+            "{}: Phase 4 service rollback steps done ({what}; not validated)",
+            clock::date(now)
+        ),
+    };
+    let log_path = cfg.rollback_log();
+    let mut text = if storage::exists(&log_path)? {
+        storage::read_to_string(&log_path)?
+    } else {
+        String::new()
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&line);
+    text.push('\n');
+    storage::write_string(&log_path, &text)?;
+    let ps_file = format!("{}/rollback-processes-{now}.log", cfg.logs());
+    let captured = match cfg.cmd(&cfg.ps_command) {
+        None => "process list turned off".to_string(),
+        Some(cmd) => {
+            let shown = cmd.display();
+            let o = cmd.run()?;
+            if o.simulated {
+                format!("would capture `{shown}` into {ps_file}")
+            } else if o.success() {
+                storage::write_string(&ps_file, &o.stdout)?;
+                format!(
+                    "captured `{shown}` ({} lines) into {ps_file}",
+                    o.stdout.lines().count()
+                )
+            } else {
+                return Ok(StepOutcome::failed(format!(
+                    "`{shown}` failed: {}",
+                    last_lines(&o.stderr, 2)
+                )));
+            }
+        }
+    };
+    let verb = if ctx.executes() {
+        "appended"
+    } else {
+        "would append"
+    };
+    Ok(StepOutcome::ok(format!(
+        "{verb} to {log_path}: {line:?}; {captured}"
+    )))
+}
