@@ -532,7 +532,7 @@ fn history(cli: &Cli, state: &StateDir) -> CliResult {
         return Ok(exit::OK);
     }
     println!(
-        "{:<24} {:<25} {:<8} {:<12} {:>9}  PLUGINS",
+        "{:<30} {:<25} {:<8} {:<12} {:>9}  PLUGINS",
         "RUN", "STARTED", "MODE", "OUTCOME", "DURATION"
     );
     for (r, _) in &runs {
@@ -541,7 +541,7 @@ fn history(cli: &Cli, state: &StateDir) -> CliResult {
             .map(|d| fmt_duration(Duration::from_millis(d)))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<24} {:<25} {:<8} {:<12} {:>9}  {}",
+            "{:<30} {:<25} {:<8} {:<12} {:>9}  {}",
             r.run_id,
             r.started,
             r.mode,
@@ -709,7 +709,10 @@ pub fn describe_event(e: &Value) -> String {
             "drill phase {}: {:.1} ms{}",
             s("phase"),
             e["ms"].as_f64().unwrap_or_default(),
-            e["error"].as_str().map(|x| format!(" ({x})")).unwrap_or_default()
+            e["error"]
+                .as_str()
+                .map(|x| format!(" ({x})"))
+                .unwrap_or_default()
         ),
         "reload" => {
             let r = &e["reload"];

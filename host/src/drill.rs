@@ -418,11 +418,19 @@ fn run_one(
             }
         }
     }
-    // A reload that landed after the last step is still reported.
+    // A change that landed after the last step is still reported; a new
+    // build found then did not run, and the journal says so.
     if let Some(r) = &reloader {
         for ev in r.poll() {
-            if let Reload::Refused { sha256, error, .. } = ev {
-                hooks.refused.push(RefusedReload { sha256, error });
+            match ev {
+                Reload::Refused { sha256, error, .. } => {
+                    record(json!({"event": "reload-refused", "plugin": d.plugin, "sha256": sha256, "error": error}));
+                    hooks.refused.push(RefusedReload { sha256, error });
+                }
+                Reload::Ready { plugin, .. } => record(json!({
+                    "event": "reload-late", "plugin": d.plugin, "sha256": plugin.sha256,
+                    "note": "validated after the last step; it did not run in this drill",
+                })),
             }
         }
     }
@@ -492,7 +500,7 @@ fn run_one(
     };
     record(json!({
         "event": "run-end", "outcome": if recovered { "rolled-back" } else { "failed" },
-        "duration_ms": recovery_ms, "drill": {"verdict": drill.verdict, "recovery_ms": recovery_ms, "rto_ms": rto_ms},
+        "duration_ms": recovery_ms.round() as u64, "drill": {"verdict": drill.verdict, "recovery_ms": recovery_ms, "rto_ms": rto_ms},
     }));
     write_reports(&state, &drill).map_err(|source| StartError::State {
         path: drills_dir(&state),

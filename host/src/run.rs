@@ -217,6 +217,8 @@ pub enum StartError {
         "no drill scenario {name:?} in the runbook (it has: {known}); add a [[drill]] with that name"
     )]
     NoSuchScenario { name: String, known: String },
+    #[error("the runbook has no [[drill]] scenarios; add one with name, inject and rto (see docs/runbook.md)")]
+    NoDrills,
     #[error(transparent)]
     Runbook(#[from] crate::runbook::RunbookError),
     #[error("cannot use the state directory {path}: {source}")]
@@ -231,7 +233,7 @@ impl StartError {
         match self {
             Self::Locked { .. } => exit::LOCKED,
             Self::Load { .. } | Self::Describe { .. } => exit::PLUGIN,
-            Self::NoSuchPlugin(_) | Self::NoSuchScenario { .. } | Self::Runbook(_) => exit::USAGE,
+            Self::NoSuchPlugin(_) | Self::NoSuchScenario { .. } | Self::NoDrills | Self::Runbook(_) => exit::USAGE,
             Self::State { .. } => exit::FAILED,
         }
     }
@@ -480,22 +482,20 @@ pub fn execute_with(
     }
 
     let mut reports = Vec::new();
-    let mut stop_rest = false;
+    let mut stop_rest: Option<&str> = None;
     for p in prepared.iter_mut() {
-        if stop_rest {
-            record(
-                json!({"event": "plugin-skipped", "plugin": p.spec.name, "reason": "an earlier plugin failed and has on_failure = \"stop\""}),
-            );
+        if let Some(reason) = stop_rest {
+            record(json!({"event": "plugin-skipped", "plugin": p.spec.name, "reason": reason}));
             reports.push(skeleton(p, Outcome::Skipped));
             continue;
         }
         let mut report = run_plugin(rt, p, &run_id, opts, &record, hooks, None);
         report.host_calls_ms = p.env.host_time().as_secs_f64() * 1e3;
         if report.outcome == Outcome::Aborted {
-            stop_rest = true;
+            stop_rest = Some("the run was stopped by a signal");
         }
         if report.outcome == Outcome::Failed && p.spec.on_failure == OnFailure::Stop {
-            stop_rest = true;
+            stop_rest = Some("an earlier plugin failed and has on_failure = \"stop\"");
         }
         reports.push(report);
     }

@@ -304,9 +304,11 @@ impl Sandbox {
         // Run the program by the path it was found at, not the canonical
         // one: multi-call binaries (Debian's pg_wrapper behind psql and
         // pg_dump, busybox) choose what to be from the name they are run by.
-        locate_program(&self.base_dir, program).filter(|_| resolved.is_some()).ok_or_else(|| {
-            CheckError::Invalid(format!("program {program:?} was not found (PATH or path)"))
-        })
+        locate_program(&self.base_dir, program)
+            .filter(|_| resolved.is_some())
+            .ok_or_else(|| {
+                CheckError::Invalid(format!("program {program:?} was not found (PATH or path)"))
+            })
     }
 
     /// A signal pattern, for `stop-matching`: the granted pattern or a longer
@@ -705,7 +707,13 @@ mod tests {
         std::fs::write(dir.path().join("multi"), "#!/bin/sh\n").unwrap();
         std::os::unix::fs::symlink(dir.path().join("multi"), dir.path().join("psql")).unwrap();
         // Granted through the file the link resolves to, run by the link.
-        let s = sandbox(GrantsSpec { exec: vec!["./multi".into()], ..Default::default() }, dir.path());
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["./multi".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
         assert_eq!(s.check_exec("./psql").unwrap(), dir.path().join("./psql"));
         assert!(s.check_exec("./missing").is_err());
     }

@@ -110,8 +110,9 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
         round += 1;
         let started = Instant::now();
         let mut problems = Vec::new();
+        let round_id = format!("watch-{round}");
         for p in &prepared {
-            let ctx = context("watch", p.spec, Mode::Execute, 0);
+            let ctx = context(&round_id, p.spec, Mode::Execute, 0);
             match rt.call(&p.plugin, &p.env, "assess", |s, b| {
                 b.rewind_plugin_rollback().call_assess(s, &ctx)
             }) {
@@ -169,6 +170,11 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
                 }
             ),
         );
+        if action == "rollback" && stop.load(Ordering::SeqCst) {
+            // A signal arrived during the round: do not start what we would
+            // have to abort at once.
+            return Ok(stopped(&out, round));
+        }
         if action == "rollback" {
             let ropts = RunOptions {
                 mode: Mode::Execute,
