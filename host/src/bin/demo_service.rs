@@ -297,7 +297,8 @@ fn deploy(root: &Path, port: u16, version: &str) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("starting serve")?;
-    // Wait until it listens, so whoever deployed can probe it right away.
+    // Wait until it listens and its pid file names it, so whoever deployed
+    // can probe it, or stop it by its pid file, right away.
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -307,7 +308,10 @@ fn deploy(root: &Path, port: u16, version: &str) -> Result<()> {
                 log_path.display()
             );
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        let recorded = fs::read_to_string(pid_file(root)).ok();
+        if recorded.as_deref().map(str::trim) == Some(child.id().to_string().as_str())
+            && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
             break;
         }
         if Instant::now() > deadline {
