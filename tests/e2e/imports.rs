@@ -93,35 +93,24 @@ fn health_probes_measure_and_judge() {
 fn wait_healthy_polls_until_the_service_answers() {
     let sb = Sandbox::new();
     let srv = Server::start();
-    srv.route("/healthz", Reply::status(503));
+    // Three failures, then healthy for good: the host must keep polling.
+    srv.script("/healthz", &[503, 503, 503, 200]);
     let policy = json!({"interval_ms": 50, "timeout_ms": 10000, "success_threshold": 2, "failure_threshold": 0});
     let target = json!({"Http": {"url": srv.url("/healthz"), "method": "GET", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 500}});
     let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({"http": [srv.url("/")]})));
-    let flip = {
-        let routes = srv.routes.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
-            routes
-                .lock()
-                .unwrap()
-                .insert(0, ("/healthz".into(), Reply::ok("ok")));
-        })
-    };
     let (_, report, stderr) = sb.run_json(&[]);
-    flip.join().unwrap();
     let r = step_results(&report);
     let w = &step(&r, "wait")["Ok"];
     assert_eq!(w["healthy"], true, "{w} {stderr}");
-    assert!(
-        w["attempts"].as_u64().unwrap() >= 4,
-        "polled several times: {w}"
-    );
-    assert!(w["elapsed_ms"].as_u64().unwrap() >= 350, "{w}");
+    assert_eq!(w["attempts"], 5, "3 failures, then 2 successes in a row: {w}");
+    assert!(w["elapsed_ms"].as_u64().unwrap() >= 200, "polled at the interval: {w}");
 
     // A service that never comes back: the failure threshold ends the wait.
+    let srv = Server::start();
     srv.route("/healthz", Reply::status(500));
     let policy = json!({"interval_ms": 20, "timeout_ms": 10000, "success_threshold": 1, "failure_threshold": 3});
+    let target = json!({"Http": {"url": srv.url("/healthz"), "timeout_ms": 500}});
     let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({"http": [srv.url("/")]})));
     let (_, report, _) = sb.run_json(&[]);
