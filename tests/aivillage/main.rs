@@ -924,6 +924,212 @@ fn downtime_beyond_the_threshold_goes_straight_to_the_full_rollback() {
     );
 }
 
+/// `rewind drill --json --scenario NAME` on the example runbook: its one
+/// report, after checking what every drill of this runbook must show: a
+/// recovery within the runbook's 15 minute RTO, the five phases, every step
+/// ok, and the reports written under the state dir's drills/.
+fn drill(v: &Village, scenario: &str) -> Value {
+    let out = v.rewind(&["drill", "--json", "--scenario", scenario]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON reports ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{reports:#}\n{stderr}");
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports:#}");
+    let d = reports[0].clone();
+    assert_eq!(d["scenario"], scenario);
+    assert_eq!(d["plugin"], "aivillage");
+    assert_eq!(
+        (d["verdict"].as_str(), d["recovered"].as_bool()),
+        (Some("pass"), Some(true)),
+        "{d:#}\n{stderr}"
+    );
+    assert_eq!(d["error"], Value::Null, "{d:#}");
+    assert_eq!(d["rto_ms"], 900_000, "the runbook's RTO: < 15 minutes");
+    let recovery = d["recovery_ms"].as_f64().unwrap();
+    let margin = d["margin_ms"].as_f64().unwrap();
+    assert!(recovery > 0.0 && margin > 0.0, "{d:#}");
+    assert!((recovery + margin - 900_000.0).abs() < 1.0, "{d:#}");
+    let phases: Vec<&str> = d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["inject", "detect", "decide", "act", "verify"]);
+    let steps = d["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{d:#}");
+    for s in steps {
+        assert_eq!(s["status"], "ok", "{s}\n{d:#}");
+    }
+    // The reports, and the plugin's rollback record of the drill's run.
+    let id = d["id"].as_str().unwrap();
+    let dir = v.base().join("rewind-state/drills");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&saved["scenario"], &saved["verdict"]),
+        (&d["scenario"], &d["verdict"])
+    );
+    let md = std::fs::read_to_string(dir.join(format!("{id}.md"))).unwrap();
+    assert!(
+        md.contains(&format!("# Drill `{scenario}` of aivillage: PASS")),
+        "{md}"
+    );
+    assert!(
+        v.root()
+            .join(format!("logs/rollbacks/rollback-{id}.json"))
+            .exists()
+    );
+    d
+}
+
+/// The step ids of a drill report, with their level.
+fn drill_steps(d: &Value) -> Vec<(u64, String)> {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["level"].as_u64().unwrap(),
+                s["step"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The example runbook's three [[drill]] scenarios, one after the other on
+/// one stand-in: each injects its bad deployment (standin/deploy.py), the
+/// plugin detects it, rolls back and verifies within the 15 minute RTO, and
+/// release 1.0.0 is what runs afterwards. `rewind drills` lists all three.
+#[test]
+fn the_example_drills_recover_within_the_15_minute_rto() {
+    let v = Village::new();
+    let env_before = v.file("config/.env");
+    let db_before = v.file("config/database_config.json");
+    let unit_before = v.file("config/systemd/aivillage-gateway.service");
+    let all_back = |v: &Village| {
+        for c in COMPONENTS {
+            assert_eq!(
+                v.state(c),
+                (Some(200), "1.0.0".into(), "1.0.0".into()),
+                "{c}"
+            );
+            assert_eq!(v.file(module(c)), good_module(c), "{c}");
+        }
+        assert!(!v.page().exists(), "maintenance page removed");
+    };
+
+    // Every component fails: the full rollback, in the runbook's order.
+    let d = drill(&v, "bad-release");
+    let users = finding(&d["findings"], "users affected");
+    assert!(
+        users["observed"].as_str().unwrap().starts_with("100%"),
+        "{users}"
+    );
+    let s = drill_steps(&d);
+    assert!(s.iter().all(|(l, _)| *l == 2), "{s:?}");
+    let restarts: Vec<&str> = s
+        .iter()
+        .filter_map(|(_, id)| id.strip_prefix("restart-"))
+        .collect();
+    assert_eq!(restarts, COMPONENTS);
+    assert!(s.iter().any(|(_, id)| id == "restore-backups"), "{s:?}");
+    all_back(&v);
+    assert_eq!(v.backups(), Vec::<PathBuf>::new());
+    assert_eq!(v.file("config/.env"), env_before);
+    assert_eq!(v.file("config/database_config.json"), db_before);
+    assert!(
+        !v.root()
+            .join("packages/core/legacy/error_handling.py")
+            .exists()
+    );
+    assert_eq!(
+        std::fs::read_to_string(v.units().join("aivillage-gateway.service")).unwrap(),
+        unit_before
+    );
+
+    // Performance degraded > 50 % from the baseline: critical as well.
+    let d = drill(&v, "slow-gateway");
+    let perf = finding(&d["findings"], "performance vs baseline");
+    assert_eq!(perf["breached"], true, "{perf}");
+    assert!(
+        perf["observed"].as_str().unwrap().ends_with("-> critical"),
+        "{perf}"
+    );
+    assert!(drill_steps(&d).iter().all(|(l, _)| *l == 2));
+    all_back(&v);
+    assert_eq!(v.backups(), Vec::<PathBuf>::new());
+
+    // One component of four: isolation of p2p only; the others keep
+    // running with the same pids.
+    let before = v.pids();
+    let d = drill(&v, "p2p-regression");
+    let users = finding(&d["findings"], "users affected");
+    assert!(
+        users["observed"].as_str().unwrap().starts_with("25%"),
+        "{users}"
+    );
+    let s = drill_steps(&d);
+    assert_eq!(
+        s,
+        [
+            "snapshot",
+            "isolate",
+            "restore-components",
+            "restart-p2p",
+            "record"
+        ]
+        .map(|id| (1, id.to_string()))
+    );
+    let after = v.pids();
+    for (i, c) in COMPONENTS.iter().enumerate() {
+        if *c == "p2p" {
+            assert_ne!(after[i], before[i], "p2p restarted");
+        } else {
+            assert_eq!(after[i], before[i], "{c} kept its pid");
+        }
+    }
+    all_back(&v);
+    // `cp`, as the runbook's component restore says: the backup stays.
+    assert_eq!(
+        v.backups(),
+        [v.root().join("core/p2p/mesh_protocol.py.backup")]
+    );
+
+    // `rewind drills` lists the three, all passed.
+    let out = v.rewind(&["drills", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["scenario"].as_str().unwrap(),
+                d["verdict"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("bad-release", "pass"),
+            ("slow-gateway", "pass"),
+            ("p2p-regression", "pass")
+        ]
+    );
+    let out = v.rewind(&["drills"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for name in ["bad-release", "slow-gateway", "p2p-regression"] {
+        assert!(t.contains(name), "{t}");
+    }
+    assert_eq!(t.matches(" pass ").count(), 3, "{t}");
+}
+
 /// A test-owned process squatting a port: answers every request 503.
 struct Squatter {
     port: u16,

@@ -1019,3 +1019,195 @@ fn error_rates_investigate_at_5_to_10_percent_and_roll_back_above_10_after_the_q
     assert_eq!(s.head(), s.v1, "back on the configured stable ref");
     assert_eq!(verification(&report)["healthy"], true);
 }
+
+/// A finding of a list, by the start of its check.
+fn finding<'a>(list: &'a Value, starts: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"].as_str().unwrap().starts_with(starts))
+        .unwrap_or_else(|| panic!("no finding {starts:?} in {list:#}"))
+}
+
+/// `rewind drill --json --scenario NAME` on the example runbook: its one
+/// report, after checking what every drill of this runbook must show: a
+/// recovery within the P0 RTO of 15 minutes, the five phases, every step
+/// ok, and the reports written under the state dir's drills/.
+fn drill(s: &Stand, scenario: &str) -> Value {
+    let out = s.rewind(&["drill", "--json", "--scenario", scenario]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON reports ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{reports:#}\n{stderr}");
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports:#}");
+    let d = reports[0].clone();
+    assert_eq!(d["scenario"], scenario);
+    assert_eq!(d["plugin"], "queue-app");
+    assert_eq!(
+        (d["verdict"].as_str(), d["recovered"].as_bool()),
+        (Some("pass"), Some(true)),
+        "{d:#}\n{stderr}"
+    );
+    assert_eq!(d["error"], Value::Null, "{d:#}");
+    assert_eq!(d["rto_ms"], 900_000, "P0: immediate rollback, < 15 minutes");
+    let recovery = d["recovery_ms"].as_f64().unwrap();
+    let margin = d["margin_ms"].as_f64().unwrap();
+    assert!(recovery > 0.0 && margin > 0.0, "{d:#}");
+    assert!((recovery + margin - 900_000.0).abs() < 1.0, "{d:#}");
+    let phases: Vec<&str> = d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["inject", "detect", "decide", "act", "verify"]);
+    for st in d["steps"].as_array().unwrap() {
+        assert_eq!(st["status"], "ok", "{st}\n{d:#}");
+    }
+    let id = d["id"].as_str().unwrap();
+    let dir = s.base().join("rewind-state/drills");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&saved["scenario"], &saved["verdict"]),
+        (&d["scenario"], &d["verdict"])
+    );
+    let md = std::fs::read_to_string(dir.join(format!("{id}.md"))).unwrap();
+    assert!(
+        md.contains(&format!("# Drill `{scenario}` of queue-app: PASS")),
+        "{md}"
+    );
+    d
+}
+
+/// (level, step id) of a drill report's steps.
+fn drill_steps(d: &Value) -> Vec<(u64, String)> {
+    d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["level"].as_u64().unwrap(),
+                s["step"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The example runbook's two P0 [[drill]] scenarios, one after the other
+/// on one stand-in: a deployment that takes the API down (code rollback)
+/// and data corruption (restore from the pre-deploy backup). Each recovers
+/// and verifies within the 15 minute RTO; release 1.0.0 with its 12
+/// projects is what runs afterwards. `rewind drills` lists both.
+#[test]
+fn the_example_p0_drills_recover_within_the_15_minute_rto() {
+    let s = Stand::new(2, 5, 100);
+    let healthy_again = |s: &Stand| {
+        assert_eq!(s.status("/health"), Some(200));
+        assert_eq!(s.get("/api/version").unwrap().1, "1.0.0");
+        for q in QUEUES {
+            assert_eq!(s.stats()["queues"][q]["paused"], false, "{q} resumed");
+        }
+    };
+
+    // API completely down after a deployment: back to the commit before.
+    let pid = s.pid().unwrap();
+    let d = drill(&s, "api-down");
+    let up = finding(&d["findings"], "API up");
+    assert_eq!(
+        (up["observed"].as_str(), up["breached"].as_bool()),
+        (Some("500"), Some(true)),
+        "{up}"
+    );
+    assert_eq!(
+        drill_steps(&d),
+        [
+            "identify",
+            "pause-queues",
+            "drain",
+            "checkout",
+            "install",
+            "build",
+            "restart",
+            "health",
+            "smoke",
+            "resume-ai-analysis",
+            "resume-document-processing"
+        ]
+        .map(|id| (4, id.to_string()))
+    );
+    // The injection committed the bad release on main; HEAD is back on
+    // 1.0.0, served by a new process.
+    assert_eq!(s.git(&["rev-parse", "main~1"]), s.v1);
+    assert!(
+        s.git(&["log", "-1", "--format=%s", "main"])
+            .contains("rewind drill api-down"),
+    );
+    assert!(s.read("app.json").contains("\"healthy\": true"));
+    assert_eq!(s.head(), s.v1);
+    assert!(!alive(pid), "the process that ran before the drill is gone");
+    assert!(s.pid().is_some_and(|p| p != pid && alive(p)));
+    healthy_again(&s);
+
+    // Data corruption: writes stopped, the pre-deploy backup restored.
+    let d = drill(&s, "data-corruption");
+    let bad = finding(&d["findings"], "data integrity: scenes without a project");
+    assert_eq!(
+        (bad["observed"].as_str(), bad["breached"].as_bool()),
+        (Some("7"), Some(true)),
+        "{bad}"
+    );
+    assert_eq!(
+        drill_steps(&d),
+        [
+            "maintenance-on",
+            "pause-queues",
+            "drain",
+            "backup",
+            "restore",
+            "verify-data",
+            "maintenance-off",
+            "resume-ai-analysis",
+            "resume-document-processing"
+        ]
+        .map(|id| (6, id.to_string()))
+    );
+    assert!(
+        s.base()
+            .join("backups/backup_pre_deploy_drill.sql")
+            .exists()
+    );
+    assert_eq!(s.sql("SELECT count(*) FROM projects"), "12");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM scenes s LEFT JOIN projects p ON p.id = s.project_id WHERE p.id IS NULL"),
+        "0"
+    );
+    healthy_again(&s);
+
+    // `rewind drills` lists both, passed.
+    let out = s.rewind(&["drills", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["scenario"].as_str().unwrap(),
+                d["verdict"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [("api-down", "pass"), ("data-corruption", "pass")]);
+    let out = s.rewind(&["drills"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("api-down") && t.contains("data-corruption"),
+        "{t}"
+    );
+    assert_eq!(t.matches(" pass ").count(), 2, "{t}");
+}
