@@ -5,7 +5,9 @@
 //! way one of the runbook's triggers describes, runs the real `rewind`
 //! binary on the plugin built from source, and checks that AIDIS is back:
 //! healthy, on the right ref, data intact, the runbook's records written;
-//! and that a dry run leaves the stand-in untouched.
+//! and that a dry run leaves the stand-in untouched. The example runbook's
+//! `[[drill]]` scenarios run against the same stand-in and are timed
+//! against the runbook's RTO table.
 
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
@@ -115,6 +117,7 @@ fn example(s: &StandIn, args: &[&str]) -> std::process::Output {
         .env("REWIND_CACHE_DIR", cache_dir())
         .env_remove("REWIND_LOG")
         .env("AIDIS_ROOT", s.root_str())
+        .env("AIDIS_PHASE4_REF", PHASE4)
         .env("AIDIS_STATE_DIR", s.dir.path().join("state"))
         .env("AIDIS_HOST", "127.0.0.1")
         .env("AIDIS_FRONTEND_PORT", s.ports.frontend.to_string())
@@ -565,4 +568,137 @@ fn a_slow_phase4_degrades_gracefully_then_rolls_back() {
     let log = s.read("logs/rollback.log");
     assert_eq!(log.lines().count(), 2, "{log}");
     assert!(log.contains("did NOT validate (Scenario 2"), "{log}");
+}
+
+/// The names of a drill report's phases, in order.
+fn phase_names(d: &Value) -> Vec<&str> {
+    d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_example_drills_break_aidis_and_recover_within_the_rto_table() {
+    let s = StandIn::new(BASELINE);
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    let counts = s.db_counts();
+    let before_mcp = s.pid("mcp").unwrap();
+    let state = s.dir.path().join("state");
+
+    // Every scenario of the example runbook, in order: Phase 4 deployed
+    // (its health endpoints fail), then the services stopped.
+    let out = example(&s, &["drill", "--json"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let drills: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON drill reports ({e}): {t}"));
+    let drills = drills.as_array().unwrap();
+    let names: Vec<&str> = drills
+        .iter()
+        .map(|d| d["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["phase4-health-failure", "services-down"], "{t}");
+    for d in drills {
+        // RTO table: Service Health Failure, 3 minutes.
+        assert_eq!(d["verdict"], "pass", "{d:#}");
+        assert_eq!(d["recovered"], true, "{d:#}");
+        assert!(d["error"].is_null(), "{d:#}");
+        assert_eq!(d["rto_ms"], 180_000, "{d:#}");
+        let recovery = d["recovery_ms"].as_f64().unwrap();
+        assert!(recovery > 0.0 && recovery < 180_000.0, "{d:#}");
+        assert!(d["margin_ms"].as_f64().unwrap() > 0.0, "{d:#}");
+        assert_eq!(
+            phase_names(d),
+            ["inject", "detect", "decide", "act", "verify"],
+            "{d:#}"
+        );
+        // Detected by the plugin's own assessment: Scenario 1 reverts at
+        // once (level 2, the Phase 0 rollback), every step ran.
+        assert!(
+            d["findings"].as_array().unwrap().iter().any(|f| f["check"]
+                .as_str()
+                .unwrap()
+                .contains("MCP health GET")
+                && f["breached"] == true),
+            "{d:#}"
+        );
+        let steps = d["steps"].as_array().unwrap();
+        assert!(
+            steps.iter().all(|s| s["level"] == 2 && s["status"] == "ok"),
+            "{d:#}"
+        );
+        let ids: Vec<&str> = steps.iter().map(|s| s["step"].as_str().unwrap()).collect();
+        assert!(
+            ids.contains(&"revert") && ids.contains(&"wait-healthy"),
+            "{ids:?}"
+        );
+        // Both reports are on disk.
+        let id = d["id"].as_str().unwrap();
+        for ext in ["json", "md"] {
+            let f = state.join(format!("drills/{id}.{ext}"));
+            assert!(f.is_file(), "{} is missing", f.display());
+        }
+        let md = std::fs::read_to_string(state.join(format!("drills/{id}.md"))).unwrap();
+        assert!(md.contains(": PASS"), "{md}");
+        assert!(std::path::Path::new(d["journal"].as_str().unwrap()).is_file());
+    }
+    // What detection saw: Phase 4 serving 500s (restart-aidis.sh returns
+    // once the server listens), then the MCP server not answering at all.
+    let mcp_health = |d: &Value| {
+        d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"].as_str().unwrap().starts_with("MCP health GET"))
+            .unwrap()["observed"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(mcp_health(&drills[0]), "500", "{:#}", drills[0]);
+    assert!(
+        mcp_health(&drills[1]).starts_with("no answer"),
+        "{:#}",
+        drills[1]
+    );
+
+    // AIDIS is back: healthy, on the baseline, the data intact; the
+    // runbook's records of both rollbacks written.
+    assert!(s.all_healthy(), "{:?}", s.statuses());
+    assert_eq!(s.head(), BASELINE);
+    assert_eq!(s.db_counts(), counts);
+    assert!(!alive(before_mcp), "the MCP server was restarted");
+    assert!(
+        s.pids_of("src/server.py").len() == 1,
+        "{:?}",
+        s.pids_of("src/server.py")
+    );
+    assert_eq!(s.files("backups", "pre-rollback-").len(), 2);
+    let tags = s.refs("tag", "phase-4-rollback-");
+    assert_eq!(tags.len(), 2, "{tags:?}");
+    assert!(
+        tags.iter().any(|t| s.rev(t) == s.rev(PHASE4)),
+        "the first drill preserved the Phase 4 state it rolled back: {tags:?}"
+    );
+    let log = s.read("logs/rollback.log");
+    assert_eq!(
+        log.matches(": Phase 4 service rollback completed").count(),
+        2,
+        "{log}"
+    );
+
+    // `rewind drills` lists both, passed.
+    let out = example(&s, &["drills"]);
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    for name in names {
+        let line = listing
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not listed: {listing}"));
+        assert!(line.contains("pass") && line.contains("180.0 s"), "{line}");
+    }
 }

@@ -198,9 +198,18 @@ echo "stopped $n services"
 "#;
 
 const RESTART_SH: &str = r#"#!/bin/bash
-# AIDIS stand-in: stop, then start.
+# AIDIS stand-in: stop, then start, then wait (at most 10 s) until the MCP
+# server listens again, so that "restarted" means it is serving (whatever
+# it serves: phase-4 answers 500).
 ROOT="$(cd "$(dirname "$0")" && pwd)"
-"$ROOT/stop-aidis.sh" && "$ROOT/start-aidis.sh"
+"$ROOT/stop-aidis.sh" && "$ROOT/start-aidis.sh" || exit
+port=$(sed -n 's/^MCP_PORT=//p' "$ROOT/config/stand-in.env")
+for _ in $(seq 200); do
+  (: < "/dev/tcp/127.0.0.1/$port") 2>/dev/null && exit 0
+  sleep 0.05
+done
+echo "restart: the MCP server does not listen on port $port after 10 s" >&2
+exit 1
 "#;
 
 const NPM: &str = r#"#!/bin/bash

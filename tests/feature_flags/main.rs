@@ -4,7 +4,9 @@
 //! variables) at a python3 app in a git checkout, with pm2/npm stand-ins,
 //! a timestamped log, an SQLite memory database and backups (see
 //! standin.rs). Each test breaks the stand-in the way one of the runbook's
-//! triggers describes and checks what comes back.
+//! triggers describes and checks what comes back. The example runbook's
+//! `[[drill]]` scenarios deploy the release onto a stand-in still running
+//! the stable version and are timed against each level's RTO.
 
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
@@ -553,4 +555,143 @@ fn data_loss_goes_straight_to_level_3() {
         30
     );
     assert_eq!(s.health().unwrap().0, 200);
+}
+
+/// `rewind drill --json --scenario NAME` on the example runbook: the one
+/// drill report, after checking that the command passed.
+fn drill(s: &Stand, scenario: &str) -> Value {
+    let out = s.rewind(&["drill", "--json", "--scenario", scenario], &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON drill report ({e}): {t}"));
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports:#}");
+    reports[0].clone()
+}
+
+/// What every passing drill report has: the RTO, the five phases, the
+/// levels its steps ran at (all ok), both report files on disk, and a line
+/// in `rewind drills`.
+fn assert_drill_passed(s: &Stand, d: &Value, scenario: &str, rto_ms: u64, levels: &[u64]) {
+    assert_eq!(d["scenario"], scenario);
+    assert_eq!(d["verdict"], "pass", "{d:#}");
+    assert_eq!(d["recovered"], true, "{d:#}");
+    assert!(d["error"].is_null(), "{d:#}");
+    assert_eq!(d["rto_ms"], rto_ms, "{d:#}");
+    let recovery = d["recovery_ms"].as_f64().unwrap();
+    assert!(recovery > 0.0 && recovery < rto_ms as f64, "{d:#}");
+    assert!(d["margin_ms"].as_f64().unwrap() > 0.0, "{d:#}");
+    let phases: Vec<&str> = d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["inject", "detect", "decide", "act", "verify"]);
+    let steps = d["steps"].as_array().unwrap();
+    let mut ran: Vec<u64> = steps.iter().map(|s| s["level"].as_u64().unwrap()).collect();
+    ran.dedup();
+    assert_eq!(ran, levels, "{d:#}");
+    assert!(steps.iter().all(|s| s["status"] == "ok"), "{d:#}");
+
+    let id = d["id"].as_str().unwrap();
+    for ext in ["json", "md"] {
+        let f = s.path(&format!("state/drills/{id}.{ext}"));
+        assert!(f.is_file(), "{} is missing", f.display());
+    }
+    let md = read(&s.path(&format!("state/drills/{id}.md")));
+    assert!(
+        md.contains(&format!("`{scenario}` of feature-flags: PASS")),
+        "{md}"
+    );
+
+    let out = s.rewind(&["drills"], &[]);
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("{id} not listed: {listing}"));
+    let rto = format!("{:.1} s", rto_ms as f64 / 1000.0);
+    assert!(
+        line.contains(scenario) && line.contains("pass") && line.contains(&rto),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_example_drills_deploy_the_release_and_meet_each_levels_rto() {
+    // Level 1: the release's features fail with their flags on; the toggle
+    // fixes it within 2 minutes, on the same code.
+    let s = Stand::before_deploy(Breakage::Features);
+    let (status, body) = s.health().unwrap();
+    assert_eq!(
+        (status, body["version"].as_str()),
+        (200, Some("1.0.0-stable"))
+    );
+    assert_eq!(s.head(), s.rev(STABLE));
+    let d = drill(&s, "bad-release");
+    assert_drill_passed(&s, &d, "bad-release", 120_000, &[1]);
+    let seen = findings(&d["findings"]);
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("BREACHED") && l.contains(" failure rate, last 5 min"))
+            && seen.contains("ok GET /api/health status: observed 200"),
+        "detected by the failing features (> 25%), not an outage: {seen}"
+    );
+    assert_eq!(s.head(), s.rev(DEPLOYED), "the release is still deployed");
+    let (status, body) = s.health().unwrap();
+    assert_eq!(
+        (status, body["version"].as_str(), body["status"].as_str()),
+        (200, Some("1.1.0-agent-optimizations"), Some("healthy"))
+    );
+    assert_level1_env(&s);
+    let log = read(&s.log());
+    let after = &log[log.rfind("server started").unwrap()..];
+    for marker in [
+        "sequential spawning",
+        "sequential upload",
+        "MCP tracking unavailable",
+    ] {
+        assert!(
+            after.contains(marker),
+            "{marker} in the log after the toggle"
+        );
+    }
+    assert_eq!(s.rows(&s.memory_db()), LIVE_ROWS);
+    let rec = incident(&s);
+    assert!(
+        rec.contains("**Rollback Level**: 1 (feature toggle)"),
+        "{rec}"
+    );
+    assert!(rec.contains("**Status**: COMPLETED"), "{rec}");
+
+    // Level 2: the release reloaded without install and build crashes
+    // whatever the flags; the code rollback fixes it within 15 minutes.
+    let s = Stand::before_deploy(Breakage::Features);
+    let d = drill(&s, "unbuilt-release");
+    assert_drill_passed(&s, &d, "unbuilt-release", 900_000, &[1, 2]);
+    let seen = findings(&d["findings"]);
+    assert!(
+        seen.contains("BREACHED GET /api/health status: observed 503"),
+        "{seen}"
+    );
+    assert_eq!(s.head(), s.rev(STABLE), "back on the stable tag");
+    let (status, body) = s.health().unwrap();
+    assert_eq!(
+        (status, body["version"].as_str(), body["status"].as_str()),
+        (200, Some("1.0.0-stable"), Some("healthy"))
+    );
+    assert_eq!(read(&s.app().join(".next/BUILD_ID")).trim(), "1.0.0-stable");
+    assert_eq!(
+        read(&s.app().join("node_modules/.installed")).trim(),
+        "1.0.0"
+    );
+    assert_eq!(s.rows(&s.memory_db()), LIVE_ROWS, "the data untouched");
+    let rec = incident(&s);
+    assert!(
+        rec.contains("**Rollback Level**: 2 (code rollback)"),
+        "{rec}"
+    );
+    assert!(rec.contains("**Status**: COMPLETED"), "{rec}");
 }

@@ -4,7 +4,9 @@
 //! bare `origin`, a python3 app serving /api/health on loopback from that
 //! tree (examples/feature-flags/standin/server.py), pm2 and npm stand-ins,
 //! a log with timestamps, an SQLite memory database, and the pre-deployment
-//! backups (an app tarball and a memory.db copy, plus older decoys).
+//! backups (an app tarball and a memory.db copy, plus older decoys). It is
+//! either deployed (running v1.1.0) or, for drills, about to be: running
+//! `v1.0.0-stable`, healthy, with v1.1.0 tagged and pushed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -136,13 +138,27 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Stand {
+    /// Deployed: the app runs v1.1.0, broken as `breakage` says, and the
+    /// log has six and a half minutes of it.
     pub fn new(breakage: Breakage) -> Self {
+        Self::with(breakage, true)
+    }
+
+    /// Not deployed yet: v1.1.0 (broken as `breakage` says) is committed,
+    /// tagged and pushed, but the checkout is on `v1.0.0-stable`,
+    /// installed and built, and the app serves it, healthy, with a healthy
+    /// log. A drill deploys the release.
+    pub fn before_deploy(breakage: Breakage) -> Self {
+        Self::with(breakage, false)
+    }
+
+    fn with(breakage: Breakage, deployed: bool) -> Self {
         let s = Self {
             sb: util::Sandbox::new(),
             port: util::free_port(),
             breakage,
         };
-        s.build();
+        s.build(deployed);
         s
     }
 
@@ -236,7 +252,7 @@ impl Stand {
         }
     }
 
-    fn build(&self) {
+    fn build(&self, deployed: bool) {
         for d in [
             "srv",
             "bin",
@@ -360,6 +376,9 @@ impl Stand {
             .arg(&origin));
         self.git(&["remote", "add", "origin", origin.to_str().unwrap()]);
         self.git(&["push", "-q", "origin", "main", "--tags"]);
+        if !deployed {
+            self.git(&["checkout", "-q", STABLE]);
+        }
         self.npm(&["ci", "--production"]);
         self.npm(&["run", "build"]);
         {
@@ -367,14 +386,14 @@ impl Stand {
             self.add_rows(&conn, BACKUP_ROWS, LIVE_ROWS);
             conn.close().unwrap();
         }
-        self.write_history();
+        self.write_history(deployed);
         let out = self.pm2(&["start", "app"]);
         assert!(out.status.success(), "{}", util::text(&out));
         assert!(
             wait_until(Duration::from_secs(15), || self.health().is_some()),
             "the stand-in app answers"
         );
-        if self.breakage == Breakage::CodeAndSchema {
+        if deployed && self.breakage == Breakage::CodeAndSchema {
             assert_eq!(
                 self.user_version(&self.memory_db()),
                 2,
@@ -385,9 +404,10 @@ impl Stand {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    /// Six and a half minutes of the log before now, as the deployed app
-    /// wrote it: one line per feature every 2 s.
-    fn write_history(&self) {
+    /// Six and a half minutes of the log before now, as the app wrote it
+    /// (the deployed release, or the healthy stable one): one line per
+    /// feature every 2 s.
+    fn write_history(&self, deployed: bool) {
         let now = SystemTime::now();
         let mut text = String::new();
         for i in (1..=195).rev() {
@@ -398,7 +418,7 @@ impl Stand {
                 ("mcp", "mcp tracking"),
             ] {
                 let core = matches!(self.breakage, Breakage::Code | Breakage::CodeAndSchema);
-                if core || self.breakage.fails(feature) {
+                if deployed && (core || self.breakage.fails(feature)) {
                     text.push_str(&format!(
                         "{ts} ERROR {word} failed: it broke duration_ms=5000\n"
                     ));
