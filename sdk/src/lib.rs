@@ -83,6 +83,7 @@ pub mod bindings {
     });
 }
 
+pub mod clock;
 pub mod health;
 pub mod http;
 pub mod log;

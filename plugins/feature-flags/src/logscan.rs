@@ -2,7 +2,7 @@
 //! into buckets (to tell "for more than 5 minutes" from a burst), per-feature
 //! failure rates, request durations, and `grep`-style marker matching.
 
-use crate::clock::days_from_civil;
+use rewind_sdk::clock::civil_ms;
 
 /// The timestamp a log line starts with, in ms since the epoch:
 /// `2025-11-12T14:30:00.123Z`, `2025-11-12 14:30:00,123 +01:00`,
@@ -73,9 +73,14 @@ pub fn parse_ts(line: &str, default_offset_min: i64) -> Option<i64> {
         }
         _ => default_offset_min,
     };
-    let days = days_from_civil(y, mo as u32, d as u32);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset_min * 60;
-    Some(secs * 1000 + ms)
+    // A leap second (:60) is read as the next second.
+    let (s, carry) = if s == 60 { (59, 1000) } else { (s, 0) };
+    let t = civil_ms(
+        (y as i16, mo as i8, d as i8),
+        (h as i8, mi as i8, s as i8, ms as i32),
+        offset_min as i32,
+    )?;
+    Some(t + carry)
 }
 
 /// Lines that start with a timestamp: (ms, line).
@@ -269,7 +274,7 @@ mod tests {
     use super::*;
 
     fn at(h: i64, m: i64, s: i64) -> i64 {
-        (days_from_civil(2025, 11, 12) * 86_400 + h * 3600 + m * 60 + s) * 1000
+        civil_ms((2025, 11, 12), (h as i8, m as i8, s as i8, 0), 0).unwrap()
     }
 
     #[test]
