@@ -1,26 +1,1588 @@
-//! (being written)
+//! The abathur plugin: the "Rollback Procedures - Emergency Recovery and
+//! Disaster Recovery" runbook of Abathur's SQLite database
+//! (`/var/lib/abathur/abathur.db`), through the host's SQLite, files,
+//! snapshots, disk probe and configured commands.
+//!
+//! Levels, from the lightest (the host escalates to the next one when a
+//! level does not verify):
+//!
+//! 1. milestone 3 rollback (vector search): drop the vector tables, mark
+//!    documents `pending` and clear their embeddings;
+//! 2. milestone 2 rollback (memory system): drop the memory tables and their
+//!    indexes, keep and verify the core tables;
+//! 3. corruption recovery: recover what can be read into a new database,
+//!    verify, swap; fall back to the latest verified backup;
+//! 4. emergency production rollback: stop services, assess, keep the failed
+//!    database for forensics, restore the latest verified backup, WAL
+//!    recovery, validation, restart, post-rollback validation;
+//! 5. disk space recovery: truncate the WAL, prune backups, VACUUM, report
+//!    the space reclaimed.
+//!
+//! See docs/plugins/abathur.md for the config keys and the grants.
+
+mod backup;
+mod config;
+mod db;
 
 use rewind_sdk::prelude::*;
+use rewind_sdk::storage as st;
 
-struct P;
+use backup::{Within, ctx_get, ctx_set, file_name, now_ms};
+use config::Config;
 
-impl Plugin for P {
-    fn describe(_ctx: &Context) -> Result<PluginInfo> {
-        Ok(PluginInfo::new("abathur", env!("CARGO_PKG_VERSION"), "abathur", "being written")
-            .level(LevelInfo::new(1, "todo", "todo")))
+const L_M3: u8 = 1;
+const L_M2: u8 = 2;
+const L_CORRUPT: u8 = 3;
+const L_PROD: u8 = 4;
+const L_DISK: u8 = 5;
+
+fn mib(b: u64) -> f64 {
+    (b as f64 / 1048576.0 * 100.0).round() / 100.0
+}
+
+/// What the database looks like now.
+struct Observed {
+    exists: bool,
+    integrity: String,
+    fk: Result<Vec<(String, i64)>, String>,
+    tables: Result<Vec<String>, String>,
+    indexes: Vec<String>,
+    wal: u64,
+    free: Option<(u64, u64, String)>,
+}
+
+impl Observed {
+    fn measure(cfg: &Config) -> Result<Self> {
+        let exists = st::exists(&cfg.db_path)?;
+        let wal = st::stat(&cfg.wal())?.map(|e| e.size).unwrap_or(0);
+        let free = health::disk(&cfg.db_dir())
+            .ok()
+            .map(|d| (d.available_bytes, d.total_bytes, d.mount));
+        if !exists {
+            return Ok(Self {
+                exists,
+                integrity: "database file missing".into(),
+                fk: Err("database file missing".into()),
+                tables: Err("database file missing".into()),
+                indexes: Vec::new(),
+                wal,
+                free,
+            });
+        }
+        Ok(Self {
+            exists,
+            integrity: db::integrity_line(&cfg.db_path),
+            fk: db::fk_violations(&cfg.db_path).map_err(|e| e.to_string()),
+            tables: db::objects(&cfg.db_path, "table").map_err(|e| e.to_string()),
+            indexes: db::objects(&cfg.db_path, "index").unwrap_or_default(),
+            wal,
+            free,
+        })
     }
-    fn assess(_ctx: &Context) -> Result<Assessment> {
-        Ok(Assessment::healthy("todo"))
+    fn table_list(&self) -> &[String] {
+        self.tables.as_deref().unwrap_or(&[])
     }
-    fn plan(_ctx: &Context) -> Result<Vec<Step>> {
-        Ok(Vec::new())
+    fn intact(&self) -> bool {
+        self.integrity == "ok"
     }
-    fn run_step(_ctx: &Context, _step: &str) -> Result<StepOutcome> {
-        bail!("todo")
+    fn fk_count(&self) -> i64 {
+        self.fk
+            .as_ref()
+            .map(|v| v.iter().map(|(_, c)| c).sum())
+            .unwrap_or(0)
     }
-    fn verify(_ctx: &Context) -> Result<Verification> {
-        Ok(Verification::from_findings(Vec::new()))
+
+    fn integrity_finding(&self) -> Finding {
+        Finding::equals("PRAGMA integrity_check", &self.integrity, "ok")
+    }
+    fn fk_finding(&self) -> Finding {
+        match &self.fk {
+            Ok(v) => Finding::new(
+                "PRAGMA foreign_key_check violations",
+                db::fk_line(v),
+                "0",
+                self.fk_count() > 0,
+            ),
+            Err(e) => Finding::new("PRAGMA foreign_key_check violations", e, "0", true),
+        }
+    }
+    fn tables_finding(&self, check: &str, want: &[String]) -> Finding {
+        let have = self.table_list();
+        let miss = db::missing(want, have);
+        let observed = if miss.is_empty() {
+            format!("{} of {} present", want.len(), want.len())
+        } else {
+            format!(
+                "{} of {} present, missing {}",
+                want.len() - miss.len(),
+                want.len(),
+                miss.join(", ")
+            )
+        };
+        Finding::new(
+            check,
+            observed,
+            format!("all of {}", want.join(", ")),
+            !miss.is_empty(),
+        )
+    }
+    fn absent_finding(&self, check: &str, names: &[String], have: &[String]) -> Finding {
+        let present: Vec<&str> = names
+            .iter()
+            .filter(|n| have.contains(n))
+            .map(String::as_str)
+            .collect();
+        Finding::new(
+            check,
+            if present.is_empty() {
+                "none present".to_string()
+            } else {
+                format!("present: {}", present.join(", "))
+            },
+            "none present",
+            !present.is_empty(),
+        )
+    }
+    fn wal_finding(&self, cfg: &Config) -> Finding {
+        Finding::at_most("WAL size", mib(self.wal), mib(cfg.max_wal_bytes), "MiB")
+    }
+    fn disk_finding(&self, cfg: &Config) -> Finding {
+        match &self.free {
+            Some((avail, total, mount)) => Finding::new(
+                format!(
+                    "free space on {mount} (database filesystem, {} MiB total)",
+                    mib(*total)
+                ),
+                format!("{} bytes ({} MiB)", avail, mib(*avail)),
+                format!(
+                    ">= {} bytes ({} MiB)",
+                    cfg.min_free_bytes,
+                    mib(cfg.min_free_bytes)
+                ),
+                *avail < cfg.min_free_bytes,
+            ),
+            None => Finding::new(
+                "free space on the database filesystem",
+                "unknown",
+                ">= min_free_bytes",
+                false,
+            ),
+        }
+    }
+    fn disk_low(&self, cfg: &Config) -> bool {
+        self.free
+            .as_ref()
+            .is_some_and(|(a, _, _)| *a < cfg.min_free_bytes)
     }
 }
 
-rewind_sdk::export_plugin!(P);
+/// The memory system's state: how many of its tables and indexes exist.
+struct Memory {
+    tables: usize,
+    indexes: usize,
+    fk: i64,
+}
+
+impl Memory {
+    fn of(cfg: &Config, o: &Observed) -> Self {
+        let fk =
+            o.fk.as_ref()
+                .map(|v| {
+                    v.iter()
+                        .filter(|(t, _)| cfg.memory_tables.contains(t))
+                        .map(|(_, c)| c)
+                        .sum()
+                })
+                .unwrap_or(0);
+        Self {
+            tables: cfg
+                .memory_tables
+                .iter()
+                .filter(|t| o.table_list().contains(t))
+                .count(),
+            indexes: cfg
+                .memory_indexes
+                .iter()
+                .filter(|i| o.indexes.contains(i))
+                .count(),
+            fk,
+        }
+    }
+    fn absent(&self) -> bool {
+        self.tables == 0 && self.indexes == 0
+    }
+    fn complete(&self, cfg: &Config) -> bool {
+        self.tables == cfg.memory_tables.len() && self.indexes == cfg.memory_indexes.len()
+    }
+    fn failed(&self, cfg: &Config) -> bool {
+        (!self.absent() && !self.complete(cfg)) || self.fk > 0
+    }
+    fn finding(&self, cfg: &Config) -> Finding {
+        let observed = if self.absent() {
+            "absent (milestone 1 schema)".to_string()
+        } else {
+            format!(
+                "{} of {} tables, {} of {} indexes, {} foreign key violations",
+                self.tables,
+                cfg.memory_tables.len(),
+                self.indexes,
+                cfg.memory_indexes.len(),
+                self.fk
+            )
+        };
+        Finding::new(
+            "memory system (milestone 2) deployment",
+            observed,
+            format!(
+                "all {} tables and {} indexes, or none; 0 foreign key violations",
+                cfg.memory_tables.len(),
+                cfg.memory_indexes.len()
+            ),
+            self.failed(cfg),
+        )
+    }
+}
+
+/// The vector search's state (milestone 3).
+struct Vector {
+    present: Vec<String>,
+    documents: i64,
+    failed_sync: i64,
+    search: Option<(Option<u16>, f64, bool)>,
+}
+
+impl Vector {
+    fn of(cfg: &Config, o: &Observed) -> Result<Self> {
+        let present: Vec<String> = cfg
+            .vector_tables
+            .iter()
+            .filter(|t| o.table_list().contains(t))
+            .cloned()
+            .collect();
+        let (mut documents, mut failed_sync) = (0, 0);
+        if o.table_list().iter().any(|t| t == "document_index")
+            && db::columns(&cfg.db_path, "document_index")
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c == "sync_status")
+        {
+            documents = db::count(&cfg.db_path, "SELECT count(*) FROM document_index").unwrap_or(0);
+            failed_sync = db::count(
+                &cfg.db_path,
+                "SELECT count(*) FROM document_index WHERE sync_status = 'failed'",
+            )
+            .unwrap_or(0);
+        }
+        let search = if cfg.search_url.is_empty() || present.is_empty() {
+            None
+        } else {
+            let r = HttpProbe::get(&cfg.search_url)
+                .timeout_ms(cfg.search_max_ms.max(1000) * 2)
+                .probe()?;
+            Some((r.status, r.latency_ms(), r.healthy))
+        };
+        Ok(Self {
+            present,
+            documents,
+            failed_sync,
+            search,
+        })
+    }
+    fn failed_percent(&self) -> f64 {
+        if self.documents == 0 {
+            0.0
+        } else {
+            (self.failed_sync as f64 * 1000.0 / self.documents as f64).round() / 10.0
+        }
+    }
+    fn slow(&self, cfg: &Config) -> bool {
+        self.search
+            .is_some_and(|(_, ms, ok)| !ok || ms > cfg.search_max_ms as f64)
+    }
+    fn failed(&self, cfg: &Config) -> bool {
+        !self.present.is_empty()
+            && (self.failed_percent() > cfg.max_failed_sync_percent || self.slow(cfg))
+    }
+    fn findings(&self, cfg: &Config) -> Vec<Finding> {
+        let mut f = vec![Finding::new(
+            "documents with sync_status = 'failed' (embedding generation)",
+            format!(
+                "{}% ({} of {}){}",
+                self.failed_percent(),
+                self.failed_sync,
+                self.documents,
+                if self.present.is_empty() {
+                    "; vector tables absent"
+                } else {
+                    ""
+                }
+            ),
+            format!("<= {}%", cfg.max_failed_sync_percent),
+            !self.present.is_empty() && self.failed_percent() > cfg.max_failed_sync_percent,
+        )];
+        if let Some((status, ms, ok)) = self.search {
+            f.push(Finding::new(
+                format!("semantic search GET {}", cfg.search_url),
+                format!(
+                    "{} in {:.0} ms",
+                    status.map(|s| s.to_string()).unwrap_or("no answer".into()),
+                    ms
+                ),
+                format!("200-399 in <= {} ms", cfg.search_max_ms),
+                !ok || ms > cfg.search_max_ms as f64,
+            ));
+        }
+        f
+    }
+}
+
+fn health_finding(cfg: &Config) -> Result<Option<(Finding, bool)>> {
+    let Some(p) = cfg.health() else {
+        return Ok(None);
+    };
+    let r = p.probe()?;
+    let observed = match r.status {
+        Some(s) => format!("{s} {}", r.body.trim().chars().take(80).collect::<String>()),
+        None => format!("no answer ({})", r.detail),
+    };
+    let threshold = if cfg.health_contains.is_empty() {
+        "200-299".to_string()
+    } else {
+        format!("200-299 containing {:?}", cfg.health_contains)
+    };
+    Ok(Some((
+        Finding::new(
+            format!("GET {}", cfg.health_url),
+            observed,
+            threshold,
+            !r.healthy,
+        ),
+        r.healthy,
+    )))
+}
+
+// ---------------------------------------------------------------- steps
+
+fn services(cfg: &Config, template: &[String], list: &[String], verb: &str) -> Result<String> {
+    let mut done = Vec::new();
+    for s in list {
+        let shown = backup::run(cfg, template, &[("service", s)]).within(format!("{verb} {s}"))?;
+        done.push(shown);
+    }
+    Ok(if done.is_empty() {
+        format!("no services to {verb}")
+    } else {
+        done.join("; ")
+    })
+}
+
+fn commands_detail(cfg: &Config, template: &[String], list: &[String]) -> String {
+    let v: Vec<String> = list
+        .iter()
+        .filter_map(|s| cfg.cmd(template, &[("service", s)]).map(|c| c.display()))
+        .collect();
+    if v.is_empty() {
+        "nothing (no services configured)".into()
+    } else {
+        format!("`{}`", v.join("`, `"))
+    }
+}
+
+fn stop_step(ctx: &Context, cfg: &Config, list: &[String]) -> Result<StepOutcome> {
+    let ran = services(cfg, &cfg.stop_command, list, "stop")?;
+    if !ctx.executes() || cfg.process_pattern.is_empty() || list.is_empty() {
+        return Ok(StepOutcome::ok(ran));
+    }
+    // "Verify all services stopped" (ps aux | grep abathur): per stopped
+    // service when the pattern names one, else (the runbook's plain
+    // `grep abathur`) only after the production shutdown, which stops all.
+    let patterns: Vec<String> = if cfg.process_pattern.contains("{service}") {
+        list.iter()
+            .map(|s| cfg.process_pattern.replace("{service}", s))
+            .collect()
+    } else if ctx.level == L_PROD {
+        vec![cfg.process_pattern.clone()]
+    } else {
+        Vec::new()
+    };
+    let mut findings = Vec::new();
+    let mut left = Vec::new();
+    for pat in &patterns {
+        let p = health::processes(pat)?;
+        findings.push(Finding::at_most(
+            format!("processes matching {pat:?}"),
+            p.count as f64,
+            0.0,
+            "",
+        ));
+        if p.count > 0 {
+            left.push(format!("pids {:?} match {pat:?}", p.pids));
+        }
+    }
+    Ok(if left.is_empty() {
+        StepOutcome::ok(if patterns.is_empty() {
+            ran
+        } else {
+            format!("{ran}; no process left")
+        })
+    } else {
+        StepOutcome::failed(format!("{ran}; still running: {}", left.join(", ")))
+    }
+    .with_findings(findings))
+}
+
+fn start_step(ctx: &Context, cfg: &Config, list: &[String]) -> Result<StepOutcome> {
+    let ran = services(cfg, &cfg.start_command, list, "start")?;
+    let Some(probe) = cfg.health() else {
+        return Ok(StepOutcome::ok(ran));
+    };
+    if !ctx.executes() {
+        return Ok(StepOutcome::ok(format!(
+            "{ran}; would wait for GET {} (nothing was started in a {} run)",
+            cfg.health_url,
+            ctx.mode.as_str()
+        )));
+    }
+    let w = probe.wait(
+        WaitPolicy::every(cfg.health_interval_ms)
+            .timeout_ms(cfg.health_timeout_ms)
+            .successes(1),
+    )?;
+    let f = vec![
+        Finding::status(format!("GET {}", cfg.health_url), w.last.status, 200, 299),
+        Finding::at_most(
+            "time to healthy",
+            w.elapsed_ms as f64,
+            cfg.health_timeout_ms as f64,
+            "ms",
+        ),
+    ];
+    let msg = format!(
+        "{ran}; {} after {} probes in {} ms ({})",
+        if w.healthy { "healthy" } else { "NOT healthy" },
+        w.attempts,
+        w.elapsed_ms,
+        w.last.body.trim().chars().take(80).collect::<String>()
+    );
+    Ok(if w.healthy {
+        StepOutcome::ok(msg)
+    } else {
+        StepOutcome::failed(msg)
+    }
+    .with_findings(f))
+}
+
+/// Move the database and its WAL and shared memory files to `target`
+/// (+ `-wal`, `-shm`), or copy them when `copy`.
+fn set_aside(cfg: &Config, target: &str, copy: bool) -> Result<Vec<String>> {
+    let mut moved = Vec::new();
+    for (src, suffix) in [
+        (cfg.db_path.clone(), ""),
+        (cfg.wal(), "-wal"),
+        (cfg.shm(), "-shm"),
+    ] {
+        if !st::exists(&src)? {
+            continue;
+        }
+        let dst = format!("{target}{suffix}");
+        if copy {
+            // The live WAL and shm stay until a verified backup replaces
+            // the database (restore_from removes them then).
+            st::copy(&src, &dst)?;
+        } else {
+            st::rename(&src, &dst)?;
+        }
+        moved.push(dst);
+    }
+    Ok(moved)
+}
+
+/// Decompress a backup into the database directory, check it, and rename
+/// it over the database (the database's WAL and shm must be gone).
+fn restore_from(cfg: &Config, gz: &str) -> Result<String> {
+    let tmp = cfg.restore_tmp();
+    backup::decompress(cfg, gz, &tmp)?;
+    let line = db::integrity_line(&tmp);
+    if line != "ok" {
+        st::remove(&tmp)?;
+        bail!("the restored bytes of {gz} fail integrity_check: {line}");
+    }
+    for side in [cfg.wal(), cfg.shm()] {
+        if st::exists(&side)? {
+            st::remove(&side)?;
+        }
+    }
+    st::rename(&tmp, &cfg.db_path)?;
+    Ok(format!("restored {gz} -> {} (integrity ok)", cfg.db_path))
+}
+
+fn validate(cfg: &Config, o: &Observed, memory_expected: bool) -> Vec<Finding> {
+    let mut f = vec![
+        o.integrity_finding(),
+        o.fk_finding(),
+        o.tables_finding("core tables (milestone 1)", &cfg.core_tables),
+    ];
+    if memory_expected {
+        f.push(o.tables_finding("memory tables (milestone 2)", &cfg.memory_tables));
+        f.push(Finding::at_least(
+            "table count",
+            o.table_list().len() as f64,
+            cfg.min_tables as f64,
+            "",
+        ));
+        f.push(Finding::at_least(
+            "index count",
+            o.indexes.len() as f64,
+            cfg.min_indexes as f64,
+            "",
+        ));
+        if o.table_list().iter().any(|t| t == "sessions") {
+            let n = db::count(&cfg.db_path, "SELECT count(*) FROM sessions");
+            f.push(Finding::check(
+                "SELECT COUNT(*) FROM sessions",
+                n.is_ok(),
+                n.map(|n| format!("{n} rows"))
+                    .unwrap_or_else(|e| e.to_string()),
+                "answers",
+            ));
+        }
+    }
+    f
+}
+
+/// A validation step: failed when a finding is breached, except in a dry
+/// run, where nothing was changed and the findings show the system as it is.
+fn outcome(ctx: &Context, msg: String, findings: Vec<Finding>) -> StepOutcome {
+    if !ctx.executes() {
+        StepOutcome::ok(format!(
+            "would validate (nothing was changed in a {} run; now: {msg})",
+            ctx.mode.as_str()
+        ))
+        .with_findings(findings)
+    } else if findings.iter().any(|f| f.breached) {
+        StepOutcome::failed(msg).with_findings(findings)
+    } else {
+        StepOutcome::ok(msg).with_findings(findings)
+    }
+}
+
+fn run_m3(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
+    match step {
+        "backup" => backup::take(ctx, cfg),
+        "stop-embedding" => stop_step(ctx, cfg, &cfg.milestone3_services),
+        "disable-features" => {
+            let path = &cfg.feature_flags_file;
+            let mut flags: serde_json::Map<String, serde_json::Value> = if st::exists(path)? {
+                serde_json::from_str(&st::read_to_string(path)?)
+                    .context(format!("{path} is not a JSON object"))?
+            } else {
+                serde_json::Map::new()
+            };
+            for k in [
+                "semantic_search_enabled",
+                "background_document_sync",
+                "embedding_generation",
+            ] {
+                flags.insert(k.into(), serde_json::Value::Bool(false));
+            }
+            let text = serde_json::to_string_pretty(&flags)? + "\n";
+            st::write_string(path, &text)?;
+            Ok(StepOutcome::ok(format!(
+                "{}semantic_search_enabled, background_document_sync, embedding_generation = false in {path}",
+                if ctx.executes() { "" } else { "would set " }
+            )))
+        }
+        "drop-vector" => {
+            let mut done = Vec::new();
+            for t in &cfg.vector_tables {
+                match db::drop_table(&cfg.db_path, t)? {
+                    Some(how) => done.push(format!("{t} {how}")),
+                    None => done.push(format!("{t} absent")),
+                }
+            }
+            let cols = db::columns(&cfg.db_path, "document_index").unwrap_or_default();
+            let reset = if cols.iter().any(|c| c == "sync_status") {
+                let set = if cols.iter().any(|c| c == "embedding_blob") {
+                    "sync_status = 'pending', embedding_blob = NULL"
+                } else {
+                    "sync_status = 'pending'"
+                };
+                let n = st::sqlite_exec(&cfg.db_path, &format!("UPDATE document_index SET {set}"))?;
+                format!("document_index: {n} rows set {set}")
+            } else {
+                "no document_index.sync_status to reset".into()
+            };
+            Ok(StepOutcome::ok(format!(
+                "{}{}; {reset}",
+                if ctx.executes() { "" } else { "would: " },
+                done.join(", ")
+            )))
+        }
+        "check" => {
+            let o = Observed::measure(cfg)?;
+            let f = validate(cfg, &o, true);
+            Ok(outcome(
+                ctx,
+                format!("integrity {}, {} tables", o.integrity, o.table_list().len()),
+                f,
+            ))
+        }
+        other => bail!("unknown step {other:?} of level 1"),
+    }
+}
+
+fn run_m2(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
+    match step {
+        "stop" => stop_step(ctx, cfg, &cfg.milestone2_services),
+        "backup" => backup::take(ctx, cfg),
+        "drop-memory" => {
+            // The host runs a batch in a transaction, where foreign_keys
+            // cannot be switched; DROP TABLE of a referenced table would run
+            // an implicit DELETE that the references refuse.
+            let mut sql = String::from("COMMIT; PRAGMA foreign_keys = OFF; BEGIN;\n");
+            for t in &cfg.memory_tables {
+                sql.push_str(&format!("DROP TABLE IF EXISTS {};\n", db::ident(t)));
+            }
+            for i in &cfg.memory_indexes {
+                sql.push_str(&format!("DROP INDEX IF EXISTS {};\n", db::ident(i)));
+            }
+            if cfg.memory_tables.is_empty() && cfg.memory_indexes.is_empty() {
+                return Ok(StepOutcome::ok("no memory tables configured"));
+            }
+            // Vector tables belong to milestone 3, built on document_index.
+            let mut vec_done = Vec::new();
+            for t in &cfg.vector_tables {
+                if let Some(how) = db::drop_table(&cfg.db_path, t)? {
+                    vec_done.push(format!("{t} {how}"));
+                }
+            }
+            st::sqlite_exec(&cfg.db_path, &sql)?;
+            Ok(StepOutcome::ok(format!(
+                "{}dropped tables {} and indexes {}{}",
+                if ctx.executes() { "" } else { "would have " },
+                cfg.memory_tables.join(", "),
+                cfg.memory_indexes.join(", "),
+                if vec_done.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (and milestone 3's {})", vec_done.join(", "))
+                }
+            )))
+        }
+        "check-core" => {
+            let o = Observed::measure(cfg)?;
+            let f = vec![o.tables_finding("core tables (milestone 1)", &cfg.core_tables)];
+            let counts = db::row_counts(&cfg.db_path, &cfg.core_tables);
+            let shown: Vec<String> = counts
+                .iter()
+                .map(|(t, n)| match n {
+                    Ok(n) => format!("{t} {n}"),
+                    Err(e) => format!("{t} ({e})"),
+                })
+                .collect();
+            Ok(outcome(
+                ctx,
+                format!(
+                    "tables: {}; rows: {}",
+                    o.table_list().join(", "),
+                    shown.join(", ")
+                ),
+                f,
+            ))
+        }
+        "validate" => {
+            let o = Observed::measure(cfg)?;
+            let f = vec![
+                o.integrity_finding(),
+                o.fk_finding(),
+                o.absent_finding("memory tables", &cfg.memory_tables, o.table_list()),
+                o.absent_finding("memory indexes", &cfg.memory_indexes, &o.indexes),
+            ];
+            Ok(outcome(ctx, format!("integrity {}", o.integrity), f))
+        }
+        "start" => start_step(ctx, cfg, &cfg.milestone2_services),
+        other => bail!("unknown step {other:?} of level 2"),
+    }
+}
+
+/// Recover what can be read into `<stem>_recovered.db`: the configured
+/// `.recover` first, rewind's reader when that fails. Records in the kv
+/// whether the recovered database is good.
+fn recover(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
+    let rec = cfg.recovered();
+    let sql = cfg.recover_sql();
+    if !ctx.executes() {
+        let first = cfg
+            .cmd(
+                &cfg.recover_command,
+                &[("db", &cfg.db_path), ("sql", &sql), ("recovered", &rec)],
+            )
+            .map(|c| format!("`{}`, then ", c.display()))
+            .unwrap_or_default();
+        return Ok(StepOutcome::ok(format!(
+            "would recover {} into {rec}: {first}rewind's reader if that fails",
+            cfg.db_path
+        )));
+    }
+    for p in [
+        rec.clone(),
+        format!("{rec}-wal"),
+        format!("{rec}-shm"),
+        format!("{rec}-journal"),
+        sql.clone(),
+    ] {
+        if st::exists(&p)? {
+            st::remove(&p)?;
+        }
+    }
+    let mut notes = Vec::new();
+    let mut method = None;
+    if !cfg.recover_command.is_empty() {
+        let vars = [
+            ("db", cfg.db_path.as_str()),
+            ("sql", sql.as_str()),
+            ("recovered", rec.as_str()),
+        ];
+        let r = backup::run(cfg, &cfg.recover_command, &vars).and_then(|shown| {
+            if !st::exists(&sql)? || st::stat(&sql)?.map(|e| e.size).unwrap_or(0) == 0 {
+                bail!("`{shown}` wrote no SQL");
+            }
+            backup::run(cfg, &cfg.recover_load_command, &vars)?;
+            let line = db::integrity_line(&rec);
+            if line != "ok" {
+                bail!("the recovered database fails integrity_check: {line}");
+            }
+            Ok(shown)
+        });
+        match r {
+            Ok(shown) => method = Some(format!("`{shown}`")),
+            Err(e) => {
+                notes.push(format!(
+                    "`.recover` failed ({}); using rewind's reader",
+                    e.message()
+                ));
+                for p in [rec.clone(), format!("{rec}-journal")] {
+                    if st::exists(&p)? {
+                        st::remove(&p)?;
+                    }
+                }
+            }
+        }
+        if st::exists(&sql)? {
+            st::remove(&sql)?;
+        }
+    }
+    let mut salvaged = Vec::new();
+    if method.is_none() {
+        match db::salvage(&cfg.db_path, &rec) {
+            Ok(s) => {
+                method = Some("rewind's reader (rowid ranges, unreadable pages skipped)".into());
+                salvaged = s;
+            }
+            Err(e) => notes.push(format!("rewind's reader failed: {}", e.message())),
+        }
+    }
+    let Some(method) = method else {
+        ctx_set(ctx, "recovered", "no")?;
+        return Ok(StepOutcome::ok(format!(
+            "recovery failed, the latest backup will be restored: {}",
+            notes.join("; ")
+        )));
+    };
+    let per: Vec<String> = salvaged
+        .iter()
+        .map(|s| {
+            let mut t = format!("{} {} rows", s.table, s.rows);
+            if s.lost_ranges > 0 {
+                t.push_str(&format!(" ({} unreadable ranges)", s.lost_ranges));
+            }
+            if let Some(e) = &s.error {
+                t.push_str(&format!(" ({e})"));
+            }
+            t
+        })
+        .collect();
+    st::set_json(&ctx.run_key("salvaged"), &salvaged)?;
+    ctx_set(ctx, "recovered", "pending")?;
+    notes.insert(
+        0,
+        format!("recovered {} into {rec} with {method}", cfg.db_path),
+    );
+    if !per.is_empty() {
+        notes.push(per.join(", "));
+    }
+    Ok(StepOutcome::ok(notes.join("; ")))
+}
+
+fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
+    match step {
+        "recover" => recover(ctx, cfg),
+        "verify-recovered" => {
+            if !ctx.executes() {
+                return Ok(StepOutcome::ok(format!(
+                    "would run PRAGMA integrity_check on {} and check the core tables",
+                    cfg.recovered()
+                )));
+            }
+            if ctx_get(ctx, "recovered")?.as_deref() != Some("pending") {
+                return Ok(StepOutcome::ok(
+                    "nothing recovered: the latest backup will be restored",
+                ));
+            }
+            let rec = cfg.recovered();
+            let line = db::integrity_line(&rec);
+            let tables = db::objects(&rec, "table").unwrap_or_default();
+            let miss = db::missing(&cfg.core_tables, &tables);
+            let f = vec![
+                Finding::equals("recovered database integrity_check", &line, "ok"),
+                Finding::new(
+                    "core tables in the recovered database",
+                    if miss.is_empty() {
+                        "all present".to_string()
+                    } else {
+                        format!("missing {}", miss.join(", "))
+                    },
+                    "all present",
+                    !miss.is_empty(),
+                ),
+            ];
+            let good = line == "ok" && miss.is_empty();
+            ctx_set(ctx, "recovered", if good { "yes" } else { "no" })?;
+            Ok(StepOutcome::ok(if good {
+                format!(
+                    "{rec} is intact ({} tables): it replaces the corrupted database",
+                    tables.len()
+                )
+            } else {
+                format!("{rec} is not usable: the latest verified backup will be restored instead")
+            })
+            .with_findings(f))
+        }
+        "stop" => stop_step(ctx, cfg, &cfg.corruption_services),
+        "swap" => {
+            let ts = backup::stamp_compact(now_ms());
+            let aside = backup::fresh(
+                &cfg.in_db_dir(&format!("{}_corrupted_{ts}", cfg.db_stem())),
+                ".db",
+            )?;
+            let good = ctx_get(ctx, "recovered")?.as_deref() == Some("yes");
+            if !ctx.executes() {
+                return Ok(StepOutcome::ok(format!(
+                    "would move {} (and its -wal, -shm) to {aside} for forensics, then move {} into its place, or restore the latest verified backup if recovery failed",
+                    cfg.db_path,
+                    cfg.recovered()
+                )));
+            }
+            if good {
+                let moved = set_aside(cfg, &aside, false)?;
+                st::rename(&cfg.recovered(), &cfg.db_path)?;
+                ctx_set(ctx, "source", "recovered")?;
+                Ok(StepOutcome::ok(format!(
+                    "corrupted database kept as {}; {} -> {}",
+                    moved.join(", "),
+                    cfg.recovered(),
+                    cfg.db_path
+                )))
+            } else {
+                let (b, rejected) = backup::latest_verified(cfg)?;
+                let Some(b) = b else {
+                    return Ok(StepOutcome::failed(format!(
+                        "recovery failed and no backup in {} verifies ({}); escalate to a database specialist",
+                        cfg.backup_dir,
+                        if rejected.is_empty() {
+                            "none found".into()
+                        } else {
+                            rejected.join("; ")
+                        }
+                    )));
+                };
+                let moved = set_aside(cfg, &aside, false)?;
+                let msg = restore_from(cfg, &b.path)?;
+                ctx_set(ctx, "source", &b.path)?;
+                Ok(StepOutcome::ok(format!(
+                    "recovery failed; corrupted database kept as {}; {msg}",
+                    moved.join(", ")
+                )))
+            }
+        }
+        "start" => start_step(ctx, cfg, &cfg.corruption_services),
+        other => bail!("unknown step {other:?} of level 3"),
+    }
+}
+
+fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
+    match step {
+        "stop" => stop_step(ctx, cfg, &cfg.production_stop_services),
+        "assess" => {
+            let o = Observed::measure(cfg)?;
+            let severity = if o.intact() { "HIGH" } else { "CRITICAL" };
+            ctx_set(ctx, "severity", severity)?;
+            Ok(StepOutcome::ok(format!(
+                "severity {severity}: {}",
+                if o.intact() {
+                    "database integrity OK".to_string()
+                } else {
+                    format!("database corruption detected ({})", o.integrity)
+                }
+            ))
+            .with_findings(vec![o.integrity_finding()]))
+        }
+        "forensics" => {
+            if !st::exists(&cfg.db_path)? {
+                return Ok(StepOutcome::ok(format!(
+                    "{} does not exist: nothing to keep",
+                    cfg.db_path
+                )));
+            }
+            if ctx.executes() {
+                st::make_dir(&cfg.backup_dir)?;
+            }
+            let ts = backup::stamp_compact(now_ms());
+            let target = backup::fresh(
+                &cfg.in_backup_dir(&format!("failed_production_{ts}")),
+                ".db",
+            )?;
+            let kept = set_aside(cfg, &target, true)?;
+            Ok(StepOutcome::ok(format!(
+                "{}{}",
+                if ctx.executes() {
+                    "failed database kept for forensics: "
+                } else {
+                    "would copy for forensics: "
+                },
+                if kept.is_empty() {
+                    target
+                } else {
+                    kept.join(", ")
+                }
+            )))
+        }
+        "restore" => {
+            if !ctx.executes() {
+                let all = backup::list(cfg)?;
+                return Ok(StepOutcome::ok(if all.is_empty() {
+                    format!(
+                        "would restore a backup, but there is none in {}",
+                        cfg.backup_dir
+                    )
+                } else {
+                    format!(
+                        "would restore into {} the newest of {} whose decompressed copy passes integrity_check",
+                        cfg.db_path,
+                        all.iter()
+                            .map(|b| file_name(&b.path))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }));
+            }
+            let (b, rejected) = backup::latest_verified(cfg)?;
+            let Some(b) = b else {
+                return Ok(StepOutcome::failed(format!(
+                    "no backup {}{}*.db.gz verifies ({})",
+                    cfg.in_backup_dir(""),
+                    cfg.backup_prefix,
+                    if rejected.is_empty() {
+                        "none found".into()
+                    } else {
+                        rejected.join("; ")
+                    }
+                )));
+            };
+            let skipped = if rejected.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped: {}", rejected.join("; "))
+            };
+            let msg = restore_from(cfg, &b.path)?;
+            ctx_set(ctx, "source", &b.path)?;
+            Ok(StepOutcome::ok(format!("{msg}{skipped}")))
+        }
+        "wal-recovery" => {
+            if !st::exists(&cfg.wal())? {
+                return Ok(StepOutcome::ok(format!(
+                    "no WAL next to the restored database ({} kept the failed one's WAL)",
+                    cfg.backup_dir
+                )));
+            }
+            let (before, after) = backup::checkpoint(cfg)?;
+            Ok(StepOutcome::ok(format!(
+                "WAL checkpointed: {before} -> {after} bytes"
+            )))
+        }
+        "validate" => {
+            let o = Observed::measure(cfg)?;
+            let f = validate(cfg, &o, true);
+            Ok(outcome(
+                ctx,
+                format!(
+                    "integrity {}, {} tables, {} indexes",
+                    o.integrity,
+                    o.table_list().len(),
+                    o.indexes.len()
+                ),
+                f,
+            ))
+        }
+        "start" => start_step(ctx, cfg, &cfg.production_start_services),
+        "post-validate" => {
+            let mut done = Vec::new();
+            for c in &cfg.validation_commands {
+                done.push(backup::run(cfg, c, &[]).within("post-rollback validation")?);
+            }
+            Ok(StepOutcome::ok(if done.is_empty() {
+                "no validation commands configured".to_string()
+            } else {
+                format!("passed: `{}`", done.join("`, `"))
+            }))
+        }
+        other => bail!("unknown step {other:?} of level 4"),
+    }
+}
+
+fn run_disk(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
+    let free = || -> Result<u64> { Ok(health::disk(&cfg.db_dir())?.available_bytes) };
+    match step {
+        "measure" => {
+            let o = Observed::measure(cfg)?;
+            let f0 = free()?;
+            backup::ctx_set(ctx, "free_before", &f0.to_string())?;
+            let mut sizes = Vec::new();
+            for p in [cfg.db_path.clone(), cfg.wal(), cfg.shm()] {
+                if let Some(e) = st::stat(&p)? {
+                    sizes.push(format!("{} {} bytes", file_name(&p), e.size));
+                }
+            }
+            let backups = backup::list(cfg)?;
+            let bytes: u64 = backups.iter().map(|b| b.size).sum();
+            Ok(StepOutcome::ok(format!(
+                "{f0} bytes free; {}; {} backups, {bytes} bytes",
+                sizes.join(", "),
+                backups.len()
+            ))
+            .with_findings(vec![o.disk_finding(cfg), o.wal_finding(cfg)]))
+        }
+        "truncate-wal" => {
+            let (before, after) = backup::checkpoint(cfg)?;
+            Ok(StepOutcome::ok(format!(
+                "{}PRAGMA wal_checkpoint(TRUNCATE): WAL {before} -> {after} bytes",
+                if ctx.executes() { "" } else { "would run " }
+            )))
+        }
+        "prune-backups" => {
+            let (deleted, freed) = backup::prune(cfg, cfg.disk_retention_days, None)?;
+            Ok(StepOutcome::ok(format!(
+                "{} {} backups older than {} days ({freed} bytes){}",
+                if ctx.executes() {
+                    "deleted"
+                } else {
+                    "would delete"
+                },
+                deleted.len(),
+                cfg.disk_retention_days,
+                if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ": {}",
+                        deleted
+                            .iter()
+                            .map(|p| file_name(p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )))
+        }
+        "vacuum" => {
+            let size = |p: &str| -> Result<u64> { Ok(st::stat(p)?.map(|e| e.size).unwrap_or(0)) };
+            let before = size(&cfg.db_path)?;
+            st::sqlite_exec(&cfg.db_path, "COMMIT; VACUUM; BEGIN;")?;
+            let after = size(&cfg.db_path)?;
+            Ok(StepOutcome::ok(if ctx.executes() {
+                format!("VACUUM: {} {before} -> {after} bytes", cfg.db_path)
+            } else {
+                format!("would VACUUM {} ({before} bytes)", cfg.db_path)
+            }))
+        }
+        "report" => {
+            let before: u64 = ctx_get(ctx, "free_before")?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let after = free()?;
+            let o = Observed::measure(cfg)?;
+            Ok(StepOutcome::ok(format!(
+                "space reclaimed: {} bytes ({} -> {} bytes free)",
+                after as i64 - before as i64,
+                before,
+                after
+            ))
+            .with_findings(vec![o.disk_finding(cfg), o.wal_finding(cfg)]))
+        }
+        other => bail!("unknown step {other:?} of level 5"),
+    }
+}
+
+// ---------------------------------------------------------------- plugin
+
+struct Abathur;
+
+impl Plugin for Abathur {
+    fn describe(ctx: &Context) -> Result<PluginInfo> {
+        let cfg = Config::load(ctx)?;
+        let mut needs = Needs::default()
+            .sqlite(&cfg.db_path)
+            .sqlite(cfg.recovered())
+            .sqlite(cfg.restore_tmp())
+            .sqlite(cfg.verify_tmp())
+            .write(cfg.db_dir())
+            .write(&cfg.backup_dir);
+        if !cfg.feature_flags_file.is_empty() {
+            needs = needs.write(&cfg.feature_flags_file);
+        }
+        if !cfg.workdir.is_empty() {
+            needs = needs.read(&cfg.workdir);
+        }
+        for p in cfg.programs() {
+            needs = needs.exec(p);
+        }
+        for u in [&cfg.health_url, &cfg.search_url] {
+            if !u.is_empty() {
+                needs = needs.http(u.clone());
+            }
+        }
+        Ok(PluginInfo::new(
+            "abathur",
+            env!("CARGO_PKG_VERSION"),
+            "abathur (SQLite)",
+            "Abathur's SQLite rollback and disaster recovery: milestone rollbacks, corruption recovery, backup restore, disk space",
+        )
+        .level(LevelInfo::new(L_M3, "milestone 3 rollback (vector search)", "Stop the embedding services, disable vector search, drop the vector tables, mark documents pending").rto_ms(30 * 60_000))
+        .level(LevelInfo::new(L_M2, "milestone 2 rollback (memory system)", "Stop the API, back up, drop the memory tables and indexes, verify the core tables, restart").rto_ms(30 * 60_000))
+        .level(LevelInfo::new(L_CORRUPT, "corruption recovery", "Recover what can be read into a new database, verify, swap; fall back to the latest verified backup").rto_ms(20 * 60_000))
+        .level(LevelInfo::new(L_PROD, "emergency production rollback", "Stop everything, keep the failed database, restore the latest verified backup, WAL recovery, validate, restart").rto_ms(60 * 60_000))
+        .level(LevelInfo::new(L_DISK, "disk space recovery", "Truncate the WAL, prune old backups, VACUUM, report the space reclaimed").rto_ms(10 * 60_000))
+        .needs(needs))
+    }
+
+    fn assess(ctx: &Context) -> Result<Assessment> {
+        let cfg = Config::load(ctx)?;
+        let o = Observed::measure(&cfg)?;
+        let mut f = vec![
+            o.integrity_finding(),
+            o.fk_finding(),
+            o.tables_finding("core tables (milestone 1)", &cfg.core_tables),
+        ];
+        let mem = Memory::of(&cfg, &o);
+        f.push(mem.finding(&cfg));
+        let vec = Vector::of(&cfg, &o)?;
+        f.extend(vec.findings(&cfg));
+        f.push(o.wal_finding(&cfg));
+        f.push(o.disk_finding(&cfg));
+        let health = health_finding(&cfg)?;
+        if let Some((hf, _)) = &health {
+            f.push(hf.clone());
+        }
+        let backups = backup::list(&cfg)?;
+        let latest = match backups.first() {
+            Some(b) => format!(
+                "latest backup {} ({:.1} h old)",
+                file_name(&b.path),
+                now_ms().saturating_sub(b.modified_ms) as f64 / 3_600_000.0
+            ),
+            None => format!("no backup in {}", cfg.backup_dir),
+        };
+        let core_missing = !db::missing(&cfg.core_tables, o.table_list()).is_empty();
+        let core_fk =
+            o.fk.as_ref()
+                .map(|v| v.iter().any(|(t, _)| !cfg.memory_tables.contains(t)))
+                .unwrap_or(false);
+        let summary = |what: &str| format!("{what}; {latest}");
+        let a = if !o.exists {
+            Assessment::rollback(
+                Severity::Critical,
+                L_PROD,
+                "database missing",
+                summary(&format!("{} does not exist", cfg.db_path)),
+            )
+        } else if !o.intact() {
+            Assessment::rollback(
+                Severity::Critical,
+                L_CORRUPT,
+                "database corruption",
+                summary(&format!("PRAGMA integrity_check fails: {}", o.integrity)),
+            )
+        } else if core_missing || core_fk {
+            Assessment::rollback(
+                Severity::Critical,
+                L_PROD,
+                "data integrity failure",
+                summary(
+                    "core tables missing or foreign keys violated: restore from the last known good backup",
+                ),
+            )
+        } else if o.disk_low(&cfg) || o.wal > cfg.max_wal_bytes {
+            Assessment::rollback(
+                Severity::Critical,
+                L_DISK,
+                "disk space exhaustion",
+                summary(&format!(
+                    "{} bytes free, WAL {} bytes",
+                    o.free.as_ref().map(|f| f.0).unwrap_or(0),
+                    o.wal
+                )),
+            )
+        } else if health.as_ref().is_some_and(|(_, ok)| !ok) {
+            Assessment::rollback(
+                Severity::Critical,
+                L_PROD,
+                "critical production failure (unavailable)",
+                summary(&format!("{} is not healthy", cfg.health_url)),
+            )
+        } else if mem.failed(&cfg) {
+            Assessment::rollback(
+                Severity::Major,
+                L_M2,
+                "milestone 2 (memory system) failed",
+                summary(
+                    "the memory system's tables and indexes are partly deployed or violate foreign keys",
+                ),
+            )
+        } else if vec.failed(&cfg) {
+            Assessment::rollback(
+                Severity::Major,
+                L_M3,
+                "milestone 3 (vector search) failed",
+                summary(&format!(
+                    "{}% of documents failed embedding{}",
+                    vec.failed_percent(),
+                    if vec.slow(&cfg) {
+                        ", semantic search too slow"
+                    } else {
+                        ""
+                    }
+                )),
+            )
+        } else {
+            Assessment::healthy(summary(&format!(
+                "integrity ok, {} tables, {} indexes, WAL {} bytes",
+                o.table_list().len(),
+                o.indexes.len(),
+                o.wal
+            )))
+        };
+        Ok(a.with_findings(f))
+    }
+
+    fn plan(ctx: &Context) -> Result<Vec<Step>> {
+        let cfg = Config::load(ctx)?;
+        let db = &cfg.db_path;
+        let stop = |list: &[String]| commands_detail(&cfg, &cfg.stop_command, list);
+        let start = |list: &[String]| {
+            let mut s = commands_detail(&cfg, &cfg.start_command, list);
+            if !cfg.health_url.is_empty() {
+                s.push_str(&format!(
+                    ", then poll GET {} every {} ms until healthy, for at most {} ms",
+                    cfg.health_url, cfg.health_interval_ms, cfg.health_timeout_ms
+                ));
+            }
+            s
+        };
+        let backup_detail = format!(
+            "PRAGMA wal_checkpoint(TRUNCATE) on {db}; online backup to {}/{}<date>.db; `{}`; verify: decompress to {} and PRAGMA integrity_check; prune {}*.db.gz older than {} days (the newest is always kept)",
+            cfg.backup_dir,
+            cfg.backup_prefix,
+            cfg.cmd(&cfg.compress_command, &[("file", "<backup>.db")])
+                .map(|c| c.display())
+                .unwrap_or_default(),
+            cfg.verify_tmp(),
+            cfg.backup_prefix,
+            cfg.retention_days
+        );
+        let ps = if cfg.process_pattern.is_empty() {
+            String::new()
+        } else {
+            format!("; then no process may match {:?}", cfg.process_pattern)
+        };
+        let steps = match ctx.level {
+            L_M3 => {
+                let mut v = vec![
+                    Step::auto("backup", "Back up the database", backup_detail),
+                    Step::auto(
+                        "stop-embedding",
+                        "Stop the embedding services",
+                        format!("Run {}", stop(&cfg.milestone3_services)),
+                    ),
+                ];
+                if cfg.feature_flags_file.is_empty() {
+                    v.push(Step::manual("disable-features", "Disable vector search features", "Set semantic_search_enabled, background_document_sync and embedding_generation to False in the application's FEATURE_FLAGS, stop loading the sqlite-vss extension, use exact-match search only (no feature_flags_file configured)"));
+                } else {
+                    v.push(Step::auto("disable-features", "Disable vector search features", format!("Set semantic_search_enabled, background_document_sync, embedding_generation = false in {}", cfg.feature_flags_file)));
+                }
+                v.push(Step::auto("drop-vector", "Drop the vector search tables", format!(
+                    "DROP TABLE IF EXISTS {} on {db} (a virtual table whose module is not loaded is removed from the schema); UPDATE document_index SET sync_status = 'pending', embedding_blob = NULL",
+                    cfg.vector_tables.join(", ")
+                )));
+                v.push(Step::auto(
+                    "check",
+                    "Validate",
+                    "PRAGMA integrity_check, foreign_key_check, the core and memory tables",
+                ));
+                v
+            }
+            L_M2 => vec![
+                Step::auto(
+                    "stop",
+                    "Stop services",
+                    format!("Run {}{ps}", stop(&cfg.milestone2_services)),
+                ),
+                Step::auto("backup", "Checkpoint the WAL and back up", backup_detail),
+                Step::auto(
+                    "drop-memory",
+                    "Drop memory tables and indexes",
+                    format!(
+                        "On {db}: DROP TABLE IF EXISTS {}; DROP INDEX IF EXISTS {} (and milestone 3's {} if present)",
+                        cfg.memory_tables.join(", "),
+                        cfg.memory_indexes.join(", "),
+                        cfg.vector_tables.join(", ")
+                    ),
+                ),
+                Step::auto(
+                    "check-core",
+                    "Verify the core tables",
+                    format!("Expected: {}", cfg.core_tables.join(", ")),
+                ),
+                Step::auto(
+                    "validate",
+                    "Validate the rollback",
+                    "PRAGMA integrity_check = ok, foreign_key_check empty, no memory table or index left",
+                ),
+                Step::auto(
+                    "start",
+                    "Restart services (milestone 1 only)",
+                    format!("Run {}", start(&cfg.milestone2_services)),
+                ),
+            ],
+            L_CORRUPT => vec![
+                Step::auto(
+                    "recover",
+                    "Recover into a new database",
+                    format!(
+                        "{}into {}; when that fails, rewind's reader copies every readable row (by rowid ranges) into it",
+                        cfg.cmd(
+                            &cfg.recover_command,
+                            &[
+                                ("db", db),
+                                ("sql", &cfg.recover_sql()),
+                                ("recovered", &cfg.recovered())
+                            ]
+                        )
+                        .map(|c| format!(
+                            "`{}` then `{}` ",
+                            c.display(),
+                            cfg.cmd(
+                                &cfg.recover_load_command,
+                                &[("sql", &cfg.recover_sql()), ("recovered", &cfg.recovered())]
+                            )
+                            .map(|c| c.display())
+                            .unwrap_or_default()
+                        ))
+                        .unwrap_or_default(),
+                        cfg.recovered()
+                    ),
+                ),
+                Step::auto(
+                    "verify-recovered",
+                    "Verify the recovered database",
+                    format!(
+                        "PRAGMA integrity_check on {} and the core tables present",
+                        cfg.recovered()
+                    ),
+                ),
+                Step::auto(
+                    "stop",
+                    "Stop services",
+                    format!("Run {}{ps}", stop(&cfg.corruption_services)),
+                ),
+                Step::auto(
+                    "swap",
+                    "Swap in the recovered database",
+                    format!(
+                        "Move {db} (with -wal, -shm) to {}_corrupted_<date>.db for forensics and the recovered database into its place; if recovery failed, restore the newest {}{}*.db.gz that verifies instead",
+                        cfg.in_db_dir(&cfg.db_stem()),
+                        cfg.in_backup_dir(""),
+                        cfg.backup_prefix
+                    ),
+                ),
+                Step::auto(
+                    "start",
+                    "Restart services",
+                    format!("Run {}", start(&cfg.corruption_services)),
+                ),
+            ],
+            L_PROD => vec![
+                Step::auto(
+                    "stop",
+                    "Immediate service shutdown",
+                    format!("Run {}{ps}", stop(&cfg.production_stop_services)),
+                ),
+                Step::auto(
+                    "assess",
+                    "Assess failure severity",
+                    format!(
+                        "PRAGMA integrity_check on {db}: CRITICAL when it fails, HIGH otherwise"
+                    ),
+                ),
+                Step::auto(
+                    "forensics",
+                    "Keep the failed database",
+                    format!(
+                        "Copy {db} (and its -wal, -shm) to {}/failed_production_<date>.db",
+                        cfg.backup_dir
+                    ),
+                ),
+                Step::auto(
+                    "restore",
+                    "Restore from the latest backup",
+                    format!(
+                        "The newest {}{}*.db.gz whose decompressed copy passes integrity_check: `{}` into {}, integrity_check again, rename over {db}",
+                        cfg.in_backup_dir(""),
+                        cfg.backup_prefix,
+                        cfg.cmd(
+                            &cfg.decompress_command,
+                            &[("file", &format!("{}.gz", cfg.restore_tmp()))]
+                        )
+                        .map(|c| c.display())
+                        .unwrap_or_default(),
+                        cfg.restore_tmp()
+                    ),
+                ),
+                Step::auto(
+                    "wal-recovery",
+                    "Apply WAL recovery",
+                    format!("If {} exists: PRAGMA wal_checkpoint(TRUNCATE)", cfg.wal()),
+                ),
+                Step::auto(
+                    "validate",
+                    "Validate restoration",
+                    format!(
+                        "integrity_check ok, foreign_key_check empty, core and memory tables, >= {} tables, >= {} indexes, SELECT COUNT(*) FROM sessions",
+                        cfg.min_tables, cfg.min_indexes
+                    ),
+                ),
+                Step::auto(
+                    "start",
+                    "Restart services with monitoring",
+                    format!("Run {}", start(&cfg.production_start_services)),
+                ),
+                Step::auto(
+                    "post-validate",
+                    "Post-rollback validation",
+                    if cfg.validation_commands.is_empty() {
+                        "No validation commands configured".to_string()
+                    } else {
+                        format!(
+                            "Run `{}`; each must exit 0",
+                            cfg.validation_commands
+                                .iter()
+                                .filter_map(|c| cfg.cmd(c, &[]).map(|c| c.display()))
+                                .collect::<Vec<_>>()
+                                .join("`, `")
+                        )
+                    },
+                ),
+            ],
+            L_DISK => vec![
+                Step::auto(
+                    "measure",
+                    "Check disk usage",
+                    format!(
+                        "Free space on the filesystem of {} (threshold {} bytes); sizes of the database files and backups",
+                        cfg.db_dir(),
+                        cfg.min_free_bytes
+                    ),
+                ),
+                Step::auto(
+                    "truncate-wal",
+                    "Checkpoint and truncate the WAL",
+                    format!("PRAGMA wal_checkpoint(TRUNCATE) on {db}"),
+                ),
+                Step::auto(
+                    "prune-backups",
+                    "Delete old backups",
+                    format!(
+                        "Delete {}{}*.db.gz older than {} days (the newest is always kept)",
+                        cfg.in_backup_dir(""),
+                        cfg.backup_prefix,
+                        cfg.disk_retention_days
+                    ),
+                ),
+                Step::auto("vacuum", "VACUUM to reclaim space", format!("VACUUM {db}")),
+                Step::auto(
+                    "report",
+                    "Verify space reclaimed",
+                    "Free space now against before and against the threshold",
+                ),
+            ],
+            l => bail!("level {l} does not exist; the abathur plugin has levels 1 to 5"),
+        };
+        Ok(steps)
+    }
+
+    fn run_step(ctx: &Context, step: &str) -> Result<StepOutcome> {
+        let cfg = Config::load(ctx)?;
+        match ctx.level {
+            L_M3 => run_m3(ctx, &cfg, step),
+            L_M2 => run_m2(ctx, &cfg, step),
+            L_CORRUPT => run_corrupt(ctx, &cfg, step),
+            L_PROD => run_prod(ctx, &cfg, step),
+            L_DISK => run_disk(ctx, &cfg, step),
+            l => bail!("level {l} does not exist"),
+        }
+    }
+
+    fn verify(ctx: &Context) -> Result<Verification> {
+        let cfg = Config::load(ctx)?;
+        let o = Observed::measure(&cfg)?;
+        let mut f = match ctx.level {
+            L_M3 => {
+                let mut f = validate(&cfg, &o, true);
+                f.push(o.absent_finding("vector tables", &cfg.vector_tables, o.table_list()));
+                if db::columns(&cfg.db_path, "document_index")
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c == "sync_status")
+                {
+                    let n = db::count(
+                        &cfg.db_path,
+                        "SELECT count(*) FROM document_index WHERE sync_status <> 'pending'",
+                    )
+                    .unwrap_or(-1);
+                    f.push(Finding::at_most("documents not pending", n as f64, 0.0, ""));
+                }
+                f
+            }
+            L_M2 => vec![
+                o.integrity_finding(),
+                o.fk_finding(),
+                o.tables_finding("core tables (milestone 1)", &cfg.core_tables),
+                o.absent_finding("memory tables", &cfg.memory_tables, o.table_list()),
+                o.absent_finding("memory indexes", &cfg.memory_indexes, &o.indexes),
+            ],
+            L_CORRUPT => validate(&cfg, &o, Memory::of(&cfg, &o).tables > 0),
+            L_PROD => validate(&cfg, &o, true),
+            L_DISK => vec![
+                o.integrity_finding(),
+                o.wal_finding(&cfg),
+                o.disk_finding(&cfg),
+            ],
+            l => bail!("level {l} does not exist"),
+        };
+        if let Some((hf, _)) = health_finding(&cfg)? {
+            f.push(hf);
+        }
+        Ok(Verification::from_findings(f))
+    }
+}
+
+rewind_sdk::export_plugin!(Abathur);
