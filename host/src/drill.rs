@@ -424,7 +424,9 @@ fn run_one(
         for ev in r.poll() {
             match ev {
                 Reload::Refused { sha256, error, .. } => {
-                    record(json!({"event": "reload-refused", "plugin": d.plugin, "sha256": sha256, "error": error}));
+                    record(
+                        json!({"event": "reload-refused", "plugin": d.plugin, "sha256": sha256, "error": error}),
+                    );
                     hooks.refused.push(RefusedReload { sha256, error });
                 }
                 Reload::Ready { plugin, .. } => record(json!({

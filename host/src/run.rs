@@ -217,7 +217,9 @@ pub enum StartError {
         "no drill scenario {name:?} in the runbook (it has: {known}); add a [[drill]] with that name"
     )]
     NoSuchScenario { name: String, known: String },
-    #[error("the runbook has no [[drill]] scenarios; add one with name, inject and rto (see docs/runbook.md)")]
+    #[error(
+        "the runbook has no [[drill]] scenarios; add one with name, inject and rto (see docs/runbook.md)"
+    )]
     NoDrills,
     #[error(transparent)]
     Runbook(#[from] crate::runbook::RunbookError),
@@ -233,7 +235,10 @@ impl StartError {
         match self {
             Self::Locked { .. } => exit::LOCKED,
             Self::Load { .. } | Self::Describe { .. } => exit::PLUGIN,
-            Self::NoSuchPlugin(_) | Self::NoSuchScenario { .. } | Self::NoDrills | Self::Runbook(_) => exit::USAGE,
+            Self::NoSuchPlugin(_)
+            | Self::NoSuchScenario { .. }
+            | Self::NoDrills
+            | Self::Runbook(_) => exit::USAGE,
             Self::State { .. } => exit::FAILED,
         }
     }

@@ -342,7 +342,12 @@ impl Runbook {
                 None => plugins[0].name.clone(),
             };
             if d.name.trim().is_empty() {
-                return Err(error_at(path, &text, span.start, "a [[drill]] needs a name".into()));
+                return Err(error_at(
+                    path,
+                    &text,
+                    span.start,
+                    "a [[drill]] needs a name".into(),
+                ));
             }
             if drills.iter().any(|q| q.name == d.name) {
                 return Err(error_at(

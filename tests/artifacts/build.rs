@@ -27,7 +27,11 @@ const PLUGINS: &[(&str, &str, &str)] = &[
         "rewind_plugin_aivillage",
     ),
     ("ABATHUR", "rewind-plugin-abathur", "rewind_plugin_abathur"),
-    ("QUEUE_APP", "rewind-plugin-queue-app", "rewind_plugin_queue_app"),
+    (
+        "QUEUE_APP",
+        "rewind-plugin-queue-app",
+        "rewind_plugin_queue_app",
+    ),
     ("FIXTURE", "rewind-fixture", "rewind_fixture"),
     ("FUTURE", "rewind-fixture-future", "rewind_fixture_future"),
 ];
@@ -110,7 +114,15 @@ fn main() {
     let v2_dir = root.join("target").join("plugins-v2");
     let mut v2 = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     v2.current_dir(&root)
-        .args(["build", "--target", TARGET, "--profile", PROFILE, "-p", "rewind-fixture"])
+        .args([
+            "build",
+            "--target",
+            TARGET,
+            "--profile",
+            PROFILE,
+            "-p",
+            "rewind-fixture",
+        ])
         .arg("--target-dir")
         .arg(&v2_dir)
         .env("REWIND_FIXTURE_FLAVOR", "v2");
@@ -131,9 +143,21 @@ fn main() {
     }
 
     let mut src = String::new();
-    let v2_wasm = v2_dir.join(TARGET).join(PROFILE).join("rewind_fixture.wasm");
-    writeln!(src, "/// The fixture built with `REWIND_FIXTURE_FLAVOR=v2` (hot-reload tests).").unwrap();
-    writeln!(src, "pub const FIXTURE_V2: &str = {:?};", v2_wasm.display().to_string()).unwrap();
+    let v2_wasm = v2_dir
+        .join(TARGET)
+        .join(PROFILE)
+        .join("rewind_fixture.wasm");
+    writeln!(
+        src,
+        "/// The fixture built with `REWIND_FIXTURE_FLAVOR=v2` (hot-reload tests)."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const FIXTURE_V2: &str = {:?};",
+        v2_wasm.display().to_string()
+    )
+    .unwrap();
     for (name, package, file) in PLUGINS {
         let wasm = target_dir
             .join(TARGET)

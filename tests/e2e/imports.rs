@@ -103,8 +103,14 @@ fn wait_healthy_polls_until_the_service_answers() {
     let r = step_results(&report);
     let w = &step(&r, "wait")["Ok"];
     assert_eq!(w["healthy"], true, "{w} {stderr}");
-    assert_eq!(w["attempts"], 5, "3 failures, then 2 successes in a row: {w}");
-    assert!(w["elapsed_ms"].as_u64().unwrap() >= 200, "polled at the interval: {w}");
+    assert_eq!(
+        w["attempts"], 5,
+        "3 failures, then 2 successes in a row: {w}"
+    );
+    assert!(
+        w["elapsed_ms"].as_u64().unwrap() >= 200,
+        "polled at the interval: {w}"
+    );
 
     // A service that never comes back: the failure threshold ends the wait.
     let srv = Server::start();
