@@ -238,7 +238,7 @@ fn dispatch(cli: &Cli) -> CliResult {
             approve_manual,
         } => {
             let runbook = load_runbook(runbook)?;
-            let rt = runtime(cli, &runbook)?;
+            let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
             let opts = crate::watch::WatchOptions {
                 json: cli.json,
                 max_rounds: *max_rounds,

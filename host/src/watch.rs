@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::bindings::rollback::Step;
 use crate::bindings::types::Mode;
+use crate::reload::{Reload, Reloader};
 use crate::run::{self, Prepared, RunHooks, RunOptions, StartError, context};
 use crate::runbook::Runbook;
 use crate::runtime::Runtime;
@@ -63,7 +64,7 @@ fn nap(d: Duration, stop: &AtomicBool) -> bool {
 }
 
 /// Watch until a signal (or `max_rounds`). Returns the exit code.
-pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32, StartError> {
+pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Result<i32, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|source| StartError::State {
@@ -73,7 +74,14 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
     }
     let w = &runbook.watch;
     // Validate everything up front, as a run does; assessments need no lock.
-    let prepared = run::prepare(runbook, rt, None, Mode::Execute, "watch", None)?;
+    let mut prepared = run::prepare(runbook, rt, None, Mode::Execute, "watch", None)?;
+    // Plugins rebuilt while watching are picked up between rounds (and a
+    // rollback loads the files afresh anyway).
+    let current = prepared
+        .iter()
+        .map(|p| (p.spec.component.clone(), p.plugin.sha256.clone()))
+        .collect();
+    let reloader = Reloader::start(rt.clone(), current).ok();
     let out = |v: serde_json::Value, text: String| {
         let mut o = std::io::stdout().lock();
         let _ = if opts.json {
@@ -108,6 +116,37 @@ pub fn watch(runbook: &Runbook, rt: &Runtime, opts: &WatchOptions) -> Result<i32
     let mut round = 0u64;
     loop {
         round += 1;
+        for ev in reloader.as_ref().map(Reloader::poll).unwrap_or_default() {
+            match ev {
+                Reload::Ready {
+                    path,
+                    plugin,
+                    compile,
+                    ..
+                } => {
+                    if let Some(p) = prepared.iter_mut().find(|p| p.spec.component == path) {
+                        let from = p.plugin.short_hash().to_string();
+                        p.plugin = *plugin;
+                        out(
+                            json!({"event": "reload", "plugin": p.spec.name, "from": from, "to": p.plugin.short_hash(), "compile_ms": compile.as_secs_f64() * 1e3}),
+                            format!(
+                                "[{}] reloaded {from} -> {} (compiled in {})",
+                                p.spec.name,
+                                p.plugin.short_hash(),
+                                run::fmt_duration(compile)
+                            ),
+                        );
+                    }
+                }
+                Reload::Refused { path, error, .. } => out(
+                    json!({"event": "reload-refused", "component": path.display().to_string(), "error": error}),
+                    format!(
+                        "refused the changed plugin file {}, keeping the running one: {error}",
+                        path.display()
+                    ),
+                ),
+            }
+        }
         let started = Instant::now();
         let mut problems = Vec::new();
         let round_id = format!("watch-{round}");

@@ -178,3 +178,53 @@ fn sigterm_mid_step_finishes_the_step_and_leaves_a_consistent_journal() {
     assert_eq!(events.last().unwrap()["outcome"], "aborted");
     assert_eq!(rollbacks(&srv), 0, "the step after the signal never ran");
 }
+
+#[test]
+fn a_plugin_rebuilt_while_watching_is_picked_up_between_rounds() {
+    let sb = Sandbox::new();
+    let srv = Server::start();
+    srv.route("/healthz", Reply::ok("ok"));
+    // Warm the compiled cache with the v2 build, so the reload is quick.
+    let warm = toml::to_string(&json!({"name": "warm", "state_dir": "warm", "plugin": [{"name": "fx", "component": FIXTURE_V2}]})).unwrap();
+    std::fs::write(sb.join("warm.toml"), warm).unwrap();
+    assert!(sb.rewind(&["check", "warm.toml"]).status.success());
+    let component = sb.join("plugin.wasm");
+    std::fs::copy(FIXTURE, &component).unwrap();
+    watched(&sb, &srv, vec![], 3);
+    let text_rb = std::fs::read_to_string(sb.join("rewind.toml")).unwrap();
+    sb.runbook(
+        &text_rb
+            .replace(FIXTURE, component.to_str().unwrap())
+            .replace("\"30ms\"", "\"100ms\""),
+    );
+    let mut child = Proc::spawn(
+        Command::new(REWIND)
+            .args(["watch", "--json", "--max-rounds", "40"])
+            .current_dir(sb.path())
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let tmp = sb.join("plugin.wasm.new");
+    std::fs::copy(FIXTURE_V2, &tmp).unwrap();
+    std::fs::rename(&tmp, &component).unwrap();
+    let out = child.output();
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reload = lines
+        .iter()
+        .find(|l| l["event"] == "reload")
+        .unwrap_or_else(|| panic!("no reload in {lines:?}"));
+    assert_ne!(reload["from"], reload["to"]);
+    let at = lines.iter().position(|l| l["event"] == "reload").unwrap();
+    assert!(
+        lines[at + 1..]
+            .iter()
+            .any(|l| l["event"] == "probe" && l["healthy"] == true),
+        "rounds go on after it"
+    );
+}
