@@ -12,6 +12,8 @@
 //! of the file, a half-deployed memory system, a failing vector search, a
 //! dropped core table, a bloated WAL, a low-space threshold) and run the
 //! real `rewind` binary on `examples/abathur/rewind.toml` pointed at it.
+//! The example's `[[drill]]` scenarios (`rewind drill`, injected with
+//! `examples/abathur/standin/inject.py`) run the same way.
 
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
@@ -853,4 +855,149 @@ fn bloated_wal_is_truncated_old_backups_pruned_and_space_reclaimed() {
     let v = &report["plugins"][0]["levels"][0]["verification"];
     assert_eq!(v["healthy"], false, "{out}");
     assert_eq!(s.integrity(&s.db()), "ok");
+}
+
+/// `rewind drill --json --scenario NAME` on the example runbook: one
+/// report, passed against the runbook's RTO (< 1 hour), every phase and
+/// step there and ok, the reports saved under the state dir's drills/.
+fn drill(s: &Stand, scenario: &str) -> Value {
+    let out = s.rewind(&["drill", "--json", "--scenario", scenario]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON reports ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{reports:#}\n{stderr}");
+    assert_eq!(reports.as_array().unwrap().len(), 1, "{reports:#}");
+    let d = reports[0].clone();
+    assert_eq!(d["scenario"], scenario);
+    assert_eq!(d["plugin"], "abathur");
+    assert_eq!(
+        (d["verdict"].as_str(), d["recovered"].as_bool()),
+        (Some("pass"), Some(true)),
+        "{d:#}\n{stderr}"
+    );
+    assert_eq!(d["error"], Value::Null, "{d:#}");
+    assert_eq!(d["rto_ms"], 3_600_000, "the runbook's RTO: < 1 hour");
+    let recovery = d["recovery_ms"].as_f64().unwrap();
+    let margin = d["margin_ms"].as_f64().unwrap();
+    assert!(recovery > 0.0 && margin > 0.0, "{d:#}");
+    assert!((recovery + margin - 3_600_000.0).abs() < 1.0, "{d:#}");
+    let phases: Vec<&str> = d["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["inject", "detect", "decide", "act", "verify"]);
+    let steps = d["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{d:#}");
+    for st in steps {
+        assert_eq!(st["status"], "ok", "{st}\n{d:#}");
+    }
+    let id = d["id"].as_str().unwrap();
+    let dir = s.root().join("rewind-state/drills");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&saved["scenario"], &saved["verdict"]),
+        (&d["scenario"], &d["verdict"])
+    );
+    let md = std::fs::read_to_string(dir.join(format!("{id}.md"))).unwrap();
+    assert!(
+        md.contains(&format!("# Drill `{scenario}` of abathur: PASS")),
+        "{md}"
+    );
+    d
+}
+
+/// The levels a drill's steps ran at.
+fn drill_levels(d: &Value) -> Vec<u64> {
+    let mut l: Vec<u64> = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["level"].as_u64().unwrap())
+        .collect();
+    l.dedup();
+    l
+}
+
+#[test]
+fn the_example_drills_recover_within_the_1_hour_rto() {
+    let s = Stand::new();
+    s.start_all();
+    let before = s.counts(&s.db(), &ALL);
+    let all: Vec<String> = {
+        let mut v: Vec<String> = ALL.iter().map(|t| t.to_string()).collect();
+        v.sort();
+        v
+    };
+
+    // The daily backup, then a core table lost: level 4 restores that
+    // backup; the database is back as the backup has it.
+    let d = drill(&s, "lost-core-table");
+    assert_eq!(drill_levels(&d), [4], "{d:#}");
+    assert!(
+        d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["breached"] == true),
+        "{d:#}"
+    );
+    let b = backups_in(&s.backups());
+    assert_eq!(b.len(), 1, "the drill's backup: {b:?}");
+    let at_backup = gunzip_counts(&s.backups().join(&b[0]), &ALL);
+    assert_eq!(at_backup, before);
+    assert_eq!(s.integrity(&s.db()), "ok");
+    assert_eq!(s.names("table"), all);
+    assert!(s.names("index").len() >= 33);
+    assert_eq!(s.counts(&s.db(), &ALL), at_backup);
+    assert!(s.pid("abathur-api").is_some());
+    assert!(s.pid("abathur-workers").is_some());
+    assert_eq!(s.health(), Some(200));
+
+    // Two pages overwritten: level 3 recovers the readable rows into a new
+    // database and swaps it in; at most a few dozen rows are lost.
+    let d = drill(&s, "corrupted-pages");
+    assert_eq!(drill_levels(&d), [3], "{d:#}");
+    assert_eq!(s.integrity(&s.db()), "ok");
+    assert_eq!(s.names("table"), all);
+    assert!(s.names("index").len() >= 33);
+    let after = s.counts(&s.db(), &ALL);
+    let mut lost = 0;
+    for ((t, n0), (_, n1)) in at_backup.iter().zip(after.iter()) {
+        assert!(n1 <= n0, "{t}: {n1} > {n0}");
+        lost += n0 - n1;
+    }
+    assert!(lost < 100, "lost {lost} rows: {at_backup:?} -> {after:?}");
+    assert_eq!(s.health(), Some(200));
+
+    // `rewind drills` lists both, passed.
+    let out = s.rewind(&["drills", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["scenario"].as_str().unwrap(),
+                d["verdict"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("lost-core-table", "pass"), ("corrupted-pages", "pass")]
+    );
+    let out = s.rewind(&["drills"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("lost-core-table") && t.contains("corrupted-pages"),
+        "{t}"
+    );
+    assert_eq!(t.matches(" pass ").count(), 2, "{t}");
 }
