@@ -252,6 +252,17 @@ pub fn ctx_get(ctx: &Context, key: &str) -> Result<Option<String>> {
     Ok(st::get(&ctx.run_key(key))?)
 }
 
+/// `context` for results that already hold a [`Failure`].
+pub trait Within<T> {
+    fn within(self, what: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T> Within<T> for Result<T> {
+    fn within(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| Failure::new(format!("{what}: {}", e.message())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,16 +274,5 @@ mod tests {
         assert_eq!(stamp_dashed(ms), "2025-10-10_02-00-00");
         assert_eq!(stamp_compact(ms + 61_000), "20251010_020101");
         assert_eq!(stamp_dashed(951_782_400_000), "2000-02-29_00-00-00");
-    }
-}
-
-/// `context` for results that already hold a [`Failure`].
-pub trait Within<T> {
-    fn within(self, what: impl std::fmt::Display) -> Result<T>;
-}
-
-impl<T> Within<T> for Result<T> {
-    fn within(self, what: impl std::fmt::Display) -> Result<T> {
-        self.map_err(|e| Failure::new(format!("{what}: {}", e.message())))
     }
 }
