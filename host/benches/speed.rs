@@ -5,24 +5,37 @@
 //! 3. rewind's own overhead in a dry run of examples/demo/rewind.toml against a
 //!    real, broken demo service;
 //! 4. the same rollback done by a bash script, as hand-written runbooks do it,
-//!    vs `rewind run`.
+//!    vs `rewind run`;
+//! 5. hot reload: a component file replaced (atomic rename) to the new version
+//!    coming out of `Reloader::poll`, split into the debounce and the compile;
+//! 6. `rewind watch` (the real binary): from breaking the demo service to the
+//!    rollback starting, against `failure_threshold` x `period`;
+//! 7. `rewind drill` of the demo's "bad-deploy" vs the same detect + rollback
+//!    done by a bash monitor with fixed sleeps, as the seed runbooks do it.
 //!
 //! Nothing is asserted: the figures are printed next to their targets with
 //! PASS or MISS. `bench/README.md` says what each row means.
 
+use std::collections::HashMap;
 use std::fmt::Display;
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use rewind::bindings::types::Mode;
+use rewind::drill::{self, DrillOptions, DrillReport};
+use rewind::reload::{self, Reload, Reloader};
 use rewind::run::{self, Outcome, RunOptions, RunReport};
 use rewind::runbook::Runbook;
 use rewind::runtime::{Limits, Runtime};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 /// Cached loads per plugin (the median is reported).
 const CACHED_LOADS: usize = 20;
@@ -34,6 +47,26 @@ const DRY_RUNS: usize = 10;
 /// The bash rollback's fixed wait after the kill. Seed runbooks sleep 5 to
 /// 30 s there; 2 s keeps the benchmark short (and flatters bash).
 const BASH_SLEEP_SECS: u64 = 2;
+/// Hot reloads timed in each direction (fixture -> v2, v2 -> fixture).
+const RELOADS: usize = 10;
+/// `rewind watch`: the probe period (REWIND_DEMO_WATCH_PERIOD).
+const WATCH_PERIOD: &str = "200ms";
+/// Breaks of the demo site under watch: WATCH_ALIGNED right after a healthy
+/// round, then one at each k/WATCH_SPREAD of the period after it.
+const WATCH_ALIGNED: usize = 3;
+const WATCH_SPREAD: u32 = 5;
+/// A bound on the watch's rounds, should the benchmark die without
+/// stopping it (2 minutes at 200 ms).
+const WATCH_MAX_ROUNDS: u64 = 600;
+/// Drills of the demo's "bad-deploy" scenario (the median is reported).
+const DRILL_RUNS: usize = 3;
+const DRILL_SCENARIO: &str = "bad-deploy";
+/// The bash monitor's fixed waits, scaled down by 10 and 15 from the seed
+/// runbooks' (AIDIS monitor-health.sh: a check every 30 s, rollback after 3
+/// failed checks in a row; `sleep 30` after the restart before checking).
+const MONITOR_INTERVAL_SECS: u64 = 3;
+const MONITOR_FAILURES: u32 = 3;
+const MONITOR_SETTLE_SECS: u64 = 2;
 
 /// Targets from the issue.
 const CACHED_LOAD_TARGET: Duration = Duration::from_millis(2);
@@ -68,6 +101,39 @@ while True:
         sys.exit("not healthy after 15 s")
     time.sleep(0.2)
 PY
+"#;
+
+/// Detect + rollback the way the seed runbooks do it: a monitor that checks
+/// /healthz every INTERVAL seconds (a fixed `sleep`) and, after FAILURES
+/// failed checks in a row, rolls back by hand and sleeps a fixed SETTLE
+/// seconds after the restart before one last check. It prints `detected`
+/// when it decides to roll back.
+const BASH_MONITOR: &str = r#"#!/usr/bin/env bash
+# monitor.sh ROOT PORT SERVICE PREVIOUS INTERVAL FAILURES SETTLE PYTHON
+set -uo pipefail
+ROOT=$1 PORT=$2 SERVICE=$3 PREVIOUS=$4 INTERVAL=$5 FAILURES=$6 SETTLE=$7 PYTHON=$8
+healthy() {
+    "$PYTHON" -c '
+import sys, urllib.request
+try:
+    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=5).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+' "http://127.0.0.1:$PORT/healthz"
+}
+failed=0
+while :; do
+    if healthy; then failed=0; else failed=$((failed + 1)); fi
+    [ "$failed" -ge "$FAILURES" ] && break
+    sleep "$INTERVAL"
+done
+echo detected
+ln -sfn "releases/$PREVIOUS" "$ROOT/current"
+kill "$(cat "$ROOT/run/service.pid")"
+"$SERVICE" serve --root "$ROOT" --port "$PORT" </dev/null >>"$ROOT/logs/service.log" 2>&1 &
+sleep "$SETTLE"
+healthy || { echo "not healthy $SETTLE s after the restart" >&2; exit 1; }
+echo recovered
 "#;
 
 fn main() {
@@ -122,6 +188,9 @@ fn main() {
         &cache,
     );
     bench_bash_vs_rewind(&mut table, &site, service_override, tmp.path(), &cache);
+    bench_reload(&mut table, tmp.path(), &cache);
+    bench_watch(&mut table, &site, service_override, tmp.path(), &cache);
+    bench_drill_vs_bash(&mut table, &site, service_override, tmp.path(), &cache);
     drop(site);
 
     table.print();
@@ -427,6 +496,693 @@ fn bench_bash_vs_rewind(
     table.info("rollback, bash / rewind", format!("{ratio:.1}x"));
 }
 
+// ---------------------------------------------------------------------------
+// 5. Hot reload
+
+/// One reload, timed from the rename that put the new file in place.
+struct ReloadTiming {
+    /// To `Reload::Ready` coming out of `Reloader::poll` (polled every 1 ms).
+    total: Duration,
+    /// To `changed_at`, the first event of the burst the reload came from;
+    /// `None` when that burst had begun before the rename (set off by
+    /// something else that touched the file: `notify` reports opens too).
+    seen: Option<Duration>,
+    /// Read, validate, compile or fetch from the cache, link (`compile`).
+    compile: Duration,
+    compiled: bool,
+}
+
+impl ReloadTiming {
+    /// All but the compile: the file event, the quiet period
+    /// (`reload::DEBOUNCE`), the debounce thread's 50 ms tick, the 1 ms poll.
+    fn debounce(&self) -> Duration {
+        self.total.saturating_sub(self.compile)
+    }
+}
+
+fn bench_reload(table: &mut Table, scratch: &Path, cache: &Path) {
+    let read = |p: &str| std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let v1 = read(rewind_test_artifacts::FIXTURE);
+    let v2 = read(rewind_test_artifacts::FIXTURE_V2);
+    let (sha1, sha2) = (sha256_hex(&v1), sha256_hex(&v2));
+    if sha1 == sha2 {
+        println!("hot reload: skipped, FIXTURE_V2 has the same bytes as FIXTURE");
+        table.info("reload", "skipped: FIXTURE_V2 = FIXTURE");
+        return;
+    }
+
+    // Cached: both versions go through the cache once before.
+    let rt = Arc::new(runtime(Limits::default(), cache));
+    for wasm in [
+        rewind_test_artifacts::FIXTURE,
+        rewind_test_artifacts::FIXTURE_V2,
+    ] {
+        rt.load(Path::new(wasm))
+            .unwrap_or_else(|e| panic!("loading {wasm}: {e}"));
+    }
+    let file = reload_file(scratch, "reload-cached", &v1);
+    let reloader = Reloader::start(rt, HashMap::from([(file.clone(), sha1.clone())]))
+        .expect("watching the component file");
+    let (mut to_v2, mut to_v1) = (Vec::new(), Vec::new());
+    for _ in 0..RELOADS {
+        to_v2.extend(time_reload(&reloader, &file, &v2, &sha2));
+        to_v1.extend(time_reload(&reloader, &file, &v1, &sha1));
+    }
+    drop(reloader);
+    if to_v2.iter().chain(&to_v1).any(|r| r.compiled) {
+        println!("  warning: a cached reload compiled the component again");
+    }
+
+    // Cold: an engine with an empty cache directory.
+    let rt = Arc::new(runtime(Limits::default(), &scratch.join("cache-cold")));
+    let file = reload_file(scratch, "reload-cold", &v1);
+    let reloader = Reloader::start(rt, HashMap::from([(file.clone(), sha1)]))
+        .expect("watching the component file");
+    let cold = time_reload(&reloader, &file, &v2, &sha2);
+    drop(reloader);
+
+    let label = format!(
+        "debounce (reload::DEBOUNCE {} quiet + file event + 50 ms tick)",
+        fmt(reload::DEBOUNCE)
+    );
+    for (dir, v) in [("fixture -> v2", &to_v2), ("v2 -> fixture", &to_v1)] {
+        if v.is_empty() {
+            table.info(format!("reload, cached, {dir}"), "failed (see above)");
+            continue;
+        }
+        let total = Stats::of(v.iter().map(|r| r.total).collect());
+        println!(
+            "hot reload {dir} (cached): rename to Ready median {} (min {}, max {}) over {} reloads",
+            fmt(total.median),
+            fmt(total.min),
+            fmt(total.max),
+            v.len()
+        );
+        table.info(
+            format!(
+                "reload, cached, {dir}: rename -> Ready from poll, median of {}",
+                v.len()
+            ),
+            format!(
+                "{} (min {}, max {})",
+                fmt(total.median),
+                fmt(total.min),
+                fmt(total.max)
+            ),
+        );
+    }
+    let all: Vec<&ReloadTiming> = to_v2.iter().chain(&to_v1).collect();
+    if !all.is_empty() {
+        let seen: Vec<Duration> = all.iter().filter_map(|r| r.seen).collect();
+        let stale = all.len() - seen.len();
+        let seen = if seen.is_empty() {
+            "none seen after the rename".to_string()
+        } else {
+            format!("event after {}", fmt(Stats::of(seen).median))
+        };
+        let debounce = Stats::of(all.iter().map(|r| r.debounce()).collect());
+        let compile = Stats::of(all.iter().map(|r| r.compile).collect());
+        println!(
+            "hot reload (cached), {} reloads: {seen} (median), debounce median {} (min {}, max {}), compile+validate median {} (min {}, max {})",
+            all.len(),
+            fmt(debounce.median),
+            fmt(debounce.min),
+            fmt(debounce.max),
+            fmt(compile.median),
+            fmt(compile.min),
+            fmt(compile.max)
+        );
+        table.info(
+            format!("reload, cached: of which {label}, median of {}", all.len()),
+            format!("{} ({seen})", fmt(debounce.median)),
+        );
+        if stale > 0 {
+            println!(
+                "  note: in {stale} of {} reloads the burst had begun before the rename (its changed_at is earlier): the reloader's own read of the file after a reload is an open event for notify, which starts a burst, which it reads again 250 ms later, and so on",
+                all.len()
+            );
+        }
+        table.info(
+            format!(
+                "reload, cached: of which compile+validate (from the cache), median of {}",
+                all.len()
+            ),
+            format!("{} (max {})", fmt(compile.median), fmt(compile.max)),
+        );
+    }
+    match cold {
+        Some(r) => {
+            if !r.compiled {
+                println!("  warning: the cold reload came from a cache");
+            }
+            println!(
+                "hot reload fixture -> v2 (empty cache): rename to Ready {}: file event after {}, debounce {}, compile+validate {}",
+                fmt(r.total),
+                r.seen
+                    .map(fmt)
+                    .unwrap_or_else(|| "(a burst begun before the rename)".into()),
+                fmt(r.debounce()),
+                fmt(r.compile)
+            );
+            table.info(
+                "reload, cold (empty cache), fixture -> v2: rename -> Ready",
+                fmt(r.total),
+            );
+            table.info(format!("reload, cold: of which {label}"), fmt(r.debounce()));
+            table.info(
+                "reload, cold: of which compile+validate (Cranelift)",
+                fmt(r.compile),
+            );
+        }
+        None => table.info("reload, cold (empty cache)", "failed (see above)"),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `scratch/dir/plugin.wasm` holding `bytes`.
+fn reload_file(scratch: &Path, dir: &str, bytes: &[u8]) -> PathBuf {
+    let dir = scratch.join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plugin.wasm");
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
+/// Replace `file` with `bytes` as a build or a deploy does (write a temporary
+/// file next to it, rename it over), then poll the reloader every 1 ms
+/// until the version with hash `sha` is ready.
+fn time_reload(r: &Reloader, file: &Path, bytes: &[u8], sha: &str) -> Option<ReloadTiming> {
+    let staging = file.with_extension("wasm.part");
+    std::fs::write(&staging, bytes).unwrap();
+    let t0 = Instant::now();
+    std::fs::rename(&staging, file).unwrap();
+    let deadline = t0 + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ready = r.poll();
+        let at = Instant::now();
+        for ev in ready {
+            match ev {
+                Reload::Ready {
+                    plugin,
+                    compile,
+                    changed_at,
+                    ..
+                } if plugin.sha256 == sha => {
+                    return Some(ReloadTiming {
+                        total: at - t0,
+                        seen: changed_at.checked_duration_since(t0),
+                        compile,
+                        compiled: plugin.stats.compiled,
+                    });
+                }
+                Reload::Ready { plugin, .. } => println!(
+                    "  warning: reloaded {}, expected {}",
+                    plugin.short_hash(),
+                    &sha[..12]
+                ),
+                Reload::Refused { error, .. } => {
+                    println!("  warning: the reload was refused: {error}");
+                    return None;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "  warning: no reload within 30 s of replacing {}",
+        file.display()
+    );
+    None
+}
+
+// ---------------------------------------------------------------------------
+// 6. rewind watch: from the break to the rollback
+
+fn bench_watch(
+    table: &mut Table,
+    site: &DemoSite,
+    service_override: Option<&Path>,
+    scratch: &Path,
+    cache: &Path,
+) {
+    let runbook = cli_runbook(service_override, scratch);
+    let rewind = Path::new(env!("CARGO_BIN_EXE_rewind"));
+    site.expect_version("1.0.0", "before rewind watch");
+    let stderr_path = scratch.join("watch.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut child = Command::new(rewind)
+        .arg("--json")
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("watch")
+        .arg("--max-rounds")
+        .arg(WATCH_MAX_ROUNDS.to_string())
+        .arg(&runbook)
+        .env("REWIND_DEMO_ROOT", &site.root)
+        .env("REWIND_DEMO_PORT", site.port.to_string())
+        .env("REWIND_DEMO_WATCH_PERIOD", WATCH_PERIOD)
+        .env("REWIND_DEMO_COOLDOWN", "0s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", rewind.display()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Stopped by SIGTERM to its pid when dropped, panics too.
+    let mut watch = Stoppable(child);
+    let (lines, reader) = lines_of(stdout);
+
+    let Some((_, start)) = next_json(&lines, Duration::from_secs(60), |v| {
+        v["event"] == "watch-start"
+    }) else {
+        println!(
+            "rewind watch: skipped, it did not start (see {})",
+            stderr_path.display()
+        );
+        table.info("watch: detect", "skipped: rewind watch did not start");
+        return;
+    };
+    let period = Duration::from_millis(start["period_ms"].as_u64().unwrap_or(0));
+    let threshold = start["failure_threshold"].as_u64().unwrap_or(0) as u32;
+    let expected = period * threshold;
+    println!(
+        "rewind watch (pid {}): {}, period {}, failure_threshold {threshold}, cooldown {} ms",
+        watch.0.id(),
+        rewind.display(),
+        fmt(period),
+        start["cooldown_ms"]
+    );
+    if humantime::parse_duration(WATCH_PERIOD).ok() != Some(period) {
+        println!("  warning: REWIND_DEMO_WATCH_PERIOD={WATCH_PERIOD} was not applied");
+    }
+
+    // Breaks right after a healthy round's line (the worst case: a whole
+    // period before the first failing round), then breaks spread over the
+    // period: k/WATCH_SPREAD of it after the line, k = 0 (the first of the
+    // aligned breaks) .. WATCH_SPREAD-1.
+    let plan: Vec<u32> = std::iter::repeat_n(0, WATCH_ALIGNED)
+        .chain(1..WATCH_SPREAD)
+        .collect();
+    let mut trials: Vec<WatchTrial> = Vec::new();
+    let mut rollbacks = Vec::new();
+    for (i, &k) in plan.iter().enumerate() {
+        let trial = i + 1;
+        let healthy = |v: &Value| v["event"] == "probe" && v["healthy"] == true;
+        let Some((line_at, _)) = next_json(&lines, Duration::from_secs(30), healthy) else {
+            println!("  warning: rewind watch saw no healthy round before trial {trial}");
+            break;
+        };
+        let offset = period * k / WATCH_SPREAD;
+        std::thread::sleep((line_at + offset).saturating_duration_since(Instant::now()));
+        let t0 = Instant::now();
+        site.deploy("1.1.0");
+        let deploy = t0.elapsed();
+        let Some((at, probe)) = next_json(&lines, Duration::from_secs(30), |v| {
+            v["event"] == "probe" && v["action"] == "rollback"
+        }) else {
+            println!("  warning: rewind watch did not decide to roll back (trial {trial})");
+            break;
+        };
+        let detect = at - t0;
+        let Some((_, rb)) = next_json(&lines, Duration::from_secs(60), |v| {
+            v["event"] == "rollback"
+        }) else {
+            println!("  warning: rewind watch did not report its rollback (trial {trial})");
+            break;
+        };
+        let outcome = rb["outcome"]
+            .as_str()
+            .or(rb["error"].as_str())
+            .unwrap_or("?");
+        println!(
+            "  trial {trial}: deploy 1.1.0 {} after a healthy round's line, took {}; rollback decided {} after the deploy began (~ {} if the next round already fails; round {}, {} failures in a row); rollback {outcome} in {} ms",
+            fmt(offset),
+            fmt(deploy),
+            fmt(detect),
+            fmt(expected.saturating_sub(offset)),
+            probe["round"],
+            probe["consecutive_failures"],
+            rb["duration_ms"]
+        );
+        trials.push(WatchTrial { k, deploy, detect });
+        if let Some(ms) = rb["duration_ms"].as_u64() {
+            rollbacks.push(Duration::from_millis(ms));
+        }
+        site.expect_version("1.0.0", "after the watch's rollback");
+    }
+    let status = watch.stop();
+    drop(lines);
+    let _ = reader.join();
+    if !status.is_some_and(|s| s.success()) {
+        println!(
+            "  warning: rewind watch ended {status:?} (see {})",
+            stderr_path.display()
+        );
+    }
+    let aligned: Vec<Duration> = trials
+        .iter()
+        .filter(|t| t.k == 0)
+        .map(|t| t.detect)
+        .collect();
+    if aligned.is_empty() {
+        table.info("watch: detect", "failed (see above)");
+        return;
+    }
+    let n = aligned.len();
+    let d = Stats::of(aligned);
+    println!(
+        "rewind watch, break right after a healthy round: rollback decided after median {} (min {}, max {}) over {n} breaks; expected failure_threshold x period = {threshold} x {} = {}",
+        fmt(d.median),
+        fmt(d.min),
+        fmt(d.max),
+        fmt(period),
+        fmt(expected)
+    );
+    table.row(
+        format!("watch: break just after a healthy round -> rollback starts, median of {n}"),
+        format!("{} (min {}, max {})", fmt(d.median), fmt(d.min), fmt(d.max)),
+        format!("~ {} ({threshold} x {})", fmt(expected), fmt(period)),
+        signed_diff(d.median, expected),
+    );
+    // One break at each k/WATCH_SPREAD of the period.
+    let spread: Vec<&WatchTrial> = trials
+        .iter()
+        .filter(|t| t.k > 0)
+        .chain(trials.iter().find(|t| t.k == 0))
+        .collect();
+    if spread.len() > 1 {
+        let low = period * threshold.saturating_sub(1);
+        let inside = spread
+            .iter()
+            .filter(|t| t.detect >= low && t.detect <= expected + t.deploy)
+            .count();
+        let n = spread.len();
+        let s = Stats::of(spread.iter().map(|t| t.detect).collect());
+        println!(
+            "rewind watch, breaks spread over the period: median {} (min {}, max {}) over {n} breaks; {inside} of {n} between (failure_threshold - 1) x period = {} and failure_threshold x period = {} (+ the deploy's own time: the clock starts with the deploy)",
+            fmt(s.median),
+            fmt(s.min),
+            fmt(s.max),
+            fmt(low),
+            fmt(expected)
+        );
+        table.row(
+            format!(
+                "watch: break at 0..{}/{WATCH_SPREAD} of a period -> rollback starts, median of {n}",
+                WATCH_SPREAD - 1
+            ),
+            format!("{} (min {}, max {})", fmt(s.median), fmt(s.min), fmt(s.max)),
+            format!(
+                "{}-{} ({}..{threshold} x period)",
+                fmt(low),
+                fmt(expected),
+                threshold.saturating_sub(1)
+            ),
+            format!("{inside}/{n} in range"),
+        );
+    }
+    if !rollbacks.is_empty() {
+        let n = rollbacks.len();
+        table.info(
+            format!("watch: the rollback it then runs, median of {n}"),
+            fmt(Stats::of(rollbacks).median),
+        );
+    }
+}
+
+/// One break of the demo site under `rewind watch`.
+struct WatchTrial {
+    /// The deploy started k/WATCH_SPREAD of a period after a healthy round.
+    k: u32,
+    /// How long the deploy of 1.1.0 took.
+    deploy: Duration,
+    /// From the deploy's start to the probe line that says "rollback".
+    detect: Duration,
+}
+
+/// The runbook file for the `rewind` binary: examples/demo/rewind.toml, or,
+/// when the runbook's own service binary is missing, a copy in `scratch`
+/// pointed at `service`, its relative paths made absolute.
+fn cli_runbook(service: Option<&Path>, scratch: &Path) -> PathBuf {
+    let path = demo_runbook_path();
+    let Some(service) = service else {
+        return path;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace(RUNBOOK_SERVICE, &service.display().to_string())
+        .replace("\"../../", &format!("\"{}/", root.display()));
+    let copy = scratch.join("demo-rewind.toml");
+    std::fs::write(&copy, text).unwrap();
+    copy
+}
+
+/// A child process of this benchmark, stopped when dropped: SIGTERM to its
+/// pid (only while it is unreaped, so the pid is still ours), SIGKILL after
+/// 10 s.
+struct Stoppable(Child);
+
+impl Stoppable {
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            return Some(status);
+        }
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!(
+            "  warning: pid {} ignored SIGTERM for 10 s; killing it",
+            self.0.id()
+        );
+        let _ = self.0.kill();
+        self.0.wait().ok()
+    }
+}
+
+impl Drop for Stoppable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type Lines = Receiver<(Instant, String)>;
+
+/// The lines of `out`, each with the instant it was read, from a thread.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> (Lines, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    (rx, reader)
+}
+
+/// The next JSON line that `want` accepts and when it arrived; the lines
+/// before it are dropped. `None` on a timeout or at the end of the output.
+fn next_json(
+    lines: &Lines,
+    timeout: Duration,
+    want: impl Fn(&Value) -> bool,
+) -> Option<(Instant, Value)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (at, line) =
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => l,
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    println!("  warning: rewind watch exited");
+                    return None;
+                }
+            };
+        match serde_json::from_str::<Value>(&line) {
+            Ok(v) if want(&v) => return Some((at, v)),
+            Ok(_) => {}
+            Err(_) => println!("  warning: not JSON from rewind watch: {line}"),
+        }
+    }
+}
+
+fn signed_diff(observed: Duration, expected: Duration) -> String {
+    if observed >= expected {
+        format!("+{}", fmt(observed - expected))
+    } else {
+        format!("-{}", fmt(expected - observed))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. rewind drill vs a bash monitor with fixed sleeps
+
+fn bench_drill_vs_bash(
+    table: &mut Table,
+    site: &DemoSite,
+    service_override: Option<&Path>,
+    scratch: &Path,
+    cache: &Path,
+) {
+    let runbook = load_demo_runbook(service_override);
+    let Some(spec) = runbook.drills.iter().find(|d| d.name == DRILL_SCENARIO) else {
+        println!("drill: skipped, the demo runbook has no [[drill]] {DRILL_SCENARIO:?}");
+        table.info("drill", format!("skipped: no {DRILL_SCENARIO:?}"));
+        return;
+    };
+    let (rto, interval) = (spec.rto, spec.detect_interval);
+    let rt = Arc::new(runtime(runbook.limits, cache));
+    let opts = DrillOptions {
+        scenario: Some(DRILL_SCENARIO.into()),
+        reload: false,
+        approve_manual: false,
+        live: false,
+    };
+    site.expect_version("1.0.0", "before the drills");
+    let mut drills: Vec<DrillReport> = Vec::new();
+    for i in 1..=DRILL_RUNS {
+        let r = drill::run(&runbook, &rt, &opts)
+            .unwrap_or_else(|e| panic!("drill: {e}"))
+            .into_iter()
+            .next()
+            .expect("a report for the scenario");
+        println!(
+            "  drill {i}: recovery {} ({}), verdict {}{}",
+            fmt_ms(r.recovery_ms),
+            phases_text(&r),
+            r.verdict,
+            r.error
+                .as_deref()
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default()
+        );
+        drills.push(r);
+    }
+    drop(rt);
+    site.expect_version("1.0.0", "after the drills");
+    drills.sort_by(|a, b| a.recovery_ms.total_cmp(&b.recovery_ms));
+    let median = &drills[drills.len() / 2];
+    let recovery = Duration::from_secs_f64(median.recovery_ms.max(0.0) / 1e3);
+    println!(
+        "rewind drill {DRILL_SCENARIO}: recovery median {} over {DRILL_RUNS} drills (that drill: {})",
+        fmt(recovery),
+        phases_text(median)
+    );
+    let what = format!(
+        "drill {DRILL_SCENARIO}: recovery (detect+decide+act+verify), median of {DRILL_RUNS}"
+    );
+    match rto {
+        Some(rto) => table.check(format!("{what} vs its RTO"), fmt(recovery), rto, recovery),
+        None => table.info(what, fmt(recovery)),
+    }
+    for ph in &median.phases {
+        let note = match ph.name.as_str() {
+            "inject" => " (deploy 1.1.0; not counted)".to_string(),
+            "detect" => format!(" (assess every {}, first breach)", fmt(interval)),
+            _ => String::new(),
+        };
+        // decide, act and verify come in whole milliseconds.
+        let figure = if ph.ms == 0.0 {
+            "< 1 ms".to_string()
+        } else {
+            fmt_ms(ph.ms)
+        };
+        table.info(format!("drill {DRILL_SCENARIO}: {}{note}", ph.name), figure);
+    }
+
+    let Some(python) = python() else {
+        println!("bash monitor: skipped, python3 is not available for the health checks");
+        table.info("drill, bash monitor", "skipped: no python3");
+        return;
+    };
+    let script = scratch.join("monitor.sh");
+    std::fs::write(&script, BASH_MONITOR).unwrap();
+    let stderr_path = scratch.join("monitor.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    // Break it as the drill does, then the monitor starts with a check right
+    // away, as the drill's detection does.
+    site.deploy("1.1.0");
+    site.expect_version("1.1.0", "before the bash monitor");
+    let t0 = Instant::now();
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .arg(&site.root)
+        .arg(site.port.to_string())
+        .arg(&site.service)
+        .arg("1.0.0")
+        .arg(MONITOR_INTERVAL_SECS.to_string())
+        .arg(MONITOR_FAILURES.to_string())
+        .arg(MONITOR_SETTLE_SECS.to_string())
+        .arg(&python)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("running bash");
+    let mut detected = None;
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        if line.as_deref().is_ok_and(|l| l == "detected") {
+            detected = Some(t0.elapsed());
+        }
+    }
+    let status = child.wait().expect("waiting for bash");
+    let bash = t0.elapsed();
+    if !status.success() {
+        println!(
+            "  warning: the bash monitor failed ({status}): {}",
+            std::fs::read_to_string(&stderr_path)
+                .unwrap_or_default()
+                .trim()
+        );
+    }
+    site.expect_version("1.0.0", "after the bash monitor");
+    let detect = detected.unwrap_or(bash);
+    let ratio = bash.as_secs_f64() / recovery.as_secs_f64();
+    println!(
+        "bash monitor (check every {MONITOR_INTERVAL_SECS} s, roll back after {MONITOR_FAILURES} failures, sleep {MONITOR_SETTLE_SECS} after the restart): {} (detect {}, rollback + sleep + check {})",
+        fmt(bash),
+        fmt(detect),
+        fmt(bash.saturating_sub(detect))
+    );
+    println!("bash monitor / rewind drill: {ratio:.1}x");
+    table.info(
+        format!(
+            "drill, bash monitor (sleep {MONITOR_INTERVAL_SECS} between checks, {MONITOR_FAILURES} failures; sleep {MONITOR_SETTLE_SECS} after restart; seeds: 30 s, sleep 30)"
+        ),
+        fmt(bash),
+    );
+    table.info(
+        format!("drill, bash monitor: of which detect ({MONITOR_FAILURES} failed checks)"),
+        fmt(detect),
+    );
+    table.info("drill, bash monitor / rewind drill", format!("{ratio:.1}x"));
+}
+
+fn fmt_ms(ms: f64) -> String {
+    fmt(Duration::from_secs_f64(ms.max(0.0) / 1e3))
+}
+
+fn phases_text(r: &DrillReport) -> String {
+    r.phases
+        .iter()
+        .map(|p| format!("{} {}", p.name, fmt_ms(p.ms)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The real python3 (not a pyenv shim, whose start-up would be charged to
 /// bash).
 fn python() -> Option<PathBuf> {
@@ -655,6 +1411,17 @@ impl Table {
     fn info(&mut self, what: impl Into<String>, figure: impl Into<String>) {
         self.rows
             .push([what.into(), figure.into(), "-".into(), String::new()]);
+    }
+
+    fn row(
+        &mut self,
+        what: impl Into<String>,
+        figure: impl Into<String>,
+        target: impl Into<String>,
+        result: impl Into<String>,
+    ) {
+        self.rows
+            .push([what.into(), figure.into(), target.into(), result.into()]);
     }
 
     fn check(&mut self, what: String, figure: String, target: Duration, measured: Duration) {
