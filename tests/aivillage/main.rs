@@ -401,44 +401,6 @@ impl Drop for Village {
     }
 }
 
-fn plugin(report: &Value) -> &Value {
-    &report["plugins"][0]
-}
-
-fn level_numbers(report: &Value) -> Vec<u64> {
-    plugin(report)["levels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["level"].as_u64().unwrap())
-        .collect()
-}
-
-/// (id, status, message) of a level's steps.
-fn steps(report: &Value, level: u64) -> Vec<(String, String, String)> {
-    plugin(report)["levels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["level"] == level)
-        .unwrap_or_else(|| panic!("no level {level}: {report:#}"))["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-                s["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn ids(steps: &[(String, String, String)]) -> Vec<&str> {
-    steps.iter().map(|(i, _, _)| i.as_str()).collect()
-}
-
 fn finding<'a>(list: &'a Value, starts: &str) -> &'a Value {
     list.as_array()
         .unwrap()

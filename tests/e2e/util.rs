@@ -108,6 +108,51 @@ pub fn runbook_with(component: &str, config: &Value, grants: &Value) -> String {
     toml::to_string(&doc).unwrap()
 }
 
+/// The first plugin's report in a run report.
+#[allow(dead_code)] // used by the plugin tests
+pub fn plugin(report: &Value) -> &Value {
+    &report["plugins"][0]
+}
+
+/// The levels the first plugin ran, in order.
+#[allow(dead_code)] // used by the plugin tests
+pub fn level_numbers(report: &Value) -> Vec<u64> {
+    plugin(report)["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["level"].as_u64().unwrap())
+        .collect()
+}
+
+/// (id, status, message) of a level's steps.
+#[allow(dead_code)] // used by the plugin tests
+pub fn steps(report: &Value, level: u64) -> Vec<(String, String, String)> {
+    plugin(report)["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == level)
+        .unwrap_or_else(|| panic!("no level {level}: {report:#}"))["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                s["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The ids of `steps`.
+#[allow(dead_code)] // used by the plugin tests
+pub fn ids(steps: &[(String, String, String)]) -> Vec<&str> {
+    steps.iter().map(|(i, _, _)| i.as_str()).collect()
+}
+
 /// TOML has no null: a missing key is how an `option` says none.
 pub fn strip_nulls(v: &mut Value) {
     match v {
