@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use sysinfo::{Disks, ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+use sysinfo::{Disks, System};
 
 use super::http::{describe_error, read_capped};
 use crate::bindings::health::{
@@ -371,16 +371,15 @@ fn wait_healthy(env: &PluginEnv, target: Target, policy: WaitPolicy) -> Result<W
 }
 
 fn system() -> SystemStats {
+    // Memory and load need no sampling; CPU is measured across calls
+    // (`cpu.rs`), so this call never sleeps.
     let mut sys = System::new();
     sys.refresh_memory();
-    sys.refresh_cpu_usage();
-    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-    sys.refresh_cpu_usage();
     let load = System::load_average();
     SystemStats {
         memory_total_bytes: sys.total_memory(),
         memory_used_bytes: sys.used_memory(),
-        cpu_percent: sys.global_cpu_usage().clamp(0.0, 100.0),
+        cpu_percent: super::cpu::machine_cpu_percent(),
         load_one: load.one,
         load_five: load.five,
         load_fifteen: load.fifteen,
@@ -431,36 +430,29 @@ fn processes(pattern: &str) -> Result<ProcessStats, Error> {
             "empty process pattern: it would match every process",
         ));
     }
-    let pids = matching_pids(pattern);
-    let sys_pids: Vec<sysinfo::Pid> = pids.iter().map(|&p| sysinfo::Pid::from_u32(p)).collect();
-    let mut sys = System::new();
-    let kind = ProcessRefreshKind::nothing()
-        .with_cpu()
-        .with_memory()
-        .without_tasks();
-    if !pids.is_empty() {
-        sys.refresh_processes_specifics(ProcessesToUpdate::Some(&sys_pids), true, kind);
-        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-        sys.refresh_processes_specifics(ProcessesToUpdate::Some(&sys_pids), true, kind);
-    }
     let mut stats = ProcessStats {
         count: 0,
         rss_bytes: 0,
         cpu_percent: 0.0,
         pids: Vec::new(),
     };
-    for (pid, sys_pid) in pids.iter().zip(&sys_pids) {
-        // Processes that ended while they were sampled are not counted.
-        let Some(p) = sys.process(*sys_pid) else {
+    // One read of /proc/<pid>/stat and /status per match; CPU is measured
+    // across calls (`cpu.rs`), so a probe costs no sampling sleep.
+    for pid in matching_pids(pattern) {
+        // Processes that ended while they were read are not counted.
+        let Some(t) = super::cpu::proc_times(pid) else {
             continue;
         };
-        if matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead) || is_zombie(*pid) {
+        if matches!(t.state, 'Z' | 'X' | 'x') {
             continue;
         }
+        let Some(rss) = super::cpu::rss_bytes(pid) else {
+            continue;
+        };
         stats.count += 1;
-        stats.rss_bytes += p.memory();
-        stats.cpu_percent += p.cpu_usage();
-        stats.pids.push(*pid);
+        stats.rss_bytes += rss;
+        stats.cpu_percent += super::cpu::process_cpu_percent(pid, t);
+        stats.pids.push(pid);
     }
     Ok(stats)
 }
