@@ -618,7 +618,7 @@ fn bench_reload(table: &mut Table, scratch: &Path, cache: &Path) {
         );
         if stale > 0 {
             println!(
-                "  note: in {stale} of {} reloads the burst had begun before the rename (its changed_at is earlier): the reloader's own read of the file after a reload is an open event for notify, which starts a burst, which it reads again 250 ms later, and so on",
+                "  note: in {stale} of {} reloads the burst had begun before the rename (its changed_at is earlier): an earlier write to the file started that burst",
                 all.len()
             );
         }

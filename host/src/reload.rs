@@ -15,9 +15,13 @@ use sha2::{Digest, Sha256};
 
 use crate::runtime::{LoadedPlugin, Runtime};
 
-/// A quiet period after the last change before a file is read: a build or
-/// a copy that writes in several chunks is done by then.
-pub const DEBOUNCE: Duration = Duration::from_millis(250);
+/// A quiet period after the last write before a file is read, for writers
+/// that give no sign of being done: a build or a copy that writes in
+/// several chunks is done by then. A file renamed into place or closed
+/// after writing is read at once (the writer said it is complete); a file
+/// read too early fails validation, is refused, and the next write (a new
+/// hash) reloads it.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// What became of a changed component file.
 pub enum Reload {
@@ -54,15 +58,20 @@ impl Reloader {
     /// the version running now, so touching a file without changing it is
     /// not a reload.
     pub fn start(rt: Arc<Runtime>, current: HashMap<PathBuf, String>) -> notify::Result<Self> {
-        let (raw_tx, raw_rx) = mpsc::channel::<PathBuf>();
+        let (raw_tx, raw_rx) = mpsc::channel::<(PathBuf, bool)>();
         let files: Vec<PathBuf> = current.keys().cloned().collect();
         let wanted = files.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res {
+                    let done = written_completely(&ev.kind);
+                    // Opens and reads (ours included) change nothing.
+                    if matches!(ev.kind, notify::EventKind::Access(_)) && !done {
+                        return;
+                    }
                     for p in ev.paths {
                         if wanted.iter().any(|w| same_file(w, &p)) {
-                            let _ = raw_tx.send(p);
+                            let _ = raw_tx.send((p, done));
                         }
                     }
                 }
@@ -93,6 +102,17 @@ impl Reloader {
     }
 }
 
+/// Events after which a file is complete: it was renamed into place (the
+/// atomic way to publish a file) or a writer closed it.
+fn written_completely(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | notify::EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    )
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     a == b
         || (a.file_name() == b.file_name()
@@ -104,29 +124,37 @@ fn debounce_and_load(
     rt: Arc<Runtime>,
     files: Vec<PathBuf>,
     mut current: HashMap<PathBuf, String>,
-    raw: Receiver<PathBuf>,
+    raw: Receiver<(PathBuf, bool)>,
     tx: mpsc::Sender<Reload>,
 ) {
-    // file -> (first change of the burst, last change)
+    // file -> (first change of the burst, when it may be read)
     let mut pending: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
     loop {
-        match raw.recv_timeout(Duration::from_millis(50)) {
-            Ok(p) => {
+        // Sleep until the next file is due, or a new event.
+        let wait = pending
+            .values()
+            .map(|(_, due)| due.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
+        match raw.recv_timeout(wait) {
+            Ok((p, done)) => {
                 let Some(file) = files.iter().find(|f| same_file(f, &p)).cloned() else {
                     continue;
                 };
                 let now = Instant::now();
+                let due = if done { now } else { now + DEBOUNCE };
                 pending
                     .entry(file)
-                    .and_modify(|e| e.1 = now)
-                    .or_insert((now, now));
+                    .and_modify(|e| e.1 = due)
+                    .or_insert((now, due));
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        let now = Instant::now();
         let quiet: Vec<PathBuf> = pending
             .iter()
-            .filter(|(_, (_, last))| last.elapsed() >= DEBOUNCE)
+            .filter(|(_, (_, due))| *due <= now)
             .map(|(f, _)| f.clone())
             .collect();
         for file in quiet {
