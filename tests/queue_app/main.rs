@@ -520,6 +520,22 @@ fn an_api_down_deploy_is_rolled_back_to_the_stable_commit_draining_and_resuming_
         "drained in {:.2} s",
         drained_t - pause_t
     );
+    // The drain waits between polls (QUEUE_APP_POLL_MS = 100): at most two
+    // stats requests per poll interval, whatever the machine's speed (a
+    // slower one polls less often, never more).
+    let polls = calls
+        .iter()
+        .filter(|c| {
+            let t = c["t"].as_f64().unwrap();
+            c["p"] == "/api/queue/stats" && t > pause_t && t <= drained_t
+        })
+        .count() as f64;
+    let bound = ((drained_t - pause_t) / 0.1 + 1.0) * 2.0 + 2.0;
+    assert!(
+        polls <= bound,
+        "{polls} stats requests in {:.2} s",
+        drained_t - pause_t
+    );
     let ctl: Vec<(f64, String)> = s
         .ctl_log()
         .into_iter()
@@ -1172,4 +1188,57 @@ fn the_example_p0_drills_recover_within_the_15_minute_rto() {
         "{t}"
     );
     assert_eq!(t.matches(" pass ").count(), 2, "{t}");
+}
+
+/// P0 "API completely down", as an operator meets it: every endpoint of the
+/// bad release answers 500 (so neither pause-all nor the queue stats work),
+/// or its process is gone and nothing answers at all. The runbook's
+/// emergency rollback pauses "|| echo Warning" and goes on: the code must
+/// be rolled back either way, and the report must say what could not be
+/// done.
+#[test]
+fn an_api_completely_down_is_rolled_back_though_pause_and_drain_cannot_work() {
+    for crashed in [false, true] {
+        let s = Stand::new(2, 5, 150);
+        s.deploy(
+            &[
+                (
+                    "app.json",
+                    &app_json("1.3.0", "2", json!({"healthy": false, "down": true})),
+                ),
+                ("backend/src/server.txt", "server 1.3.0\n"),
+            ],
+            "release 1.3.0",
+        );
+        assert_eq!(s.status("/api/queue/stats"), Some(500));
+        if crashed {
+            // The process is gone: connections are refused.
+            let pid = s.pid().unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            assert!(wait_until(Duration::from_secs(60), || !alive(pid)));
+            assert_eq!(s.status("/health"), None);
+        }
+
+        let (code, report, stderr) = s.run_json(&[]);
+        assert_eq!(code, 0, "crashed={crashed}: {report:#}\n{stderr}");
+        assert_eq!(level_numbers(&report), [4]);
+        let st = steps(&report, 4);
+        all_ok(&st, &report);
+        for id in ["pause-queues", "drain"] {
+            let m = message(&st, id);
+            assert!(
+                m.starts_with("warning: ") && m.contains("carrying on"),
+                "crashed={crashed}: {id}: {m}"
+            );
+        }
+        // Back on the stable commit, serving it, healthy.
+        assert_eq!(s.head(), s.v1);
+        assert_eq!(s.get("/api/version").unwrap().1, "1.0.0");
+        assert_eq!(s.status("/health"), Some(200));
+        assert_eq!(verification(&report)["healthy"], true, "{report:#}");
+    }
 }

@@ -8,7 +8,7 @@ queues held in memory.
 Settings come from APP_DIR/run/standin.json (port, queues and their
 initial counts, tick, log files, Redis port). The code it runs is what
 `ctl.py build` put in APP_DIR/dist: dist/app.json (version, health, error
-rate, delay, features) and dist/queues.json (the queue workers' code:
+rate, delay, features, "down": every endpoint fails) and dist/queues.json (the queue workers' code:
 fail_percent). Every request is logged to the calls log as one JSON line
 with a timestamp, the total of active jobs and the paused queues.
 """
@@ -141,7 +141,17 @@ class Handler(BaseHTTPRequestHandler):
         with open(SETTINGS["calls_log"], "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    def down(self):
+        # A release whose API is completely down: every endpoint fails.
+        if CODE.get("down"):
+            log("ERROR %s %s failed: service unavailable in version %s" % (self.command, self.path, CODE.get("version")))
+            self.reply(500, {"error": "service unavailable"})
+            return True
+        return False
+
     def do_GET(self):
+        if self.down():
+            return
         path = self.path.split("?")[0]
         if path == "/health":
             if CODE.get("healthy"):
@@ -178,6 +188,8 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
+        if self.down():
+            return
         path = self.path.split("?")[0]
         parts = path.strip("/").split("/")
         with LOCK:

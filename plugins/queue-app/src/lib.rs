@@ -55,11 +55,21 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                 format!("`{}` in {}", c.display(), cfg.app_dir)
             })
     };
+    // At the code level, pausing and draining are best effort (the
+    // runbook's emergency rollback: `pause-all || echo "Warning: ..."`).
+    let best_effort = if ctx.level == CODE {
+        "; best effort: if the API cannot do it, say so and roll the code back anyway"
+    } else {
+        ""
+    };
     let pause = || {
         Step::auto(
             "pause-queues",
             "Pause all queues",
-            format!("POST {} (prevent new jobs)", cfg.url(&cfg.pause_all_path)),
+            format!(
+                "POST {} (prevent new jobs){best_effort}",
+                cfg.url(&cfg.pause_all_path)
+            ),
         )
     };
     let drain = || {
@@ -67,7 +77,7 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
             "drain",
             "Wait for active jobs to drain",
             format!(
-                "Poll GET {} every {} until no queue has an active job; fail after {}",
+                "Poll GET {} every {} until no queue has an active job; fail after {}{best_effort}",
                 cfg.url(&cfg.queue_stats_path),
                 fmt_ms(cfg.drain_poll_ms),
                 fmt_ms(cfg.drain_timeout_ms)
