@@ -1001,3 +1001,43 @@ fn the_example_drills_recover_within_the_1_hour_rto() {
     );
     assert_eq!(t.matches(" pass ").count(), 2, "{t}");
 }
+
+/// A salvage that reads an intact but emptier database is not a recovery:
+/// the checklist's "No data loss detected" holds only when every table has
+/// at least the rows of the newest verified backup; otherwise that backup
+/// is restored. (Before: the half-empty salvage was swapped in, verified
+/// "healthy", exit 0.)
+#[test]
+fn a_recovery_that_lost_rows_the_backup_has_restores_the_backup_instead() {
+    let s = Stand::new();
+    let gz = s.daily_backup("abathur_2025-10-10_02-00-00.db", Duration::from_secs(3600));
+    let at_backup = s.counts(&s.db(), &ALL);
+    s.start_all();
+    // Overwrite a third of the pages from the middle on: the file still
+    // opens and the salvage produces an intact database, missing rows.
+    let pages = std::fs::metadata(s.db()).unwrap().len() / 4096;
+    s.corrupt_pages(pages / 3);
+    assert_ne!(s.integrity(&s.db()), "ok");
+
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(assessment(&report)["level"], 3, "{out}");
+    let verified = message(&report, "verify-recovered");
+    assert!(
+        verified.contains("lost rows that the latest verified backup has"),
+        "{verified}\n{out}"
+    );
+    assert!(
+        message(&report, "swap").contains("recovery failed"),
+        "{out}"
+    );
+    assert!(
+        message(&report, "swap").contains("abathur_2025-10-10_02-00-00.db.gz"),
+        "{out}"
+    );
+    // Every row of the backup is back.
+    assert_eq!(s.integrity(&s.db()), "ok");
+    assert_eq!(s.counts(&s.db(), &ALL), at_backup);
+    assert!(gz.exists(), "the backup stays");
+    assert_eq!(s.health(), Some(200));
+}

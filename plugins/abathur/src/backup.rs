@@ -126,32 +126,68 @@ pub fn decompress(cfg: &Config, gz: &str, target: &str) -> Result<()> {
 }
 
 /// "Verify backup integrity": decompress to a temporary file, run
-/// `PRAGMA integrity_check` on it, remove it. `Ok(row counts)` or why not.
-pub fn verify(cfg: &Config, gz: &str) -> Result<std::result::Result<String, String>> {
+/// `PRAGMA integrity_check` on it, count the rows of every table, remove
+/// it. What verified, or why it does not.
+pub fn verify(cfg: &Config, gz: &str) -> Result<std::result::Result<Verified, String>> {
     let tmp = cfg.verify_tmp();
     if let Err(e) = decompress(cfg, gz, &tmp) {
         return Ok(Err(format!("cannot decompress: {}", e.message())));
     }
     let line = db::integrity_line(&tmp);
     let tables = db::objects(&tmp, "table").unwrap_or_default();
+    let counts = db::row_counts(&tmp, &tables)
+        .into_iter()
+        .filter_map(|(t, n)| Some((t, n.ok()?)))
+        .collect();
     st::remove(&tmp)?;
     if line == "ok" {
-        Ok(Ok(format!("integrity ok, {} tables", tables.len())))
+        Ok(Ok(Verified {
+            tables: tables.len(),
+            counts,
+        }))
     } else {
         Ok(Err(format!("integrity_check: {line}")))
     }
 }
 
-/// The newest backup that verifies, with the ones that did not.
-pub fn latest_verified(cfg: &Config) -> Result<(Option<Backup>, Vec<String>)> {
+/// A backup that verified.
+pub struct Verified {
+    pub tables: usize,
+    /// Rows per table (tables that cannot be counted are left out).
+    pub counts: Vec<(String, i64)>,
+}
+
+impl std::fmt::Display for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "integrity ok, {} tables", self.tables)
+    }
+}
+
+/// The newest backup that verifies (with what verified), and the ones
+/// that did not.
+pub fn latest_verified(cfg: &Config) -> Result<(Option<(Backup, Verified)>, Vec<String>)> {
     let mut rejected = Vec::new();
     for b in list(cfg)? {
         match verify(cfg, &b.path)? {
-            Ok(_) => return Ok((Some(b), rejected)),
+            Ok(v) => return Ok((Some((b, v)), rejected)),
             Err(why) => rejected.push(format!("{}: {why}", file_name(&b.path))),
         }
     }
     Ok((None, rejected))
+}
+
+/// Tables with fewer rows in `db` than in a verified backup's counts
+/// (missing tables count as 0 rows): `(table, rows now, rows in backup)`.
+/// A recovery that lost rows the backup still has is not a recovery.
+pub fn rows_lost(db: &str, backup_counts: &[(String, i64)]) -> Vec<(String, i64, i64)> {
+    backup_counts
+        .iter()
+        .filter_map(|(t, want)| {
+            let have =
+                db::count(db, &format!("SELECT count(*) FROM {}", db::ident(t))).unwrap_or(0);
+            (have < *want).then(|| (t.clone(), have, *want))
+        })
+        .collect()
 }
 
 /// Delete backups older than `days`, always keeping the newest one (and

@@ -833,7 +833,7 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
             let line = db::integrity_line(&rec);
             let tables = db::objects(&rec, "table").unwrap_or_default();
             let miss = db::missing(&cfg.core_tables, &tables);
-            let f = vec![
+            let mut f = vec![
                 Finding::equals("recovered database integrity_check", &line, "ok"),
                 Finding::new(
                     "core tables in the recovered database",
@@ -846,12 +846,41 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                     !miss.is_empty(),
                 ),
             ];
-            let good = line == "ok" && miss.is_empty();
+            // The checklist's "No data loss detected": every table must
+            // hold at least the rows the newest verified backup holds. A
+            // salvage that read nothing is intact and empty, not recovered.
+            let (latest, _) = backup::latest_verified(cfg)?;
+            let lost = match &latest {
+                Some((b, v)) => {
+                    let lost = backup::rows_lost(&rec, &v.counts);
+                    f.push(Finding::new(
+                        format!("rows against the backup {}", file_name(&b.path)),
+                        if lost.is_empty() {
+                            "none lost".to_string()
+                        } else {
+                            lost.iter()
+                                .map(|(t, have, want)| format!("{t} {have} < {want}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
+                        "none lost",
+                        !lost.is_empty(),
+                    ));
+                    lost
+                }
+                None => Vec::new(),
+            };
+            let good = line == "ok" && miss.is_empty() && lost.is_empty();
             ctx_set(ctx, "recovered", if good { "yes" } else { "no" })?;
             Ok(StepOutcome::ok(if good {
                 format!(
                     "{rec} is intact ({} tables): it replaces the corrupted database",
                     tables.len()
+                )
+            } else if !lost.is_empty() {
+                format!(
+                    "{rec} lost rows that the latest verified backup has ({} tables short): the backup will be restored instead",
+                    lost.len()
                 )
             } else {
                 format!("{rec} is not usable: the latest verified backup will be restored instead")
@@ -885,7 +914,7 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                 )))
             } else {
                 let (b, rejected) = backup::latest_verified(cfg)?;
-                let Some(b) = b else {
+                let Some((b, _)) = b else {
                     return Ok(StepOutcome::failed(format!(
                         "recovery failed and no backup in {} verifies ({}); escalate to a database specialist",
                         cfg.backup_dir,
@@ -977,7 +1006,7 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                 }));
             }
             let (b, rejected) = backup::latest_verified(cfg)?;
-            let Some(b) = b else {
+            let Some((b, _)) = b else {
                 return Ok(StepOutcome::failed(format!(
                     "no backup {}{}*.db.gz verifies ({})",
                     cfg.in_backup_dir(""),
