@@ -108,6 +108,7 @@ defaults! {
     major_error_rate_pct: f64 = 1.0;
     major_window_s: u64 = 900;
     window_buckets: usize = 5;
+    untimed_tail_lines: usize = 100;
     partial_failure_pct: f64 = 25.0;
     minor_failure_pct: f64 = 10.0;
     min_feature_events: u64 = 10;
@@ -217,6 +218,10 @@ pub struct Config {
     pub major_window_s: u64,
     #[serde(default = "d::window_buckets")]
     pub window_buckets: usize,
+    /// A log without timestamps is measured over its last lines (the
+    /// runbook's `tail -100 /var/log/app.log | grep -i error`).
+    #[serde(default = "d::untimed_tail_lines")]
+    pub untimed_tail_lines: usize,
     #[serde(default = "d::partial_failure_pct")]
     pub partial_failure_pct: f64,
     #[serde(default = "d::minor_failure_pct")]

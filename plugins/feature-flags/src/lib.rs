@@ -198,26 +198,35 @@ fn exists(path: &str) -> Result<bool> {
     Ok(storage::exists(path)?)
 }
 
-/// The error rate windows of the log: (critical window, major window).
-fn log_windows(cfg: &Config, text: &str, now: i64) -> (Stats, Stats) {
-    let ev = logscan::events(text, cfg.log_utc_offset_min);
+/// The error rate windows of the log: (critical window, major window),
+/// and `Some(n)` when the log has no timestamps and both were measured
+/// over its last `n` lines instead (one interval: no duration can be
+/// told, so a rate above a threshold counts as sustained).
+fn log_windows(cfg: &Config, text: &str, now: i64) -> (Stats, Stats, Option<usize>) {
+    let mut ev = logscan::events(text, cfg.log_utc_offset_min);
     let m = cfg.matcher();
+    let (mut buckets, mut untimed) = (cfg.window_buckets, None);
+    if ev.is_empty() {
+        ev = logscan::tail(text, cfg.untimed_tail_lines, now);
+        if !ev.is_empty() {
+            buckets = 1;
+            untimed = Some(ev.len());
+        }
+    }
     (
-        logscan::window(
-            &ev,
-            now,
-            (cfg.critical_window_s * 1000) as i64,
-            cfg.window_buckets,
-            &m,
-        ),
-        logscan::window(
-            &ev,
-            now,
-            (cfg.major_window_s * 1000) as i64,
-            cfg.window_buckets,
-            &m,
-        ),
+        logscan::window(&ev, now, (cfg.critical_window_s * 1000) as i64, buckets, &m),
+        logscan::window(&ev, now, (cfg.major_window_s * 1000) as i64, buckets, &m),
+        untimed,
     )
+}
+
+/// How a window is named in findings: "last 5 min", or the lines it was
+/// measured over when the log has no timestamps.
+fn window_name(untimed: Option<usize>, window_s: u64) -> String {
+    match untimed {
+        Some(n) => format!("last {n} lines (the log has no timestamps)"),
+        None => format!("last {}", minutes(window_s)),
+    }
 }
 
 fn minutes(s: u64) -> String {
@@ -473,7 +482,7 @@ fn chosen_features(ctx: &Context, cfg: &Config) -> Result<(Vec<Feature>, String)
                 },
                 None => {
                     let text = read_opt(&cfg.log_file)?.unwrap_or_default();
-                    let (crit, _) = log_windows(cfg, &text, now_ms());
+                    let (crit, _, _) = log_windows(cfg, &text, now_ms());
                     let failing = failing_features(cfg, &crit);
                     if failing.is_empty() {
                         Disable {
@@ -548,7 +557,7 @@ fn assess_log(
         ));
         return Ok(());
     };
-    let (crit, major) = log_windows(cfg, &text, now);
+    let (crit, major, untimed) = log_windows(cfg, &text, now);
     let n = crit.buckets.len();
 
     // Error rate > 5% for > 5 minutes.
@@ -556,8 +565,8 @@ fn assess_log(
     let sustained = crit.sustained(cfg.critical_error_rate_pct, true);
     findings.push(Finding::new(
         format!(
-            "error rate, last {} ({})",
-            minutes(cfg.critical_window_s),
+            "error rate, {} ({})",
+            window_name(untimed, cfg.critical_window_s),
             cfg.log_file
         ),
         format!(
@@ -600,7 +609,7 @@ fn assess_log(
     let above_major = major.buckets_above(cfg.major_error_rate_pct, false);
     let sustained_major = major.sustained(cfg.major_error_rate_pct, false);
     findings.push(Finding::new(
-        format!("error rate, last {}", minutes(cfg.major_window_s)),
+        format!("error rate, {}", window_name(untimed, cfg.major_window_s)),
         format!(
             "{}% ({} of {} lines); at or above {}% in {above_major} of {} intervals",
             num(major.rate()),
@@ -640,9 +649,9 @@ fn assess_log(
     // Feature failures (users are approximated by log lines).
     for (f, (events, errors)) in cfg.features.iter().zip(&crit.features) {
         let check = format!(
-            "{} failure rate, last {} (lines matching {:?})",
+            "{} failure rate, {} (lines matching {:?})",
             f.name,
-            minutes(cfg.critical_window_s),
+            window_name(untimed, cfg.critical_window_s),
             f.log_match
         );
         if *errors > 0 {

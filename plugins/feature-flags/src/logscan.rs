@@ -83,10 +83,38 @@ pub fn parse_ts(line: &str, default_offset_min: i64) -> Option<i64> {
     Some(t + carry)
 }
 
-/// Lines that start with a timestamp: (ms, line).
+/// The log's entries with their time: (ms, entry). An entry is a
+/// timestamped line with the lines under it that carry no timestamp (a
+/// stack trace, a continuation): one event, so a 20-line trace neither
+/// counts as 20 requests nor is lost. Lines before the first timestamp
+/// have no known time and are left out (see [`tail`] for a log with no
+/// timestamps at all).
 pub fn events(text: &str, offset_min: i64) -> Vec<(i64, &str)> {
-    text.lines()
-        .filter_map(|l| parse_ts(l, offset_min).map(|t| (t, l)))
+    let mut out: Vec<(i64, usize, usize)> = Vec::new();
+    let mut offset = 0;
+    for raw in text.split_inclusive('\n') {
+        let start = offset;
+        offset += raw.len();
+        let line = raw.trim_end_matches(['\n', '\r']);
+        if let Some(t) = parse_ts(line, offset_min) {
+            out.push((t, start, start + line.len()));
+        } else if let Some(last) = out.last_mut()
+            && !line.trim().is_empty()
+        {
+            last.2 = start + line.len();
+        }
+    }
+    out.into_iter().map(|(t, a, b)| (t, &text[a..b])).collect()
+}
+
+/// For a log without timestamps, where no time window can be cut: the
+/// last `n` non-empty lines, all stamped `now` (the runbook's own check,
+/// `tail -100 /var/log/app.log | grep -i error | wc -l`).
+pub fn tail(text: &str, n: usize, now: i64) -> Vec<(i64, &str)> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| (now, *l))
         .collect()
 }
 
@@ -328,6 +356,8 @@ mod tests {
         text.push_str("    at stack (x.js:1)\n");
         let ev = events(&text, 0);
         assert_eq!(ev.len(), 72);
+        // The trace line is part of the last entry, not an entry of its own.
+        assert!(ev.last().unwrap().1.ends_with("at stack (x.js:1)"));
         let m = Matcher {
             error: "error".into(),
             features: vec!["spawn".into(), "upload".into()],
@@ -343,5 +373,30 @@ mod tests {
         assert!(s3.sustained(5.0, true));
         assert!((s.mean_duration().unwrap() - (42.0 * 100.0 + 18.0 * 300.0) / 60.0).abs() < 1e-9);
         assert_eq!(lines_since(&text, now - 10_000, 0).len(), 3);
+    }
+
+    #[test]
+    fn a_log_without_timestamps_is_read_from_its_tail() {
+        let mut text = String::new();
+        for i in 0..300 {
+            // Old errors first, then 100 lines with 20 errors.
+            let bad = if i < 200 { i % 2 == 0 } else { i % 5 == 0 };
+            text.push_str(if bad {
+                "ERROR request failed\n"
+            } else {
+                "INFO ok\n"
+            });
+        }
+        assert!(events(&text, 0).is_empty());
+        let ev = tail(&text, 100, 1_000);
+        assert_eq!(ev.len(), 100);
+        let m = Matcher {
+            error: "error".into(),
+            features: Vec::new(),
+            duration_key: String::new(),
+        };
+        let s = window(&ev, 1_000, 300_000, 1, &m);
+        assert_eq!((s.events, s.errors), (100, 20));
+        assert!(s.sustained(5.0, true));
     }
 }
