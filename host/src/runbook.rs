@@ -127,6 +127,22 @@ struct RawLimits {
     cpu: Option<Duration>,
     #[serde(default, deserialize_with = "de_bytes_opt")]
     memory: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    query_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    read_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    kv_bytes: Option<usize>,
+    #[serde(default)]
+    findings: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    message_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    log_message_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    log_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    component_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -391,6 +407,20 @@ impl Runbook {
             limits: Limits {
                 cpu: raw.limits.cpu.unwrap_or(defaults.cpu),
                 memory: raw.limits.memory.unwrap_or(defaults.memory),
+                query_bytes: raw.limits.query_bytes.unwrap_or(defaults.query_bytes),
+                read_bytes: raw.limits.read_bytes.unwrap_or(defaults.read_bytes),
+                kv_bytes: raw.limits.kv_bytes.unwrap_or(defaults.kv_bytes),
+                findings: raw.limits.findings.unwrap_or(defaults.findings),
+                message_bytes: raw.limits.message_bytes.unwrap_or(defaults.message_bytes),
+                log_message_bytes: raw
+                    .limits
+                    .log_message_bytes
+                    .unwrap_or(defaults.log_message_bytes),
+                log_bytes: raw.limits.log_bytes.unwrap_or(defaults.log_bytes),
+                component_bytes: raw
+                    .limits
+                    .component_bytes
+                    .unwrap_or(defaults.component_bytes),
             },
             plugins,
             watch,
