@@ -8,6 +8,7 @@ mod bad_input;
 mod demo;
 mod drills;
 mod imports;
+mod hostile_limits;
 mod limits;
 mod runs;
 mod sandbox;

@@ -250,7 +250,8 @@ pub fn general_purpose_program(grant: &str) -> Option<&'static str> {
     let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
     GENERAL_PURPOSE
         .iter()
-        .find(|p| **p == base || (**p == stem && !stem.is_empty()))
+        .find(|p| **p == base)
+        .or_else(|| GENERAL_PURPOSE.iter().find(|p| **p == stem && !stem.is_empty()))
         .copied()
 }
 

@@ -109,7 +109,10 @@ fn confine(conn: &Connection, fail: impl Fn(rusqlite::Error) -> Error) -> Result
 /// What to add to an error that `confine` caused.
 fn confinement_hint(e: &rusqlite::Error) -> &'static str {
     let text = e.to_string();
-    if text.contains("not authorized") || text.contains("too many attached databases") {
+    if text.contains("not authorized")
+        || text.contains("authorization denied")
+        || text.contains("too many attached databases")
+    {
         " (rewind refuses ATTACH, DETACH, VACUUM, extension loading and pragmas that move files: SQL stays inside the granted database)"
     } else {
         ""
