@@ -625,6 +625,29 @@ http = ["http://127.0.0.1:8080/"]
     }
 
     #[test]
+    fn limits_have_defaults_and_can_be_raised() {
+        let rb = parse(OK).unwrap();
+        let d = Limits::default();
+        assert_eq!(rb.limits.query_bytes, d.query_bytes);
+        assert_eq!(rb.limits.findings, d.findings);
+        let text = OK.replace(
+            "memory = \"64MiB\"",
+            "memory = \"64MiB\"\nquery_bytes = \"1GiB\"\nread_bytes = \"1MiB\"\nkv_bytes = \"2MiB\"\nfindings = 7\nmessage_bytes = \"1KiB\"\nlog_message_bytes = \"2KiB\"\nlog_bytes = \"3MiB\"\ncomponent_bytes = \"4MiB\"",
+        );
+        let l = parse(&text).unwrap().limits;
+        assert_eq!(
+            (l.query_bytes, l.read_bytes, l.kv_bytes, l.findings),
+            (1 << 30, 1 << 20, 2 << 20, 7)
+        );
+        assert_eq!(
+            (l.message_bytes, l.log_message_bytes, l.log_bytes, l.component_bytes),
+            (1 << 10, 2 << 10, 3 << 20, 4 << 20)
+        );
+        let e = parse(&OK.replace("memory = \"64MiB\"", "kv_bytes = \"lots\"")).unwrap_err();
+        assert!(e.message.contains("not a size"), "{e}");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
         assert_eq!(parse_bytes("10"), Some(10));
