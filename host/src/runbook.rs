@@ -640,7 +640,12 @@ http = ["http://127.0.0.1:8080/"]
             (1 << 30, 1 << 20, 2 << 20, 7)
         );
         assert_eq!(
-            (l.message_bytes, l.log_message_bytes, l.log_bytes, l.component_bytes),
+            (
+                l.message_bytes,
+                l.log_message_bytes,
+                l.log_bytes,
+                l.component_bytes
+            ),
             (1 << 10, 2 << 10, 3 << 20, 4 << 20)
         );
         let e = parse(&OK.replace("memory = \"64MiB\"", "kv_bytes = \"lots\"")).unwrap_err();

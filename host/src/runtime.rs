@@ -70,9 +70,9 @@ impl Default for Limits {
 
 /// A size for messages: whole MiB or KiB when exact, else bytes.
 pub fn show_bytes(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
@@ -107,9 +107,7 @@ pub enum LoadError {
     NotPlugin { path: PathBuf, exports: String },
     #[error("{path} cannot be linked: {reason}")]
     Link { path: PathBuf, reason: String },
-    #[error(
-        "{path} is not a regular file ({kind}); point `component` at the plugin's .wasm file"
-    )]
+    #[error("{path} is not a regular file ({kind}); point `component` at the plugin's .wasm file")]
     NotAFile { path: PathBuf, kind: &'static str },
     #[error(
         "{path} is {size} bytes, more than the component size limit of {limit} (raise [limits] component_bytes in the runbook if it really is that large)"
@@ -425,10 +423,12 @@ impl Runtime {
             path: path.into(),
             reason,
         };
-        let instance = pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| mistyped(format!("it cannot be instantiated: {}", chain_without_backtrace(&e))))?;
+        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| {
+            mistyped(format!(
+                "it cannot be instantiated: {}",
+                chain_without_backtrace(&e)
+            ))
+        })?;
         // Each export is looked up with the type the bindings call it with,
         // so a mismatch names the export.
         let rollback = pre
@@ -459,11 +459,27 @@ impl Runtime {
             }};
         }
         use crate::bindings::types::Context;
-        typed!("describe", (Context,), (Result<rollback::PluginInfo, String>,));
-        typed!("assess", (Context,), (Result<rollback::Assessment, String>,));
+        typed!(
+            "describe",
+            (Context,),
+            (Result<rollback::PluginInfo, String>,)
+        );
+        typed!(
+            "assess",
+            (Context,),
+            (Result<rollback::Assessment, String>,)
+        );
         typed!("plan", (Context,), (Result<Vec<rollback::Step>, String>,));
-        typed!("run-step", (Context, String), (Result<rollback::StepOutcome, String>,));
-        typed!("verify", (Context,), (Result<rollback::Verification, String>,));
+        typed!(
+            "run-step",
+            (Context, String),
+            (Result<rollback::StepOutcome, String>,)
+        );
+        typed!(
+            "verify",
+            (Context,),
+            (Result<rollback::Verification, String>,)
+        );
         // And as the calls will: whatever the bindings check beyond the
         // functions above.
         drop(store);

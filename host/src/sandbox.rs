@@ -379,10 +379,14 @@ impl Sandbox {
     /// A variable the plugin sets in a command's environment: granted by
     /// name or by a `PREFIX*` pattern.
     pub fn check_child_env(&self, name: &str) -> Result<(), Denied> {
-        let granted = self.spec.child_env.iter().any(|g| match g.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => g == name,
-        });
+        let granted = self
+            .spec
+            .child_env
+            .iter()
+            .any(|g| match g.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => g == name,
+            });
         if granted {
             Ok(())
         } else {

@@ -33,7 +33,9 @@ fn runbook(component: &str, config: &Value, grants: &Value, limits: &Value) -> S
 }
 
 fn err_message(v: &Value) -> String {
-    let e = v.get("Err").unwrap_or_else(|| panic!("expected an error: {v}"));
+    let e = v
+        .get("Err")
+        .unwrap_or_else(|| panic!("expected an error: {v}"));
     match e.as_object().and_then(|o| o.values().next()) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
@@ -79,14 +81,18 @@ fn loader_variables_never_reach_a_granted_program() {
     ] {
         let m = err_message(step(&r, id));
         assert!(
-            m.contains(&format!("{name} is never passed to a command")) && m.contains("no grant allows it"),
+            m.contains(&format!("{name} is never passed to a command"))
+                && m.contains("no grant allows it"),
             "{id}: {m}\n{stderr}"
         );
     }
     let d = denial(step(&r, "ungranted")).unwrap_or_else(|| panic!("{r:?}"));
     assert_eq!(d["capability"], "child_env");
     assert!(
-        d["hint"].as_str().unwrap().contains("child_env = [\"FOO\"]"),
+        d["hint"]
+            .as_str()
+            .unwrap()
+            .contains("child_env = [\"FOO\"]"),
         "{d}"
     );
     assert_eq!(step(&r, "granted")["Ok"]["stdout"], "hi\n");
@@ -121,7 +127,10 @@ fn check_warns_about_exec_grants_that_run_anything() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "a warning, not a refusal: {t}");
     assert!(t.contains("warning: exec grant \"sh\" (sh)"), "{t}");
-    assert!(t.contains("warning: exec grant \"python3\" (python3)"), "{t}");
+    assert!(
+        t.contains("warning: exec grant \"python3\" (python3)"),
+        "{t}"
+    );
     assert!(!t.contains("exec grant \"/bin/echo\""), "{t}");
 }
 
@@ -209,7 +218,12 @@ fn a_huge_query_result_is_stopped_while_stepping() {
         {"id": "two", "op": {"call": "sqlite-query", "args": {"db": db, "sql": "SELECT length(x) FROM b LIMIT 2"}}},
     ]});
     let grants = json!({"sqlite": [db]});
-    sb.runbook(&runbook(FIXTURE, &config, &grants, &json!({"query_bytes": "8MiB"})));
+    sb.runbook(&runbook(
+        FIXTURE,
+        &config,
+        &grants,
+        &json!({"query_bytes": "8MiB"}),
+    ));
     let (_, report, _) = sb.run_json(&[]);
     let r = step_results(&report);
     let m = err_message(step(&r, "rows"));
@@ -235,7 +249,12 @@ fn read_file_stops_at_the_cap_even_on_endless_files() {
         {"id": "big", "op": {"call": "read-file", "args": {"path": big}}},
     ]});
     let grants = json!({"read": ["/dev/zero", big]});
-    sb.runbook(&runbook(FIXTURE, &config, &grants, &json!({"read_bytes": "1MiB"})));
+    sb.runbook(&runbook(
+        FIXTURE,
+        &config,
+        &grants,
+        &json!({"read_bytes": "1MiB"}),
+    ));
     let (_, report, _) = sb.run_json(&[]);
     let r = step_results(&report);
     for id in ["zero", "big"] {
@@ -257,7 +276,12 @@ fn key_value_state_per_plugin_is_capped() {
         {"id": "a-again", "op": {"call": "set", "args": {"key": "a", "value": big}}},
         {"id": "keys", "op": {"call": "keys", "args": {"prefix": ""}}},
     ]});
-    sb.runbook(&runbook(FIXTURE, &config, &json!({}), &json!({"kv_bytes": "1MiB"})));
+    sb.runbook(&runbook(
+        FIXTURE,
+        &config,
+        &json!({}),
+        &json!({"kv_bytes": "1MiB"}),
+    ));
     let (_, report, _) = sb.run_json(&[]);
     let r = step_results(&report);
     assert!(step(&r, "a").get("Ok").is_some(), "{:?}", step(&r, "a"));
@@ -361,12 +385,23 @@ fn component_files_are_checked_before_they_are_read() {
         sb.runbook(&runbook(component, &json!({}), &json!({}), &json!({})));
         let started = std::time::Instant::now();
         let out = sb.rewind(&["check", "rewind.toml"]);
-        assert!(started.elapsed().as_secs() < 20, "{component} was not refused in time");
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "{component} was not refused in time"
+        );
         let t = text(&out);
         assert_eq!(out.status.code(), Some(3), "{t}");
-        assert!(t.contains(&format!("is not a regular file ({kind})")), "{t}");
+        assert!(
+            t.contains(&format!("is not a regular file ({kind})")),
+            "{t}"
+        );
     }
-    sb.runbook(&runbook(FIXTURE, &json!({}), &json!({}), &json!({"component_bytes": "1KiB"})));
+    sb.runbook(&runbook(
+        FIXTURE,
+        &json!({}),
+        &json!({}),
+        &json!({"component_bytes": "1KiB"}),
+    ));
     let out = sb.rewind(&["check", "rewind.toml"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(3), "{t}");
@@ -394,7 +429,12 @@ fn a_component_with_a_mistyped_export_is_refused_at_load() {
 #[test]
 fn stack_overflow_and_exit_are_reported_plainly() {
     let sb = Sandbox::new();
-    sb.runbook(&runbook(HOSTILE, &json!({"assess": "recurse"}), &json!({}), &json!({})));
+    sb.runbook(&runbook(
+        HOSTILE,
+        &json!({"assess": "recurse"}),
+        &json!({}),
+        &json!({}),
+    ));
     let out = sb.rewind(&["plan", "rewind.toml"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
@@ -404,10 +444,18 @@ fn stack_overflow_and_exit_are_reported_plainly() {
     );
     assert!(!t.contains("out of bounds"), "{t}");
 
-    sb.runbook(&runbook(HOSTILE, &json!({"assess": "exit", "n": 1}), &json!({}), &json!({})));
+    sb.runbook(&runbook(
+        HOSTILE,
+        &json!({"assess": "exit", "n": 1}),
+        &json!({}),
+        &json!({}),
+    ));
     let out = sb.rewind(&["plan", "rewind.toml"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("plugin fx exited with code 1 during `assess`"), "{t}");
+    assert!(
+        t.contains("plugin fx exited with code 1 during `assess`"),
+        "{t}"
+    );
     assert!(!t.contains("backtrace"), "{t}");
 }

@@ -136,14 +136,20 @@ const FORBIDDEN_CHILD_ENV: &[(&str, &str)] = &[
     ("NLSPATH", "libc loads message catalogs from it"),
     ("NIS_PATH", "libc's NIS lookups follow it"),
     ("TZDIR", "libc loads time-zone files from it"),
-    ("OPENSSL_*", "OpenSSL loads configuration and engines (shared objects) from it"),
+    (
+        "OPENSSL_*",
+        "OpenSSL loads configuration and engines (shared objects) from it",
+    ),
     // Shells.
     ("BASH_ENV", "bash runs the file it names"),
     ("ENV", "sh runs the file it names"),
     ("BASH_FUNC_*", "bash imports functions from it"),
     ("SHELLOPTS", "it changes how shells run scripts"),
     ("BASHOPTS", "it changes how shells run scripts"),
-    ("PS4", "shells expand it (command substitution) while tracing"),
+    (
+        "PS4",
+        "shells expand it (command substitution) while tracing",
+    ),
     ("PROMPT_COMMAND", "bash runs it"),
     ("IFS", "it changes how shells split words"),
     ("CDPATH", "it changes where shell scripts cd to"),
@@ -152,8 +158,14 @@ const FORBIDDEN_CHILD_ENV: &[(&str, &str)] = &[
     // The child's view of the system: children get the host's PATH and
     // HOME, so a granted program finds the programs and configuration
     // (.gitconfig, .npmrc ...) the operator set up, not the plugin's.
-    ("PATH", "children look up programs in it; they get rewind's own PATH"),
-    ("HOME", "programs read configuration (and hooks) from it; children get rewind's own HOME"),
+    (
+        "PATH",
+        "children look up programs in it; they get rewind's own PATH",
+    ),
+    (
+        "HOME",
+        "programs read configuration (and hooks) from it; children get rewind's own HOME",
+    ),
     ("XDG_*", "programs read configuration from it"),
     // Interpreters and tools that load code or run commands from variables.
     ("PYTHON*", "Python loads modules or runs files named by it"),
@@ -163,11 +175,20 @@ const FORBIDDEN_CHILD_ENV: &[(&str, &str)] = &[
     ("BUNDLE_*", "Bundler runs the Gemfile it names"),
     ("NODE_OPTIONS", "Node.js preloads modules named by it"),
     ("NODE_PATH", "Node.js loads modules from it"),
-    ("NODE_REPL_EXTERNAL_MODULE", "Node.js loads the module it names"),
-    ("NPM_CONFIG_*", "npm runs scripts with the shell and options it sets"),
+    (
+        "NODE_REPL_EXTERNAL_MODULE",
+        "Node.js loads the module it names",
+    ),
+    (
+        "NPM_CONFIG_*",
+        "npm runs scripts with the shell and options it sets",
+    ),
     ("LUA_*", "Lua runs or loads code from it"),
     ("PHPRC", "PHP loads configuration (and extensions) from it"),
-    ("PHP_INI_SCAN_DIR", "PHP loads configuration (and extensions) from it"),
+    (
+        "PHP_INI_SCAN_DIR",
+        "PHP loads configuration (and extensions) from it",
+    ),
     ("TCLLIBPATH", "Tcl loads packages from it"),
     ("R_PROFILE*", "R runs the file it names"),
     ("JAVA_TOOL_OPTIONS", "the JVM loads agents named by it"),
@@ -175,7 +196,10 @@ const FORBIDDEN_CHILD_ENV: &[(&str, &str)] = &[
     ("JDK_JAVA_OPTIONS", "the JVM loads agents named by it"),
     ("CLASSPATH", "the JVM loads classes from it"),
     ("DOTNET_STARTUP_HOOKS", ".NET runs the assemblies it names"),
-    ("GOFLAGS", "the go tool runs programs named by it (-toolexec)"),
+    (
+        "GOFLAGS",
+        "the go tool runs programs named by it (-toolexec)",
+    ),
     ("GIT_SSH", "git runs the program it names"),
     ("GIT_SSH_COMMAND", "git runs the command it names"),
     ("GIT_PROXY_COMMAND", "git runs the command it names"),
@@ -186,7 +210,10 @@ const FORBIDDEN_CHILD_ENV: &[(&str, &str)] = &[
     ("GIT_PAGER", "git runs the program it names"),
     ("GIT_EDITOR", "git runs the program it names"),
     ("GIT_SEQUENCE_EDITOR", "git runs the program it names"),
-    ("GIT_CONFIG*", "git takes configuration (hooks, commands) from it"),
+    (
+        "GIT_CONFIG*",
+        "git takes configuration (hooks, commands) from it",
+    ),
     ("GIT_TEMPLATE_DIR", "git copies hooks from it"),
     ("GIT_DIR", "git runs the hooks of the repository it names"),
     ("GIT_WORK_TREE", "it points git at another tree"),
@@ -226,21 +253,72 @@ pub fn bad_child_env_grant(grant: &str) -> Option<String> {
     if grant.ends_with('*') {
         return None;
     }
-    forbidden_child_env(name).map(|why| {
-        format!("{name} is never passed to a command ({why}); no grant allows it")
-    })
+    forbidden_child_env(name)
+        .map(|why| format!("{name} is never passed to a command ({why}); no grant allows it"))
 }
 
 /// Programs that run whatever their arguments say: a shell, an interpreter
 /// or a wrapper that executes another program. Granting one hands the
 /// plugin arbitrary execution as rewind's user; `rewind check` warns.
 const GENERAL_PURPOSE: &[&str] = &[
-    "sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox",
-    "toybox", "python", "python2", "python3", "perl", "ruby", "node", "nodejs", "deno",
-    "bun", "php", "lua", "luajit", "tclsh", "wish", "awk", "gawk", "mawk", "nawk", "env",
-    "xargs", "find", "nohup", "timeout", "nice", "ionice", "setsid", "stdbuf", "sudo",
-    "doas", "su", "runuser", "chroot", "unshare", "nsenter", "flock", "watch", "script",
-    "expect", "make", "docker", "podman", "systemd-run", "ssh", "vim", "vi", "emacs",
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "csh",
+    "tcsh",
+    "fish",
+    "ash",
+    "busybox",
+    "toybox",
+    "python",
+    "python2",
+    "python3",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "deno",
+    "bun",
+    "php",
+    "lua",
+    "luajit",
+    "tclsh",
+    "wish",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "env",
+    "xargs",
+    "find",
+    "nohup",
+    "timeout",
+    "nice",
+    "ionice",
+    "setsid",
+    "stdbuf",
+    "sudo",
+    "doas",
+    "su",
+    "runuser",
+    "chroot",
+    "unshare",
+    "nsenter",
+    "flock",
+    "watch",
+    "script",
+    "expect",
+    "make",
+    "docker",
+    "podman",
+    "systemd-run",
+    "ssh",
+    "vim",
+    "vi",
+    "emacs",
 ];
 
 /// Whether an exec grant hands out arbitrary execution, with what it is.
@@ -251,7 +329,11 @@ pub fn general_purpose_program(grant: &str) -> Option<&'static str> {
     GENERAL_PURPOSE
         .iter()
         .find(|p| **p == base)
-        .or_else(|| GENERAL_PURPOSE.iter().find(|p| **p == stem && !stem.is_empty()))
+        .or_else(|| {
+            GENERAL_PURPOSE
+                .iter()
+                .find(|p| **p == stem && !stem.is_empty())
+        })
         .copied()
 }
 
@@ -1013,10 +1095,7 @@ mod tests {
                 }
                 other => panic!("{name}: {other:?}"),
             }
-            assert!(matches!(
-                spawn(&env, cmd, "s.log"),
-                Err(Error::Invalid(_))
-            ));
+            assert!(matches!(spawn(&env, cmd, "s.log"), Err(Error::Invalid(_))));
         }
         assert!(!dir.path().join("ran").exists());
         assert!(!dir.path().join("s.log").exists());
@@ -1056,10 +1135,21 @@ mod tests {
     fn grants_of_forbidden_names_and_general_purpose_programs() {
         assert!(bad_child_env_grant("LD_PRELOAD").is_some_and(|m| m.contains("never passed")));
         assert!(bad_child_env_grant("PGPASSWORD").is_none());
-        assert!(bad_child_env_grant("LD_*").is_none(), "patterns are checked per call");
+        assert!(
+            bad_child_env_grant("LD_*").is_none(),
+            "patterns are checked per call"
+        );
         assert!(bad_child_env_grant("A*B").is_some());
         assert!(bad_child_env_grant("").is_some());
-        for p in ["sh", "/bin/bash", "python3", "python3.12", "/usr/bin/env", "busybox", "node18"] {
+        for p in [
+            "sh",
+            "/bin/bash",
+            "python3",
+            "python3.12",
+            "/usr/bin/env",
+            "busybox",
+            "node18",
+        ] {
             assert!(general_purpose_program(p).is_some(), "{p}");
         }
         for p in ["/bin/echo", "git", "pg_dump", "systemctl", "tar"] {

@@ -95,7 +95,8 @@ fn confine(conn: &Connection, fail: impl Fn(rusqlite::Error) -> Error) -> Result
         _ => Authorization::Allow,
     }));
     // Belt and braces: even a path the authorizer missed cannot attach.
-    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(&fail)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .map_err(&fail)?;
     // No writes to the schema table, no functions with side effects from
     // inside the schema (a view or trigger in the file runs as the plugin's
     // own SQL would).

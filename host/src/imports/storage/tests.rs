@@ -615,7 +615,10 @@ fn sqlite_cannot_reach_files_outside_the_grant() {
         outside.display()
     );
     let msg = failed(sqlite::exec(&e, &db, &expr));
-    assert!(msg.contains("SQL stays inside the granted database"), "{msg}");
+    assert!(
+        msg.contains("SQL stays inside the granted database"),
+        "{msg}"
+    );
     // Through a query too: VACUUM INTO works on a read-only connection.
     for sql in [
         format!("VACUUM INTO '{}'", outside.display()),
