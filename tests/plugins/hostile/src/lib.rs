@@ -4,7 +4,9 @@
 //!
 //! ```json
 //! {"assess": "recurse"}                  // recurse until the stack runs out
-//! {"assess": "exit", "n": 7}             // std::process::exit(7)
+//! {"assess": "exit", "n": 7}             // std::process::exit(7); WASI
+//!                                        // preview 2 reports any code but
+//!                                        // 0 as 1
 //! {"assess": "findings", "n": 100000}    // an assessment with n findings
 //! {"assess": "summary", "n": 1000000}    // a summary of n bytes
 //! {"assess": "log", "n": 1000, "size": 65536}
