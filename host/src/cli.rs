@@ -406,6 +406,23 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
             }
         }
         missing_total += missing.len();
+        // Grants that hand out arbitrary execution are legal (some
+        // procedures need a shell) but worth a second look.
+        let warnings: Vec<String> = p
+            .env
+            .sandbox
+            .granted(Capability::Exec)
+            .iter()
+            .filter_map(|g| {
+                crate::imports::process::general_purpose_program(g).map(|what| {
+                    format!(
+                        "warning: exec grant {g:?} ({what}) runs whatever its arguments say: the plugin can run any code as rewind's user; grant the specific programs instead if you can ({}:{})",
+                        runbook.path.display(),
+                        p.spec.grants_line
+                    )
+                })
+            })
+            .collect();
         let levels: Vec<String> = p
             .info
             .levels
@@ -430,13 +447,16 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
             if missing.is_empty() {
                 println!("  grants cover everything it declares");
             }
+            for w in &warnings {
+                println!("  {w}");
+            }
             for m in &missing {
                 println!("  {m}");
             }
         }
         out.push(serde_json::json!({
             "plugin": p.spec.name, "name": p.info.name, "version": p.info.version, "sha256": p.plugin.sha256,
-            "compiled": p.plugin.stats.compiled, "levels": levels, "missing": missing,
+            "compiled": p.plugin.stats.compiled, "levels": levels, "missing": missing, "warnings": warnings,
         }));
     }
     if cli.json {

@@ -367,22 +367,28 @@ pub fn prepare<'a>(
                 source,
             })?;
         let sandbox = spec.sandbox(runbook)?;
-        let env = Arc::new(PluginEnv::new(
-            spec.name.clone(),
-            sandbox,
-            mode,
-            journal.clone(),
-            runbook.state(),
-            http.clone(),
-        ));
-        let check_env = Arc::new(PluginEnv::new(
-            spec.name.clone(),
-            spec.sandbox(runbook)?,
-            Mode::Check,
-            None,
-            runbook.state(),
-            http.clone(),
-        ));
+        let env = Arc::new(
+            PluginEnv::new(
+                spec.name.clone(),
+                sandbox,
+                mode,
+                journal.clone(),
+                runbook.state(),
+                http.clone(),
+            )
+            .with_limits(runbook.limits),
+        );
+        let check_env = Arc::new(
+            PluginEnv::new(
+                spec.name.clone(),
+                spec.sandbox(runbook)?,
+                Mode::Check,
+                None,
+                runbook.state(),
+                http.clone(),
+            )
+            .with_limits(runbook.limits),
+        );
         let ctx = context(run_id, spec, Mode::Check, 0);
         let info = rt
             .call(&plugin, &check_env, "describe", |s, b| {

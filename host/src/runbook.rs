@@ -127,6 +127,22 @@ struct RawLimits {
     cpu: Option<Duration>,
     #[serde(default, deserialize_with = "de_bytes_opt")]
     memory: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    query_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    read_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    kv_bytes: Option<usize>,
+    #[serde(default)]
+    findings: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    message_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    log_message_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    log_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    component_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -391,6 +407,20 @@ impl Runbook {
             limits: Limits {
                 cpu: raw.limits.cpu.unwrap_or(defaults.cpu),
                 memory: raw.limits.memory.unwrap_or(defaults.memory),
+                query_bytes: raw.limits.query_bytes.unwrap_or(defaults.query_bytes),
+                read_bytes: raw.limits.read_bytes.unwrap_or(defaults.read_bytes),
+                kv_bytes: raw.limits.kv_bytes.unwrap_or(defaults.kv_bytes),
+                findings: raw.limits.findings.unwrap_or(defaults.findings),
+                message_bytes: raw.limits.message_bytes.unwrap_or(defaults.message_bytes),
+                log_message_bytes: raw
+                    .limits
+                    .log_message_bytes
+                    .unwrap_or(defaults.log_message_bytes),
+                log_bytes: raw.limits.log_bytes.unwrap_or(defaults.log_bytes),
+                component_bytes: raw
+                    .limits
+                    .component_bytes
+                    .unwrap_or(defaults.component_bytes),
             },
             plugins,
             watch,
@@ -592,6 +622,34 @@ http = ["http://127.0.0.1:8080/"]
         assert!(msg.contains("REWIND_UNSET_Y"));
         // SAFETY-free: PATH is always set in a test environment.
         assert!(!interpolate("${PATH}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_can_be_raised() {
+        let rb = parse(OK).unwrap();
+        let d = Limits::default();
+        assert_eq!(rb.limits.query_bytes, d.query_bytes);
+        assert_eq!(rb.limits.findings, d.findings);
+        let text = OK.replace(
+            "memory = \"64MiB\"",
+            "memory = \"64MiB\"\nquery_bytes = \"1GiB\"\nread_bytes = \"1MiB\"\nkv_bytes = \"2MiB\"\nfindings = 7\nmessage_bytes = \"1KiB\"\nlog_message_bytes = \"2KiB\"\nlog_bytes = \"3MiB\"\ncomponent_bytes = \"4MiB\"",
+        );
+        let l = parse(&text).unwrap().limits;
+        assert_eq!(
+            (l.query_bytes, l.read_bytes, l.kv_bytes, l.findings),
+            (1 << 30, 1 << 20, 2 << 20, 7)
+        );
+        assert_eq!(
+            (
+                l.message_bytes,
+                l.log_message_bytes,
+                l.log_bytes,
+                l.component_bytes
+            ),
+            (1 << 10, 2 << 10, 3 << 20, 4 << 20)
+        );
+        let e = parse(&OK.replace("memory = \"64MiB\"", "kv_bytes = \"lots\"")).unwrap_err();
+        assert!(e.message.contains("not a size"), "{e}");
     }
 
     #[test]

@@ -15,13 +15,16 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
+use crate::bindings::rollback;
+use crate::bindings::types::Finding;
 use crate::bindings::{Procedure, ProcedurePre, WIT_PACKAGE, WIT_VERSION};
 use crate::state::{HostState, PluginEnv};
 
 /// How often the epoch advances; the CPU budget is checked at this grain.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Limits applied to every export call.
+/// Limits applied to every plugin, from the runbook's `[limits]` table.
+/// Each refusal names the limit, the value and the key that raises it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Time a single export call may spend running guest code (time inside
@@ -29,6 +32,23 @@ pub struct Limits {
     pub cpu: Duration,
     /// Linear memory one instance may grow to.
     pub memory: usize,
+    /// Bytes one `sqlite-query` may return (counted while rows are stepped;
+    /// also SQLite's own limit on one value).
+    pub query_bytes: usize,
+    /// Bytes one `read-file` may return.
+    pub read_bytes: usize,
+    /// Bytes of key-value state (keys and values) one plugin may keep.
+    pub kv_bytes: usize,
+    /// Findings one result (assessment, step outcome, verification) may carry.
+    pub findings: usize,
+    /// Bytes of one summary, message or finding text in a result.
+    pub message_bytes: usize,
+    /// Bytes of one `log` message.
+    pub log_message_bytes: usize,
+    /// Bytes of `log` messages one plugin may write in one run.
+    pub log_bytes: usize,
+    /// Size of a component file.
+    pub component_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,7 +56,26 @@ impl Default for Limits {
         Self {
             cpu: Duration::from_secs(10),
             memory: 128 << 20,
+            query_bytes: 64 << 20,
+            read_bytes: 64 << 20,
+            kv_bytes: 64 << 20,
+            findings: 1000,
+            message_bytes: 64 << 10,
+            log_message_bytes: 16 << 10,
+            log_bytes: 16 << 20,
+            component_bytes: 256 << 20,
         }
+    }
+}
+
+/// A size for messages: whole MiB or KiB when exact, else bytes.
+pub fn show_bytes(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -68,6 +107,20 @@ pub enum LoadError {
     NotPlugin { path: PathBuf, exports: String },
     #[error("{path} cannot be linked: {reason}")]
     Link { path: PathBuf, reason: String },
+    #[error("{path} is not a regular file ({kind}); point `component` at the plugin's .wasm file")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path} is {size} bytes, more than the component size limit of {limit} (raise [limits] component_bytes in the runbook if it really is that large)"
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: String,
+        limit: String,
+    },
+    #[error(
+        "{path} does not implement {WIT_PACKAGE}/rollback@{WIT_VERSION} as this rewind expects: {reason}; rebuild the plugin with a matching rewind-sdk"
+    )]
+    Mistyped { path: PathBuf, reason: String },
 }
 
 /// How a loaded component got here.
@@ -114,6 +167,22 @@ pub enum CallError {
         "plugin tried to grow its memory past the limit of {limit} MiB in `{export}` and was stopped (raise [limits] memory in the runbook if that is expected)"
     )]
     Memory { export: String, limit: usize },
+    #[error(
+        "plugin {plugin} overflowed its stack in `{export}` (endless or too deep recursion; {detail}) and was stopped"
+    )]
+    StackOverflow {
+        plugin: String,
+        export: String,
+        detail: String,
+    },
+    #[error(
+        "plugin {plugin} exited with code {code} during `{export}` (a plugin must return an error, not exit)"
+    )]
+    Exit {
+        plugin: String,
+        export: String,
+        code: i32,
+    },
     #[error("plugin trapped in `{export}`: {message}")]
     Trap { export: String, message: String },
     #[error("plugin returned an error from `{export}`: {message}")]
@@ -131,6 +200,8 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     limits: Limits,
     engine_hash: String,
+    /// The environment of the load-time type check, made when first needed.
+    probe_env: std::sync::OnceLock<Arc<PluginEnv>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -184,6 +255,7 @@ impl Runtime {
             cache_dir,
             limits,
             engine_hash,
+            probe_env: std::sync::OnceLock::new(),
         })
     }
 
@@ -198,10 +270,7 @@ impl Runtime {
     /// Read, validate, compile (or fetch from the cache) and link a plugin.
     pub fn load(&self, path: &Path) -> Result<LoadedPlugin, LoadError> {
         let start = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = read_component(path, self.limits.component_bytes)?;
         self.load_bytes(path, &bytes, start)
     }
 
@@ -251,6 +320,7 @@ impl Runtime {
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
+        self.check_types(path, &pre)?;
         Ok(LoadedPlugin {
             path: path.to_path_buf(),
             sha256,
@@ -341,15 +411,85 @@ impl Runtime {
         Ok(())
     }
 
-    /// Call one export in a fresh instance. `f` gets the store and the
-    /// bindings; the result is the export's own `Result<T, String>`.
-    pub fn call<T>(
-        &self,
-        plugin: &LoadedPlugin,
-        env: &Arc<PluginEnv>,
-        export: &str,
-        f: impl FnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
-    ) -> Result<T, CallError> {
+    /// Check the type of every export of the world now, not at the first
+    /// call: the bindings look each function up with its expected type when
+    /// an instance is made, so one instance is made here, with no grants
+    /// and in check mode (a component's start code can do nothing), under
+    /// the same CPU and memory limits as a call.
+    fn check_types(&self, path: &Path, pre: &ProcedurePre<HostState>) -> Result<(), LoadError> {
+        let env = self.probe_env.get_or_init(|| Arc::new(probe_env()));
+        let mut store = self.store(env);
+        let mistyped = |reason: String| LoadError::Mistyped {
+            path: path.into(),
+            reason,
+        };
+        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| {
+            mistyped(format!(
+                "it cannot be instantiated: {}",
+                chain_without_backtrace(&e)
+            ))
+        })?;
+        // Each export is looked up with the type the bindings call it with,
+        // so a mismatch names the export.
+        let rollback = pre
+            .instance_pre()
+            .component()
+            .component_type()
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .find(|n| n.starts_with(&format!("{WIT_PACKAGE}/rollback@")))
+            .ok_or_else(|| mistyped("it has no rollback interface".into()))?;
+        let iface = instance
+            .get_export_index(&mut store, None, &rollback)
+            .ok_or_else(|| mistyped(format!("{rollback} is not an instance")))?;
+        macro_rules! typed {
+            ($name:literal, $params:ty, $results:ty) => {{
+                let idx = instance
+                    .get_export_index(&mut store, Some(&iface), $name)
+                    .ok_or_else(|| mistyped(format!("it does not export `{}`", $name)))?;
+                instance
+                    .get_typed_func::<$params, $results>(&mut store, &idx)
+                    .map_err(|e| {
+                        mistyped(format!(
+                            "`{}` has the wrong type ({})",
+                            $name,
+                            chain_without_backtrace(&e)
+                        ))
+                    })?;
+            }};
+        }
+        use crate::bindings::types::Context;
+        typed!(
+            "describe",
+            (Context,),
+            (Result<rollback::PluginInfo, String>,)
+        );
+        typed!(
+            "assess",
+            (Context,),
+            (Result<rollback::Assessment, String>,)
+        );
+        typed!("plan", (Context,), (Result<Vec<rollback::Step>, String>,));
+        typed!(
+            "run-step",
+            (Context, String),
+            (Result<rollback::StepOutcome, String>,)
+        );
+        typed!(
+            "verify",
+            (Context,),
+            (Result<rollback::Verification, String>,)
+        );
+        // And as the calls will: whatever the bindings check beyond the
+        // functions above.
+        drop(store);
+        let mut store = self.store(env);
+        pre.instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| mistyped(chain_without_backtrace(&e)))
+    }
+
+    fn store(&self, env: &Arc<PluginEnv>) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
             HostState::new(env.clone(), self.limits.memory),
@@ -364,16 +504,37 @@ impl Runtime {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
+        store
+    }
+
+    /// Call one export in a fresh instance. `f` gets the store and the
+    /// bindings; the result is the export's own `Result<T, String>`.
+    /// Results are bounded (`Bounded`) before they reach the journal and
+    /// the terminal.
+    pub fn call<T: Bounded>(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        export: &str,
+        f: impl FnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        let mut store = self.store(env);
         let result = plugin
             .pre
             .instantiate(&mut store)
             .and_then(|bindings| f(&mut store, &bindings));
         match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(message)) => Err(CallError::Plugin {
-                export: export.into(),
-                message,
-            }),
+            Ok(Ok(mut v)) => {
+                v.bound(&self.limits);
+                Ok(v)
+            }
+            Ok(Err(mut message)) => {
+                bound_text(&mut message, &self.limits);
+                Err(CallError::Plugin {
+                    export: export.into(),
+                    message,
+                })
+            }
             Err(e) => Err(self.classify(export, e, store.data())),
         }
     }
@@ -393,15 +554,271 @@ impl Runtime {
                 limit: self.limits.memory >> 20,
             };
         }
+        let plugin = state.env.name.clone();
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return CallError::Exit {
+                plugin,
+                export,
+                code: exit.0,
+            };
+        }
+        let trap = e.downcast_ref::<wasmtime::Trap>();
+        let frames = e
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|b| b.frames());
+        if let Some(t) = trap
+            && let Some(detail) = stack_overflow(*t, frames)
+        {
+            return CallError::StackOverflow {
+                plugin,
+                export,
+                detail,
+            };
+        }
         let stderr = state.stderr();
-        let message = match e.downcast_ref::<wasmtime::Trap>() {
+        let message = match trap {
             Some(trap) if !stderr.is_empty() => {
                 format!("{trap}; the plugin said: {}", last_lines(&stderr, 4))
             }
             Some(trap) => trap.to_string(),
-            None => text,
+            None => chain_without_backtrace(&e),
         };
         CallError::Trap { export, message }
+    }
+}
+
+/// Wasmtime keeps the innermost 20 frames of a trap's backtrace; when at
+/// least this many are all one function, the plugin was recursing.
+const RECURSION_FRAMES: usize = 16;
+
+/// Whether a trap is a stack overflow, with what shows it. Wasmtime reports
+/// overflowing the native stack as such; Rust and C plugins keep their
+/// stack in linear memory, below their data, and overflowing it shows as an
+/// out-of-bounds access at the bottom of a recursion.
+fn stack_overflow(trap: wasmtime::Trap, frames: Option<&[wasmtime::FrameInfo]>) -> Option<String> {
+    let frames = frames.unwrap_or_default();
+    let func = |f: &wasmtime::FrameInfo| {
+        f.func_name()
+            .map(demangle)
+            .unwrap_or_else(|| format!("function {}", f.func_index()))
+    };
+    let top = frames.first().map(func);
+    let repeated = frames.iter().take_while(|f| Some(func(f)) == top).count();
+    match (trap, top) {
+        (wasmtime::Trap::StackOverflow, Some(t)) => {
+            Some(format!("the wasm call stack ran out in {t}"))
+        }
+        (wasmtime::Trap::StackOverflow, None) => Some("the wasm call stack ran out".into()),
+        (wasmtime::Trap::MemoryOutOfBounds, Some(t))
+            if repeated >= RECURSION_FRAMES && repeated == frames.len() =>
+        {
+            Some(format!(
+                "the innermost {repeated} calls were all {t} when it ran past the end of its stack"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `_ZN5crate6module4func17h0123456789abcdefE` -> `crate::module::func`;
+/// other names as they are.
+fn demangle(name: &str) -> String {
+    let Some(mut rest) = name.strip_prefix("_ZN") else {
+        return name.to_string();
+    };
+    let mut parts = Vec::new();
+    loop {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let Ok(n) = rest[..digits].parse::<usize>() else {
+            break;
+        };
+        let Some(part) = rest.get(digits..digits + n) else {
+            return name.to_string();
+        };
+        // The hash Rust appends: `h` and 16 hex digits.
+        if !(n == 17 && part.starts_with('h') && part[1..].chars().all(|c| c.is_ascii_hexdigit())) {
+            parts.push(part);
+        }
+        rest = &rest[digits + n..];
+    }
+    if parts.is_empty() || rest != "E" {
+        return name.to_string();
+    }
+    parts.join("::")
+}
+
+/// An error's chain of causes on one line, without wasmtime's backtrace (a
+/// plugin's internals are of no use to an operator).
+fn chain_without_backtrace(e: &wasmtime::Error) -> String {
+    // The backtrace is attached as a context whose text is the backtrace.
+    e.chain()
+        .map(|c| c.to_string())
+        .filter(|c| !c.contains("wasm backtrace:"))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Read a component file: a regular file (a FIFO would block and a device
+/// like /dev/zero never end), at most `cap` bytes, checked on the open file
+/// before anything is read.
+fn read_component(path: &Path, cap: usize) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let read_err = |source| LoadError::Read {
+        path: path.into(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    // writer; the flag is harmless for regular files.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(read_err)?;
+    let md = file.metadata().map_err(read_err)?;
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_block_device() {
+        Some("a block device")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if !ft.is_file() {
+        Some("not a file")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Err(LoadError::NotAFile {
+            path: path.into(),
+            kind,
+        });
+    }
+    let too_large = |size: u64| LoadError::TooLarge {
+        path: path.into(),
+        size: size.to_string(),
+        limit: show_bytes(cap),
+    };
+    if md.len() > cap as u64 {
+        return Err(too_large(md.len()));
+    }
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    file.take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() > cap {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// The environment of the instance made at load to check export types:
+/// nothing granted, check mode, no journal, a state directory that does not
+/// exist (nothing is created in check mode).
+fn probe_env() -> PluginEnv {
+    let origin = crate::sandbox::GrantOrigin {
+        plugin: "load-check".into(),
+        runbook: PathBuf::new(),
+        line: 0,
+    };
+    let base = std::env::temp_dir();
+    let sandbox = crate::sandbox::Sandbox::new(Default::default(), origin, &base)
+        .expect("empty grants are valid");
+    PluginEnv::new(
+        "load-check".into(),
+        sandbox,
+        crate::bindings::types::Mode::Check,
+        None,
+        crate::state::StateDir::new(base.join("rewind-load-check-never-created")),
+        reqwest::blocking::Client::new(),
+    )
+}
+
+/// A result the host keeps: its texts and lists are cut to `[limits]`
+/// before it is journaled or shown, with a note that says so.
+pub trait Bounded {
+    fn bound(&mut self, limits: &Limits);
+}
+
+/// Cut a text to `[limits] message_bytes`, saying so in the text.
+pub fn bound_text(s: &mut String, limits: &Limits) {
+    let max = limits.message_bytes;
+    if s.len() > max {
+        let len = s.len();
+        crate::imports::log::truncate_at(s, max);
+        s.push_str(&format!(
+            " [cut: {len} bytes, over the [limits] message_bytes of {}]",
+            show_bytes(max)
+        ));
+    }
+}
+
+fn bound_findings(list: &mut Vec<Finding>, limits: &Limits) {
+    if list.len() > limits.findings {
+        let n = list.len();
+        list.truncate(limits.findings);
+        list.push(Finding {
+            check: "findings".into(),
+            observed: format!("{n} findings; the rest were dropped"),
+            threshold: format!(
+                "[limits] findings = {} (raise it in the runbook if that is expected)",
+                limits.findings
+            ),
+            breached: false,
+        });
+    }
+    for f in list {
+        bound_text(&mut f.check, limits);
+        bound_text(&mut f.observed, limits);
+        bound_text(&mut f.threshold, limits);
+    }
+}
+
+impl Bounded for rollback::Assessment {
+    fn bound(&mut self, limits: &Limits) {
+        bound_text(&mut self.scenario, limits);
+        bound_text(&mut self.summary, limits);
+        bound_findings(&mut self.findings, limits);
+    }
+}
+
+impl Bounded for rollback::Verification {
+    fn bound(&mut self, limits: &Limits) {
+        bound_text(&mut self.summary, limits);
+        bound_findings(&mut self.findings, limits);
+    }
+}
+
+impl Bounded for rollback::StepOutcome {
+    fn bound(&mut self, limits: &Limits) {
+        bound_text(&mut self.message, limits);
+        bound_findings(&mut self.findings, limits);
+    }
+}
+
+impl Bounded for Vec<rollback::Step> {
+    fn bound(&mut self, limits: &Limits) {
+        for s in self {
+            bound_text(&mut s.title, limits);
+            bound_text(&mut s.detail, limits);
+        }
+    }
+}
+
+impl Bounded for rollback::PluginInfo {
+    fn bound(&mut self, limits: &Limits) {
+        bound_text(&mut self.name, limits);
+        bound_text(&mut self.version, limits);
+        bound_text(&mut self.service, limits);
+        bound_text(&mut self.description, limits);
+        for l in &mut self.levels {
+            bound_text(&mut l.name, limits);
+            bound_text(&mut l.description, limits);
+        }
     }
 }
 

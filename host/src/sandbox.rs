@@ -38,6 +38,11 @@ pub struct GrantsSpec {
     /// Host environment variables the plugin may read and pass to children.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Variables the plugin may set in a command's environment: exact names
+    /// or `PREFIX*`. Loader and interpreter hooks are never allowed
+    /// (`crate::imports::process::forbidden_child_env`).
+    #[serde(default)]
+    pub child_env: Vec<String>,
 }
 
 /// The kinds of capability a grant can give.
@@ -51,10 +56,11 @@ pub enum Capability {
     Write,
     Sqlite,
     Env,
+    ChildEnv,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Self::Http,
         Self::Tcp,
         Self::Exec,
@@ -63,6 +69,7 @@ impl Capability {
         Self::Write,
         Self::Sqlite,
         Self::Env,
+        Self::ChildEnv,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -74,6 +81,7 @@ impl Capability {
             Self::Write => "write",
             Self::Sqlite => "sqlite",
             Self::Env => "env",
+            Self::ChildEnv => "child_env",
         }
     }
 }
@@ -182,6 +190,11 @@ impl Sandbox {
                     t,
                     "expected host:port or host:*".into(),
                 ));
+            }
+        }
+        for name in &spec.child_env {
+            if let Some(reason) = crate::imports::process::bad_child_env_grant(name) {
+                return Err(bad(Capability::ChildEnv, name, reason));
             }
         }
         for s in &spec.signal {
@@ -363,6 +376,24 @@ impl Sandbox {
         }
     }
 
+    /// A variable the plugin sets in a command's environment: granted by
+    /// name or by a `PREFIX*` pattern.
+    pub fn check_child_env(&self, name: &str) -> Result<(), Denied> {
+        let granted = self
+            .spec
+            .child_env
+            .iter()
+            .any(|g| match g.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => g == name,
+            });
+        if granted {
+            Ok(())
+        } else {
+            Err(self.deny(Capability::ChildEnv, name, name))
+        }
+    }
+
     /// Host environment variables granted to children.
     pub fn granted_env(&self) -> impl Iterator<Item = (&str, String)> {
         self.spec
@@ -446,6 +477,7 @@ impl Sandbox {
             Capability::Write => &self.spec.write,
             Capability::Sqlite => &self.spec.sqlite,
             Capability::Env => &self.spec.env,
+            Capability::ChildEnv => &self.spec.child_env,
         }
     }
 
@@ -464,6 +496,7 @@ impl Sandbox {
             Capability::Write => self.check_write(need).is_ok(),
             Capability::Sqlite => self.check_sqlite(need).is_ok(),
             Capability::Env => self.check_env(need).is_ok(),
+            Capability::ChildEnv => self.check_child_env(need).is_ok(),
         }
     }
 }

@@ -17,6 +17,7 @@ const STDERR_CAP: usize = 64 * 1024;
 use crate::bindings::types::Mode;
 use crate::imports::storage::StorageState;
 use crate::journal::Journal;
+use crate::runtime::Limits;
 use crate::sandbox::Sandbox;
 
 /// The state directory of a runbook: journals, key-value state, snapshots,
@@ -70,6 +71,11 @@ pub struct PluginEnv {
     /// Time spent inside host imports over the whole run (probes, commands,
     /// waits): the rest of a run's wall time is rewind's own overhead.
     host_nanos: AtomicU64,
+    /// The runbook's `[limits]`, for the imports' caps.
+    pub limits: Limits,
+    /// Bytes of `log` messages written in this run (capped by
+    /// `limits.log_bytes`).
+    log_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for PluginEnv {
@@ -102,7 +108,15 @@ impl PluginEnv {
             actions: Mutex::new(Vec::new()),
             current_step: Mutex::new(None),
             host_nanos: AtomicU64::new(0),
+            limits: Limits::default(),
+            log_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// The runbook's limits instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Total time spent inside host imports so far.
@@ -143,6 +157,28 @@ impl PluginEnv {
 
     pub fn log(&self, level: &str, message: &str) {
         let name = &self.name;
+        // A plugin that logs in a loop would otherwise fill the journal and
+        // the terminal: past the run's budget its messages are dropped,
+        // after one line that says so.
+        let cap = self.limits.log_bytes as u64;
+        let before = self
+            .log_bytes
+            .fetch_add(message.len() as u64, Ordering::Relaxed);
+        if before + message.len() as u64 > cap {
+            if before <= cap {
+                let notice = format!(
+                    "plugin {name} logged more than {} in this run; its further log messages are dropped (raise [limits] log_bytes in the runbook if that is expected)",
+                    crate::runtime::show_bytes(self.limits.log_bytes)
+                );
+                tracing::warn!("[{name}]   {notice}");
+                if let Some(j) = &self.journal {
+                    j.record(serde_json::json!({
+                        "event": "log", "plugin": self.name, "level": "warn", "message": notice,
+                    }));
+                }
+            }
+            return;
+        }
         match level {
             "error" => tracing::error!("[{name}]   ERROR: {message}"),
             "warn" => tracing::warn!("[{name}]   WARNING: {message}"),

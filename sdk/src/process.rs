@@ -55,7 +55,9 @@ impl Command {
         self.cwd = Some(dir.into());
         self
     }
-    /// Set an environment variable for the child.
+    /// Set an environment variable for the child. The runbook must grant
+    /// its name in `child_env`; loader and interpreter variables (`LD_*`,
+    /// `BASH_ENV`, `PYTHONPATH`, `PATH`, `HOME` ...) are always refused.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self

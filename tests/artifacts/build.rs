@@ -34,6 +34,8 @@ const PLUGINS: &[(&str, &str, &str)] = &[
     ),
     ("FIXTURE", "rewind-fixture", "rewind_fixture"),
     ("FUTURE", "rewind-fixture-future", "rewind_fixture_future"),
+    ("HOSTILE", "rewind-hostile", "rewind_hostile"),
+    ("MISTYPED", "rewind-mistyped", "rewind_mistyped"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

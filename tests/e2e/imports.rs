@@ -176,7 +176,7 @@ fn commands_run_with_args_cwd_env_stdin_and_are_killed_on_timeout() {
     ]});
     sb.runbook(&fixture_runbook(
         &config,
-        &json!({"exec": ["sh"], "read": [sb.path()]}),
+        &json!({"exec": ["sh"], "read": [sb.path()], "child_env": ["GREETING"]}),
     ));
     let (_, report, stderr) = sb.run_json(&[]);
     let r = step_results(&report);

@@ -3,9 +3,6 @@
 use crate::bindings::log::{Host, Level};
 use crate::state::HostState;
 
-/// Longer messages are cut so a chatty plugin cannot flood the journal.
-const MAX_MESSAGE: usize = 16 * 1024;
-
 impl Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let level = match level {
@@ -15,15 +12,31 @@ impl Host for HostState {
             Level::Warn => "warn",
             Level::Error => "error",
         };
-        let mut message = message;
-        if message.len() > MAX_MESSAGE {
-            let mut cut = MAX_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
+        // Longer messages are cut so a chatty plugin cannot flood the
+        // journal; the total per run is capped in `PluginEnv::log`.
+        self.timed(|env| {
+            let max = env.limits.log_message_bytes;
+            let mut message = message;
+            if message.len() > max {
+                let len = message.len();
+                truncate_at(&mut message, max);
+                message.push_str(&format!(
+                    " [cut: {len} bytes, over the [limits] log_message_bytes of {}]",
+                    crate::runtime::show_bytes(max)
+                ));
             }
-            message.truncate(cut);
-            message.push_str(" [cut]");
+            env.log(level, &message)
+        });
+    }
+}
+
+/// Cut a string to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate_at(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
         }
-        self.timed(|env| env.log(level, &message));
+        s.truncate(cut);
     }
 }

@@ -94,6 +94,13 @@ fn prepare(env: &PluginEnv, cmd: &Command) -> Result<Prepared, Error> {
                 "environment variable {k:?} contains a NUL byte"
             )));
         }
+        if let Some(why) = forbidden_child_env(k) {
+            return Err(Error::invalid(format!(
+                "environment variable {k} is never passed to a command ({why}): with it the plugin could run code of its choosing as rewind's user; no grant allows it. Command not run: {}",
+                shown_command(&cmd.program, &cmd.args)
+            )));
+        }
+        env.sandbox.check_child_env(k)?;
     }
     if let Some(a) = cmd.args.iter().find(|a| a.contains('\0')) {
         return Err(Error::invalid(format!(
@@ -105,6 +112,229 @@ fn prepare(env: &PluginEnv, cmd: &Command) -> Result<Prepared, Error> {
         cwd,
         shown: shown_command(&cmd.program, &cmd.args),
     })
+}
+
+/// Variables a plugin may never set in a command's environment, whatever
+/// the grants say: each makes the dynamic loader, libc or an interpreter the
+/// child may start load code or configuration from a path the plugin
+/// chooses (and a plugin with a `write` grant can put a file there). The
+/// list is names with a trailing `*` for prefixes; matching ignores case,
+/// as some tools (npm) read their variables in any case.
+const FORBIDDEN_CHILD_ENV: &[(&str, &str)] = &[
+    // The dynamic loader and libc.
+    ("LD_*", "the dynamic loader loads libraries named by it"),
+    ("DYLD_*", "the dynamic loader loads libraries named by it"),
+    ("GCONV_PATH", "libc loads character-set modules from it"),
+    ("GETCONF_DIR", "libc reads configuration from it"),
+    ("GLIBC_TUNABLES", "it reconfigures libc in the child"),
+    ("MALLOC_*", "it reconfigures libc's allocator"),
+    ("HOSTALIASES", "libc's resolver reads a file named by it"),
+    ("LOCALDOMAIN", "it redirects name resolution"),
+    ("RES_OPTIONS", "it reconfigures libc's resolver"),
+    ("RESOLV_*", "it reconfigures libc's resolver"),
+    ("LOCPATH", "libc loads locale data from it"),
+    ("NLSPATH", "libc loads message catalogs from it"),
+    ("NIS_PATH", "libc's NIS lookups follow it"),
+    ("TZDIR", "libc loads time-zone files from it"),
+    (
+        "OPENSSL_*",
+        "OpenSSL loads configuration and engines (shared objects) from it",
+    ),
+    // Shells.
+    ("BASH_ENV", "bash runs the file it names"),
+    ("ENV", "sh runs the file it names"),
+    ("BASH_FUNC_*", "bash imports functions from it"),
+    ("SHELLOPTS", "it changes how shells run scripts"),
+    ("BASHOPTS", "it changes how shells run scripts"),
+    (
+        "PS4",
+        "shells expand it (command substitution) while tracing",
+    ),
+    ("PROMPT_COMMAND", "bash runs it"),
+    ("IFS", "it changes how shells split words"),
+    ("CDPATH", "it changes where shell scripts cd to"),
+    ("GLOBIGNORE", "it changes how shells expand globs"),
+    ("ZDOTDIR", "zsh runs startup files from it"),
+    // The child's view of the system: children get the host's PATH and
+    // HOME, so a granted program finds the programs and configuration
+    // (.gitconfig, .npmrc ...) the operator set up, not the plugin's.
+    (
+        "PATH",
+        "children look up programs in it; they get rewind's own PATH",
+    ),
+    (
+        "HOME",
+        "programs read configuration (and hooks) from it; children get rewind's own HOME",
+    ),
+    ("XDG_*", "programs read configuration from it"),
+    // Interpreters and tools that load code or run commands from variables.
+    ("PYTHON*", "Python loads modules or runs files named by it"),
+    ("PERL*", "Perl loads modules or options from it"),
+    ("RUBY*", "Ruby loads code or options from it"),
+    ("GEM_*", "Ruby loads gems from it"),
+    ("BUNDLE_*", "Bundler runs the Gemfile it names"),
+    ("NODE_OPTIONS", "Node.js preloads modules named by it"),
+    ("NODE_PATH", "Node.js loads modules from it"),
+    (
+        "NODE_REPL_EXTERNAL_MODULE",
+        "Node.js loads the module it names",
+    ),
+    (
+        "NPM_CONFIG_*",
+        "npm runs scripts with the shell and options it sets",
+    ),
+    ("LUA_*", "Lua runs or loads code from it"),
+    ("PHPRC", "PHP loads configuration (and extensions) from it"),
+    (
+        "PHP_INI_SCAN_DIR",
+        "PHP loads configuration (and extensions) from it",
+    ),
+    ("TCLLIBPATH", "Tcl loads packages from it"),
+    ("R_PROFILE*", "R runs the file it names"),
+    ("JAVA_TOOL_OPTIONS", "the JVM loads agents named by it"),
+    ("_JAVA_OPTIONS", "the JVM loads agents named by it"),
+    ("JDK_JAVA_OPTIONS", "the JVM loads agents named by it"),
+    ("CLASSPATH", "the JVM loads classes from it"),
+    ("DOTNET_STARTUP_HOOKS", ".NET runs the assemblies it names"),
+    (
+        "GOFLAGS",
+        "the go tool runs programs named by it (-toolexec)",
+    ),
+    ("GIT_SSH", "git runs the program it names"),
+    ("GIT_SSH_COMMAND", "git runs the command it names"),
+    ("GIT_PROXY_COMMAND", "git runs the command it names"),
+    ("GIT_ASKPASS", "git runs the program it names"),
+    ("SSH_ASKPASS", "ssh runs the program it names"),
+    ("GIT_EXEC_PATH", "git runs its subcommands from it"),
+    ("GIT_EXTERNAL_DIFF", "git runs the program it names"),
+    ("GIT_PAGER", "git runs the program it names"),
+    ("GIT_EDITOR", "git runs the program it names"),
+    ("GIT_SEQUENCE_EDITOR", "git runs the program it names"),
+    (
+        "GIT_CONFIG*",
+        "git takes configuration (hooks, commands) from it",
+    ),
+    ("GIT_TEMPLATE_DIR", "git copies hooks from it"),
+    ("GIT_DIR", "git runs the hooks of the repository it names"),
+    ("GIT_WORK_TREE", "it points git at another tree"),
+    ("PAGER", "programs run the pager it names"),
+    ("MANPAGER", "programs run the pager it names"),
+    ("EDITOR", "programs run the editor it names"),
+    ("VISUAL", "programs run the editor it names"),
+    ("LESSOPEN", "less runs the command it names"),
+    ("LESSCLOSE", "less runs the command it names"),
+    ("BROWSER", "programs run the browser it names"),
+    ("SHELL", "programs run the shell it names"),
+];
+
+/// Why a variable may never be set in a command's environment, if so.
+pub fn forbidden_child_env(name: &str) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    FORBIDDEN_CHILD_ENV
+        .iter()
+        .find(|(pattern, _)| match pattern.strip_suffix('*') {
+            Some(prefix) => upper.starts_with(prefix),
+            None => upper == *pattern,
+        })
+        .map(|(_, why)| *why)
+}
+
+/// Why a `child_env` grant is refused when the runbook is read: an exact
+/// name on the forbidden list (a pattern may still match harmless names;
+/// the forbidden ones it covers are refused at the call).
+pub fn bad_child_env_grant(grant: &str) -> Option<String> {
+    if grant.is_empty() {
+        return Some("empty variable name".into());
+    }
+    let name = grant.strip_suffix('*').unwrap_or(grant);
+    if name.contains(['=', '\0', '*']) {
+        return Some("a variable name, or a prefix followed by one `*`".into());
+    }
+    if grant.ends_with('*') {
+        return None;
+    }
+    forbidden_child_env(name)
+        .map(|why| format!("{name} is never passed to a command ({why}); no grant allows it"))
+}
+
+/// Programs that run whatever their arguments say: a shell, an interpreter
+/// or a wrapper that executes another program. Granting one hands the
+/// plugin arbitrary execution as rewind's user; `rewind check` warns.
+const GENERAL_PURPOSE: &[&str] = &[
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "csh",
+    "tcsh",
+    "fish",
+    "ash",
+    "busybox",
+    "toybox",
+    "python",
+    "python2",
+    "python3",
+    "perl",
+    "ruby",
+    "node",
+    "nodejs",
+    "deno",
+    "bun",
+    "php",
+    "lua",
+    "luajit",
+    "tclsh",
+    "wish",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "env",
+    "xargs",
+    "find",
+    "nohup",
+    "timeout",
+    "nice",
+    "ionice",
+    "setsid",
+    "stdbuf",
+    "sudo",
+    "doas",
+    "su",
+    "runuser",
+    "chroot",
+    "unshare",
+    "nsenter",
+    "flock",
+    "watch",
+    "script",
+    "expect",
+    "make",
+    "docker",
+    "podman",
+    "systemd-run",
+    "ssh",
+    "vim",
+    "vi",
+    "emacs",
+];
+
+/// Whether an exec grant hands out arbitrary execution, with what it is.
+pub fn general_purpose_program(grant: &str) -> Option<&'static str> {
+    let base = grant.rsplit('/').next().unwrap_or(grant);
+    // python3.12, perl5.36, node18 ...: the interpreter with a version.
+    let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    GENERAL_PURPOSE
+        .iter()
+        .find(|p| **p == base)
+        .or_else(|| {
+            GENERAL_PURPOSE
+                .iter()
+                .find(|p| **p == stem && !stem.is_empty())
+        })
+        .copied()
 }
 
 /// `program arg ...`, quoting arguments that would otherwise read wrong.
@@ -562,6 +792,7 @@ mod tests {
         let mut spec = grants(&["sh"]);
         spec.read = vec![".".into()];
         spec.env = vec!["CARGO_PKG_NAME".into()];
+        spec.child_env = vec!["FOO".into()];
         let (dir, env) = test_env(spec, Mode::Execute);
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let script = "echo out; echo err >&2; cat; echo \"$FOO\"; \
@@ -725,6 +956,7 @@ mod tests {
     fn spawn_detaches_logs_and_is_reaped_after_stop() {
         let mut spec = grants(&["sh"]);
         spec.write = vec!["logs".into()];
+        spec.child_env = vec!["F*".into()];
         let (dir, env) = test_env(spec, Mode::Execute);
         let mut cmd = command("sh", &["-c", "echo started $FOO; exec sleep 30"]);
         cmd.env = vec![("FOO".into(), "x".into())];
@@ -827,5 +1059,101 @@ mod tests {
         let (_dir, env) = test_env(spec, Mode::DryRun);
         assert_eq!(env_var(&env, "PATH").unwrap(), std::env::var("PATH").ok());
         assert!(matches!(env_var(&env, "HOME"), Err(Error::Denied(_))));
+    }
+
+    #[test]
+    fn loader_and_interpreter_variables_are_never_passed() {
+        let mut spec = grants(&["sh"]);
+        spec.write = vec![".".into()];
+        spec.child_env = vec!["*".into()];
+        let (dir, env) = test_env(spec, Mode::Execute);
+        for name in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "ld_audit",
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "MALLOC_CHECK_",
+            "BASH_ENV",
+            "ENV",
+            "PATH",
+            "HOME",
+            "PYTHONPATH",
+            "PERL5OPT",
+            "NODE_OPTIONS",
+            "npm_config_script_shell",
+            "GIT_SSH_COMMAND",
+            "GIT_CONFIG_COUNT",
+            "BASH_FUNC_echo%%",
+        ] {
+            let mut cmd = command("sh", &["-c", "touch ran"]);
+            cmd.env = vec![(name.into(), "x".into())];
+            match run(&env, cmd.clone()) {
+                Err(Error::Invalid(m)) => {
+                    assert!(m.contains(&format!("{name} is never passed")), "{m}");
+                    assert!(m.contains("no grant allows it"), "{m}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            assert!(matches!(spawn(&env, cmd, "s.log"), Err(Error::Invalid(_))));
+        }
+        assert!(!dir.path().join("ran").exists());
+        assert!(!dir.path().join("s.log").exists());
+        assert!(env.take_actions().is_empty(), "nothing was run");
+        // Harmless names pass under the wildcard grant.
+        let mut cmd = command("sh", &["-c", "echo \"$NODE_ENV $GIT_TERMINAL_PROMPT\""]);
+        cmd.env = vec![
+            ("NODE_ENV".into(), "production".into()),
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+        ];
+        assert_eq!(run(&env, cmd).unwrap().stdout, "production 0\n");
+    }
+
+    #[test]
+    fn command_variables_need_a_child_env_grant() {
+        let mut spec = grants(&["sh"]);
+        spec.child_env = vec!["PG*".into(), "FOO".into()];
+        let (_dir, env) = test_env(spec, Mode::DryRun);
+        let with = |k: &str| {
+            let mut cmd = command("sh", &["-c", "true"]);
+            cmd.env = vec![(k.into(), "v".into())];
+            run(&env, cmd)
+        };
+        assert!(with("PGPASSWORD").is_ok());
+        assert!(with("FOO").is_ok());
+        match with("FOOBAR") {
+            Err(Error::Denied(d)) => {
+                assert_eq!(d.capability, "child_env");
+                assert_eq!(d.resource, "FOOBAR");
+                assert!(d.hint.contains("child_env = [\"FOOBAR\"]"), "{}", d.hint);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn grants_of_forbidden_names_and_general_purpose_programs() {
+        assert!(bad_child_env_grant("LD_PRELOAD").is_some_and(|m| m.contains("never passed")));
+        assert!(bad_child_env_grant("PGPASSWORD").is_none());
+        assert!(
+            bad_child_env_grant("LD_*").is_none(),
+            "patterns are checked per call"
+        );
+        assert!(bad_child_env_grant("A*B").is_some());
+        assert!(bad_child_env_grant("").is_some());
+        for p in [
+            "sh",
+            "/bin/bash",
+            "python3",
+            "python3.12",
+            "/usr/bin/env",
+            "busybox",
+            "node18",
+        ] {
+            assert!(general_purpose_program(p).is_some(), "{p}");
+        }
+        for p in ["/bin/echo", "git", "pg_dump", "systemctl", "tar"] {
+            assert!(general_purpose_program(p).is_none(), "{p}");
+        }
     }
 }

@@ -13,8 +13,6 @@ use crate::bindings::storage::{DirEntry, EntryKind};
 use crate::bindings::types::Error;
 use crate::state::PluginEnv;
 
-/// `read-file` returns at most this much.
-pub const READ_CAP: u64 = 64 << 20;
 /// `list-dir` returns at most this many entries.
 pub const LIST_CAP: usize = 100_000;
 
@@ -44,22 +42,25 @@ pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
             p.display()
         )));
     }
-    let too_big = |n: u64| {
+    // At most cap + 1 bytes are read, whatever the size says: /proc files
+    // and devices like /dev/zero report 0 and never end.
+    let cap = env.limits.read_bytes as u64;
+    let too_big = |n: &str| {
         Error::invalid(format!(
-            "cannot read {}: {n} bytes is more than the read-file limit of {} MiB",
+            "cannot read {}: {n} is more than the read-file limit of {} (raise [limits] read_bytes in the runbook if that is expected)",
             p.display(),
-            READ_CAP >> 20
+            crate::runtime::show_bytes(env.limits.read_bytes)
         ))
     };
-    if md.len() > READ_CAP {
-        return Err(too_big(md.len()));
+    if md.len() > cap {
+        return Err(too_big(&format!("{} bytes", md.len())));
     }
     let mut buf = Vec::with_capacity(md.len() as usize);
-    file.take(READ_CAP + 1)
+    file.take(cap + 1)
         .read_to_end(&mut buf)
         .map_err(|e| io_failed("read", &p, &e))?;
-    if buf.len() as u64 > READ_CAP {
-        return Err(too_big(buf.len() as u64));
+    if buf.len() as u64 > cap {
+        return Err(too_big("its content (it did not end)"));
     }
     Ok(buf)
 }

@@ -120,6 +120,7 @@ pub fn set(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
             MAX_VALUE >> 20
         )));
     }
+    check_total(env, key, value)?;
     let execute = env.side_effect(format!("set key {key}"));
     let mut kv = env.storage.kv();
     if !execute {
@@ -136,6 +137,46 @@ pub fn set(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
         params![env.storage.plugin, key, value],
     )
     .map_err(|e| db_failed(env, e))?;
+    Ok(())
+}
+
+/// Refuse a `set` that would take the plugin's state (keys and values,
+/// stored and in the dry-run overlay, the key being replaced not counted)
+/// past `[limits] kv_bytes`: the state is loaded by every run and held in
+/// memory in dry runs.
+fn check_total(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
+    let cap = env.limits.kv_bytes;
+    let mut kv = env.storage.kv();
+    let overlay: usize = kv
+        .overlay
+        .iter()
+        .filter(|(k, _)| k.as_str() != key)
+        .map(|(k, v)| v.as_ref().map_or(0, |v| k.len() + v.len()))
+        .sum();
+    let stored: i64 = match kv.conn(&env.storage.kv_db, false)? {
+        None => 0,
+        Some(conn) => conn
+            .query_row(
+                "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0)
+                 FROM kv WHERE plugin = ?1 AND key != ?2",
+                params![env.storage.plugin, key],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_failed(env, e))?,
+    };
+    let total = usize::try_from(stored)
+        .unwrap_or(usize::MAX)
+        .saturating_add(overlay)
+        .saturating_add(key.len() + value.len());
+    if total > cap {
+        return Err(Error::invalid(format!(
+            "setting key {:?} ({} bytes) would bring plugin {}'s key-value state to {total} bytes, more than the limit of {} (delete keys it no longer needs, or raise [limits] kv_bytes in the runbook)",
+            key.chars().take(40).collect::<String>(),
+            key.len() + value.len(),
+            env.storage.plugin,
+            crate::runtime::show_bytes(cap)
+        )));
+    }
     Ok(())
 }
 

@@ -61,19 +61,63 @@ fn open_read_only(p: &Path) -> Result<Connection, Error> {
     )
     .map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-    confine(&conn);
+    confine(&conn, fail)?;
     Ok(conn)
 }
 
-/// Keep SQL inside the granted file: no ATTACH of other files and no
-/// `VACUUM INTO` a new one (both would reach paths no grant covers). The
-/// nameless temporary database that a plain VACUUM attaches stays allowed.
-fn confine(conn: &Connection) {
+/// Keep SQL inside the granted file and inside SQLite: no ATTACH or DETACH
+/// in any form (the filename may be an expression, which the authorizer
+/// sees as no filename at all), so no `VACUUM INTO` a new file either (it
+/// attaches its target); no pragmas that move SQLite's files elsewhere; no
+/// extension loading. Actions the authorizer does not know are denied too.
+/// A plain VACUUM cannot run in either call anyway: queries are read-only
+/// and batches run in a transaction.
+fn confine(conn: &Connection, fail: impl Fn(rusqlite::Error) -> Error) -> Result<(), Error> {
+    use rusqlite::config::DbConfig;
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    use rusqlite::limits::Limit;
     conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
-        AuthAction::Attach { filename } if !filename.is_empty() => Authorization::Deny,
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } | AuthAction::Unknown { .. } => {
+            Authorization::Deny
+        }
+        AuthAction::Pragma { pragma_name, .. }
+            if pragma_name.eq_ignore_ascii_case("temp_store_directory")
+                || pragma_name.eq_ignore_ascii_case("data_store_directory") =>
+        {
+            Authorization::Deny
+        }
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension")
+                || function_name.eq_ignore_ascii_case("fts3_tokenizer") =>
+        {
+            Authorization::Deny
+        }
         _ => Authorization::Allow,
     }));
+    // Belt and braces: even a path the authorizer missed cannot attach.
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .map_err(&fail)?;
+    // No writes to the schema table, no functions with side effects from
+    // inside the schema (a view or trigger in the file runs as the plugin's
+    // own SQL would).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(&fail)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
+        .map_err(&fail)?;
+    Ok(())
+}
+
+/// What to add to an error that `confine` caused.
+fn confinement_hint(e: &rusqlite::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("not authorized")
+        || text.contains("authorization denied")
+        || text.contains("too many attached databases")
+    {
+        " (rewind refuses ATTACH, DETACH, VACUUM, extension loading and pragmas that move files: SQL stays inside the granted database)"
+    } else {
+        ""
+    }
 }
 
 fn open_read_write(p: &Path) -> Result<Connection, Error> {
@@ -81,7 +125,7 @@ fn open_read_write(p: &Path) -> Result<Connection, Error> {
         |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
     let conn = Connection::open(p).map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-    confine(&conn);
+    confine(&conn, fail)?;
     Ok(conn)
 }
 
@@ -102,13 +146,35 @@ fn preview(sql: &str, max: usize) -> String {
 pub fn query(env: &PluginEnv, db: &str, sql: &str, params: Vec<SqlValue>) -> Result<Rows, Error> {
     let p = env.sandbox.check_sqlite(db)?;
     let conn = open_read_only(&p)?;
+    let cap = env.limits.query_bytes;
+    let too_big = |what: String| {
+        Error::invalid(format!(
+            "query on {} returns more than the sqlite-query limit of {} ({what}); select less (LIMIT, fewer or shorter columns) or raise [limits] query_bytes in the runbook: {}",
+            p.display(),
+            crate::runtime::show_bytes(cap),
+            preview(sql, 80)
+        ))
+    };
+    // SQLite itself holds a whole value while a row is stepped: its own
+    // length limit keeps one huge value from reaching memory at all.
+    let length_limit = i32::try_from(cap.saturating_add(1)).unwrap_or(i32::MAX);
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length_limit)
+        .map_err(|e| Error::failed(format!("cannot open database {}: {e}", p.display())))?;
     let mut stmt = conn.prepare(sql).map_err(|e| {
         Error::invalid(format!(
-            "bad SQL for {}: {e}: {}",
+            "bad SQL for {}: {e}{}: {}",
             p.display(),
+            confinement_hint(&e),
             preview(sql, 80)
         ))
     })?;
+    if !stmt.readonly() {
+        return Err(Error::invalid(format!(
+            "sqlite-query runs only statements that read; use sqlite-exec to change {}: {}",
+            p.display(),
+            preview(sql, 80)
+        )));
+    }
     let expected = stmt.parameter_count();
     if expected != params.len() {
         return Err(Error::invalid(format!(
@@ -122,12 +188,21 @@ pub fn query(env: &PluginEnv, db: &str, sql: &str, params: Vec<SqlValue>) -> Res
         .into_iter()
         .map(str::to_string)
         .collect();
-    let failed =
-        |e: rusqlite::Error| Error::failed(format!("query on {} failed: {e}", p.display()));
+    let failed = |e: rusqlite::Error| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::TooBig => {
+            too_big("one value is larger".into())
+        }
+        e => Error::failed(format!(
+            "query on {} failed: {e}{}",
+            p.display(),
+            confinement_hint(&e)
+        )),
+    };
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params.into_iter().map(to_value)))
         .map_err(failed)?;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     while let Some(row) = rows.next().map_err(failed)? {
         if out.len() == ROW_CAP {
             return Err(Error::invalid(format!(
@@ -136,10 +211,20 @@ pub fn query(env: &PluginEnv, db: &str, sql: &str, params: Vec<SqlValue>) -> Res
                 preview(sql, 80)
             )));
         }
-        let vals = (0..columns.len())
-            .map(|i| row.get_ref(i).map(from_value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(failed)?;
+        // Counted before each value is copied, so the host never holds
+        // more than the cap (plus one value SQLite's length limit bounds).
+        let mut vals = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            let v = row.get_ref(i).map_err(failed)?;
+            bytes = bytes.saturating_add(match v {
+                ValueRef::Text(t) | ValueRef::Blob(t) => t.len(),
+                _ => 8,
+            });
+            if bytes > cap {
+                return Err(too_big(format!("{} rows and more", out.len() + 1)));
+            }
+            vals.push(from_value(v));
+        }
         out.push(vals);
     }
     Ok(Rows { columns, rows: out })
@@ -163,8 +248,9 @@ pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
     let before = conn.total_changes();
     let failed = |e: rusqlite::Error| {
         Error::failed(format!(
-            "SQL on {} failed, nothing was changed: {e}: {}",
+            "SQL on {} failed, nothing was changed: {e}{}: {}",
             p.display(),
+            confinement_hint(&e),
             preview(sql, 80)
         ))
     };
