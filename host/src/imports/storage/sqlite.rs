@@ -5,8 +5,11 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
@@ -70,13 +73,26 @@ fn open_read_only(p: &Path) -> Result<Connection, Error> {
 /// sees as no filename at all), so no `VACUUM INTO` a new file either (it
 /// attaches its target); no pragmas that move SQLite's files elsewhere; no
 /// extension loading. Actions the authorizer does not know are denied too.
-/// A plain VACUUM cannot run in either call anyway: queries are read-only
-/// and batches run in a transaction.
-fn confine(conn: &Connection, fail: impl Fn(rusqlite::Error) -> Error) -> Result<(), Error> {
+///
+/// A plain `VACUUM` (the runbooks' disk-space recovery) attaches a nameless
+/// temporary database of its own, which the authorizer cannot tell from
+/// `ATTACH (expression)`: `exec` runs a statement that is exactly `VACUUM`
+/// (or `VACUUM main`) inside a [`VacuumWindow`], the only time such an
+/// attach is allowed. No other SQL runs in that window, so none can use it.
+fn confine(
+    conn: &Connection,
+    fail: impl Fn(rusqlite::Error) -> Error,
+) -> Result<Arc<AtomicBool>, Error> {
     use rusqlite::config::DbConfig;
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     use rusqlite::limits::Limit;
-    conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
+    let vacuuming = Arc::new(AtomicBool::new(false));
+    let window = vacuuming.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Attach { filename } if filename.is_empty() && window.load(Ordering::SeqCst) => {
+            Authorization::Allow
+        }
+        AuthAction::Detach { .. } if window.load(Ordering::SeqCst) => Authorization::Allow,
         AuthAction::Attach { .. } | AuthAction::Detach { .. } | AuthAction::Unknown { .. } => {
             Authorization::Deny
         }
@@ -104,7 +120,51 @@ fn confine(conn: &Connection, fail: impl Fn(rusqlite::Error) -> Error) -> Result
         .map_err(&fail)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
         .map_err(&fail)?;
-    Ok(())
+    Ok(vacuuming)
+}
+
+/// Whether one statement of a batch is a plain VACUUM of the main database
+/// (not `VACUUM INTO`, not another schema).
+fn is_plain_vacuum(stmt_sql: &str) -> bool {
+    let words: Vec<String> = stmt_sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    matches!(
+        words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["vacuum"] | ["vacuum", "main"] | ["vacuum", "\"main\""]
+    )
+}
+
+/// While alive, the connection may attach the nameless temporary database
+/// a plain VACUUM needs (one attached database, no name).
+struct VacuumWindow<'a> {
+    conn: &'a Connection,
+    flag: &'a AtomicBool,
+}
+
+impl<'a> VacuumWindow<'a> {
+    fn open(conn: &'a Connection, flag: &'a AtomicBool) -> Self {
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 1)
+            .ok();
+        flag.store(true, Ordering::SeqCst);
+        Self { conn, flag }
+    }
+}
+
+impl Drop for VacuumWindow<'_> {
+    fn drop(&mut self) {
+        self.flag.store(false, Ordering::SeqCst);
+        self.conn
+            .set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)
+            .ok();
+    }
 }
 
 /// What to add to an error that `confine` caused.
@@ -120,13 +180,13 @@ fn confinement_hint(e: &rusqlite::Error) -> &'static str {
     }
 }
 
-fn open_read_write(p: &Path) -> Result<Connection, Error> {
+fn open_read_write(p: &Path) -> Result<(Connection, Arc<AtomicBool>), Error> {
     let fail =
         |e: rusqlite::Error| Error::failed(format!("cannot open database {}: {e}", p.display()));
     let conn = Connection::open(p).map_err(fail)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
-    confine(&conn, fail)?;
-    Ok(conn)
+    let vacuuming = confine(&conn, fail)?;
+    Ok((conn, vacuuming))
 }
 
 /// The start of a statement for messages: whitespace collapsed, at most
@@ -244,7 +304,7 @@ pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
     )) {
         return Ok(0);
     }
-    let mut conn = open_read_write(&p)?;
+    let (mut conn, vacuuming) = open_read_write(&p)?;
     let before = conn.total_changes();
     let failed = |e: rusqlite::Error| {
         Error::failed(format!(
@@ -255,7 +315,19 @@ pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
         ))
     };
     let tx = conn.transaction().map_err(failed)?;
-    tx.execute_batch(sql).map_err(failed)?;
+    // Statement by statement (like execute_batch), so that a plain VACUUM
+    // runs in its window and nothing else does.
+    let mut batch = rusqlite::Batch::new(&tx, sql);
+    while let Some(mut stmt) = batch.next().map_err(failed)? {
+        let vacuum = stmt
+            .expanded_sql()
+            .is_some_and(|text| is_plain_vacuum(&text));
+        let _window = vacuum.then(|| VacuumWindow::open(&tx, &vacuuming));
+        // One step, as execute_batch does: rows a statement returns (a
+        // PRAGMA's) are not wanted here.
+        stmt.raw_query().next().map_err(failed)?;
+    }
+    drop(batch);
     tx.commit().map_err(failed)?;
     Ok(conn.total_changes().saturating_sub(before))
 }
@@ -311,7 +383,7 @@ pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
         ))
     };
     {
-        let mut to = open_read_write(tmp.path())?;
+        let (mut to, _) = open_read_write(tmp.path())?;
         rusqlite::backup::Backup::new(&from, &mut to)
             .and_then(|b| b.run_to_completion(256, Duration::from_millis(5), None))
             .map_err(failed)?;
