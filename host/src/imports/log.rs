@@ -15,7 +15,9 @@ impl Host for HostState {
             Level::Warn => "warn",
             Level::Error => "error",
         };
-        let mut message = message;
+        // Masked before it is cut: a cut through a secret would leave a
+        // prefix that the output boundary no longer recognises.
+        let mut message = crate::redact::redact(&message);
         if message.len() > MAX_MESSAGE {
             let mut cut = MAX_MESSAGE;
             while !message.is_char_boundary(cut) {
