@@ -670,11 +670,17 @@ fn place(ctx: Ctx, value: &str) -> Result<String, &'static str> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-+.:".contains(c))
             {
-                Ok(value.to_string())
-            } else {
-                Err(
-                    "is not a number, boolean or bare word (letters, digits and `_ - + . :`), and the reference is outside quotes; put it inside a string: \"${...}\"",
-                )
+                // A number, boolean, date or bare key, as written.
+                return Ok(value.to_string());
+            }
+            // Any other TOML value (an array, an inline table, a quoted
+            // string) is parsed on its own and written back canonically:
+            // one value, whatever comments, line breaks or `key =` it held.
+            match value.parse::<toml::Value>() {
+                Ok(v) => Ok(v.to_string()),
+                Err(_) => Err(
+                    "is not one TOML value (a number, boolean, date, array or inline table) or a bare word, and the reference is outside quotes; put it inside a string: \"${...}\"",
+                ),
             }
         }
         Ctx::Literal if value.contains('\'') || control(&['\t']) => Err(
@@ -828,6 +834,13 @@ http = ["http://127.0.0.1:8080/"]
             interpolate("p = ${REWIND_UNSET_A:-8080}").unwrap().text,
             "p = 8080"
         );
+        // A whole TOML value is written back as the one value it is.
+        let e = interpolate("p = ${REWIND_UNSET_A:-[\"a\",\n \"b\"]}\nq = 1").unwrap();
+        assert_eq!(e.text, "p = [\"a\", \"b\"]\nq = 1");
+        for bad in ["1 # rest", "1\nx = 2", "a = 1", "[1] x"] {
+            let (_, msg) = interpolate(&format!("p = ${{REWIND_UNSET_A:-{bad}}}")).unwrap_err();
+            assert!(msg.contains("outside quotes"), "{bad:?}: {msg}");
+        }
         let (off, msg) = interpolate("p = ${REWIND_UNSET_A:-1,x=2}").unwrap_err();
         assert_eq!(off, 4);
         assert!(msg.contains("outside quotes"), "{msg}");
