@@ -145,7 +145,7 @@ pub fn main() -> i32 {
     match dispatch(&cli) {
         Ok(code) => code,
         Err((code, msg)) => {
-            eprintln!("error: {msg}");
+            crate::errln!("error: {msg}");
             code
         }
     }
@@ -157,10 +157,13 @@ fn init_tracing(quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Through the output boundary: secrets masked, and control
+        // characters from plugin messages escaped. rewind's own lines need
+        // no colours, so there are no escape sequences of ours to keep.
+        .with_writer(crate::redact::Stderr)
         .with_target(false)
         .with_level(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(false)
         .without_time()
         .try_init();
 }
@@ -279,10 +282,7 @@ fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
     let rt = runtime(cli, &runbook)?;
     let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        );
+        crate::outln!("{}", crate::redact::json_string(&report, true));
     } else {
         print_report(&report, opts.plan_only);
     }
@@ -291,8 +291,8 @@ fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
 
 fn print_report(r: &RunReport, plan_only: bool) {
     let what = if plan_only { "plan" } else { "run" };
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "{what} {} of {:?} ({}): {} in {}",
         r.run_id,
         r.runbook,
@@ -301,14 +301,14 @@ fn print_report(r: &RunReport, plan_only: bool) {
         fmt_duration(Duration::from_millis(r.duration_ms))
     );
     for p in &r.plugins {
-        println!(
+        crate::outln!(
             "  plugin {} [{}] -> {}",
             p.name,
             &p.sha256[..12.min(p.sha256.len())],
             p.outcome.as_str()
         );
         if let Some(a) = &p.assessment {
-            println!(
+            crate::outln!(
                 "    assessment: {} severity, scenario {:?}, rollback {}",
                 a.severity,
                 a.scenario,
@@ -317,7 +317,7 @@ fn print_report(r: &RunReport, plan_only: bool) {
             print_findings(&a.findings);
         }
         for l in &p.levels {
-            println!("    level {} ({}):", l.level, l.name);
+            crate::outln!("    level {} ({}):", l.level, l.name);
             for s in &l.steps {
                 let mark = match s.status {
                     StepStatus::Ok => "ok     ",
@@ -327,10 +327,10 @@ fn print_report(r: &RunReport, plan_only: bool) {
                 };
                 let manual = if s.manual { " [manual]" } else { "" };
                 if plan_only {
-                    println!("      {mark} {}{manual}: {}", s.id, s.title);
-                    println!("              {}", s.detail);
+                    crate::outln!("      {mark} {}{manual}: {}", s.id, s.title);
+                    crate::outln!("              {}", s.detail);
                 } else {
-                    println!(
+                    crate::outln!(
                         "      {mark} {:>8}  {}{manual}: {}",
                         fmt_duration(Duration::from_millis(s.duration_ms)),
                         s.id,
@@ -338,7 +338,7 @@ fn print_report(r: &RunReport, plan_only: bool) {
                     );
                 }
                 for a in &s.actions {
-                    println!(
+                    crate::outln!(
                         "              {} {}",
                         if a.executed { "did" } else { "would" },
                         a.what
@@ -347,7 +347,7 @@ fn print_report(r: &RunReport, plan_only: bool) {
                 print_findings_indent(&s.findings, "              ");
             }
             if let Some(v) = &l.verification {
-                println!(
+                crate::outln!(
                     "      verify: {} ({})",
                     if v.healthy { "healthy" } else { "NOT healthy" },
                     v.summary
@@ -356,11 +356,11 @@ fn print_report(r: &RunReport, plan_only: bool) {
             }
         }
         if let Some(e) = &p.error {
-            println!("    error: {e}");
+            crate::outln!("    error: {e}");
         }
     }
     if let Some(j) = &r.journal {
-        println!("  journal: {}", j.display());
+        crate::outln!("  journal: {}", j.display());
     }
 }
 
@@ -370,7 +370,7 @@ fn print_findings(f: &[FindingReport]) {
 
 fn print_findings_indent(f: &[FindingReport], indent: &str) {
     for f in f {
-        println!("{indent}{}", format_finding(f));
+        crate::outln!("{indent}{}", format_finding(f));
     }
 }
 
@@ -430,7 +430,7 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
             .map(|l| format!("{} {}", l.level, l.name))
             .collect();
         if !cli.json {
-            println!(
+            crate::outln!(
                 "{}: {} {} ({}), {} in {}, levels [{}]",
                 p.spec.name,
                 p.info.name,
@@ -445,13 +445,13 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
                 levels.join(", ")
             );
             if missing.is_empty() {
-                println!("  grants cover everything it declares");
+                crate::outln!("  grants cover everything it declares");
             }
             for w in &warnings {
                 println!("  {w}");
             }
             for m in &missing {
-                println!("  {m}");
+                crate::outln!("  {m}");
             }
         }
         out.push(serde_json::json!({
@@ -460,9 +460,15 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
         }));
     }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runbook": runbook.name, "ok": missing_total == 0, "plugins": out})).expect("json"));
+        crate::outln!(
+            "{}",
+            crate::redact::json_string(
+                &serde_json::json!({"runbook": runbook.name, "ok": missing_total == 0, "plugins": out}),
+                true
+            )
+        );
     } else if missing_total == 0 {
-        println!(
+        crate::outln!(
             "ok: {} plugin(s) load, link and are granted what they need",
             prepared.len()
         );
@@ -544,23 +550,27 @@ fn history(cli: &Cli, state: &StateDir) -> CliResult {
     })?;
     if cli.json {
         let list: Vec<&RunSummary> = runs.iter().map(|(r, _)| r).collect();
-        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        crate::outln!("{}", crate::redact::json_string(&list, true));
         return Ok(exit::OK);
     }
     if runs.is_empty() {
-        println!("no runs yet in {}", state.runs().display());
+        crate::outln!("no runs yet in {}", state.runs().display());
         return Ok(exit::OK);
     }
-    println!(
+    crate::outln!(
         "{:<30} {:<25} {:<8} {:<12} {:>9}  PLUGINS",
-        "RUN", "STARTED", "MODE", "OUTCOME", "DURATION"
+        "RUN",
+        "STARTED",
+        "MODE",
+        "OUTCOME",
+        "DURATION"
     );
     for (r, _) in &runs {
         let d = r
             .duration_ms
             .map(|d| fmt_duration(Duration::from_millis(d)))
             .unwrap_or_else(|| "-".into());
-        println!(
+        crate::outln!(
             "{:<30} {:<25} {:<8} {:<12} {:>9}  {}",
             r.run_id,
             r.started,
@@ -610,12 +620,16 @@ fn show(cli: &Cli, state: &StateDir, id: &str) -> CliResult {
     let events = crate::journal::read(path)
         .map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", path.display())))?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&events).expect("json"));
+        crate::outln!("{}", crate::redact::json_string(&events, true));
         return Ok(exit::OK);
     }
-    println!(
+    crate::outln!(
         "run {} of {:?} ({}), started {}: {}",
-        summary.run_id, summary.runbook, summary.mode, summary.started, summary.outcome
+        summary.run_id,
+        summary.runbook,
+        summary.mode,
+        summary.started,
+        summary.outcome
     );
     let t0 = events.first().and_then(|e| parse_ts(&e["ts"]));
     for e in &events {
@@ -626,9 +640,9 @@ fn show(cli: &Cli, state: &StateDir, id: &str) -> CliResult {
             ),
             _ => " ".repeat(10),
         };
-        println!("{offset}  {}", describe_event(e));
+        crate::outln!("{offset}  {}", describe_event(e));
     }
-    println!("journal: {}", path.display());
+    crate::outln!("journal: {}", path.display());
     Ok(exit::OK)
 }
 
@@ -773,12 +787,12 @@ fn drill_cmd(cli: &Cli, path: &Path, opts: &crate::drill::DrillOptions) -> CliRe
     let reports =
         crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&reports).expect("json"));
+        crate::outln!("{}", crate::redact::json_string(&reports, true));
     } else {
         for d in &reports {
-            println!();
-            print!("{}", crate::drill::markdown(d));
-            println!(
+            crate::outln!();
+            crate::redact::stdout_text(&crate::drill::markdown(d));
+            crate::outln!(
                 "report: {}",
                 crate::drill::drills_dir(&runbook.state())
                     .join(format!("{}.md", d.id))
@@ -801,19 +815,24 @@ fn drills_cmd(cli: &Cli, state: &StateDir) -> CliResult {
         )
     })?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        crate::outln!("{}", crate::redact::json_string(&list, true));
         return Ok(exit::OK);
     }
     if list.is_empty() {
-        println!(
+        crate::outln!(
             "no drills yet in {}",
             crate::drill::drills_dir(state).display()
         );
         return Ok(exit::OK);
     }
-    println!(
+    crate::outln!(
         "{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  VERDICT  SLOWEST",
-        "DRILL", "STARTED", "SCENARIO", "RECOVERY", "RTO", "MARGIN"
+        "DRILL",
+        "STARTED",
+        "SCENARIO",
+        "RECOVERY",
+        "RTO",
+        "MARGIN"
     );
     for d in &list {
         let f = |ms: f64| fmt_duration(Duration::from_secs_f64(ms.abs() / 1e3));
@@ -822,7 +841,7 @@ fn drills_cmd(cli: &Cli, state: &StateDir) -> CliResult {
             .margin_ms
             .map(|m| format!("{}{}", if m < 0.0 { "-" } else { "+" }, f(m)))
             .unwrap_or_else(|| "-".into());
-        println!(
+        crate::outln!(
             "{:<30} {:<25} {:<20} {:>10} {:>10} {:>10}  {:<7}  {}",
             d.id,
             d.started,

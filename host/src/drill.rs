@@ -138,9 +138,13 @@ impl ReloadHooks<'_> {
                     };
                     record(json!({"event": "reload", "plugin": p.spec.name, "reload": rec}));
                     if self.live {
-                        eprintln!(
+                        crate::errln!(
                             "[{}] reloaded {} -> {} before step {} (compiled in {:.1} ms)",
-                            p.spec.name, rec.from, rec.to, rec.before_step, rec.compile_ms
+                            p.spec.name,
+                            rec.from,
+                            rec.to,
+                            rec.before_step,
+                            rec.compile_ms
                         );
                     }
                     self.reloads.push(rec);
@@ -151,7 +155,7 @@ impl ReloadHooks<'_> {
                         json!({"event": "reload-refused", "plugin": p.spec.name, "sha256": sha256, "error": error}),
                     );
                     if self.live {
-                        eprintln!(
+                        crate::errln!(
                             "[{}] refused the changed plugin file, keeping {}: {error}",
                             p.spec.name,
                             p.plugin.short_hash()
@@ -254,7 +258,7 @@ fn run_one(
     );
     let live = |line: String| {
         if opts.live {
-            eprintln!("{line}");
+            crate::errln!("{line}");
         }
     };
     let reloader = if opts.reload {
@@ -523,14 +527,21 @@ fn prepared_short(sha: &str, reloads: &[ReloadRecord]) -> String {
 
 fn write_reports(state: &StateDir, d: &DrillReport) -> std::io::Result<()> {
     let dir = drills_dir(state);
-    std::fs::create_dir_all(&dir)?;
+    crate::state::create_private_dir(&dir)?;
+    // Through the output boundary: secrets masked in both; in the Markdown,
+    // which is meant to be read on a terminal, control characters escaped.
     atomic_write(
         &dir.join(format!("{}.json", d.id)),
-        &serde_json::to_vec_pretty(d).expect("json"),
+        crate::redact::json_string(d, true).as_bytes(),
     )?;
-    atomic_write(&dir.join(format!("{}.md", d.id)), markdown(d).as_bytes())
+    atomic_write(
+        &dir.join(format!("{}.md", d.id)),
+        crate::redact::terminal(&markdown(d)).as_bytes(),
+    )
 }
 
+/// Write a file in full or not at all. `NamedTempFile` creates it 0600,
+/// and the mode goes with it on rename.
 fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(path.parent().expect("a file in a dir"))?;
     std::io::Write::write_all(&mut tmp, bytes)?;

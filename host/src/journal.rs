@@ -2,7 +2,7 @@
 //! under `state_dir/runs/<run-id>.jsonl`. It is what `history`, `show` and
 //! reports read, and what survives a crash.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,9 +19,9 @@ pub struct Journal {
 impl Journal {
     /// Create the journal of a new run.
     pub fn create(runs_dir: &Path, run_id: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(runs_dir)?;
+        crate::state::create_private_dir(runs_dir)?;
         let path = runs_dir.join(format!("{run_id}.jsonl"));
-        let file = OpenOptions::new()
+        let file = crate::state::private_file()
             .create_new(true)
             .append(true)
             .open(&path)?;
@@ -44,7 +44,9 @@ impl Journal {
         &self.path
     }
 
-    /// Append one event with a timestamp and the run id, and fsync it. A
+    /// Append one event with a timestamp and the run id, and fsync it.
+    /// Secrets are masked on the way (see `redact`): a journal never holds
+    /// one, whatever text a plugin put in the event. A
     /// journal that cannot be written is reported on the terminal; the run
     /// goes on (stopping a rollback halfway for want of a log line would be
     /// worse).
@@ -53,7 +55,7 @@ impl Journal {
             map.insert("ts".into(), Value::String(now_rfc3339()));
             map.insert("run".into(), Value::String(self.run_id.clone()));
         }
-        let mut line = event.to_string();
+        let mut line = crate::redact::json_string(&event, false);
         line.push('\n');
         let mut f = self.file.lock().unwrap();
         if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.sync_data()) {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod drill;
 pub mod imports;
 pub mod journal;
+pub mod redact;
 pub mod reload;
 pub mod run;
 pub mod runbook;

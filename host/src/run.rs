@@ -258,8 +258,8 @@ impl RunLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(state.path()).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new()
+        crate::state::create_private_dir(state.path()).map_err(io)?;
+        let mut file = crate::state::private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -562,7 +562,7 @@ fn ms(d: Duration) -> u64 {
 
 fn live(opts: &RunOptions, line: impl AsRef<str>) {
     if opts.live {
-        eprintln!("{}", line.as_ref());
+        crate::errln!("{}", line.as_ref());
     }
 }
 
@@ -938,9 +938,11 @@ fn confirm_manual(
             s.id, s.detail
         ));
     }
-    eprintln!(
+    crate::errln!(
         "\n[{name}] MANUAL STEP {}: {}\n  {}\n  Type 'done' when it is done, or 'abort':",
-        s.id, s.title, s.detail
+        s.id,
+        s.title,
+        s.detail
     );
     let mut line = String::new();
     loop {
@@ -969,7 +971,7 @@ fn confirm_manual(
                     s.id
                 ));
             }
-            _ => eprintln!("  Type 'done' or 'abort':"),
+            _ => crate::errln!("  Type 'done' or 'abort':"),
         }
     }
 }

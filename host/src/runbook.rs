@@ -260,8 +260,10 @@ impl Runbook {
 
     /// Parse runbook text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Self, RunbookError> {
-        let text =
-            interpolate(text).map_err(|(offset, message)| error_at(path, text, offset, message))?;
+        let text = interpolate(text)
+            .map_err(|(offset, message)| error_at(path, &Expanded::plain(text), offset, message))?;
+        // From here on, whatever the process writes has them masked.
+        text.secrets.iter().for_each(|s| crate::redact::register(s));
         let raw: RawRunbook = toml::from_str(&text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             error_at(path, &text, offset, e.message().trim().to_string())
@@ -443,13 +445,26 @@ impl Runbook {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// The 1-based line, in the file as written, of an offset of the expanded
+/// text.
+fn line_of(text: &Expanded, offset: usize) -> usize {
+    line_in(&text.original, text.original_offset(offset.min(text.len())))
+}
+
+fn line_in(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-fn error_at(path: &Path, text: &str, offset: usize, message: String) -> RunbookError {
-    let offset = offset.min(text.len());
-    let line = line_of(text, offset);
+/// An error at an offset of the expanded text. The line shown is the one
+/// written in the file (with `${...}`, not the value), and secret values
+/// are masked in the message (a TOML or type error may quote a value).
+fn error_at(path: &Path, text: &Expanded, offset: usize, message: String) -> RunbookError {
+    let mut secrets = crate::redact::Secrets::new();
+    text.secrets.iter().for_each(|s| secrets.add(s));
+    let message = secrets.redact(&message).into_owned();
+    let offset = text.original_offset(offset.min(text.len()));
+    let text = text.original.as_str();
+    let line = line_in(text, offset);
     let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let snippet = text
         .lines()
@@ -465,59 +480,249 @@ fn error_at(path: &Path, text: &str, offset: usize, message: String) -> RunbookE
     }
 }
 
-/// Replace `${NAME}` and `${NAME:-default}` with environment variables,
-/// keeping every line where it was. `$${` stays a literal `${`.
-pub fn interpolate(text: &str) -> Result<String, (usize, String)> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut offset = 0;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix("${") {
-            out.push_str("${");
-            offset += i + 3;
-            rest = tail;
-            continue;
+/// The runbook text after `${...}` substitution, with what it takes to
+/// point errors at the file as written.
+pub struct Expanded {
+    /// What the TOML parser reads.
+    pub text: String,
+    /// The file as written. Error lines are shown from it, so a value that
+    /// came from the environment is never printed with them.
+    original: String,
+    /// Each substitution: (start, end) in `text`, (start, end) in `original`.
+    spans: Vec<(usize, usize, usize, usize)>,
+    /// The values of `${secret:...}` references.
+    pub secrets: Vec<String>,
+}
+
+impl std::ops::Deref for Expanded {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for Expanded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The expanded text holds secret values: show the file as written.
+        f.debug_struct("Expanded")
+            .field("original", &self.original)
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl Expanded {
+    /// Text with nothing substituted.
+    fn plain(text: &str) -> Self {
+        Self {
+            text: text.to_string(),
+            original: text.to_string(),
+            spans: Vec::new(),
+            secrets: Vec::new(),
         }
-        let Some(body) = after.strip_prefix('{') else {
-            out.push('$');
-            offset += i + 1;
-            rest = after;
-            continue;
-        };
-        let Some(end) = body.find('}') else {
-            return Err((
-                offset + i,
-                "unclosed `${` (write `$${` for a literal)".into(),
-            ));
-        };
-        let expr = &body[..end];
-        let (name, default) = match expr.split_once(":-") {
-            Some((n, d)) => (n, Some(d)),
-            None => (expr, None),
-        };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err((offset + i, format!("`${{{expr}}}` is not a variable name")));
-        }
-        match (std::env::var(name), default) {
-            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
-            (_, Some(d)) => out.push_str(d),
-            _ => {
-                return Err((
-                    offset + i,
-                    format!(
-                        "environment variable {name} is not set (used as `${{{name}}}`); set it, or give a default: `${{{name}:-value}}`"
-                    ),
-                ));
+    }
+
+    /// Where an offset of the expanded text is in the file as written: a
+    /// position inside a substituted value is the start of its `${`.
+    fn original_offset(&self, offset: usize) -> usize {
+        match self.spans.iter().rev().find(|s| s.0 <= offset) {
+            None => offset,
+            Some(&(_, end, ostart, oend)) => {
+                if offset < end {
+                    ostart
+                } else {
+                    oend + (offset - end)
+                }
             }
         }
-        let consumed = i + 2 + end + 1;
-        offset += consumed;
-        rest = &rest[consumed..];
     }
-    out.push_str(rest);
-    Ok(out)
+}
+
+/// Where in the TOML syntax a `${...}` reference stands; its value is
+/// written so that it stays one value there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    /// Outside strings: a number, boolean, date or bare key.
+    Bare,
+    /// `# ...` to the end of the line: left as written.
+    Comment,
+    /// `"..."`
+    Basic,
+    /// `"""..."""`
+    MlBasic,
+    /// `'...'`
+    Literal,
+    /// `'''...'''`
+    MlLiteral,
+}
+
+/// Replace `${NAME}`, `${NAME:-default}`, `${secret:NAME}` and
+/// `${secret:NAME:-default}` with environment variables (or the default).
+/// `$${` stays a literal `${`; comments are left as written.
+///
+/// The value is placed by where the reference stands, so it can never
+/// change the file's structure: inside `"..."` it is escaped (a `"`, `\` or
+/// line break in it is read back as itself); inside `'...'`, which has no
+/// escapes, a value that would end the string is refused; outside quotes
+/// only a number, boolean or bare word is accepted. Errors name the
+/// variable, never its value. Offsets in errors are into `text`.
+pub fn interpolate(text: &str) -> Result<Expanded, (usize, String)> {
+    let b = text.as_bytes();
+    let at = |i: usize, s: &str| b[i..].starts_with(s.as_bytes());
+    let mut out = String::with_capacity(text.len());
+    let mut spans = Vec::new();
+    let mut secrets: Vec<String> = Vec::new();
+    let mut ctx = Ctx::Bare;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match (ctx, b[i]) {
+            (Ctx::Comment, b'\n') => ctx = Ctx::Bare,
+            (Ctx::Comment, _) => {}
+            (Ctx::Bare, b'#') => ctx = Ctx::Comment,
+            (Ctx::Bare, b'"') if at(i, "\"\"\"") => {
+                ctx = Ctx::MlBasic;
+                i += 3;
+                continue;
+            }
+            (Ctx::Bare, b'"') => ctx = Ctx::Basic,
+            (Ctx::Bare, b'\'') if at(i, "'''") => {
+                ctx = Ctx::MlLiteral;
+                i += 3;
+                continue;
+            }
+            (Ctx::Bare, b'\'') => ctx = Ctx::Literal,
+            // An escape: the next character is not a delimiter.
+            (Ctx::Basic | Ctx::MlBasic, b'\\') => {
+                i += 2;
+                continue;
+            }
+            (Ctx::Basic, b'"') | (Ctx::Literal, b'\'') => ctx = Ctx::Bare,
+            // An unterminated string: the TOML parser reports it.
+            (Ctx::Basic | Ctx::Literal, b'\n') => ctx = Ctx::Bare,
+            (Ctx::MlBasic, b'"') | (Ctx::MlLiteral, b'\'') if at(i, "\"\"\"") || at(i, "'''") => {
+                // Up to two more quotes belong to the string's content.
+                let q = b[i];
+                let run = b[i..].iter().take_while(|&&c| c == q).count();
+                i += run.min(5);
+                ctx = Ctx::Bare;
+                continue;
+            }
+            (_, b'$') if at(i, "$${") => {
+                out.push_str(&text[copied..i]);
+                out.push_str("${");
+                i += 3;
+                copied = i;
+                continue;
+            }
+            (_, b'$') if at(i, "${") => {
+                out.push_str(&text[copied..i]);
+                let (placed, secret, consumed) =
+                    substitute(ctx, &text[i..]).map_err(|message| (i, message))?;
+                if let Some(s) = secret
+                    && !secrets.contains(&s)
+                {
+                    secrets.push(s);
+                }
+                let start = out.len();
+                out.push_str(&placed);
+                spans.push((start, out.len(), i, i + consumed));
+                i += consumed;
+                copied = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&text[copied.min(text.len())..]);
+    Ok(Expanded {
+        text: out,
+        original: text.to_string(),
+        spans,
+        secrets,
+    })
+}
+
+/// One `${...}` at the start of `rest`, standing in `ctx`: the text to
+/// write, the value if it is secret, and how many bytes the reference took.
+fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), String> {
+    let Some(end) = rest[2..].find('}') else {
+        return Err("unclosed `${` (write `$${` for a literal)".into());
+    };
+    let expr = &rest[2..2 + end];
+    let (secret, var) = match expr.strip_prefix("secret:") {
+        Some(v) => (true, v),
+        None => (false, expr),
+    };
+    let (name, default) = match var.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (var, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("`${{{expr}}}` is not a variable name"));
+    }
+    let value = match (std::env::var(name), default) {
+        (Ok(v), _) if !v.is_empty() => v,
+        (_, Some(d)) => d.to_string(),
+        _ => {
+            return Err(format!(
+                "environment variable {name} is not set (used as `${{{expr}}}`); set it, or give a default: `${{{expr}:-value}}`"
+            ));
+        }
+    };
+    let chars = value.chars().count();
+    let min = crate::redact::MIN_SECRET_CHARS;
+    if secret && (1..min).contains(&chars) {
+        return Err(format!(
+            "the value of secret {name} is {chars} character(s) long; a secret shorter than {min} characters cannot be masked in output without masking ordinary text (and what is masked would give it away): use a longer secret, or drop `secret:` (`${{{name}}}`) if it is not secret"
+        ));
+    }
+    let placed = place(ctx, &value)
+        .map_err(|why| format!("the value of {name} (used as `${{{expr}}}`) {why}"))?;
+    let secret = (secret && !value.is_empty()).then_some(value);
+    Ok((placed, secret, end + 3))
+}
+
+/// A value as it must be written where the reference stands, or why it
+/// cannot be (without the value: it may be secret).
+fn place(ctx: Ctx, value: &str) -> Result<String, &'static str> {
+    let control = |allowed: &[char]| {
+        value
+            .chars()
+            .any(|c| c.is_control() && !allowed.contains(&c))
+    };
+    match ctx {
+        Ctx::Basic | Ctx::MlBasic => Ok(crate::redact::toml_escape(value)),
+        Ctx::Bare => {
+            if !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-+.:".contains(c))
+            {
+                // A number, boolean, date or bare key, as written.
+                return Ok(value.to_string());
+            }
+            // Any other TOML value (an array, an inline table, a quoted
+            // string) is parsed on its own and written back canonically:
+            // one value, whatever comments, line breaks or `key =` it held.
+            match value.parse::<toml::Value>() {
+                Ok(v) => Ok(v.to_string()),
+                Err(_) => Err(
+                    "is not one TOML value (a number, boolean, date, array or inline table) or a bare word, and the reference is outside quotes; put it inside a string: \"${...}\"",
+                ),
+            }
+        }
+        Ctx::Literal if value.contains('\'') || control(&['\t']) => Err(
+            "has a ' or a control character, which a '...' string cannot hold; use a \"...\" string, where it is escaped",
+        ),
+        Ctx::MlLiteral if value.contains('\'') || control(&['\t', '\n']) => Err(
+            "has a ' or a control character, which a '''...''' string cannot hold safely; use a \"\"\"...\"\"\" string, where it is escaped",
+        ),
+        Ctx::Literal | Ctx::MlLiteral => Ok(value.to_string()),
+        // Not reached: comments are copied as written.
+        Ctx::Comment => Ok(String::new()),
+    }
 }
 
 fn de_duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -615,13 +820,89 @@ http = ["http://127.0.0.1:8080/"]
 
     #[test]
     fn interpolates_environment() {
-        assert_eq!(interpolate("a ${REWIND_UNSET_X:-d} b").unwrap(), "a d b");
-        assert_eq!(interpolate("$${X} $5").unwrap(), "${X} $5");
+        assert_eq!(
+            interpolate("a ${REWIND_UNSET_X:-d} b").unwrap().text,
+            "a d b"
+        );
+        assert_eq!(interpolate("$${X} $5").unwrap().text, "${X} $5");
         let (off, msg) = interpolate("x\ny ${REWIND_UNSET_Y}").unwrap_err();
         assert_eq!(off, 4);
         assert!(msg.contains("REWIND_UNSET_Y"));
         // SAFETY-free: PATH is always set in a test environment.
-        assert!(!interpolate("${PATH}").unwrap().is_empty());
+        assert!(!interpolate("\"${PATH}\"").unwrap().is_empty());
+        // Comments are left as written: an unset variable there is fine.
+        assert_eq!(
+            interpolate("a = 1 # ${REWIND_UNSET_Z}\n").unwrap().text,
+            "a = 1 # ${REWIND_UNSET_Z}\n"
+        );
+    }
+
+    /// Defaults stand in for environment values here: they are placed by
+    /// the same rules, and tests need not change the process environment.
+    #[test]
+    fn values_cannot_change_the_structure() {
+        let evil = r#"x"\n[injected]\nkey = "y"#;
+        // In a "..." string: escaped, read back exactly.
+        let text = format!("a = \"<${{REWIND_UNSET_A:-{evil}}}>\"\n");
+        let e = interpolate(&text).unwrap();
+        let t: toml::Table = toml::from_str(&e).unwrap();
+        assert_eq!(t["a"].as_str().unwrap(), format!("<{evil}>"));
+        assert_eq!(t.len(), 1, "{t:?}");
+        // The same in a multi-line string, and in a key.
+        let text =
+            format!("\"${{REWIND_UNSET_A:-k\"}}\" = \"\"\"${{REWIND_UNSET_A:-{evil}}}\"\"\"\n");
+        let t: toml::Table = toml::from_str(&interpolate(&text).unwrap()).unwrap();
+        assert_eq!(t["k\""].as_str().unwrap(), evil);
+        // A literal string cannot hold a quote: refused, not broken.
+        let (_, msg) = interpolate("a = '${REWIND_UNSET_A:-it's}'").unwrap_err();
+        assert!(
+            msg.contains("REWIND_UNSET_A") && msg.contains("'...'"),
+            "{msg}"
+        );
+        // Outside quotes: a number or a bare word only.
+        assert_eq!(
+            interpolate("p = ${REWIND_UNSET_A:-8080}").unwrap().text,
+            "p = 8080"
+        );
+        // A whole TOML value is written back as the one value it is.
+        let e = interpolate("p = ${REWIND_UNSET_A:-[\"a\",\n \"b\"]}\nq = 1").unwrap();
+        assert_eq!(e.text, "p = [\"a\", \"b\"]\nq = 1");
+        for bad in ["1 # rest", "1\nx = 2", "a = 1", "[1] x"] {
+            let (_, msg) = interpolate(&format!("p = ${{REWIND_UNSET_A:-{bad}}}")).unwrap_err();
+            assert!(msg.contains("outside quotes"), "{bad:?}: {msg}");
+        }
+        let (off, msg) = interpolate("p = ${REWIND_UNSET_A:-1,x=2}").unwrap_err();
+        assert_eq!(off, 4);
+        assert!(msg.contains("outside quotes"), "{msg}");
+        // `"${` inside a literal string, and an escaped quote, do not
+        // confuse the reading of where strings end.
+        let e = interpolate(
+            r#"a = 'x"' # ${REWIND_UNSET_B}
+b = "q\"${REWIND_UNSET_A:-v}""#,
+        )
+        .unwrap();
+        let t: toml::Table = toml::from_str(&e).unwrap();
+        assert_eq!(t["b"].as_str().unwrap(), "q\"v");
+    }
+
+    #[test]
+    fn secrets_are_collected_and_never_shown_in_errors() {
+        let e = interpolate("a = \"${secret:REWIND_UNSET_S:-hunter2-\"x}\"\n").unwrap();
+        assert_eq!(e.secrets, vec!["hunter2-\"x".to_string()]);
+        // Too short to mask.
+        let (_, msg) = interpolate("a = \"${secret:REWIND_UNSET_S:-abc}\"").unwrap_err();
+        assert!(msg.contains("3 character") && !msg.contains("abc"), "{msg}");
+        // A value that a parser or type error quotes is masked in the
+        // message, and the line shown is the one written in the file.
+        // (The default is written in the file, so the line shown has it;
+        // the message must not, and the line is the file's, unexpanded.)
+        for tail in [" # why", " oops"] {
+            let line = format!("rto = \"${{secret:REWIND_UNSET_S:-s3cr\"et-7}}\"{tail}");
+            let err = parse(&OK.replace("rto = \"7m\"", &line)).unwrap_err();
+            assert_eq!(err.line, 3, "{err}");
+            assert!(!err.message.contains("s3cr"), "{err}");
+            assert_eq!(err.snippet.as_deref(), Some(line.as_str()), "{err}");
+        }
     }
 
     #[test]

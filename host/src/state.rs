@@ -49,6 +49,28 @@ impl StateDir {
     }
 }
 
+/// Create a directory of the state dir (and any missing parents) as 0700,
+/// whatever the umask: journals, snapshots and the key-value state can hold
+/// what a service keeps secret. The mode is set as the directory is made,
+/// so there is no moment when it is open to others. A directory that
+/// exists already is left as it is.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Options that create a file as 0600 (never more, whatever the umask),
+/// for files in the state dir.
+pub fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
 /// A side effect a plugin asked for: carried out, or only recorded.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Action {

@@ -7,7 +7,6 @@
 //! stop it cleanly: a rollback in progress finishes its current step, skips
 //! the rest, and says so.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -82,14 +81,14 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
         .map(|p| (p.spec.component.clone(), p.plugin.sha256.clone()))
         .collect();
     let reloader = Reloader::start(rt.clone(), current).ok();
+    // Round lines carry plugin text (scenarios, summaries, errors): they
+    // go out through the boundary, as JSON or as text.
     let out = |v: serde_json::Value, text: String| {
-        let mut o = std::io::stdout().lock();
-        let _ = if opts.json {
-            writeln!(o, "{v}")
+        if opts.json {
+            crate::redact::stdout_line(&crate::redact::json_string(&v, false));
         } else {
-            writeln!(o, "{text}")
-        };
-        let _ = o.flush();
+            crate::redact::stdout_line(&text);
+        }
     };
     out(
         json!({"event": "watch-start", "runbook": runbook.name, "period_ms": w.period.as_millis() as u64,

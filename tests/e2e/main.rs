@@ -8,6 +8,7 @@ mod bad_input;
 mod demo;
 mod drills;
 mod hostile_limits;
+mod hostile_output;
 mod imports;
 mod limits;
 mod runs;

@@ -12,8 +12,11 @@ impl Host for HostState {
             Level::Warn => "warn",
             Level::Error => "error",
         };
-        // Longer messages are cut so a chatty plugin cannot flood the
-        // journal; the total per run is capped in `PluginEnv::log`.
+        // Masked before it is cut: a cut through a secret would leave a
+        // prefix that the output boundary no longer recognises. Longer
+        // messages are cut so a chatty plugin cannot flood the journal;
+        // the total per run is capped in `PluginEnv::log`.
+        let message = crate::redact::redact(&message);
         self.timed(|env| {
             let max = env.limits.log_message_bytes;
             let mut message = message;

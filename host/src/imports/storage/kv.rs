@@ -43,9 +43,17 @@ impl Kv {
 
 fn open(path: &Path) -> Result<Connection, Error> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        crate::state::create_private_dir(dir)
             .map_err(|e| super::io_failed("create state directory", dir, &e))?;
     }
+    // Plugins keep tokens here. SQLite would create the file 0644 (less the
+    // umask); created first as 0600, it is opened as is, and SQLite gives
+    // its -wal and -shm files the database file's mode.
+    crate::state::private_file()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| super::io_failed("create state database", path, &e))?;
     let fail = |e: rusqlite::Error| {
         Error::failed(format!(
             "cannot open state database {}: {e}",

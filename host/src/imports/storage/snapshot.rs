@@ -475,7 +475,8 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     }
 
     let dir = env.storage.snapshots_dir.clone();
-    fs::create_dir_all(&dir).map_err(|e| io_failed("create snapshot directory", &dir, &e))?;
+    crate::state::create_private_dir(&dir)
+        .map_err(|e| io_failed("create snapshot directory", &dir, &e))?;
     let write_failed = |e: io::Error| io_failed("write snapshot archive in", &dir, &e);
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
