@@ -135,9 +135,34 @@ pub struct Sandbox {
     /// Pids this plugin spawned in this run, with their start times (so a
     /// reused pid is not mistaken for ours): it may always signal those.
     spawned: Mutex<HashMap<u32, Option<u64>>>,
-    /// Never reachable through any grant: rewind's own state directory
-    /// (journals, snapshots, key-value state), even when it sits inside a grant.
-    protected: Vec<PathBuf>,
+    /// Never reachable through any grant: rewind's own files (state
+    /// directory, compiled cache, runbook, components, the rewind binary).
+    /// Nothing inside one may be touched, and nothing holding one may be
+    /// written, renamed or removed.
+    protected: Vec<Protected>,
+}
+
+/// A path rewind relies on that no plugin may change, and what it is (for
+/// messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+/// A grant that would let a plugin change what rewind relies on: refused
+/// when the runbook is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantConflict {
+    /// A `write` grant is, or holds, a protected path.
+    WriteCoversProtected { grant: String, protected: Protected },
+    /// An `exec` grant names a program a `write` grant lets the plugin
+    /// rewrite.
+    ExecInsideWrite {
+        exec: String,
+        program: PathBuf,
+        write: String,
+    },
 }
 
 /// A grant that cannot be understood: reported as a runbook error.
@@ -218,11 +243,47 @@ impl Sandbox {
         })
     }
 
-    /// Put a directory out of every grant's reach.
-    pub fn protect(&mut self, dir: &Path) {
-        if let Ok(p) = resolve_path(&self.base_dir, &dir.to_string_lossy()) {
-            self.protected.push(p);
+    /// Put a path (and everything under it) out of every grant's reach.
+    /// `what` names it in refusals ("rewind's state directory").
+    pub fn protect(&mut self, path: &Path, what: &str) {
+        if let Ok(p) = resolve_path(&self.base_dir, &path.to_string_lossy()) {
+            self.protected.push(Protected {
+                path: p,
+                what: what.to_string(),
+            });
         }
+    }
+
+    /// Grants that would let the plugin change rewind's own files or the
+    /// programs it is allowed to run. Any of these makes the runbook unusable:
+    /// checking each call is not enough (a plugin that may write a directory
+    /// may rename it away with rewind's state inside, or rewrite a granted
+    /// program and then run it).
+    pub fn conflicts(&self) -> Vec<GrantConflict> {
+        let mut out = Vec::new();
+        for (raw, root) in self.spec.write.iter().zip(&self.write) {
+            for p in &self.protected {
+                if p.path.starts_with(root) {
+                    out.push(GrantConflict::WriteCoversProtected {
+                        grant: raw.clone(),
+                        protected: p.clone(),
+                    });
+                }
+            }
+        }
+        for (exec, program) in &self.exec {
+            let Some(program) = program else { continue };
+            for (raw, root) in self.spec.write.iter().zip(&self.write) {
+                if program.starts_with(root) {
+                    out.push(GrantConflict::ExecInsideWrite {
+                        exec: exec.clone(),
+                        program: program.clone(),
+                        write: raw.clone(),
+                    });
+                }
+            }
+        }
+        out
     }
 
     pub fn spec(&self) -> &GrantsSpec {
@@ -409,10 +470,34 @@ impl Sandbox {
             resolve_entry(&self.base_dir, raw)
         }
         .map_err(|e| CheckError::Invalid(format!("path {raw:?}: {e}")))?;
-        if let Some(p) = self.protected.iter().find(|p| resolved.starts_with(p)) {
+        if let Some(p) = self
+            .protected
+            .iter()
+            .find(|p| resolved.starts_with(&p.path))
+        {
             return Err(CheckError::Invalid(format!(
-                "path {raw:?} is inside rewind's state directory {}, which plugins never touch directly (use the storage key-value and snapshot calls)",
-                p.display()
+                "path {raw:?} is inside {} {}, which plugins never touch directly{}",
+                p.what,
+                p.path.display(),
+                if p.what.contains("state directory") {
+                    " (use the storage key-value and snapshot calls)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        // Writing, renaming or removing a directory that holds one of
+        // rewind's files would move or delete it as surely as touching it.
+        if cap != Capability::Read
+            && let Some(p) = self
+                .protected
+                .iter()
+                .find(|p| p.path.starts_with(&resolved))
+        {
+            return Err(CheckError::Invalid(format!(
+                "path {raw:?} holds {} {}, so it is never written, renamed or removed by a plugin",
+                p.what,
+                p.path.display()
             )));
         }
         let roots: Vec<&PathBuf> = match cap {
@@ -433,6 +518,56 @@ impl Sandbox {
                 .deny(cap, shown, &resolved.display().to_string())
                 .into())
         }
+    }
+
+    /// Open, by capability, the granted directory that holds `resolved` (a
+    /// path a `check_*` call returned for `cap`), and give `resolved`
+    /// relative to it. Every later access resolves beneath that handle
+    /// (`openat2(RESOLVE_BENEATH)` where the kernel has it, component by
+    /// component otherwise), so a symbolic link or rename made after the
+    /// check cannot lead the access out of the grant.
+    ///
+    /// The handle is the outermost grant that strictly holds the path: no
+    /// grant of this capability holds that directory itself, so the plugin
+    /// cannot swap it for a link. A path that is itself a grant root is
+    /// reached from its parent, through its last component only.
+    pub fn beneath(&self, cap: Capability, resolved: &Path) -> std::io::Result<Beneath> {
+        let roots: Vec<&PathBuf> = match cap {
+            Capability::Read => self.read.iter().chain(self.write.iter()).collect(),
+            Capability::Write => self.write.iter().collect(),
+            Capability::Sqlite => self.sqlite.iter().collect(),
+            _ => unreachable!("not a path capability"),
+        };
+        let outside = || {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not under a {cap} grant", resolved.display()),
+            )
+        };
+        let mut anchor = match roots
+            .iter()
+            .filter(|r| resolved.starts_with(r) && resolved != r.as_path())
+            .min_by_key(|r| r.components().count())
+        {
+            Some(r) => r.to_path_buf(),
+            None if roots.iter().any(|r| resolved == r.as_path()) => {
+                resolved.parent().ok_or_else(outside)?.to_path_buf()
+            }
+            None => return Err(outside()),
+        };
+        // A granted directory that does not exist yet is reached from the
+        // nearest directory above it that does.
+        while !std::fs::symlink_metadata(&anchor).is_ok_and(|m| m.is_dir()) {
+            if !anchor.pop() {
+                return Err(outside());
+            }
+        }
+        let dir = cap_std::fs::Dir::open_ambient_dir(&anchor, cap_std::ambient_authority())?;
+        let rel = resolved
+            .strip_prefix(&anchor)
+            .map_err(|_| outside())?
+            .to_path_buf();
+        Ok(Beneath { dir, anchor, rel })
     }
 
     /// What is granted for one capability, as written.
@@ -465,6 +600,67 @@ impl Sandbox {
             Capability::Sqlite => self.check_sqlite(need).is_ok(),
             Capability::Env => self.check_env(need).is_ok(),
         }
+    }
+}
+
+/// A granted path held by capability: a directory handle and the path
+/// beneath it. `rel` is empty when the path is the anchor itself.
+#[derive(Debug)]
+pub struct Beneath {
+    pub dir: cap_std::fs::Dir,
+    /// Where `dir` was opened, for messages.
+    pub anchor: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl Beneath {
+    /// `rel`, or `.` for the anchor itself (cap-std wants a path).
+    pub fn path(&self) -> &Path {
+        if self.rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.rel
+        }
+    }
+
+    /// The directory holding the entry, opened beneath the anchor, and the
+    /// entry's name in it. `None` for the anchor itself.
+    pub fn parent(&self) -> std::io::Result<Option<(cap_std::fs::Dir, std::ffi::OsString)>> {
+        let Some(name) = self.rel.file_name() else {
+            return Ok(None);
+        };
+        let parent = self.rel.parent().unwrap_or(Path::new(""));
+        let dir = if parent.as_os_str().is_empty() {
+            self.dir.try_clone()?
+        } else {
+            self.dir.open_dir(parent)?
+        };
+        Ok(Some((dir, name.to_os_string())))
+    }
+
+    /// Open the entry itself, beneath the anchor, with `flags` plus
+    /// `O_NOFOLLOW | O_CLOEXEC`: a symbolic link in its place is refused
+    /// (`ELOOP`), never followed.
+    pub fn open_nofollow(
+        &self,
+        flags: nix::fcntl::OFlag,
+        mode: u32,
+    ) -> std::io::Result<std::fs::File> {
+        use nix::fcntl::OFlag;
+        let Some((dir, name)) = self.parent()? else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file path",
+            ));
+        };
+        let fd = nix::fcntl::openat(
+            &dir,
+            name.as_os_str(),
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(std::fs::File::from(fd))
     }
 }
 
@@ -688,7 +884,7 @@ mod tests {
             },
             dir.path(),
         );
-        s.protect(&granted.join(".rewind"));
+        s.protect(&granted.join(".rewind"), "rewind's state directory");
         assert!(s.check_read("granted/new-file").is_ok());
         assert!(matches!(
             s.check_write("granted/.rewind/runs/x.jsonl"),
