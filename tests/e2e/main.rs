@@ -7,6 +7,7 @@ mod util;
 mod bad_input;
 mod demo;
 mod drills;
+mod hostile_paths;
 mod imports;
 mod limits;
 mod runs;
