@@ -719,6 +719,48 @@ http = ["http://127.0.0.1:8080/"]
     }
 
     #[test]
+    fn grants_reaching_rewinds_files_or_granted_programs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("site/bin")).unwrap();
+        std::fs::write(base.join("site/bin/tool"), "#!/bin/sh\n").unwrap();
+        let rb = base.join("rewind.toml");
+        let text = |state: &str, exec: &str| {
+            format!(
+                "name = \"x\"\nstate_dir = \"{state}\"\n\n[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\n[plugin.grants]\nexec = [{exec}]\nwrite = [\n  \"site\",\n]\n"
+            )
+        };
+        // The state directory inside the write grant: refused at the grant's line.
+        let e = Runbook::parse(&rb, &text("site/state", "")).unwrap_err();
+        assert_eq!(e.line, 11, "{e}");
+        assert!(
+            e.message.contains("write grant \"site\" (line 11)")
+                && e.message.contains("state directory"),
+            "{e}"
+        );
+        // Beside it: fine.
+        assert!(Runbook::parse(&rb, &text("state", "")).is_ok());
+        // A granted program inside the write grant: both lines named.
+        let e = Runbook::parse(&rb, &text("state", "\"site/bin/tool\"")).unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        assert!(
+            e.message.contains("exec grant \"site/bin/tool\" (line 9)")
+                && e.message.contains("write grant \"site\" (line 11)"),
+            "{e}"
+        );
+        // The runbook itself and a component are protected too, and a
+        // cache directory given later is checked like the default one.
+        let mut r = Runbook::parse(&rb, &text("state", "")).unwrap();
+        let e = r
+            .protect(&base.join("site/cache"), "rewind's compiled-code cache")
+            .unwrap_err();
+        assert!(e.message.contains("compiled-code cache"), "{e}");
+        let whole = text("state", "").replace("  \"site\",", "  \".\",");
+        let e = Runbook::parse(&rb, &whole).unwrap_err();
+        assert!(e.message.contains("holds"), "{e}");
+    }
+
+    #[test]
     fn interpolates_environment() {
         assert_eq!(interpolate("a ${REWIND_UNSET_X:-d} b").unwrap(), "a d b");
         assert_eq!(interpolate("$${X} $5").unwrap(), "${X} $5");

@@ -898,6 +898,105 @@ mod tests {
     }
 
     #[test]
+    fn a_path_holding_a_protected_one_is_never_written_renamed_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(site.join("inner/state")).unwrap();
+        let mut s = sandbox(
+            GrantsSpec {
+                write: vec!["site/inner".into()],
+                read: vec!["site".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        s.protect(&site.join("inner/state"), "rewind's state directory");
+        for p in ["site/inner", "site/inner/state", "site/inner/state/runs/x"] {
+            assert!(
+                matches!(s.check_write(p), Err(CheckError::Invalid(ref m)) if m.contains("state directory")),
+                "{p}: {:?}",
+                s.check_write(p)
+            );
+        }
+        // Reading (listing) a directory that holds it is fine; reading inside is not.
+        assert!(s.check_read("site/inner").is_ok());
+        assert!(s.check_read("site/inner/state/runs").is_err());
+        assert!(s.check_write("site/inner/other").is_ok());
+        match s.conflicts().as_slice() {
+            [GrantConflict::WriteCoversProtected { grant, protected }] => {
+                assert_eq!(grant, "site/inner");
+                assert!(protected.path.ends_with("inner/state"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_exec_grant_inside_a_write_grant_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("app/bin")).unwrap();
+        std::fs::write(dir.path().join("app/bin/tool"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("app/bin/tool"), dir.path().join("tool"))
+            .unwrap();
+        // Granted by a link outside the write grant: compared by the file.
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["./tool".into()],
+                write: vec!["app".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        assert!(matches!(
+            s.conflicts().as_slice(),
+            [GrantConflict::ExecInsideWrite { exec, write, .. }] if exec == "./tool" && write == "app"
+        ));
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_check_stays_beneath_the_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("granted/sub")).unwrap();
+        std::fs::create_dir_all(base.join("outside")).unwrap();
+        std::fs::write(base.join("outside/secret"), "secret").unwrap();
+        let s = sandbox(
+            GrantsSpec {
+                write: vec!["granted".into()],
+                ..Default::default()
+            },
+            &base,
+        );
+        let w = s.check_write("granted/sub/new").unwrap();
+        let r = s.check_read("granted/sub/secret").unwrap();
+        // Between the check and the access: the directory becomes a link out.
+        std::fs::rename(base.join("granted/sub"), base.join("granted/sub.old")).unwrap();
+        std::os::unix::fs::symlink(base.join("outside"), base.join("granted/sub")).unwrap();
+        let b = s.beneath(Capability::Write, &w).unwrap();
+        assert_eq!(b.rel, Path::new("sub/new"));
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.write(true).create(true);
+        assert!(b.dir.open_with(b.path(), &o).is_err());
+        let b = s.beneath(Capability::Read, &r).unwrap();
+        assert!(b.dir.read(b.path()).is_err());
+        assert!(!base.join("outside/new").exists());
+        // The log of `spawn` does not follow a link in the last component
+        // either, even one that stays inside the grant.
+        std::os::unix::fs::symlink(base.join("granted/sub.old/x"), base.join("granted/log"))
+            .unwrap();
+        let log = s.check_write("granted/log").unwrap();
+        let b = s.beneath(Capability::Write, &log).unwrap();
+        let e = b
+            .open_nofollow(
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT,
+                0o644,
+            )
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
+        assert!(!base.join("granted/sub.old/x").exists());
+    }
+
+    #[test]
     fn programs_run_by_the_name_they_were_found_at() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("multi"), "#!/bin/sh\n").unwrap();
