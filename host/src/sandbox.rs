@@ -664,6 +664,27 @@ impl Beneath {
     }
 }
 
+/// The directory `rel` under `dir` (empty or `.` for `dir` itself) as a
+/// readable file descriptor, for fsync, futimens, fchmod and fchown, which
+/// cap-std's path-only directory handles do not allow. Resolved beneath
+/// `dir`; the last component is never a followed link.
+pub fn open_dir_file(dir: &cap_std::fs::Dir, rel: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let open = |d: &cap_std::fs::Dir, name: &std::ffi::OsStr, flags: OFlag| {
+        nix::fcntl::openat(d, name, flags, nix::sys::stat::Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(std::io::Error::from)
+    };
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            open(&dir.open_dir(parent)?, name, flags | OFlag::O_NOFOLLOW)
+        }
+        (_, Some(name)) => open(dir, name, flags | OFlag::O_NOFOLLOW),
+        _ => open(dir, std::ffi::OsStr::new("."), flags),
+    }
+}
+
 /// A failed check: refused by the grants, or not even a valid request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckError {

@@ -152,7 +152,7 @@ fn make_temp<'a>(
 
 /// Make a rename or a new entry in `dir` durable.
 fn fsync(dir: &Dir) -> io::Result<()> {
-    dir.try_clone()?.into_std_file().sync_all()
+    crate::sandbox::open_dir_file(dir, Path::new(""))?.sync_all()
 }
 
 /// Replace the checked path `target` (held by `b`) atomically with what
