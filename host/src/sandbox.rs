@@ -272,9 +272,26 @@ impl Sandbox {
             }
         }
         for (exec, program) in &self.exec {
-            let Some(program) = program else { continue };
+            // Where the program is, or could appear later (a path not
+            // created yet, or a name in any PATH directory): a program the
+            // plugin can put in place is as good as any program.
+            let candidates: Vec<PathBuf> = match program {
+                Some(p) => vec![p.clone()],
+                None if exec.contains('/') => {
+                    resolve_path(&self.base_dir, exec).into_iter().collect()
+                }
+                None => std::env::var_os("PATH")
+                    .map(|path| {
+                        std::env::split_paths(&path)
+                            .filter_map(|d| {
+                                resolve_path(&self.base_dir, &d.join(exec).to_string_lossy()).ok()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
             for (raw, root) in self.spec.write.iter().zip(&self.write) {
-                if program.starts_with(root) {
+                if let Some(program) = candidates.iter().find(|c| c.starts_with(root)) {
                     out.push(GrantConflict::ExecInsideWrite {
                         exec: exec.clone(),
                         program: program.clone(),
@@ -361,6 +378,21 @@ impl Sandbox {
             .any(|(g, gp)| g == program || (resolved.is_some() && gp.is_some() && *gp == resolved));
         if !ok {
             return Err(self.deny(Capability::Exec, program, program).into());
+        }
+        // Load-time checks refuse exec grants inside write grants; this
+        // catches a program that resolves there now (a link changed since).
+        if let Some(r) = &resolved
+            && let Some((raw, _)) = self
+                .spec
+                .write
+                .iter()
+                .zip(&self.write)
+                .find(|(_, root)| r.starts_with(root))
+        {
+            return Err(CheckError::Invalid(format!(
+                "program {program:?} resolves to {}, inside write grant {raw:?}: a program the plugin may rewrite is never run",
+                r.display()
+            )));
         }
         // Run the program by the path it was found at, not the canonical
         // one: multi-call binaries (Debian's pg_wrapper behind psql and
@@ -972,6 +1004,40 @@ mod tests {
             s.conflicts().as_slice(),
             [GrantConflict::ExecInsideWrite { exec, write, .. }] if exec == "./tool" && write == "app"
         ));
+        // A program that does not exist yet, which the plugin could create.
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["app/bin/later".into()],
+                write: vec!["app".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        assert!(matches!(
+            s.conflicts().as_slice(),
+            [GrantConflict::ExecInsideWrite { exec, .. }] if exec == "app/bin/later"
+        ));
+        // And at call time, a granted program that resolves into a write
+        // grant (a link changed after load) is not run.
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/prog"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside/prog"), dir.path().join("prog"))
+            .unwrap();
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["./prog".into()],
+                write: vec!["app".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        assert!(s.conflicts().is_empty());
+        std::fs::remove_file(dir.path().join("prog")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("app/bin/tool"), dir.path().join("prog"))
+            .unwrap();
+        assert!(
+            matches!(s.check_exec("./prog"), Err(CheckError::Invalid(m)) if m.contains("inside write grant"))
+        );
     }
 
     #[test]
