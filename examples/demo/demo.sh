@@ -31,8 +31,11 @@ cargo build -p rewind --bins
 cargo build --target wasm32-wasip2 --profile plugin -p rewind-plugin-demo --target-dir target/plugins
 
 ROOT=$(mktemp -d)
+# rewind's journals and state live beside the site, out of the plugin's
+# write grant.
+STATE=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export REWIND_DEMO_ROOT=$ROOT REWIND_DEMO_PORT=$PORT
+export REWIND_DEMO_ROOT=$ROOT REWIND_DEMO_STATE=$STATE REWIND_DEMO_PORT=$PORT
 SERVICE=target/debug/rewind-demo-service
 URL=http://127.0.0.1:$PORT
 
@@ -44,7 +47,7 @@ cleanup() {
   if [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "serve --root $ROOT "; then
     kill "$pid" 2>/dev/null || true
   fi
-  rm -rf "$ROOT"
+  rm -rf "$ROOT" "$STATE"
 }
 trap cleanup EXIT
 

@@ -210,13 +210,13 @@ fn dispatch(cli: &Cli) -> CliResult {
             run_cmd(cli, runbook, &opts)
         }
         Command::History { runbook, state_dir } => {
-            history(cli, &state_for(runbook, state_dir.as_deref())?)
+            history(cli, &state_for(cli, runbook, state_dir.as_deref())?)
         }
         Command::Show {
             run_id,
             runbook,
             state_dir,
-        } => show(cli, &state_for(runbook, state_dir.as_deref())?, run_id),
+        } => show(cli, &state_for(cli, runbook, state_dir.as_deref())?, run_id),
         Command::Drill {
             runbook,
             scenario,
@@ -233,14 +233,14 @@ fn dispatch(cli: &Cli) -> CliResult {
             },
         ),
         Command::Drills { runbook, state_dir } => {
-            drills_cmd(cli, &state_for(runbook, state_dir.as_deref())?)
+            drills_cmd(cli, &state_for(cli, runbook, state_dir.as_deref())?)
         }
         Command::Watch {
             runbook,
             max_rounds,
             approve_manual,
         } => {
-            let runbook = load_runbook(runbook)?;
+            let runbook = load_runbook(cli, runbook)?;
             let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
             let opts = crate::watch::WatchOptions {
                 json: cli.json,
@@ -252,8 +252,17 @@ fn dispatch(cli: &Cli) -> CliResult {
     }
 }
 
-fn load_runbook(path: &Path) -> Result<Runbook, (i32, String)> {
-    Runbook::load(path).map_err(|e| (exit::USAGE, e.to_string()))
+/// Load and validate a runbook. A `--cache-dir` is protected like the
+/// default cache: a grant that reaches it makes the runbook unusable.
+fn load_runbook(cli: &Cli, path: &Path) -> Result<Runbook, (i32, String)> {
+    let usage = |e: crate::runbook::RunbookError| (exit::USAGE, e.to_string());
+    let mut runbook = Runbook::load(path).map_err(usage)?;
+    if let Some(dir) = &cli.cache_dir {
+        runbook
+            .protect(dir, "rewind's compiled-code cache")
+            .map_err(usage)?;
+    }
+    Ok(runbook)
 }
 
 fn runtime(cli: &Cli, runbook: &Runbook) -> Result<Runtime, (i32, String)> {
@@ -270,15 +279,19 @@ fn runtime(cli: &Cli, runbook: &Runbook) -> Result<Runtime, (i32, String)> {
     })
 }
 
-fn state_for(runbook: &Path, state_dir: Option<&Path>) -> Result<StateDir, (i32, String)> {
+fn state_for(
+    cli: &Cli,
+    runbook: &Path,
+    state_dir: Option<&Path>,
+) -> Result<StateDir, (i32, String)> {
     match state_dir {
         Some(d) => Ok(StateDir::new(d)),
-        None => Ok(load_runbook(runbook)?.state()),
+        None => Ok(load_runbook(cli, runbook)?.state()),
     }
 }
 
 fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
-    let runbook = load_runbook(path)?;
+    let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
     let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
@@ -375,7 +388,7 @@ fn print_findings_indent(f: &[FindingReport], indent: &str) {
 }
 
 fn check(cli: &Cli, path: &Path) -> CliResult {
-    let runbook = load_runbook(path)?;
+    let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
     let prepared = run::prepare(&runbook, &rt, None, Mode::Check, "check", None)
         .map_err(|e| (e.exit_code(), e.to_string()))?;
@@ -782,7 +795,7 @@ fn append_findings(line: &mut String, findings: &Value) {
 }
 
 fn drill_cmd(cli: &Cli, path: &Path, opts: &crate::drill::DrillOptions) -> CliResult {
-    let runbook = load_runbook(path)?;
+    let runbook = load_runbook(cli, path)?;
     let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
     let reports =
         crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;

@@ -489,6 +489,7 @@ pub fn execute_with(
             "version": p.info.version,
             "compiled": p.plugin.stats.compiled,
             "load_ms": p.plugin.stats.duration.as_secs_f64() * 1e3,
+            "cache_rejected": p.plugin.stats.cache_rejected,
         }));
     }
 

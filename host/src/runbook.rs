@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::runtime::Limits;
-use crate::sandbox::{GrantOrigin, GrantsSpec, Sandbox};
+use crate::sandbox::{GrantConflict, GrantOrigin, GrantsSpec, Sandbox};
 
 /// What to do when a plugin's rollback fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -176,6 +176,10 @@ pub struct Runbook {
     pub plugins: Vec<PluginSpec>,
     pub watch: WatchSpec,
     pub drills: Vec<DrillSpec>,
+    /// What no plugin may write, rename or remove, nor reach through a
+    /// grant: the state directory, the compiled cache, this file, every
+    /// component and the rewind binary, with what each is (for messages).
+    pub protected: Vec<(PathBuf, String)>,
 }
 
 /// One `[[plugin]]` entry.
@@ -191,6 +195,9 @@ pub struct PluginSpec {
     pub line: usize,
     pub component_line: usize,
     pub grants_line: usize,
+    /// The line of each `write` and `exec` grant entry, to name it when it
+    /// is refused: (capability, value as written, line).
+    pub grant_lines: Vec<(&'static str, String, usize)>,
 }
 
 impl PluginSpec {
@@ -209,8 +216,65 @@ impl PluginSpec {
                 message: e.to_string(),
                 snippet: None,
             })?;
-        sandbox.protect(&runbook.state_dir);
+        for (path, what) in &runbook.protected {
+            sandbox.protect(path, what);
+        }
+        if let Some(conflict) = sandbox.conflicts().into_iter().next() {
+            return Err(self.conflict_error(runbook, conflict));
+        }
         Ok(sandbox)
+    }
+
+    fn grant_line(&self, cap: &str, value: &str) -> usize {
+        self.grant_lines
+            .iter()
+            .find(|(c, v, _)| *c == cap && v == value)
+            .map_or(self.grants_line, |(_, _, l)| *l)
+    }
+
+    fn conflict_error(&self, runbook: &Runbook, conflict: GrantConflict) -> RunbookError {
+        let (line, message) = match conflict {
+            GrantConflict::WriteCoversProtected { grant, protected } => {
+                let line = self.grant_line("write", &grant);
+                (
+                    line,
+                    format!(
+                        "plugin {:?}: write grant {grant:?} (line {line}) holds {} {}, which a plugin must never write, rename or remove; grant the directories beside it instead{}",
+                        self.name,
+                        protected.what,
+                        protected.path.display(),
+                        if protected.what.contains("state directory") {
+                            ", or set state_dir outside every write grant"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+            }
+            GrantConflict::ExecInsideWrite {
+                exec,
+                program,
+                write,
+            } => {
+                let line = self.grant_line("exec", &exec);
+                let write_line = self.grant_line("write", &write);
+                (
+                    line,
+                    format!(
+                        "plugin {:?}: exec grant {exec:?} (line {line}) is {}, inside write grant {write:?} (line {write_line}): the plugin could rewrite the program and then run anything; keep granted programs outside every write grant",
+                        self.name,
+                        program.display()
+                    ),
+                )
+            }
+        };
+        RunbookError {
+            path: runbook.path.clone(),
+            line,
+            column: 1,
+            message,
+            snippet: None,
+        }
     }
 }
 
@@ -316,6 +380,20 @@ impl Runbook {
                 line_of(&text, g.span().start)
             });
             let config = serde_json::to_string(&p.config).expect("a TOML table is valid JSON");
+            let grant_lines = match &p.grants {
+                Some(g) => {
+                    let from = g.span().start.min(text.len());
+                    let g = g.get_ref();
+                    let mut out = Vec::new();
+                    for (cap, list) in [("write", &g.write), ("exec", &g.exec)] {
+                        for v in list {
+                            out.push((cap, v.clone(), entry_line(&text, from, v)));
+                        }
+                    }
+                    out
+                }
+                None => Vec::new(),
+            };
             plugins.push(PluginSpec {
                 name,
                 component,
@@ -325,6 +403,7 @@ impl Runbook {
                 line: line_of(&text, span.start),
                 component_line,
                 grants_line,
+                grant_lines,
             });
         }
         let w = raw.watch.unwrap_or_default();
@@ -424,16 +503,56 @@ impl Runbook {
                     .component_bytes
                     .unwrap_or(defaults.component_bytes),
             },
+            protected: Vec::new(),
             plugins,
             watch,
             drills,
         };
+        let mut runbook = runbook;
+        runbook.protected = runbook.own_files();
         // Grants are checked now so a bad one is a runbook error, not a
         // failure halfway through a run.
-        for p in &runbook.plugins {
-            p.sandbox(&runbook)?;
-        }
+        runbook.check_grants()?;
         Ok(runbook)
+    }
+
+    /// rewind's own files for this runbook: what no grant may reach.
+    fn own_files(&self) -> Vec<(PathBuf, String)> {
+        let mut out = vec![
+            (
+                self.state_dir.clone(),
+                "rewind's state directory".to_string(),
+            ),
+            (self.path.clone(), "the runbook".to_string()),
+        ];
+        if let Some(cache) = crate::runtime::default_cache_dir() {
+            out.push((cache, "rewind's compiled-code cache".to_string()));
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            out.push((exe, "the rewind binary".to_string()));
+        }
+        for p in &self.plugins {
+            out.push((
+                p.component.clone(),
+                format!("the component of plugin {:?}", p.name),
+            ));
+        }
+        out
+    }
+
+    /// Refuse the runbook if a grant is invalid or reaches a protected path.
+    fn check_grants(&self) -> Result<(), RunbookError> {
+        for p in &self.plugins {
+            p.sandbox(self)?;
+        }
+        Ok(())
+    }
+
+    /// Protect one more path (the `--cache-dir` given on the command line)
+    /// and check the grants again.
+    pub fn protect(&mut self, path: &Path, what: &str) -> Result<(), RunbookError> {
+        self.protected.push((path.to_path_buf(), what.to_string()));
+        self.check_grants()
     }
 
     pub fn plugin(&self, name: &str) -> Option<&PluginSpec> {
@@ -449,6 +568,25 @@ impl Runbook {
 /// text.
 fn line_of(text: &Expanded, offset: usize) -> usize {
     line_in(&text.original, text.original_offset(offset.min(text.len())))
+}
+
+/// The line of a grant entry: the first line from `from` (the grants table)
+/// holding the value quoted, before the next `[[` entry; else the table's.
+fn entry_line(text: &Expanded, from: usize, value: &str) -> usize {
+    let quoted = [format!("\"{value}\""), format!("'{value}'")];
+    let from = from.min(text.len());
+    // Back to the start of the table's line, then line by line.
+    let mut offset = text[..from].rfind('\n').map_or(0, |i| i + 1);
+    for (i, l) in text[offset..].split_inclusive('\n').enumerate() {
+        if i > 0 && l.trim_start().starts_with("[[") {
+            break;
+        }
+        if quoted.iter().any(|q| l.contains(q.as_str())) {
+            return line_of(text, offset);
+        }
+        offset += l.len();
+    }
+    line_of(text, from)
 }
 
 fn line_in(text: &str, offset: usize) -> usize {
@@ -816,6 +954,48 @@ http = ["http://127.0.0.1:8080/"]
         let bad = format!("{OK}\n[[plugin]]\nname = \"a\"\ncomponent = \"b.wasm\"\n");
         let e = parse(&bad).unwrap_err();
         assert!(e.message.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn grants_reaching_rewinds_files_or_granted_programs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("site/bin")).unwrap();
+        std::fs::write(base.join("site/bin/tool"), "#!/bin/sh\n").unwrap();
+        let rb = base.join("rewind.toml");
+        let text = |state: &str, exec: &str| {
+            format!(
+                "name = \"x\"\nstate_dir = \"{state}\"\n\n[[plugin]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\n[plugin.grants]\nexec = [{exec}]\nwrite = [\n  \"site\",\n]\n"
+            )
+        };
+        // The state directory inside the write grant: refused at the grant's line.
+        let e = Runbook::parse(&rb, &text("site/state", "")).unwrap_err();
+        assert_eq!(e.line, 11, "{e}");
+        assert!(
+            e.message.contains("write grant \"site\" (line 11)")
+                && e.message.contains("state directory"),
+            "{e}"
+        );
+        // Beside it: fine.
+        assert!(Runbook::parse(&rb, &text("state", "")).is_ok());
+        // A granted program inside the write grant: both lines named.
+        let e = Runbook::parse(&rb, &text("state", "\"site/bin/tool\"")).unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        assert!(
+            e.message.contains("exec grant \"site/bin/tool\" (line 9)")
+                && e.message.contains("write grant \"site\" (line 11)"),
+            "{e}"
+        );
+        // The runbook itself and a component are protected too, and a
+        // cache directory given later is checked like the default one.
+        let mut r = Runbook::parse(&rb, &text("state", "")).unwrap();
+        let e = r
+            .protect(&base.join("site/cache"), "rewind's compiled-code cache")
+            .unwrap_err();
+        assert!(e.message.contains("compiled-code cache"), "{e}");
+        let whole = text("state", "").replace("  \"site\",", "  \".\",");
+        let e = Runbook::parse(&rb, &whole).unwrap_err();
+        assert!(e.message.contains("holds"), "{e}");
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub struct LoadStats {
     /// True when Cranelift compiled it; false when it came from the cache.
     pub compiled: bool,
     pub duration: Duration,
+    /// Set when a cache entry existed but did not match what rewind
+    /// recorded when it wrote it, and was compiled again instead of used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_rejected: Option<String>,
 }
 
 /// A validated plugin component, ready to instantiate.
@@ -307,7 +311,7 @@ impl Runtime {
             }
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let (component, compiled) = self.compile_cached(path, bytes, &sha256)?;
+        let (component, compiled, cache_rejected) = self.compile_cached(path, bytes, &sha256)?;
         self.check_world(path, &component)?;
         let pre = self
             .linker
@@ -327,17 +331,29 @@ impl Runtime {
             stats: LoadStats {
                 compiled,
                 duration: start.elapsed(),
+                cache_rejected,
             },
             pre,
         })
     }
 
+    /// The compiled component, whether Cranelift compiled it now, and why a
+    /// cache entry was not used when one was there but did not match.
+    ///
+    /// A cache entry is native code that runs with the plugin's grants, so
+    /// its file name is not trusted: next to each `.cwasm` rewind records
+    /// the SHA-256 of the bytes it wrote and of the component they were
+    /// compiled from, and uses an entry only when the bytes read now hash
+    /// to that record. The bytes are read into memory once, checked, and
+    /// deserialized from memory, so nothing can change between the check
+    /// and the use. (The cache directory is also out of every grant's
+    /// reach; see `Runbook::protected`.)
     fn compile_cached(
         &self,
         path: &Path,
         bytes: &[u8],
         sha256: &str,
-    ) -> Result<(Component, bool), LoadError> {
+    ) -> Result<(Component, bool, Option<String>), LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
             path: path.into(),
             reason: format!("{e:#}"),
@@ -346,32 +362,43 @@ impl Runtime {
             return Ok((
                 Component::from_binary(&self.engine, bytes).map_err(invalid)?,
                 true,
+                None,
             ));
         };
-        let cached = dir.join(format!(
-            "{}-{}.cwasm",
-            &sha256[..32],
-            &self.engine_hash[..16]
-        ));
-        if cached.is_file() {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with the same compatibility hash (it is in the name),
-            // atomically (temp file + rename), in a cache directory that
-            // only rewind writes. Wasmtime still checks its header.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(c) => return Ok((c, false)),
-                Err(e) => {
-                    tracing::warn!("ignoring unusable cache entry {}: {e:#}", cached.display())
+        let key = format!("{}-{}", &sha256[..32], &self.engine_hash[..16]);
+        let cached = dir.join(format!("{key}.cwasm"));
+        let record = dir.join(format!("{key}.sha256"));
+        let mut rejected = None;
+        if let Ok(code) = std::fs::read(&cached) {
+            let expected = std::fs::read_to_string(&record).unwrap_or_default();
+            if expected.trim() == cache_record(sha256, &code) {
+                // SAFETY: these bytes hash to what rewind recorded when it
+                // wrote them from `Component::serialize` of an engine with
+                // the same compatibility hash (in the name); wasmtime still
+                // checks the header. They are used from memory, as checked.
+                #[allow(unsafe_code)]
+                match unsafe { Component::deserialize(&self.engine, &code) } {
+                    Ok(c) => return Ok((c, false, None)),
+                    Err(e) => {
+                        tracing::warn!("ignoring unusable cache entry {}: {e:#}", cached.display())
+                    }
                 }
+            } else {
+                let note = format!(
+                    "cache entry {} for {} did not match what rewind recorded for it; recompiled",
+                    cached.display(),
+                    path.display()
+                );
+                tracing::warn!("{note}");
+                rejected = Some(note);
             }
         }
         let component = Component::from_binary(&self.engine, bytes).map_err(invalid)?;
         // A cache that cannot be written costs a recompile next time, no more.
-        if let Err(e) = write_cache(dir, &cached, &component) {
+        if let Err(e) = write_cache(dir, &cached, &record, sha256, &component) {
             tracing::debug!("cannot write compiled cache {}: {e:#}", cached.display());
         }
-        Ok((component, true))
+        Ok((component, true, rejected))
     }
 
     /// Accept only components of our world, at a compatible version.
@@ -840,14 +867,35 @@ fn last_lines(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-fn write_cache(dir: &Path, target: &Path, component: &Component) -> anyhow::Result<()> {
+/// What is recorded next to a cache entry: the component's SHA-256 and the
+/// compiled bytes' SHA-256.
+fn cache_record(component_sha256: &str, code: &[u8]) -> String {
+    format!(
+        "component {component_sha256} cwasm {}",
+        hex::encode(Sha256::digest(code))
+    )
+}
+
+/// Write the compiled code, then its record (each atomically): a crash in
+/// between leaves a record that does not match, which only costs a compile.
+fn write_cache(
+    dir: &Path,
+    target: &Path,
+    record: &Path,
+    component_sha256: &str,
+    component: &Component,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let bytes = component.serialize()?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, &bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(target)?;
-    Ok(())
+    let write = |path: &Path, contents: &[u8]| -> anyhow::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, contents)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)?;
+        Ok(())
+    };
+    write(target, &bytes)?;
+    write(record, cache_record(component_sha256, &bytes).as_bytes())
 }
 
 struct ShaHasher(Sha256);

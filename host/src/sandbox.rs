@@ -143,9 +143,34 @@ pub struct Sandbox {
     /// Pids this plugin spawned in this run, with their start times (so a
     /// reused pid is not mistaken for ours): it may always signal those.
     spawned: Mutex<HashMap<u32, Option<u64>>>,
-    /// Never reachable through any grant: rewind's own state directory
-    /// (journals, snapshots, key-value state), even when it sits inside a grant.
-    protected: Vec<PathBuf>,
+    /// Never reachable through any grant: rewind's own files (state
+    /// directory, compiled cache, runbook, components, the rewind binary).
+    /// Nothing inside one may be touched, and nothing holding one may be
+    /// written, renamed or removed.
+    protected: Vec<Protected>,
+}
+
+/// A path rewind relies on that no plugin may change, and what it is (for
+/// messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    pub path: PathBuf,
+    pub what: String,
+}
+
+/// A grant that would let a plugin change what rewind relies on: refused
+/// when the runbook is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantConflict {
+    /// A `write` grant is, or holds, a protected path.
+    WriteCoversProtected { grant: String, protected: Protected },
+    /// An `exec` grant names a program a `write` grant lets the plugin
+    /// rewrite.
+    ExecInsideWrite {
+        exec: String,
+        program: PathBuf,
+        write: String,
+    },
 }
 
 /// A grant that cannot be understood: reported as a runbook error.
@@ -231,11 +256,64 @@ impl Sandbox {
         })
     }
 
-    /// Put a directory out of every grant's reach.
-    pub fn protect(&mut self, dir: &Path) {
-        if let Ok(p) = resolve_path(&self.base_dir, &dir.to_string_lossy()) {
-            self.protected.push(p);
+    /// Put a path (and everything under it) out of every grant's reach.
+    /// `what` names it in refusals ("rewind's state directory").
+    pub fn protect(&mut self, path: &Path, what: &str) {
+        if let Ok(p) = resolve_path(&self.base_dir, &path.to_string_lossy()) {
+            self.protected.push(Protected {
+                path: p,
+                what: what.to_string(),
+            });
         }
+    }
+
+    /// Grants that would let the plugin change rewind's own files or the
+    /// programs it is allowed to run. Any of these makes the runbook unusable:
+    /// checking each call is not enough (a plugin that may write a directory
+    /// may rename it away with rewind's state inside, or rewrite a granted
+    /// program and then run it).
+    pub fn conflicts(&self) -> Vec<GrantConflict> {
+        let mut out = Vec::new();
+        for (raw, root) in self.spec.write.iter().zip(&self.write) {
+            for p in &self.protected {
+                if p.path.starts_with(root) {
+                    out.push(GrantConflict::WriteCoversProtected {
+                        grant: raw.clone(),
+                        protected: p.clone(),
+                    });
+                }
+            }
+        }
+        for (exec, program) in &self.exec {
+            // Where the program is, or could appear later (a path not
+            // created yet, or a name in any PATH directory): a program the
+            // plugin can put in place is as good as any program.
+            let candidates: Vec<PathBuf> = match program {
+                Some(p) => vec![p.clone()],
+                None if exec.contains('/') => {
+                    resolve_path(&self.base_dir, exec).into_iter().collect()
+                }
+                None => std::env::var_os("PATH")
+                    .map(|path| {
+                        std::env::split_paths(&path)
+                            .filter_map(|d| {
+                                resolve_path(&self.base_dir, &d.join(exec).to_string_lossy()).ok()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            for (raw, root) in self.spec.write.iter().zip(&self.write) {
+                if let Some(program) = candidates.iter().find(|c| c.starts_with(root)) {
+                    out.push(GrantConflict::ExecInsideWrite {
+                        exec: exec.clone(),
+                        program: program.clone(),
+                        write: raw.clone(),
+                    });
+                }
+            }
+        }
+        out
     }
 
     pub fn spec(&self) -> &GrantsSpec {
@@ -313,6 +391,21 @@ impl Sandbox {
             .any(|(g, gp)| g == program || (resolved.is_some() && gp.is_some() && *gp == resolved));
         if !ok {
             return Err(self.deny(Capability::Exec, program, program).into());
+        }
+        // Load-time checks refuse exec grants inside write grants; this
+        // catches a program that resolves there now (a link changed since).
+        if let Some(r) = &resolved
+            && let Some((raw, _)) = self
+                .spec
+                .write
+                .iter()
+                .zip(&self.write)
+                .find(|(_, root)| r.starts_with(root))
+        {
+            return Err(CheckError::Invalid(format!(
+                "program {program:?} resolves to {}, inside write grant {raw:?}: a program the plugin may rewrite is never run",
+                r.display()
+            )));
         }
         // Run the program by the path it was found at, not the canonical
         // one: multi-call binaries (Debian's pg_wrapper behind psql and
@@ -440,10 +533,34 @@ impl Sandbox {
             resolve_entry(&self.base_dir, raw)
         }
         .map_err(|e| CheckError::Invalid(format!("path {raw:?}: {e}")))?;
-        if let Some(p) = self.protected.iter().find(|p| resolved.starts_with(p)) {
+        if let Some(p) = self
+            .protected
+            .iter()
+            .find(|p| resolved.starts_with(&p.path))
+        {
             return Err(CheckError::Invalid(format!(
-                "path {raw:?} is inside rewind's state directory {}, which plugins never touch directly (use the storage key-value and snapshot calls)",
-                p.display()
+                "path {raw:?} is inside {} {}, which plugins never touch directly{}",
+                p.what,
+                p.path.display(),
+                if p.what.contains("state directory") {
+                    " (use the storage key-value and snapshot calls)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        // Writing, renaming or removing a directory that holds one of
+        // rewind's files would move or delete it as surely as touching it.
+        if cap != Capability::Read
+            && let Some(p) = self
+                .protected
+                .iter()
+                .find(|p| p.path.starts_with(&resolved))
+        {
+            return Err(CheckError::Invalid(format!(
+                "path {raw:?} holds {} {}, so it is never written, renamed or removed by a plugin",
+                p.what,
+                p.path.display()
             )));
         }
         let roots: Vec<&PathBuf> = match cap {
@@ -464,6 +581,56 @@ impl Sandbox {
                 .deny(cap, shown, &resolved.display().to_string())
                 .into())
         }
+    }
+
+    /// Open, by capability, the granted directory that holds `resolved` (a
+    /// path a `check_*` call returned for `cap`), and give `resolved`
+    /// relative to it. Every later access resolves beneath that handle
+    /// (`openat2(RESOLVE_BENEATH)` where the kernel has it, component by
+    /// component otherwise), so a symbolic link or rename made after the
+    /// check cannot lead the access out of the grant.
+    ///
+    /// The handle is the outermost grant that strictly holds the path: no
+    /// grant of this capability holds that directory itself, so the plugin
+    /// cannot swap it for a link. A path that is itself a grant root is
+    /// reached from its parent, through its last component only.
+    pub fn beneath(&self, cap: Capability, resolved: &Path) -> std::io::Result<Beneath> {
+        let roots: Vec<&PathBuf> = match cap {
+            Capability::Read => self.read.iter().chain(self.write.iter()).collect(),
+            Capability::Write => self.write.iter().collect(),
+            Capability::Sqlite => self.sqlite.iter().collect(),
+            _ => unreachable!("not a path capability"),
+        };
+        let outside = || {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not under a {cap} grant", resolved.display()),
+            )
+        };
+        let mut anchor = match roots
+            .iter()
+            .filter(|r| resolved.starts_with(r) && resolved != r.as_path())
+            .min_by_key(|r| r.components().count())
+        {
+            Some(r) => r.to_path_buf(),
+            None if roots.iter().any(|r| resolved == r.as_path()) => {
+                resolved.parent().ok_or_else(outside)?.to_path_buf()
+            }
+            None => return Err(outside()),
+        };
+        // A granted directory that does not exist yet is reached from the
+        // nearest directory above it that does.
+        while !std::fs::symlink_metadata(&anchor).is_ok_and(|m| m.is_dir()) {
+            if !anchor.pop() {
+                return Err(outside());
+            }
+        }
+        let dir = cap_std::fs::Dir::open_ambient_dir(&anchor, cap_std::ambient_authority())?;
+        let rel = resolved
+            .strip_prefix(&anchor)
+            .map_err(|_| outside())?
+            .to_path_buf();
+        Ok(Beneath { dir, anchor, rel })
     }
 
     /// What is granted for one capability, as written.
@@ -498,6 +665,88 @@ impl Sandbox {
             Capability::Env => self.check_env(need).is_ok(),
             Capability::ChildEnv => self.check_child_env(need).is_ok(),
         }
+    }
+}
+
+/// A granted path held by capability: a directory handle and the path
+/// beneath it. `rel` is empty when the path is the anchor itself.
+#[derive(Debug)]
+pub struct Beneath {
+    pub dir: cap_std::fs::Dir,
+    /// Where `dir` was opened, for messages.
+    pub anchor: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl Beneath {
+    /// `rel`, or `.` for the anchor itself (cap-std wants a path).
+    pub fn path(&self) -> &Path {
+        if self.rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.rel
+        }
+    }
+
+    /// The directory holding the entry, opened beneath the anchor, and the
+    /// entry's name in it. `None` for the anchor itself.
+    pub fn parent(&self) -> std::io::Result<Option<(cap_std::fs::Dir, std::ffi::OsString)>> {
+        let Some(name) = self.rel.file_name() else {
+            return Ok(None);
+        };
+        let parent = self.rel.parent().unwrap_or(Path::new(""));
+        let dir = if parent.as_os_str().is_empty() {
+            self.dir.try_clone()?
+        } else {
+            self.dir.open_dir(parent)?
+        };
+        Ok(Some((dir, name.to_os_string())))
+    }
+
+    /// Open the entry itself, beneath the anchor, with `flags` plus
+    /// `O_NOFOLLOW | O_CLOEXEC`: a symbolic link in its place is refused
+    /// (`ELOOP`), never followed.
+    pub fn open_nofollow(
+        &self,
+        flags: nix::fcntl::OFlag,
+        mode: u32,
+    ) -> std::io::Result<std::fs::File> {
+        use nix::fcntl::OFlag;
+        let Some((dir, name)) = self.parent()? else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file path",
+            ));
+        };
+        let fd = nix::fcntl::openat(
+            &dir,
+            name.as_os_str(),
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(std::fs::File::from(fd))
+    }
+}
+
+/// The directory `rel` under `dir` (empty or `.` for `dir` itself) as a
+/// readable file descriptor, for fsync, futimens, fchmod and fchown, which
+/// cap-std's path-only directory handles do not allow. Resolved beneath
+/// `dir`; the last component is never a followed link.
+pub fn open_dir_file(dir: &cap_std::fs::Dir, rel: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let open = |d: &cap_std::fs::Dir, name: &std::ffi::OsStr, flags: OFlag| {
+        nix::fcntl::openat(d, name, flags, nix::sys::stat::Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(std::io::Error::from)
+    };
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            open(&dir.open_dir(parent)?, name, flags | OFlag::O_NOFOLLOW)
+        }
+        (_, Some(name)) => open(dir, name, flags | OFlag::O_NOFOLLOW),
+        _ => open(dir, std::ffi::OsStr::new("."), flags),
     }
 }
 
@@ -721,7 +970,7 @@ mod tests {
             },
             dir.path(),
         );
-        s.protect(&granted.join(".rewind"));
+        s.protect(&granted.join(".rewind"), "rewind's state directory");
         assert!(s.check_read("granted/new-file").is_ok());
         assert!(matches!(
             s.check_write("granted/.rewind/runs/x.jsonl"),
@@ -732,6 +981,139 @@ mod tests {
         assert!(s.check_read("granted/missing/../../secret").is_err());
         // Writing the link itself (replacing it) is allowed; following it is not.
         assert!(s.check_write("granted/link").is_ok());
+    }
+
+    #[test]
+    fn a_path_holding_a_protected_one_is_never_written_renamed_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("site");
+        std::fs::create_dir_all(site.join("inner/state")).unwrap();
+        let mut s = sandbox(
+            GrantsSpec {
+                write: vec!["site/inner".into()],
+                read: vec!["site".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        s.protect(&site.join("inner/state"), "rewind's state directory");
+        for p in ["site/inner", "site/inner/state", "site/inner/state/runs/x"] {
+            assert!(
+                matches!(s.check_write(p), Err(CheckError::Invalid(ref m)) if m.contains("state directory")),
+                "{p}: {:?}",
+                s.check_write(p)
+            );
+        }
+        // Reading (listing) a directory that holds it is fine; reading inside is not.
+        assert!(s.check_read("site/inner").is_ok());
+        assert!(s.check_read("site/inner/state/runs").is_err());
+        assert!(s.check_write("site/inner/other").is_ok());
+        match s.conflicts().as_slice() {
+            [GrantConflict::WriteCoversProtected { grant, protected }] => {
+                assert_eq!(grant, "site/inner");
+                assert!(protected.path.ends_with("inner/state"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_exec_grant_inside_a_write_grant_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("app/bin")).unwrap();
+        std::fs::write(dir.path().join("app/bin/tool"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("app/bin/tool"), dir.path().join("tool"))
+            .unwrap();
+        // Granted by a link outside the write grant: compared by the file.
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["./tool".into()],
+                write: vec!["app".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        assert!(matches!(
+            s.conflicts().as_slice(),
+            [GrantConflict::ExecInsideWrite { exec, write, .. }] if exec == "./tool" && write == "app"
+        ));
+        // A program that does not exist yet, which the plugin could create.
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["app/bin/later".into()],
+                write: vec!["app".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        assert!(matches!(
+            s.conflicts().as_slice(),
+            [GrantConflict::ExecInsideWrite { exec, .. }] if exec == "app/bin/later"
+        ));
+        // And at call time, a granted program that resolves into a write
+        // grant (a link changed after load) is not run.
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/prog"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside/prog"), dir.path().join("prog"))
+            .unwrap();
+        let s = sandbox(
+            GrantsSpec {
+                exec: vec!["./prog".into()],
+                write: vec!["app".into()],
+                ..Default::default()
+            },
+            dir.path(),
+        );
+        assert!(s.conflicts().is_empty());
+        std::fs::remove_file(dir.path().join("prog")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("app/bin/tool"), dir.path().join("prog"))
+            .unwrap();
+        assert!(
+            matches!(s.check_exec("./prog"), Err(CheckError::Invalid(m)) if m.contains("inside write grant"))
+        );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_check_stays_beneath_the_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(base.join("granted/sub")).unwrap();
+        std::fs::create_dir_all(base.join("outside")).unwrap();
+        std::fs::write(base.join("outside/secret"), "secret").unwrap();
+        let s = sandbox(
+            GrantsSpec {
+                write: vec!["granted".into()],
+                ..Default::default()
+            },
+            &base,
+        );
+        let w = s.check_write("granted/sub/new").unwrap();
+        let r = s.check_read("granted/sub/secret").unwrap();
+        // Between the check and the access: the directory becomes a link out.
+        std::fs::rename(base.join("granted/sub"), base.join("granted/sub.old")).unwrap();
+        std::os::unix::fs::symlink(base.join("outside"), base.join("granted/sub")).unwrap();
+        let b = s.beneath(Capability::Write, &w).unwrap();
+        assert_eq!(b.rel, Path::new("sub/new"));
+        let mut o = cap_std::fs::OpenOptions::new();
+        o.write(true).create(true);
+        assert!(b.dir.open_with(b.path(), &o).is_err());
+        let b = s.beneath(Capability::Read, &r).unwrap();
+        assert!(b.dir.read(b.path()).is_err());
+        assert!(!base.join("outside/new").exists());
+        // The log of `spawn` does not follow a link in the last component
+        // either, even one that stays inside the grant.
+        std::os::unix::fs::symlink(base.join("granted/sub.old/x"), base.join("granted/log"))
+            .unwrap();
+        let log = s.check_write("granted/log").unwrap();
+        let b = s.beneath(Capability::Write, &log).unwrap();
+        let e = b
+            .open_nofollow(
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT,
+                0o644,
+            )
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP));
+        assert!(!base.join("granted/sub.old/x").exists());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod demo;
 mod drills;
 mod hostile_limits;
 mod hostile_output;
+mod hostile_paths;
 mod imports;
 mod limits;
 mod runs;

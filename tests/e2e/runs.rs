@@ -264,12 +264,14 @@ fn manual_steps_need_a_person_or_an_explicit_approval() {
 #[test]
 fn a_healthy_system_is_left_alone_unless_a_level_is_forced() {
     let sb = Sandbox::new();
-    let marker = sb.join("touched");
+    let work = sb.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let marker = work.join("touched");
     let config = json!({
         "assess": {"severity": "none", "rollback": false, "level": 0, "scenario": "healthy"},
         "steps": [{"id": "touch", "op": {"call": "write-file", "args": {"path": marker, "contents": "x"}}}],
     });
-    sb.runbook(&fixture_runbook(&config, &json!({"write": [sb.path()]})));
+    sb.runbook(&fixture_runbook(&config, &json!({"write": [work]})));
     let (code, report, _) = sb.run_json(&[]);
     assert_eq!(code, 0);
     assert_eq!(report["outcome"], "healthy");

@@ -134,7 +134,14 @@ fn the_state_directory_is_out_of_reach_even_inside_a_grant() {
         {"id": "list", "op": {"call": "list-dir", "args": {"path": journal_dir, "recursive": false}}},
         {"id": "forge", "op": {"call": "write-file", "args": {"path": journal_dir.join("forged.jsonl"), "contents": "{}"}}},
     ]});
-    sb.runbook(&fixture_runbook(&config, &json!({"write": [sb.path()]})));
+    // Read on the whole directory (a write grant holding the state
+    // directory is refused at load: see hostile_paths).
+    let work = sb.join("work");
+    std::fs::create_dir(&work).unwrap();
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"read": [sb.path()], "write": [work]}),
+    ));
     let (_, report, _) = sb.run_json(&[]);
     let r = step_results(&report);
     for id in ["list", "forge"] {

@@ -3,7 +3,6 @@
 //! the grants, recorded through `PluginEnv::side_effect`, and only carried
 //! out when that says so (never in dry runs and checks).
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -528,6 +527,39 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
     })
 }
 
+/// Open (create, append to) a spawned process's log by capability: beneath
+/// the write grant's directory, and never through a symbolic link in the
+/// last component (checking the path and then opening it by name would
+/// let a link swapped in between send the output outside the grant).
+fn open_log(env: &PluginEnv, log: &std::path::Path) -> Result<std::fs::File, Error> {
+    use nix::fcntl::OFlag;
+    let failed =
+        |e: std::io::Error| Error::failed(format!("cannot open log {}: {e}", log.display()));
+    let b = env
+        .sandbox
+        .beneath(crate::sandbox::Capability::Write, log)
+        .map_err(failed)?;
+    if let Some(parent) = b.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        b.dir.create_dir_all(parent).map_err(|e| {
+            Error::failed(format!(
+                "cannot create {}: {e}",
+                b.anchor.join(parent).display()
+            ))
+        })?;
+    }
+    b.open_nofollow(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_APPEND, 0o666)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                Error::invalid(format!(
+                    "log {} is a symbolic link; spawn writes its log only to a file it does not have to follow a link to (remove the link or choose another path)",
+                    log.display()
+                ))
+            } else {
+                failed(e)
+            }
+        })
+}
+
 fn spawn(env: &PluginEnv, cmd: Command, log_path: &str) -> Result<u32, Error> {
     let p = prepare(env, &cmd)?;
     let log = env.sandbox.check_write(log_path)?;
@@ -540,15 +572,7 @@ fn spawn(env: &PluginEnv, cmd: Command, log_path: &str) -> Result<u32, Error> {
     if !env.side_effect(what) {
         return Ok(0);
     }
-    if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::failed(format!("cannot create {}: {e}", parent.display())))?;
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| Error::failed(format!("cannot open log {}: {e}", log.display())))?;
+    let out = open_log(env, &log)?;
     let err = out
         .try_clone()
         .map_err(|e| Error::failed(format!("cannot open log {}: {e}", log.display())))?;

@@ -2,19 +2,44 @@
 //! allows: a temporary file in the same directory, fsynced, renamed over the
 //! target. Symbolic links are switched the same way (the classic release
 //! switch).
+//!
+//! Paths are checked by name (`Sandbox::check_*`, which gives the clear
+//! refusals), then used by capability: every access goes through a handle
+//! on the grant's directory and resolves beneath it
+//! (`Sandbox::beneath`), so a link or rename made between the check and
+//! the access cannot take it outside the grant.
 
-use std::fs::{self, File, Metadata};
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{fsync_dir, io_failed, millis, utf8};
+use cap_std::fs::{Dir, Metadata, MetadataExt as _, OpenOptions, OpenOptionsExt as _};
+
+use super::{io_failed, millis, utf8};
 use crate::bindings::storage::{DirEntry, EntryKind};
 use crate::bindings::types::Error;
+use crate::sandbox::{Beneath, Capability};
 use crate::state::PluginEnv;
 
 /// `list-dir` returns at most this many entries.
 pub const LIST_CAP: usize = 100_000;
+
+/// The grant's directory handle for a checked path.
+fn beneath(env: &PluginEnv, cap: Capability, p: &Path) -> Result<Beneath, Error> {
+    env.sandbox
+        .beneath(cap, p)
+        .map_err(|e| io_failed("open the grant holding", p, &e))
+}
+
+/// The directory holding a checked entry (opened beneath the grant) and the
+/// entry's name.
+fn parent_of(b: &Beneath, p: &Path) -> Result<(Dir, OsString), Error> {
+    b.parent()
+        .map_err(|e| io_failed("open the directory of", p, &e))?
+        .ok_or_else(|| Error::invalid(format!("{} is not a file path", p.display())))
+}
 
 /// The path of an entry as the plugin named it, with a symbolic link in the
 /// last component not followed, checked against the `read` grants: a link
@@ -22,7 +47,7 @@ pub const LIST_CAP: usize = 100_000;
 fn check_read_entry(env: &PluginEnv, raw: &str) -> Result<PathBuf, Error> {
     let entry = crate::sandbox::resolve_entry(env.sandbox.base_dir(), raw)
         .map_err(|e| Error::invalid(format!("path {raw:?}: {e}")))?;
-    let is_link = fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
+    let is_link = std::fs::symlink_metadata(&entry).is_ok_and(|m| m.file_type().is_symlink());
     match entry.parent() {
         Some(parent) if is_link => {
             env.sandbox.check_read(&parent.to_string_lossy())?;
@@ -34,7 +59,12 @@ fn check_read_entry(env: &PluginEnv, raw: &str) -> Result<PathBuf, Error> {
 
 pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
     let p = env.sandbox.check_read(path)?;
-    let file = File::open(&p).map_err(|e| io_failed("read", &p, &e))?;
+    let b = beneath(env, Capability::Read, &p)?;
+    let file = b
+        .dir
+        .open(b.path())
+        .map_err(|e| io_failed("read", &p, &e))?
+        .into_std();
     let md = file.metadata().map_err(|e| io_failed("read", &p, &e))?;
     if md.is_dir() {
         return Err(Error::failed(format!(
@@ -65,22 +95,85 @@ pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-/// Replace `target` atomically with what `fill` writes: a temporary file in
-/// the same directory (created with `new_mode`, less the umask), fsynced and
-/// renamed over it. An existing file keeps its permissions (and owner when
+/// A name for a temporary entry next to `name`: `.<name>.rewind-<n>.tmp`.
+fn temp_name(name: &OsString) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let short: String = name.to_string_lossy().chars().take(64).collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        ".{short}.rewind-{:x}{:x}{:x}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// Removes a temporary entry unless it was renamed into place.
+struct TempEntry<'a> {
+    dir: &'a Dir,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for TempEntry<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.dir.remove_file(&self.name);
+        }
+    }
+}
+
+/// Create a new entry with a fresh temporary name in `dir` by `make`,
+/// retrying on a name that is taken.
+fn make_temp<'a>(
+    dir: &'a Dir,
+    name: &OsString,
+    mut make: impl FnMut(&str) -> io::Result<()>,
+) -> io::Result<TempEntry<'a>> {
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = temp_name(name);
+        match make(&tmp) {
+            Ok(()) => {
+                return Ok(TempEntry {
+                    dir,
+                    name: tmp,
+                    armed: true,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// Make a rename or a new entry in `dir` durable.
+fn fsync(dir: &Dir) -> io::Result<()> {
+    crate::sandbox::open_dir_file(dir, Path::new(""))?.sync_all()
+}
+
+/// Replace the checked path `target` (held by `b`) atomically with what
+/// `fill` writes: a temporary file in the same directory (created with
+/// `new_mode`, less the umask), fsynced and renamed over it, all beneath
+/// the grant. An existing file keeps its permissions (and owner when
 /// allowed). Parent directories are created. Returns what `fill` returns.
 pub(crate) fn atomic_write(
+    b: &Beneath,
     target: &Path,
     new_mode: u32,
-    fill: impl FnOnce(&mut File) -> Result<u64, Error>,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<u64, Error>,
 ) -> Result<u64, Error> {
-    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-        return Err(Error::invalid(format!(
-            "cannot write {}: not a file path",
-            target.display()
-        )));
-    };
-    let existing = match fs::symlink_metadata(target) {
+    if let Some(parent) = b.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        b.dir
+            .create_dir_all(parent)
+            .map_err(|e| io_failed("create directory", target.parent().unwrap_or(target), &e))?;
+    }
+    let (dir, name) = parent_of(b, target)?;
+    let existing = match dir.symlink_metadata(&name) {
         Ok(md) if md.is_dir() => {
             return Err(Error::failed(format!(
                 "cannot write {}: Is a directory",
@@ -91,37 +184,45 @@ pub(crate) fn atomic_write(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_failed("write", target, &e)),
     };
-    fs::create_dir_all(parent).map_err(|e| io_failed("create directory", parent, &e))?;
-    let name: String = name.to_string_lossy().chars().take(64).collect();
-    let prefix = format!(".{name}.rewind-");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(new_mode))
-        .tempfile_in(parent)
-        .map_err(|e| io_failed("create a temporary file in", parent, &e))?;
-    let n = fill(tmp.as_file_mut())?;
+    let mut file = None;
+    let tmp = make_temp(&dir, &name, |n| {
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true).mode(new_mode);
+        file = Some(dir.open_with(n, &o)?.into_std());
+        Ok(())
+    })
+    .map_err(|e| {
+        io_failed(
+            "create a temporary file in",
+            target.parent().unwrap_or(target),
+            &e,
+        )
+    })?;
+    let mut file = file.expect("set when the temporary entry was made");
+    let n = fill(&mut file)?;
     let failed = |e: io::Error| io_failed("write", target, &e);
     if let Some(md) = existing {
-        let now = tmp.as_file().metadata().map_err(failed)?;
+        let now = file.metadata().map_err(failed)?;
         if (md.uid(), md.gid()) != (now.uid(), now.gid()) {
-            let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(md.uid()), Some(md.gid()));
+            let _ = std::os::unix::fs::fchown(&file, Some(md.uid()), Some(md.gid()));
         }
-        tmp.as_file()
-            .set_permissions(md.permissions())
+        file.set_permissions(std::fs::Permissions::from_mode(md.mode() & 0o7777))
             .map_err(failed)?;
     }
-    tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist(target)
-        .map_err(|e| io_failed("replace", target, &e.error))?;
-    let _ = fsync_dir(parent);
+    file.sync_all().map_err(failed)?;
+    drop(file);
+    let mut tmp = tmp;
+    dir.rename(&tmp.name, &dir, &name)
+        .map_err(|e| io_failed("replace", target, &e))?;
+    tmp.armed = false;
+    let _ = fsync(&dir);
     Ok(n)
 }
 
 /// Files are written whole; a directory in the way is an error, reported
 /// before anything is recorded.
-fn refuse_dir(p: &Path) -> Result<(), Error> {
-    if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+fn refuse_dir(b: &Beneath, p: &Path) -> Result<(), Error> {
+    if b.dir.symlink_metadata(b.path()).is_ok_and(|m| m.is_dir()) {
         return Err(Error::failed(format!(
             "cannot write {}: Is a directory",
             p.display()
@@ -132,11 +233,12 @@ fn refuse_dir(p: &Path) -> Result<(), Error> {
 
 pub fn write_file(env: &PluginEnv, path: &str, contents: &[u8]) -> Result<(), Error> {
     let p = env.sandbox.check_write(path)?;
-    refuse_dir(&p)?;
+    let b = beneath(env, Capability::Write, &p)?;
+    refuse_dir(&b, &p)?;
     if !env.side_effect(format!("write {} bytes to {}", contents.len(), p.display())) {
         return Ok(());
     }
-    atomic_write(&p, 0o666, |f| {
+    atomic_write(&b, &p, 0o666, |f| {
         f.write_all(contents)
             .map_err(|e| io_failed("write", &p, &e))?;
         Ok(contents.len() as u64)
@@ -148,7 +250,12 @@ pub fn write_file(env: &PluginEnv, path: &str, contents: &[u8]) -> Result<(), Er
 pub fn copy(env: &PluginEnv, source: &str, target: &str) -> Result<u64, Error> {
     let src = env.sandbox.check_read(source)?;
     let dst = env.sandbox.check_write(target)?;
-    let mut file = File::open(&src).map_err(|e| io_failed("read", &src, &e))?;
+    let sb = beneath(env, Capability::Read, &src)?;
+    let mut file = sb
+        .dir
+        .open(sb.path())
+        .map_err(|e| io_failed("read", &src, &e))?
+        .into_std();
     let md = file.metadata().map_err(|e| io_failed("read", &src, &e))?;
     if !md.is_file() {
         return Err(Error::invalid(format!(
@@ -162,7 +269,8 @@ pub fn copy(env: &PluginEnv, source: &str, target: &str) -> Result<u64, Error> {
             src.display()
         )));
     }
-    refuse_dir(&dst)?;
+    let db = beneath(env, Capability::Write, &dst)?;
+    refuse_dir(&db, &dst)?;
     if !env.side_effect(format!(
         "copy {} to {} ({} bytes)",
         src.display(),
@@ -171,7 +279,7 @@ pub fn copy(env: &PluginEnv, source: &str, target: &str) -> Result<u64, Error> {
     )) {
         return Ok(md.len());
     }
-    atomic_write(&dst, md.mode() & 0o7777, |f| {
+    atomic_write(&db, &dst, md.mode() & 0o7777, |f| {
         io::copy(&mut file, f).map_err(|e| {
             Error::failed(format!(
                 "cannot copy {} to {}: {}",
@@ -186,13 +294,17 @@ pub fn copy(env: &PluginEnv, source: &str, target: &str) -> Result<u64, Error> {
 pub fn rename(env: &PluginEnv, source: &str, target: &str) -> Result<(), Error> {
     let src = env.sandbox.check_write(source)?;
     let dst = env.sandbox.check_write(target)?;
-    if let Err(e) = fs::symlink_metadata(&src) {
+    let sb = beneath(env, Capability::Write, &src)?;
+    let db = beneath(env, Capability::Write, &dst)?;
+    let (sdir, sname) = parent_of(&sb, &src)?;
+    if let Err(e) = sdir.symlink_metadata(&sname) {
         return Err(io_failed("rename", &src, &e));
     }
     if !env.side_effect(format!("rename {} to {}", src.display(), dst.display())) {
         return Ok(());
     }
-    fs::rename(&src, &dst).map_err(|e| {
+    let (ddir, dname) = parent_of(&db, &dst)?;
+    sdir.rename(&sname, &ddir, &dname).map_err(|e| {
         Error::failed(format!(
             "cannot rename {} to {}: {}",
             src.display(),
@@ -200,9 +312,8 @@ pub fn rename(env: &PluginEnv, source: &str, target: &str) -> Result<(), Error> 
             super::os_message(&e)
         ))
     })?;
-    for dir in [src.parent(), dst.parent()].into_iter().flatten() {
-        let _ = fsync_dir(dir);
-    }
+    let _ = fsync(&sdir);
+    let _ = fsync(&ddir);
     Ok(())
 }
 
@@ -210,32 +321,37 @@ pub fn rename(env: &PluginEnv, source: &str, target: &str) -> Result<(), Error> 
 /// with everything in it.
 pub fn remove(env: &PluginEnv, path: &str) -> Result<(), Error> {
     let p = env.sandbox.check_write(path)?;
-    let md = fs::symlink_metadata(&p).map_err(|e| io_failed("remove", &p, &e))?;
+    let b = beneath(env, Capability::Write, &p)?;
+    let (dir, name) = parent_of(&b, &p)?;
+    let md = dir
+        .symlink_metadata(&name)
+        .map_err(|e| io_failed("remove", &p, &e))?;
     let what = if md.is_dir() { "directory " } else { "" };
     if !env.side_effect(format!("remove {what}{}", p.display())) {
         return Ok(());
     }
     let r = if md.is_dir() {
-        fs::remove_dir_all(&p)
+        dir.remove_dir_all(&name)
     } else {
-        fs::remove_file(&p)
+        dir.remove_file(&name)
     };
     r.map_err(|e| io_failed("remove", &p, &e))?;
-    if let Some(parent) = p.parent() {
-        let _ = fsync_dir(parent);
-    }
+    let _ = fsync(&dir);
     Ok(())
 }
 
 pub fn make_dir(env: &PluginEnv, path: &str) -> Result<(), Error> {
     let p = env.sandbox.check_write(path)?;
-    if p.is_dir() {
+    let b = beneath(env, Capability::Write, &p)?;
+    if b.dir.is_dir(b.path()) {
         return Ok(());
     }
     if !env.side_effect(format!("create directory {}", p.display())) {
         return Ok(());
     }
-    fs::create_dir_all(&p).map_err(|e| io_failed("create directory", &p, &e))
+    b.dir
+        .create_dir_all(b.path())
+        .map_err(|e| io_failed("create directory", &p, &e))
 }
 
 fn dir_entry(path: &Path, md: &Metadata) -> DirEntry {
@@ -253,7 +369,7 @@ fn dir_entry(path: &Path, md: &Metadata) -> DirEntry {
         path: path.to_string_lossy().into_owned(),
         kind,
         size: md.len(),
-        modified_ms: md.modified().map(millis).unwrap_or(0),
+        modified_ms: md.modified().map(|t| millis(t.into_std())).unwrap_or(0),
     }
 }
 
@@ -261,21 +377,32 @@ fn dir_entry(path: &Path, md: &Metadata) -> DirEntry {
 /// links and never followed.
 pub fn list_dir(env: &PluginEnv, path: &str, recursive: bool) -> Result<Vec<DirEntry>, Error> {
     let p = env.sandbox.check_read(path)?;
-    let md = fs::metadata(&p).map_err(|e| io_failed("list", &p, &e))?;
+    let b = beneath(env, Capability::Read, &p)?;
+    let md = b
+        .dir
+        .metadata(b.path())
+        .map_err(|e| io_failed("list", &p, &e))?;
     if !md.is_dir() {
         return Err(Error::failed(format!(
             "cannot list {}: Not a directory",
             p.display()
         )));
     }
+    let top = b
+        .dir
+        .open_dir(b.path())
+        .map_err(|e| io_failed("list", &p, &e))?;
     let mut out = Vec::new();
-    let mut pending = vec![p.clone()];
-    while let Some(dir) = pending.pop() {
-        let rd = fs::read_dir(&dir).map_err(|e| io_failed("list", &dir, &e))?;
+    let mut pending = vec![(top, p.clone())];
+    while let Some((dir, dir_path)) = pending.pop() {
+        let rd = dir
+            .entries()
+            .map_err(|e| io_failed("list", &dir_path, &e))?;
         for e in rd {
-            let e = e.map_err(|e| io_failed("list", &dir, &e))?;
-            let child = e.path();
-            let md = match fs::symlink_metadata(&child) {
+            let e = e.map_err(|e| io_failed("list", &dir_path, &e))?;
+            let name = e.file_name();
+            let child = dir_path.join(&name);
+            let md = match dir.symlink_metadata(&name) {
                 Ok(md) => md,
                 // Removed between the listing and the stat.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -288,7 +415,10 @@ pub fn list_dir(env: &PluginEnv, path: &str, recursive: bool) -> Result<Vec<DirE
                 )));
             }
             if recursive && md.is_dir() {
-                pending.push(child.clone());
+                let sub = dir
+                    .open_dir(&name)
+                    .map_err(|e| io_failed("list", &child, &e))?;
+                pending.push((sub, child.clone()));
             }
             out.push(dir_entry(&child, &md));
         }
@@ -301,7 +431,12 @@ pub fn list_dir(env: &PluginEnv, path: &str, recursive: bool) -> Result<Vec<DirE
 /// described itself (kind `symlink`), not what it points to.
 pub fn stat(env: &PluginEnv, path: &str) -> Result<Option<DirEntry>, Error> {
     let p = check_read_entry(env, path)?;
-    match fs::symlink_metadata(&p) {
+    let b = beneath(env, Capability::Read, &p)?;
+    let md = match parent_of(&b, &p) {
+        Ok((dir, name)) => dir.symlink_metadata(&name),
+        Err(_) => b.dir.symlink_metadata(b.path()),
+    };
+    match md {
         Ok(md) => Ok(Some(dir_entry(&p, &md))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_failed("stat", &p, &e)),
@@ -317,7 +452,7 @@ pub fn symlink(env: &PluginEnv, target: &str, link: &str) -> Result<(), Error> {
         return Err(Error::invalid("empty symbolic link target"));
     }
     let l = env.sandbox.check_write(link)?;
-    let (Some(dir), Some(name)) = (l.parent(), l.file_name()) else {
+    let Some(dir) = l.parent() else {
         return Err(Error::invalid(format!(
             "cannot make a symbolic link at {}",
             l.display()
@@ -329,7 +464,8 @@ pub fn symlink(env: &PluginEnv, target: &str, link: &str) -> Result<(), Error> {
         dir.join(target)
     };
     env.sandbox.check_read(utf8(&resolved_target)?)?;
-    if fs::symlink_metadata(&l).is_ok_and(|m| m.is_dir()) {
+    let b = beneath(env, Capability::Write, &l)?;
+    if b.dir.symlink_metadata(b.path()).is_ok_and(|m| m.is_dir()) {
         return Err(Error::failed(format!(
             "cannot make {} a symbolic link: it is a directory",
             l.display()
@@ -338,22 +474,29 @@ pub fn symlink(env: &PluginEnv, target: &str, link: &str) -> Result<(), Error> {
     if !env.side_effect(format!("point {} at {target}", l.display())) {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|e| io_failed("create directory", dir, &e))?;
-    let name: String = name.to_string_lossy().chars().take(64).collect();
-    let prefix = format!(".{name}.rewind-");
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .make_in(dir, |p| std::os::unix::fs::symlink(target, p))
+    if let Some(parent) = b.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        b.dir
+            .create_dir_all(parent)
+            .map_err(|e| io_failed("create directory", dir, &e))?;
+    }
+    let (pdir, name) = parent_of(&b, &l)?;
+    // The target is stored as written (it is only text until followed, and
+    // following it is checked like any other path).
+    let mut tmp = make_temp(&pdir, &name, |n| pdir.symlink_contents(target, n))
         .map_err(|e| io_failed("create a symbolic link in", dir, &e))?;
-    tmp.persist(&l)
-        .map_err(|e| io_failed("replace", &l, &e.error))?;
-    let _ = fsync_dir(dir);
+    pdir.rename(&tmp.name, &pdir, &name)
+        .map_err(|e| io_failed("replace", &l, &e))?;
+    tmp.armed = false;
+    let _ = fsync(&pdir);
     Ok(())
 }
 
 pub fn read_link(env: &PluginEnv, path: &str) -> Result<String, Error> {
     let p = check_read_entry(env, path)?;
-    let target = fs::read_link(&p).map_err(|e| io_failed("read link", &p, &e))?;
+    let b = beneath(env, Capability::Read, &p)?;
+    let (dir, name) = parent_of(&b, &p)?;
+    let target = dir
+        .read_link_contents(&name)
+        .map_err(|e| io_failed("read link", &p, &e))?;
     Ok(utf8(&target)?.to_string())
 }

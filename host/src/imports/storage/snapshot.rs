@@ -22,19 +22,23 @@
 //! swaps already made, so a failed restore leaves the old files in place.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cap_std::fs::Dir;
+use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{fsync_dir, io_failed, millis, utf8};
 use crate::bindings::storage::{RestoreReport, SnapshotInfo};
 use crate::bindings::types::Error;
+use crate::sandbox::{Capability, open_dir_file};
 use crate::state::PluginEnv;
 
 /// Version of the manifest format.
@@ -327,56 +331,122 @@ struct Archiver<'a> {
     manifest: Manifest,
 }
 
-fn header(kind: tar::EntryType, md: &Metadata, size: u64) -> tar::Header {
+/// What a tar header keeps of an entry's metadata.
+struct Attrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+}
+
+impl From<&Metadata> for Attrs {
+    fn from(md: &Metadata) -> Self {
+        Self {
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+        }
+    }
+}
+
+impl From<&cap_std::fs::Metadata> for Attrs {
+    fn from(md: &cap_std::fs::Metadata) -> Self {
+        use cap_std::fs::MetadataExt as _;
+        Self {
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+        }
+    }
+}
+
+fn header(kind: tar::EntryType, md: &Attrs, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
-    h.set_mode(md.mode() & 0o7777);
-    h.set_uid(u64::from(md.uid()));
-    h.set_gid(u64::from(md.gid()));
-    h.set_mtime(u64::try_from(md.mtime()).unwrap_or(0));
+    h.set_mode(md.mode & 0o7777);
+    h.set_uid(u64::from(md.uid));
+    h.set_gid(u64::from(md.gid));
+    h.set_mtime(u64::try_from(md.mtime).unwrap_or(0));
     h.set_size(size);
     h
 }
 
+/// Open `name` in `dir` with `flags`, never following a symbolic link there
+/// (the entry was a file or directory when listed; a link swapped in since
+/// is refused, not followed).
+fn open_nofollow_in(dir: &Dir, name: &OsStr, flags: OFlag) -> io::Result<File> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    Ok(File::from(fd))
+}
+
+/// The names in a directory opened by handle, sorted.
+fn sorted_names(dir: &Dir) -> io::Result<Vec<OsString>> {
+    let mut names = dir
+        .entries()?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// The directory holding a snapshot root, opened beneath the grant that
+/// holds the root, and the root's name in it.
+fn root_parent(env: &PluginEnv, root: &Path) -> Result<(Dir, OsString), Error> {
+    env.sandbox
+        .beneath(Capability::Read, root)
+        .and_then(|b| b.parent())
+        .map_err(|e| io_failed("open the directory of", root, &e))?
+        .ok_or_else(|| Error::invalid(format!("cannot snapshot {}", root.display())))
+}
+
 impl Archiver<'_> {
-    fn add(&mut self, path: &Path, md: &Metadata) -> Result<(), Error> {
-        let name = entry_name(path)?;
+    /// Archive the entry `name` of `parent` (a handle beneath the grant),
+    /// which is at `path`, and everything under it. Nothing is reached by
+    /// path: each directory is opened from its parent's handle without
+    /// following a link, so a link swapped in during the walk is not
+    /// followed out of the grant.
+    fn add(&mut self, parent: &Dir, name: &OsStr, path: &Path) -> Result<(), Error> {
+        let entry = entry_name(path)?;
         let shown = path.display();
         let failed = |e: io::Error| {
             Error::failed(format!("cannot archive {shown}: {}", super::os_message(&e)))
         };
+        let md = parent
+            .symlink_metadata(name)
+            .map_err(|e| io_failed("read", path, &e))?;
         let ft = md.file_type();
         if ft.is_dir() {
-            let mut h = header(tar::EntryType::Directory, md, 0);
+            let d = open_nofollow_in(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(|e| io_failed("read directory", path, &e))?;
+            let dmd = d.metadata().map_err(|e| io_failed("read", path, &e))?;
+            let attrs = Attrs::from(&dmd);
+            let mut h = header(tar::EntryType::Directory, &attrs, 0);
             self.tar
-                .append_data(&mut h, name, io::empty())
+                .append_data(&mut h, entry, io::empty())
                 .map_err(failed)?;
             self.manifest.dirs.push(DirRecord {
                 path: path.to_str().unwrap_or_default().to_string(),
-                mode: md.mode() & 0o7777,
+                mode: attrs.mode & 0o7777,
             });
-            let mut children = fs::read_dir(path)
-                .and_then(|rd| {
-                    rd.map(|e| e.map(|e| e.path()))
-                        .collect::<io::Result<Vec<_>>>()
-                })
-                .map_err(|e| io_failed("read directory", path, &e))?;
-            children.sort();
+            let dir = Dir::from_std_file(d);
+            let children = sorted_names(&dir).map_err(|e| io_failed("read directory", path, &e))?;
             for child in children {
-                let md = fs::symlink_metadata(&child).map_err(|e| io_failed("read", &child, &e))?;
-                self.add(&child, &md)?;
+                self.add(&dir, &child, &path.join(&child))?;
             }
         } else if ft.is_file() {
-            // O_NOFOLLOW: the entry was a file when listed; never follow a
-            // link that replaced it since.
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(path)
+            let file = open_nofollow_in(parent, name, OFlag::O_RDONLY)
                 .map_err(|e| io_failed("read", path, &e))?;
             let md = file.metadata().map_err(|e| io_failed("read", path, &e))?;
             let size = md.len();
-            let mut h = header(tar::EntryType::Regular, &md, size);
+            let mut h = header(tar::EntryType::Regular, &Attrs::from(&md), size);
             let mut r = FileReader {
                 file,
                 path,
@@ -384,7 +454,9 @@ impl Archiver<'_> {
                 hasher: Sha256::new(),
                 n: 0,
             };
-            self.tar.append_data(&mut h, name, &mut r).map_err(failed)?;
+            self.tar
+                .append_data(&mut h, entry, &mut r)
+                .map_err(failed)?;
             self.manifest.files.push(FileRecord {
                 path: path.to_str().unwrap_or_default().to_string(),
                 size,
@@ -393,11 +465,13 @@ impl Archiver<'_> {
             });
             self.manifest.bytes += size;
         } else if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(|e| io_failed("read link", path, &e))?;
+            let target = parent
+                .read_link_contents(name)
+                .map_err(|e| io_failed("read link", path, &e))?;
             let target_str = utf8(&target)?.to_string();
-            let mut h = header(tar::EntryType::Symlink, md, 0);
+            let mut h = header(tar::EntryType::Symlink, &Attrs::from(&md), 0);
             self.tar
-                .append_link(&mut h, name, &target)
+                .append_link(&mut h, entry, &target)
                 .map_err(failed)?;
             self.manifest.symlinks.push(LinkRecord {
                 path: path.to_str().unwrap_or_default().to_string(),
@@ -413,15 +487,25 @@ impl Archiver<'_> {
     }
 }
 
-/// Files and bytes a snapshot of `roots` would hold (for dry runs).
-fn count(roots: &[PathBuf]) -> Result<(u32, u64), Error> {
-    fn walk(path: &Path, md: &Metadata, files: &mut u32, bytes: &mut u64) -> Result<(), Error> {
+/// Files and bytes a snapshot of `roots` would hold (for dry runs), walked
+/// by handle like the snapshot itself.
+fn count(env: &PluginEnv, roots: &[PathBuf]) -> Result<(u32, u64), Error> {
+    fn walk(
+        parent: &Dir,
+        name: &OsStr,
+        path: &Path,
+        files: &mut u32,
+        bytes: &mut u64,
+    ) -> Result<(), Error> {
+        let md = parent
+            .symlink_metadata(name)
+            .map_err(|e| io_failed("read", path, &e))?;
         if md.is_dir() {
-            let rd = fs::read_dir(path).map_err(|e| io_failed("read directory", path, &e))?;
-            for e in rd {
-                let p = e.map_err(|e| io_failed("read directory", path, &e))?.path();
-                let md = fs::symlink_metadata(&p).map_err(|e| io_failed("read", &p, &e))?;
-                walk(&p, &md, files, bytes)?;
+            let d = open_nofollow_in(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(|e| io_failed("read directory", path, &e))?;
+            let dir = Dir::from_std_file(d);
+            for child in sorted_names(&dir).map_err(|e| io_failed("read directory", path, &e))? {
+                walk(&dir, &child, &path.join(&child), files, bytes)?;
             }
         } else if md.is_file() {
             *files = files.saturating_add(1);
@@ -431,8 +515,9 @@ fn count(roots: &[PathBuf]) -> Result<(u32, u64), Error> {
     }
     let (mut files, mut bytes) = (0, 0);
     for r in roots {
-        match fs::symlink_metadata(r) {
-            Ok(md) => walk(r, &md, &mut files, &mut bytes)?,
+        let (parent, name) = root_parent(env, r)?;
+        match parent.symlink_metadata(&name) {
+            Ok(_) => walk(&parent, &name, r, &mut files, &mut bytes)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_failed("read", r, &e)),
         }
@@ -462,7 +547,7 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
         "snapshot {} (label {label:?})",
         root_strs.join(", ")
     )) {
-        let (files, bytes) = count(&roots)?;
+        let (files, bytes) = count(env, &roots)?;
         return Ok(SnapshotInfo {
             id: DRY_RUN_ID.to_string(),
             label: label.to_string(),
@@ -514,8 +599,9 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
         },
     };
     for (root, s) in roots.iter().zip(&root_strs) {
-        match fs::symlink_metadata(root) {
-            Ok(md) => ar.add(root, &md)?,
+        let (parent, name) = root_parent(env, root)?;
+        match parent.symlink_metadata(&name) {
+            Ok(_) => ar.add(&parent, &name, root)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => ar.manifest.absent.push(s.clone()),
             Err(e) => return Err(io_failed("read", root, &e)),
         }
@@ -664,35 +750,84 @@ pub fn list_manifests(dir: &Path) -> Result<Vec<Manifest>, Error> {
 }
 
 /// Where `check_archive` puts what it extracts: for each root (by index in
-/// `Manifest::paths`), the path to create it at, if it is being restored.
+/// `Manifest::paths`), the temporary directory to create it in (a handle,
+/// and its path for messages), if it is being restored. Everything is
+/// created through the handle, beneath it.
 struct Extract {
-    roots: Vec<(String, Option<PathBuf>)>,
-    /// Directories created, to give them their mode and mtime once their
-    /// contents are in place.
-    dirs: Vec<(PathBuf, u32, u64)>,
+    roots: Vec<(String, Option<(Dir, PathBuf)>)>,
+    /// Directories created (root index, path under the temporary
+    /// directory, mode, mtime), to give them their mode and mtime once
+    /// their contents are in place.
+    dirs: Vec<(usize, PathBuf, u32, u64)>,
+}
+
+/// Where one archive entry goes: the root's index, the path under its
+/// temporary directory, and the full path (for messages).
+struct Dest {
+    root: usize,
+    rel: PathBuf,
+    shown: PathBuf,
 }
 
 impl Extract {
-    fn dest(&self, abs: &str) -> Option<PathBuf> {
-        let (root, dest) = self.roots.iter().find(|(r, _)| under(abs, r))?;
-        let dest = dest.as_ref()?;
+    fn dest(&self, abs: &str) -> Option<Dest> {
+        let (i, (root, dest)) = self
+            .roots
+            .iter()
+            .enumerate()
+            .find(|(_, (r, _))| under(abs, r))?;
+        let (_, tmp_path) = dest.as_ref()?;
         let rel = abs[root.len()..].trim_start_matches('/');
-        Some(if rel.is_empty() {
-            dest.clone()
+        let rel = if rel.is_empty() {
+            PathBuf::from("new")
         } else {
-            dest.join(rel)
+            Path::new("new").join(rel)
+        };
+        Some(Dest {
+            root: i,
+            shown: tmp_path.join(&rel),
+            rel,
         })
+    }
+
+    fn dir(&self, d: &Dest) -> &Dir {
+        &self.roots[d.root]
+            .1
+            .as_ref()
+            .expect("a destination is only given for a staged root")
+            .0
     }
 
     fn finish(&mut self) -> io::Result<()> {
         // Deepest first, so a read-only directory is closed after its contents.
-        for (path, mode, mtime) in self.dirs.drain(..).rev() {
-            let d = File::open(&path)?;
+        for (root, rel, mode, mtime) in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let Some((tmp, _)) = &self.roots[root].1 else {
+                continue;
+            };
+            let d = open_dir_file(tmp, &rel)?;
             d.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))?;
             d.sync_all()?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+            d.set_permissions(fs::Permissions::from_mode(mode))?;
         }
         Ok(())
+    }
+}
+
+/// The owner recorded in a tar header, when it fits.
+fn owner(hdr: &tar::Header) -> Option<(u32, u32)> {
+    let uid = u32::try_from(hdr.uid().ok()?).ok()?;
+    let gid = u32::try_from(hdr.gid().ok()?).ok()?;
+    Some((uid, gid))
+}
+
+/// Ownership is restored when allowed (as root, or to the user's own ids),
+/// on an open file or directory.
+fn chown_open(f: &File, hdr: &tar::Header) {
+    if let Some((uid, gid)) = owner(hdr)
+        && let Ok(md) = f.metadata()
+        && (md.uid() != uid || md.gid() != gid)
+    {
+        let _ = std::os::unix::fs::fchown(f, Some(uid), Some(gid));
     }
 }
 
@@ -795,16 +930,18 @@ fn check_archive(
                         entry.size()
                     )));
                 }
-                let mut out = match &dest {
-                    Some(d) => Some(
-                        fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(d)
-                            .map_err(|e| out_failed(d, e))?,
-                    ),
-                    None => None,
+                let mut out = match (&dest, extract.as_deref()) {
+                    (Some(d), Some(x)) => {
+                        let mut o = cap_std::fs::OpenOptions::new();
+                        cap_std::fs::OpenOptionsExt::mode(o.write(true).create_new(true), 0o600);
+                        Some(
+                            x.dir(d)
+                                .open_with(&d.rel, &o)
+                                .map_err(|e| out_failed(&d.shown, e))?
+                                .into_std(),
+                        )
+                    }
+                    _ => None,
                 };
                 let mut hasher = Sha256::new();
                 loop {
@@ -814,7 +951,8 @@ fn check_archive(
                     }
                     hasher.update(&buf[..n]);
                     if let (Some(f), Some(d)) = (&mut out, &dest) {
-                        f.write_all(&buf[..n]).map_err(|e| out_failed(d, e))?;
+                        f.write_all(&buf[..n])
+                            .map_err(|e| out_failed(&d.shown, e))?;
                     }
                 }
                 let sha = hex::encode(hasher.finalize());
@@ -831,12 +969,12 @@ fn check_archive(
                     )));
                 }
                 if let (Some(f), Some(d)) = (out, &dest) {
-                    chown_best_effort(d, &hdr);
+                    chown_open(&f, &hdr);
                     let done = f
                         .set_permissions(fs::Permissions::from_mode(mode))
                         .and_then(|()| f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)))
                         .and_then(|()| f.sync_all());
-                    done.map_err(|e| out_failed(d, e))?;
+                    done.map_err(|e| out_failed(&d.shown, e))?;
                 }
             }
             tar::EntryType::Directory => {
@@ -850,9 +988,13 @@ fn check_archive(
                     )));
                 }
                 if let (Some(x), Some(d)) = (extract.as_deref_mut(), &dest) {
-                    fs::create_dir(d).map_err(|e| out_failed(d, e))?;
-                    chown_best_effort(d, &hdr);
-                    x.dirs.push((d.clone(), mode, mtime));
+                    let dir = x.dir(d);
+                    dir.create_dir(&d.rel)
+                        .map_err(|e| out_failed(&d.shown, e))?;
+                    if let Ok(made) = open_dir_file(dir, &d.rel) {
+                        chown_open(&made, &hdr);
+                    }
+                    x.dirs.push((d.root, d.rel.clone(), mode, mtime));
                 }
             }
             tar::EntryType::Symlink => {
@@ -871,9 +1013,15 @@ fn check_archive(
                         target.display()
                     )));
                 }
-                if let Some(d) = &dest {
-                    std::os::unix::fs::symlink(&target, d).map_err(|e| out_failed(d, e))?;
-                    chown_best_effort(d, &hdr);
+                if let (Some(d), Some(x)) = (&dest, extract.as_deref()) {
+                    let dir = x.dir(d);
+                    dir.symlink_contents(&target, &d.rel)
+                        .map_err(|e| out_failed(&d.shown, e))?;
+                    // The link itself, never what it points to (by path:
+                    // ownership only, in the directory rewind just made).
+                    if let Some((uid, gid)) = owner(&hdr) {
+                        let _ = std::os::unix::fs::lchown(&d.shown, Some(uid), Some(gid));
+                    }
                 }
             }
             other => {
@@ -911,20 +1059,6 @@ fn check_archive(
     Ok(())
 }
 
-/// Ownership is restored when allowed (as root, or to the user's own ids).
-fn chown_best_effort(path: &Path, hdr: &tar::Header) {
-    if let (Ok(uid), Ok(gid)) = (hdr.uid(), hdr.gid()) {
-        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
-            return;
-        };
-        if let Ok(md) = fs::symlink_metadata(path)
-            && (md.uid() != uid || md.gid() != gid)
-        {
-            let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
-        }
-    }
-}
-
 pub fn verify(env: &PluginEnv, id: &str) -> Result<SnapshotInfo, Error> {
     let dir = &env.storage.snapshots_dir;
     let m = load_manifest(dir, id)?;
@@ -933,35 +1067,89 @@ pub fn verify(env: &PluginEnv, id: &str) -> Result<SnapshotInfo, Error> {
 }
 
 /// One root being restored: a temporary directory next to it holding the
-/// extracted copy (`new`) and, once swapped, the previous one (`old`).
+/// extracted copy (`new`) and, once swapped, the previous one (`old`). The
+/// directory holding the root is held by a handle opened beneath the
+/// grant, and every rename goes through it and the temporary directory's
+/// handle, by single names.
 struct Stage {
     root: PathBuf,
-    tmp: tempfile::TempDir,
+    /// The directory holding the root, and the root's name in it.
+    parent: Dir,
+    name: OsString,
+    /// The temporary directory, by name in `parent`, and its handle.
+    tmp_name: String,
+    tmp: Dir,
     /// Whether the snapshot holds this root (else restoring removes it).
     existed: bool,
     /// Whether something is at `root` now.
     present: bool,
+    /// Remove the temporary directory when dropped: false once it holds a
+    /// copy that could not be put back, or once it was removed.
+    cleanup: bool,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if self.cleanup {
+            let _ = remove_tree_in(&self.parent, OsStr::new(&self.tmp_name));
+        }
+    }
 }
 
 impl Stage {
-    fn new_path(&self) -> PathBuf {
-        self.tmp.path().join("new")
+    /// Create the temporary directory next to the root.
+    fn new(
+        root: PathBuf,
+        parent: Dir,
+        name: OsString,
+        existed: bool,
+        present: bool,
+    ) -> io::Result<Self> {
+        let mut builder = cap_std::fs::DirBuilder::new();
+        cap_std::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        let mut last = None;
+        for _ in 0..16 {
+            let tmp_name = format!(".rewind-restore-{:04x}{:04x}", random_u16(), random_u16());
+            match parent.create_dir_with(&tmp_name, &builder) {
+                Ok(()) => {
+                    let tmp = parent.open_dir(&tmp_name)?;
+                    return Ok(Self {
+                        root,
+                        parent,
+                        name,
+                        tmp_name,
+                        tmp,
+                        existed,
+                        present,
+                        cleanup: true,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
     }
-    fn old_path(&self) -> PathBuf {
-        self.tmp.path().join("old")
+    fn tmp_path(&self) -> PathBuf {
+        self.root
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(&self.tmp_name)
     }
     /// Put the restored copy in place, moving the current one aside. On
     /// failure the current one is put back.
     fn swap_in(&mut self) -> Result<(), String> {
         if self.present {
-            fs::rename(&self.root, self.old_path()).map_err(|e| super::os_message(&e))?;
+            self.parent
+                .rename(&self.name, &self.tmp, "old")
+                .map_err(|e| super::os_message(&e))?;
         }
         if self.existed
-            && let Err(e) = fs::rename(self.new_path(), &self.root)
+            && let Err(e) = self.tmp.rename("new", &self.parent, &self.name)
         {
             let mut msg = super::os_message(&e);
             if self.present
-                && let Err(u) = fs::rename(self.old_path(), &self.root)
+                && let Err(u) = self.tmp.rename("old", &self.parent, &self.name)
             {
                 msg.push_str(&self.stranded(&u));
             }
@@ -972,10 +1160,12 @@ impl Stage {
     /// Undo a successful `swap_in`.
     fn swap_out(&mut self) -> Result<(), String> {
         if self.existed {
-            fs::rename(&self.root, self.new_path()).map_err(|e| super::os_message(&e))?;
+            self.parent
+                .rename(&self.name, &self.tmp, "new")
+                .map_err(|e| super::os_message(&e))?;
         }
         if self.present
-            && let Err(u) = fs::rename(self.old_path(), &self.root)
+            && let Err(u) = self.tmp.rename("old", &self.parent, &self.name)
         {
             return Err(self.stranded(&u));
         }
@@ -983,11 +1173,11 @@ impl Stage {
     }
     /// The previous copy could not be put back: keep it, and say where.
     fn stranded(&mut self, e: &io::Error) -> String {
-        self.tmp.disable_cleanup(true);
+        self.cleanup = false;
         format!(
             "; could not put back the previous {} (it is kept in {}): {}",
             self.root.display(),
-            self.old_path().display(),
+            self.tmp_path().join("old").display(),
             super::os_message(e)
         )
     }
@@ -1017,11 +1207,16 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
         return Ok(report);
     }
 
-    // Stage every root next to where it goes.
+    // Stage every root next to where it goes, through the grant's handle.
     let mut stages: Vec<Option<Stage>> = Vec::new();
     for (p, target) in m.paths.iter().zip(&targets) {
         let existed = !m.absent.contains(p);
-        let present = match fs::symlink_metadata(target) {
+        let b = env
+            .sandbox
+            .beneath(Capability::Write, target)
+            .map_err(|e| io_failed("open the grant holding", target, &e))?;
+        let parent_rel = b.rel.parent().unwrap_or(Path::new(""));
+        let present = match b.dir.symlink_metadata(b.path()) {
             Ok(_) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(io_failed("read", target, &e)),
@@ -1030,20 +1225,21 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
             stages.push(None);
             continue;
         }
-        let parent = target
+        let parent_path = target
             .parent()
             .ok_or_else(|| Error::invalid(format!("cannot restore {p}")))?;
-        fs::create_dir_all(parent).map_err(|e| io_failed("create directory", parent, &e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".rewind-restore-")
-            .tempdir_in(parent)
-            .map_err(|e| io_failed("create a temporary directory in", parent, &e))?;
-        stages.push(Some(Stage {
-            root: target.clone(),
-            tmp,
-            existed,
-            present,
-        }));
+        if !parent_rel.as_os_str().is_empty() {
+            b.dir
+                .create_dir_all(parent_rel)
+                .map_err(|e| io_failed("create directory", parent_path, &e))?;
+        }
+        let (parent, name) = b
+            .parent()
+            .map_err(|e| io_failed("open directory", parent_path, &e))?
+            .ok_or_else(|| Error::invalid(format!("cannot restore {p}")))?;
+        let stage = Stage::new(target.clone(), parent, name, existed, present)
+            .map_err(|e| io_failed("create a temporary directory in", parent_path, &e))?;
+        stages.push(Some(stage));
     }
     let mut x = Extract {
         roots: m
@@ -1051,12 +1247,18 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
             .iter()
             .zip(&stages)
             .map(|(p, s)| {
-                (
-                    p.clone(),
-                    s.as_ref().filter(|s| s.existed).map(Stage::new_path),
-                )
+                let dest = match s.as_ref().filter(|s| s.existed) {
+                    Some(s) => Some((
+                        s.tmp
+                            .try_clone()
+                            .map_err(|e| io_failed("open", &s.tmp_path(), &e))?,
+                        s.tmp_path(),
+                    )),
+                    None => None,
+                };
+                Ok((p.clone(), dest))
             })
-            .collect(),
+            .collect::<Result<_, Error>>()?,
         dirs: Vec::new(),
     };
     check_archive(&m, &archive, Some(&mut x))?;
@@ -1082,17 +1284,17 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
             return Err(Error::failed(msg));
         }
     }
-    for s in active {
-        if let Some(parent) = s.root.parent() {
-            let _ = fsync_dir(parent);
+    for mut s in active {
+        if let Ok(d) = open_dir_file(&s.parent, Path::new("")) {
+            let _ = d.sync_all();
         }
-        let tmp_path = s.tmp.keep();
-        if let Err(e) = remove_tree(&tmp_path) {
+        s.cleanup = false;
+        if let Err(e) = remove_tree_in(&s.parent, OsStr::new(&s.tmp_name)) {
             env.log(
                 "warn",
                 &format!(
                     "restore: cannot remove the previous copy in {}: {e}",
-                    tmp_path.display()
+                    s.tmp_path().display()
                 ),
             );
         }
@@ -1100,26 +1302,30 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
     Ok(report)
 }
 
-/// Remove a directory tree, adding owner write permission to directories
-/// that lack it (a restored or replaced tree may hold read-only ones).
-fn remove_tree(path: &Path) -> io::Result<()> {
-    fn writable(p: &Path) {
-        if let Ok(md) = fs::symlink_metadata(p)
+/// Remove the directory tree `name` of `parent`, by handle, adding owner
+/// write permission to directories that lack it (a restored or replaced
+/// tree may hold read-only ones).
+fn remove_tree_in(parent: &Dir, name: &OsStr) -> io::Result<()> {
+    fn writable(dir: &Dir, name: &OsStr) {
+        if let Ok(md) = dir.symlink_metadata(name)
             && md.is_dir()
+            && let Ok(d) = open_nofollow_in(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
         {
-            let _ = fs::set_permissions(p, fs::Permissions::from_mode(md.mode() & 0o7777 | 0o700));
-            if let Ok(rd) = fs::read_dir(p) {
-                for e in rd.flatten() {
-                    writable(&e.path());
+            use cap_std::fs::MetadataExt as _;
+            let _ = d.set_permissions(fs::Permissions::from_mode(md.mode() & 0o7777 | 0o700));
+            let sub = Dir::from_std_file(d);
+            if let Ok(names) = sorted_names(&sub) {
+                for n in names {
+                    writable(&sub, &n);
                 }
             }
         }
     }
-    if fs::remove_dir_all(path).is_ok() {
+    if parent.remove_dir_all(name).is_ok() {
         return Ok(());
     }
-    writable(path);
-    fs::remove_dir_all(path)
+    writable(parent, name);
+    parent.remove_dir_all(name)
 }
 
 #[cfg(test)]

@@ -730,3 +730,31 @@ fn a_failed_swap_puts_back_the_roots_already_swapped() {
     assert_eq!(fs::read(&b).unwrap(), b"b1");
     assert_eq!(names(&f.work), vec!["a", "b"]);
 }
+
+#[test]
+fn a_write_swapped_out_of_the_grant_after_the_check_lands_nowhere() {
+    let f = fixture();
+    let e = env(&f, Mode::Execute);
+    let outside = f.work.parent().unwrap().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::create_dir_all(f.work.join("conf")).unwrap();
+    let p = e
+        .sandbox
+        .check_write(&s(&f.work.join("conf/app.toml")))
+        .unwrap();
+    let b = e
+        .sandbox
+        .beneath(crate::sandbox::Capability::Write, &p)
+        .unwrap();
+    // After the check (and even after the grant's handle is open), the
+    // directory is swapped for a link out of the grant.
+    fs::rename(f.work.join("conf"), f.work.join("conf.old")).unwrap();
+    std::os::unix::fs::symlink(&outside, f.work.join("conf")).unwrap();
+    let err = files::atomic_write(&b, &p, 0o644, |file| {
+        std::io::Write::write_all(file, b"pwned").unwrap();
+        Ok(5)
+    });
+    assert!(err.is_err(), "{err:?}");
+    assert_eq!(names(&outside), Vec::<String>::new());
+    assert_eq!(names(&f.work.join("conf.old")), Vec::<String>::new());
+}
