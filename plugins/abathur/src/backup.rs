@@ -163,9 +163,12 @@ impl std::fmt::Display for Verified {
     }
 }
 
+/// A backup and what verified of it.
+pub type VerifiedBackup = (Backup, Verified);
+
 /// The newest backup that verifies (with what verified), and the ones
 /// that did not.
-pub fn latest_verified(cfg: &Config) -> Result<(Option<(Backup, Verified)>, Vec<String>)> {
+pub fn latest_verified(cfg: &Config) -> Result<(Option<VerifiedBackup>, Vec<String>)> {
     let mut rejected = Vec::new();
     for b in list(cfg)? {
         match verify(cfg, &b.path)? {

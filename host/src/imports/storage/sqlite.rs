@@ -317,17 +317,18 @@ pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
     let tx = conn.transaction().map_err(failed)?;
     // Statement by statement (like execute_batch), so that a plain VACUUM
     // runs in its window and nothing else does.
-    let mut batch = rusqlite::Batch::new(&tx, sql);
-    while let Some(mut stmt) = batch.next().map_err(failed)? {
-        let vacuum = stmt
-            .expanded_sql()
-            .is_some_and(|text| is_plain_vacuum(&text));
-        let _window = vacuum.then(|| VacuumWindow::open(&tx, &vacuuming));
-        // One step, as execute_batch does: rows a statement returns (a
-        // PRAGMA's) are not wanted here.
-        stmt.raw_query().next().map_err(failed)?;
+    {
+        let mut batch = rusqlite::Batch::new(&tx, sql);
+        while let Some(mut stmt) = batch.next().map_err(failed)? {
+            let vacuum = stmt
+                .expanded_sql()
+                .is_some_and(|text| is_plain_vacuum(&text));
+            let _window = vacuum.then(|| VacuumWindow::open(&tx, &vacuuming));
+            // One step, as execute_batch does: rows a statement returns (a
+            // PRAGMA's) are not wanted here.
+            stmt.raw_query().next().map_err(failed)?;
+        }
     }
-    drop(batch);
     tx.commit().map_err(failed)?;
     Ok(conn.total_changes().saturating_sub(before))
 }
