@@ -113,11 +113,12 @@ fn confine(
     // Belt and braces: even a path the authorizer missed cannot attach.
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
         .map_err(&fail)?;
-    // No writes to the schema table, no functions with side effects from
-    // inside the schema (a view or trigger in the file runs as the plugin's
-    // own SQL would).
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
-        .map_err(&fail)?;
+    // No functions with side effects from inside the schema (a view or
+    // trigger in the file runs as the plugin's own SQL would). Defensive
+    // mode stays off: it guards a file against its own writer, which is the
+    // plugin the sqlite grant names, and it would forbid the runbooks'
+    // `writable_schema` removal of a virtual table whose module is gone
+    // (abathur's milestone-3 rollback of sqlite-vss tables).
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
         .map_err(&fail)?;
     Ok(vacuuming)
