@@ -1138,3 +1138,36 @@ impl Drop for Squatter {
         }
     }
 }
+
+/// "Backup Files Missing" (the runbook's troubleshooting, issue 1): a
+/// release deployed without keeping `*.backup` files. The full rollback has
+/// nothing to restore: it must say so (not "restored 0 files"), restart on
+/// the code there is, and let the health gates fail the run rather than
+/// report a rollback.
+#[test]
+fn a_full_rollback_without_backup_files_says_nothing_was_restored_and_fails_its_gates() {
+    let v = Village::new();
+    for c in COMPONENTS {
+        v.write(module(c), &broken_module(c));
+        v.stop(c);
+        v.start(c);
+    }
+    assert_eq!(v.backups(), Vec::<PathBuf>::new());
+    for c in COMPONENTS {
+        assert_eq!(v.status(c), Some(500), "{c}");
+    }
+
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert_eq!(plugin(&report)["outcome"], "failed");
+    let s = steps(&report, 2);
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert_eq!(st, "ok", "{msg}");
+    assert!(
+        msg.contains("nothing restored: no *.backup files") && msg.contains("git checkout HEAD~1"),
+        "{msg}"
+    );
+    // The broken code is still there: the first health gate stops the run.
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restart-gateway").unwrap();
+    assert_eq!(st, "failed", "{msg}");
+}

@@ -1119,6 +1119,20 @@ fn step_restore_backups(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         .map(|r| rel(&canon, cfg, &r.target))
         .collect();
     let remaining = find_backups(cfg)?;
+    if backups.is_empty() {
+        // Not a success to report as "restored 0 files": with no backup
+        // (a crash with no deployment, or a deployment that kept none) the
+        // components restart on the code they have, and their health
+        // gates decide. The runbook's "Backup Files Missing" fix is git.
+        let f = Finding::new("*.backup files restored", 0, ">= 1", true);
+        return Ok(StepOutcome::ok(format!(
+            "{}nothing restored: no *.backup files under {}; the components {} on the code they have (if a deployment broke them, restore its previous files with git, `git checkout HEAD~1 -- <file>`, as the runbook's troubleshooting says)",
+            if ctx.executes() { "" } else { "would restore nothing: " },
+            cfg.raw.root,
+            if ctx.executes() { "restart" } else { "would restart" }
+        ))
+        .with_findings(vec![f]));
+    }
     if !ctx.executes() {
         return Ok(StepOutcome::ok(format!(
             "would move {} *.backup files back in place ({}); then 0 would remain",
