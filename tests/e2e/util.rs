@@ -398,6 +398,14 @@ pub fn kill_pid(pid: u32) {
     }
 }
 
+/// How long a test waits for something that must happen: a failure bound
+/// only (every wait ends as soon as its condition holds), generous enough
+/// for a loaded 2-core machine. Use it for timeouts that only say "it is
+/// broken" (HTTP, health waits, readiness); never as "surely done by now".
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Poll `f` until it holds, at most `timeout` (a failure bound: pass
+/// `PATIENCE` unless the test measures the time itself).
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
