@@ -391,6 +391,31 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Pids of the live processes whose command line has an argument
+/// containing `marker` (a tag unique to the test), this process excluded.
+pub fn pids_with_arg(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || !alive(pid) {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && raw
+                .split(|b| *b == 0)
+                .any(|a| String::from_utf8_lossy(a).contains(marker))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Kill a pid this test caused to exist (a daemon spawned through rewind).
 pub fn kill_pid(pid: u32) {
     if pid > 1 && alive(pid) {
