@@ -614,6 +614,10 @@ fn the_example_drills_break_aidis_and_recover_within_the_rto_table() {
         assert!(d["error"].is_null(), "{d:#}");
         assert_eq!(d["rto_ms"], 180_000, "{d:#}");
         let recovery = d["recovery_ms"].as_f64().unwrap();
+        eprintln!(
+            "drill {}: recovered in {recovery:.0} ms, RTO 180000 ms",
+            d["scenario"]
+        );
         assert!(recovery > 0.0 && recovery < 180_000.0, "{d:#}");
         assert!(d["margin_ms"].as_f64().unwrap() > 0.0, "{d:#}");
         assert_eq!(

@@ -216,6 +216,11 @@ fn the_demo_drill_meets_its_rto_and_watch_rolls_back_by_itself() {
     assert_eq!(d["scenario"], "bad-deploy");
     assert_eq!(d["verdict"], "pass", "{d}");
     assert_eq!(d["rto_ms"], 60_000);
+    // Shown with --nocapture: the 1 min RTO against a recovery of seconds.
+    eprintln!(
+        "drill bad-deploy: recovered in {} ms, RTO 60000 ms",
+        d["recovery_ms"]
+    );
     assert!(d["findings"].to_string().contains("observed"), "{d}");
     assert_eq!(
         site.get("/version").map(|(_, b)| b.trim().to_string()),
