@@ -104,7 +104,7 @@ env = dict(l.strip().split("=", 1) for l in open("config/.env") if "=" in l)
 for name in {names:?}:
     url = "http://127.0.0.1:%s/health" % env[name.upper() + "_PORT"]
     try:
-        body = json.load(urllib.request.urlopen(url, timeout=5))
+        body = json.load(urllib.request.urlopen(url, timeout=30))
     except Exception as e:
         sys.exit("%s: %s" % (name, e))
     print(name, body["status"], body["version"])
