@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use util::{REWIND, alive, cache_dir, free_port, kill_pid, text, tree, wait_until};
+use util::{PATIENCE, REWIND, alive, cache_dir, free_port, kill_pid, text, tree, wait_until};
 
 const CORE: [&str; 6] = [
     "tasks",
@@ -293,7 +293,7 @@ impl Stand {
             assert!(self.svc("start", s).status.success(), "start {s}");
         }
         assert!(
-            wait_until(Duration::from_secs(10), || self.health() == Some(200)),
+            wait_until(PATIENCE, || self.health() == Some(200)),
             "abathur-api up"
         );
     }
@@ -302,7 +302,7 @@ impl Stand {
         let url = format!("http://127.0.0.1:{}/health", self.port);
         match reqwest::blocking::Client::new()
             .get(url)
-            .timeout(Duration::from_secs(2))
+            .timeout(PATIENCE)
             .send()
         {
             Ok(r) => Some(r.status().as_u16()),
@@ -324,7 +324,10 @@ impl Stand {
             .env_remove("REWIND_LOG")
             .env("ABATHUR_STANDIN", self.root())
             .env("ABATHUR_API_PORT", self.port.to_string())
-            .env("ABATHUR_HEALTH_TIMEOUT_MS", "10000")
+            .env("ABATHUR_HEALTH_TIMEOUT_MS", "30000")
+            // One health GET: a failure bound only, so a loaded machine
+            // does not read a slow answer as a failed service.
+            .env("ABATHUR_PROBE_TIMEOUT_MS", "30000")
             .env("ABATHUR_HEALTH_INTERVAL_MS", "100")
             .stdin(Stdio::null());
         for (k, v) in &self.env {

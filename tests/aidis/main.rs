@@ -377,8 +377,9 @@ fn a_runaway_phase4_escalates_from_cleanup_to_the_baseline() {
     let mut s = StandIn::new(PHASE4);
     s.runaway(20);
     let counts = s.db_counts();
-    // Level 1 waits in vain for phase-4 to turn healthy: keep that short.
-    let runbook = s.runbook(|c| c["startup_timeout_ms"] = 4000.into());
+    // Level 1 waits in vain for phase-4 to turn healthy (the whole
+    // startup timeout, a failure bound that level 2's restart needs too).
+    let runbook = s.runbook(|_| {});
 
     let (code, report, stderr) = s.run_json(&runbook, &[]);
     assert_eq!(code, 0, "{report:#}\n{stderr}");
@@ -462,7 +463,7 @@ fn a_dead_bridge_is_restarted() {
     let s = StandIn::new(BASELINE);
     let bridge = s.pid("bridge").unwrap();
     kill_pid(bridge);
-    assert!(wait_until(std::time::Duration::from_secs(5), || s.ping() == Some(502)));
+    assert!(wait_until(util::PATIENCE, || s.ping() == Some(502)));
     assert_eq!(s.get(s.ports.mcp, "/healthz"), Some(200));
     let runbook = s.runbook(|_| {});
     dry_run_changes_nothing(&s, &runbook);
@@ -509,23 +510,28 @@ fn a_dead_bridge_is_restarted() {
 
 #[test]
 fn a_slow_phase4_degrades_gracefully_then_rolls_back() {
-    let s = StandIn::slow(PHASE4, 700);
+    // Phase 4 answers /healthz after 4 s, twice the 2 s limit: a loaded
+    // machine only makes it slower. The limit itself leaves the healthy
+    // baseline (judged on single answers after the rollback) 2 s.
+    let s = StandIn::slow(PHASE4, 4000);
     let backend = s.pid("backend").unwrap();
     let runbook = s.runbook(|c| {
-        c["max_latency_ms"] = 300.into();
-        c["warn_latency_ms"] = 200.into();
-        c["startup_timeout_ms"] = 5000.into();
+        c["max_latency_ms"] = 2000.into();
+        c["warn_latency_ms"] = 1500.into();
     });
 
     let out = s.rewind(&runbook, &["plan"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("Scenario 2: performance degradation"), "{t}");
-    assert!(
-        t.contains("BREACHED MCP /healthz response time, consistently: observed 7"),
-        "{t}"
-    );
-    assert!(t.contains("threshold <= 300 ms"), "{t}");
+    let observed: f64 = t
+        .split("BREACHED MCP /healthz response time, consistently: observed ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no breached response time: {t}"));
+    assert!(observed >= 4000.0, "at least the 4 s delay: {t}");
+    assert!(t.contains("threshold <= 2000 ms"), "{t}");
     dry_run_changes_nothing(&s, &runbook);
 
     let (code, report, stderr) = s.run_json(&runbook, &[]);
@@ -608,6 +614,10 @@ fn the_example_drills_break_aidis_and_recover_within_the_rto_table() {
         assert!(d["error"].is_null(), "{d:#}");
         assert_eq!(d["rto_ms"], 180_000, "{d:#}");
         let recovery = d["recovery_ms"].as_f64().unwrap();
+        eprintln!(
+            "drill {}: recovered in {recovery:.0} ms, RTO 180000 ms",
+            d["scenario"]
+        );
         assert!(recovery > 0.0 && recovery < 180_000.0, "{d:#}");
         assert!(d["margin_ms"].as_f64().unwrap() > 0.0, "{d:#}");
         assert_eq!(

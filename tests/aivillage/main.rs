@@ -16,7 +16,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
@@ -104,7 +104,7 @@ env = dict(l.strip().split("=", 1) for l in open("config/.env") if "=" in l)
 for name in {names:?}:
     url = "http://127.0.0.1:%s/health" % env[name.upper() + "_PORT"]
     try:
-        body = json.load(urllib.request.urlopen(url, timeout=5))
+        body = json.load(urllib.request.urlopen(url, timeout=30))
     except Exception as e:
         sys.exit("%s: %s" % (name, e))
     print(name, body["status"], body["version"])
@@ -146,7 +146,7 @@ impl Village {
         }
         for c in COMPONENTS {
             assert!(
-                wait_until(Duration::from_secs(10), || v.status(c) == Some(200)),
+                wait_until(util::PATIENCE, || v.status(c) == Some(200)),
                 "{c} up"
             );
         }
@@ -241,7 +241,7 @@ impl Village {
     fn get(&self, name: &str) -> Option<(u16, Value)> {
         let resp = reqwest::blocking::Client::new()
             .get(format!("http://127.0.0.1:{}/health", self.port(name)))
-            .timeout(Duration::from_secs(3))
+            .timeout(util::PATIENCE)
             .send()
             .ok()?;
         let status = resp.status().as_u16();
@@ -326,8 +326,16 @@ impl Village {
             .env_remove("REWIND_LOG")
             .env("AIVILLAGE_STANDIN", self.base())
             .env("AIVILLAGE_HEALTH_INTERVAL_MS", "100")
-            .env("AIVILLAGE_HEALTH_TIMEOUT_MS", "10000")
-            .env("AIVILLAGE_PROBE_TIMEOUT_MS", "2000");
+            .env("AIVILLAGE_HEALTH_TIMEOUT_MS", HEALTH_TIMEOUT_MS)
+            // A loaded machine must not turn a healthy stand-in into a
+            // failed (probe timeout) or degraded (over the latency
+            // baseline) component: the timeouts are failure bounds, the
+            // baseline 1 s (degraded above 1.25 s) and the slow-gateway
+            // drill's fault 4 s (+300 %: slower only makes it worse).
+            .env("AIVILLAGE_PROBE_TIMEOUT_MS", "30000")
+            .env("AIVILLAGE_QUERY_MAX_MS", "30000")
+            .env("AIVILLAGE_BASELINE_MS", "1000")
+            .env("AIVILLAGE_DRILL_SLOW_MS", "4000");
         for c in COMPONENTS {
             cmd.env(
                 format!("AIVILLAGE_{}_PORT", c.to_uppercase()),
@@ -524,12 +532,12 @@ fn component_isolation_restarts_only_the_broken_component() {
     assert!(v.ops_log().is_empty(), "{:?}", v.ops_log());
     assert!(!v.page().exists());
 
-    // Validation: latency within the 100 ms baseline and a user request.
+    // Validation: latency within the baseline (1 s here) and a user request.
     let vf = &plugin(&report)["levels"][0]["verification"]["findings"];
     let lat = finding(vf, "p2p: latency");
     assert_eq!(
         (lat["threshold"].as_str(), lat["breached"].as_bool()),
-        (Some("<= 100 ms"), Some(false))
+        (Some("<= 1000 ms"), Some(false))
     );
     assert_eq!(finding(vf, "user request: POST")["observed"], "200");
     assert!(v.file("logs/queries.log").contains("rollback_test"));
@@ -698,8 +706,7 @@ fn a_critical_failure_gets_the_full_rollback_in_order() {
 /// and the host escalates to the full rollback.
 #[test]
 fn isolation_that_does_not_fix_it_escalates_to_the_full_rollback() {
-    let mut v = Village::new();
-    v.set("AIVILLAGE_HEALTH_TIMEOUT_MS", "2000");
+    let v = Village::new();
     v.deploy(
         &[
             ("core/p2p/mesh_protocol.py", &broken_module("p2p")),
@@ -735,8 +742,7 @@ fn isolation_that_does_not_fix_it_escalates_to_the_full_rollback() {
 /// restart stops there, reports which, and starts none after it.
 #[test]
 fn a_component_that_never_comes_back_stops_the_run_there() {
-    let mut v = Village::new();
-    v.set("AIVILLAGE_HEALTH_TIMEOUT_MS", "1500");
+    let v = Village::new();
     // The p2p backup taken by the deployment is itself bad.
     v.write(
         "core/p2p/mesh_protocol.py",
@@ -811,14 +817,12 @@ fn downtime_beyond_the_threshold_goes_straight_to_the_full_rollback() {
     let mut v = Village::new();
     v.set("AIVILLAGE_HIGH_DOWNTIME_MS", "500");
     v.set("AIVILLAGE_CRITICAL_DOWNTIME_MS", "1000");
-    v.set("AIVILLAGE_HEALTH_TIMEOUT_MS", "1500");
 
     // p2p crashes and a stray process holds its port, answering 503.
     v.stop("p2p");
     let squatter = Squatter::bind(v.port("p2p"));
     assert_eq!(v.status("p2p"), Some(503));
 
-    let first_seen = Instant::now();
     let (code, report, stderr) = v.run_json(&[]);
     assert_eq!(code, 1, "{report:#}\n{stderr}");
     let a = &plugin(&report)["assessment"];
@@ -838,8 +842,13 @@ fn downtime_beyond_the_threshold_goes_straight_to_the_full_rollback() {
     // The stray process goes away; p2p is still down.
     drop(squatter);
     assert_eq!(v.status("p2p"), None);
-    while first_seen.elapsed() < Duration::from_millis(1300) {
-        std::thread::sleep(Duration::from_millis(50));
+    // The plugin wrote when it first saw p2p down during the first run,
+    // so before `ended`: once the critical threshold has passed since
+    // then, the downtime is over it. A deliberate wait for time to pass;
+    // a slow machine only adds downtime.
+    let ended = SystemTime::now();
+    while SystemTime::now() < ended + Duration::from_millis(1000 + 50) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 
     let (code, report, stderr) = v.run_json(&[]);
@@ -1091,6 +1100,11 @@ fn the_example_drills_recover_within_the_15_minute_rto() {
     }
     assert_eq!(t.matches(" pass ").count(), 3, "{t}");
 }
+
+/// How long a restarted component may take to answer healthy: a failure
+/// bound for a python3 start on a loaded machine; a test whose component
+/// never comes back waits it out once per restart.
+const HEALTH_TIMEOUT_MS: &str = "20000";
 
 /// A test-owned process squatting a port: answers every request 503.
 struct Squatter {

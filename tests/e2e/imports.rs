@@ -1,7 +1,5 @@
 //! Every host import, called by a real plugin through the real CLI.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::util::*;
@@ -12,17 +10,19 @@ fn health_probes_measure_and_judge() {
     let srv = Server::start();
     srv.route("/healthz", Reply::ok("ok 1.0.0"));
     srv.route("/broken", Reply::status(503));
+    // Answers only after PATIENCE: a probe that returns at all before that
+    // gave up on its own timeout, however slow the machine.
     srv.route(
         "/slow",
         Reply {
             status: 200,
             body: "late".into(),
-            delay: Duration::from_millis(800),
+            delay: PATIENCE,
         },
     );
     let closed = free_port();
     let probe = |path: &str, extra: serde_json::Value| {
-        let mut p = json!({"url": srv.url(path), "method": "", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 2000});
+        let mut p = json!({"url": srv.url(path), "method": "", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 30000});
         for (k, v) in extra.as_object().unwrap() {
             p[k] = v.clone();
         }
@@ -34,8 +34,8 @@ fn health_probes_measure_and_judge() {
         {"id": "body", "op": {"call": "http-probe", "args": {"probe": probe("/healthz", json!({"body_contains": "2.0.0"}))}}},
         {"id": "range", "op": {"call": "http-probe", "args": {"probe": probe("/broken", json!({"expect_status": {"min": 500, "max": 503}}))}}},
         {"id": "timeout", "op": {"call": "http-probe", "args": {"probe": probe("/slow", json!({"timeout_ms": 200}))}}},
-        {"id": "tcp-open", "op": {"call": "tcp-probe", "args": {"host": "127.0.0.1", "port": srv.port, "timeout_ms": 500}}},
-        {"id": "tcp-closed", "op": {"call": "tcp-probe", "args": {"host": "127.0.0.1", "port": closed, "timeout_ms": 500}}},
+        {"id": "tcp-open", "op": {"call": "tcp-probe", "args": {"host": "127.0.0.1", "port": srv.port, "timeout_ms": 30000}}},
+        {"id": "tcp-closed", "op": {"call": "tcp-probe", "args": {"host": "127.0.0.1", "port": closed, "timeout_ms": 30000}}},
         {"id": "system", "op": {"call": "system", "args": {}}},
         {"id": "disk", "op": {"call": "disk", "args": {"path": sb.path()}}},
         {"id": "delete", "op": {"call": "http-probe", "args": {"probe": probe("/healthz", json!({"method": "DELETE"}))}}},
@@ -67,8 +67,10 @@ fn health_probes_measure_and_judge() {
     );
     let t = &step(&r, "timeout")["Ok"];
     assert_eq!(t["healthy"], false);
+    // At least the 200 ms asked for, and well before the answer.
+    let waited = t["latency_us"].as_u64().unwrap();
     assert!(
-        t["latency_us"].as_u64().unwrap() < 700_000,
+        (200_000..PATIENCE.as_micros() as u64 / 2).contains(&waited),
         "timeout honoured: {t}"
     );
     assert_eq!(step(&r, "tcp-open")["Ok"]["healthy"], true);
@@ -95,8 +97,10 @@ fn wait_healthy_polls_until_the_service_answers() {
     let srv = Server::start();
     // Three failures, then healthy for good: the host must keep polling.
     srv.script("/healthz", &[503, 503, 503, 200]);
-    let policy = json!({"interval_ms": 50, "timeout_ms": 10000, "success_threshold": 2, "failure_threshold": 0});
-    let target = json!({"Http": {"url": srv.url("/healthz"), "method": "GET", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 500}});
+    // The timeouts are failure bounds: a probe that timed out on a loaded
+    // machine would count as one more failed attempt.
+    let policy = json!({"interval_ms": 50, "timeout_ms": 120000, "success_threshold": 2, "failure_threshold": 0});
+    let target = json!({"Http": {"url": srv.url("/healthz"), "method": "GET", "headers": [], "expect_status": null, "body_contains": null, "timeout_ms": 30000}});
     let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({"http": [srv.url("/")]})));
     let (_, report, stderr) = sb.run_json(&[]);
@@ -115,8 +119,8 @@ fn wait_healthy_polls_until_the_service_answers() {
     // A service that never comes back: the failure threshold ends the wait.
     let srv = Server::start();
     srv.route("/healthz", Reply::status(500));
-    let policy = json!({"interval_ms": 20, "timeout_ms": 10000, "success_threshold": 1, "failure_threshold": 3});
-    let target = json!({"Http": {"url": srv.url("/healthz"), "timeout_ms": 500}});
+    let policy = json!({"interval_ms": 20, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 3});
+    let target = json!({"Http": {"url": srv.url("/healthz"), "timeout_ms": 30000}});
     let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({"http": [srv.url("/")]})));
     let (_, report, _) = sb.run_json(&[]);
@@ -139,7 +143,11 @@ fn processes_are_counted_by_pattern() {
     // `sleep` ignores extra args on some systems; use sh to keep the marker in argv.
     let _b = Proc::spawn(std::process::Command::new("sh").args(["-c", "sleep 30", &marker]));
     let _c = Proc::spawn(std::process::Command::new("sh").args(["-c", "sleep 30", &marker]));
-    std::thread::sleep(Duration::from_millis(100));
+    // spawn returns once sh is exec'd with the marker in its argv.
+    assert!(wait_until(PATIENCE, || {
+        let seen = pids_with_arg(&marker);
+        seen.contains(&_b.pid()) && seen.contains(&_c.pid())
+    }));
     let config =
         json!({"steps": [{"id": "ps", "op": {"call": "processes", "args": {"pattern": marker}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({})));
@@ -169,16 +177,26 @@ fn commands_run_with_args_cwd_env_stdin_and_are_killed_on_timeout() {
         "-c",
         format!("sleep 300 & echo $! > {}; wait", pidfile.display())
     ]));
-    slow["timeout_ms"] = json!(500);
-    let config = json!({"steps": [
-        {"id": "echo", "op": {"call": "run", "args": {"cmd": cmd(json!(["-c", "echo $GREETING; pwd; cat; echo err >&2; exit 3"]))}}},
-        {"id": "slow", "op": {"call": "run", "args": {"cmd": slow}}},
-    ]});
-    sb.runbook(&fixture_runbook(
-        &config,
-        &json!({"exec": ["sh"], "read": [sb.path()], "child_env": ["GREETING"]}),
-    ));
-    let (_, report, stderr) = sb.run_json(&[]);
+    // The timeout must fire after sh started its grandchild, which a
+    // loaded machine can delay past any fixed timeout: start at 500 ms and
+    // double it until the grandchild's pid file was written in time.
+    let mut timeout_ms = 500;
+    let (report, stderr) = loop {
+        slow["timeout_ms"] = json!(timeout_ms);
+        let config = json!({"steps": [
+            {"id": "echo", "op": {"call": "run", "args": {"cmd": cmd(json!(["-c", "echo $GREETING; pwd; cat; echo err >&2; exit 3"]))}}},
+            {"id": "slow", "op": {"call": "run", "args": {"cmd": slow.clone()}}},
+        ]});
+        sb.runbook(&fixture_runbook(
+            &config,
+            &json!({"exec": ["sh"], "read": [sb.path()], "child_env": ["GREETING"]}),
+        ));
+        let (_, report, stderr) = sb.run_json(&[]);
+        if pidfile.exists() || timeout_ms >= 32_000 {
+            break (report, stderr);
+        }
+        timeout_ms *= 2;
+    };
     let r = step_results(&report);
     let out = &step(&r, "echo")["Ok"];
     assert_eq!(out["exit_code"], 3, "{out} {stderr}");
@@ -189,14 +207,17 @@ fn commands_run_with_args_cwd_env_stdin_and_are_killed_on_timeout() {
     assert_eq!(out["stderr"], "err\n");
     assert_eq!(out["simulated"], false);
     let slow = &step(&r, "slow")["Err"]["Timeout"];
-    assert!(slow.as_str().unwrap().contains("500"), "{slow}");
+    assert!(
+        slow.as_str().unwrap().contains(&timeout_ms.to_string()),
+        "{slow}"
+    );
     let grandchild: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(2), || !alive(grandchild)),
+        wait_until(PATIENCE, || !alive(grandchild)),
         "the whole process group is killed"
     );
 }
@@ -206,7 +227,9 @@ fn daemons_are_spawned_signalled_and_stopped() {
     let sb = Sandbox::new();
     let tag = format!("rewind-test-daemon-{}", std::process::id());
     let script = sb.join("daemon.sh");
-    std::fs::write(&script, format!("#!/bin/sh\n# {tag}\necho started\ntrap 'echo got-hup' HUP\nwhile true; do sleep 0.05; done\n")).unwrap();
+    // "started" is its ready signal: written once the HUP trap is set, so
+    // the HUP below cannot arrive before it (and kill it).
+    std::fs::write(&script, format!("#!/bin/sh\n# {tag}\ntrap 'echo got-hup' HUP\necho started\nwhile true; do sleep 0.05; done\n")).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let spawn = json!({"cmd": {"program": script, "args": [&tag], "cwd": null, "env": [], "stdin": null, "timeout_ms": 0}, "log_path": sb.join("logs/daemon.log")});
     let config = json!({"steps": [{"id": "spawn", "op": {"call": "spawn", "args": spawn}}]});
@@ -225,7 +248,7 @@ fn daemons_are_spawned_signalled_and_stopped() {
     }
     let _reap = Reap(pid);
     assert!(alive(pid), "the daemon outlives rewind");
-    assert!(wait_until(Duration::from_secs(2), || {
+    assert!(wait_until(PATIENCE, || {
         std::fs::read_to_string(sb.join("logs/daemon.log"))
             .unwrap_or_default()
             .contains("started")
@@ -240,7 +263,7 @@ fn daemons_are_spawned_signalled_and_stopped() {
         step(&step_results(&report), "hup").get("Ok").is_some(),
         "{report}"
     );
-    assert!(wait_until(Duration::from_secs(3), || {
+    assert!(wait_until(PATIENCE, || {
         std::fs::read_to_string(sb.join("logs/daemon.log"))
             .unwrap_or_default()
             .contains("got-hup")
@@ -252,19 +275,29 @@ fn daemons_are_spawned_signalled_and_stopped() {
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
     assert_eq!(step(&step_results(&report), "stop")["Ok"], 1, "{report}");
-    assert!(wait_until(Duration::from_secs(3), || !alive(pid)));
+    assert!(wait_until(PATIENCE, || !alive(pid)));
 }
 
 #[test]
 fn stop_escalates_to_kill_after_the_grace() {
     let sb = Sandbox::new();
     let tag = format!("rewind-test-stubborn-{}", std::process::id());
+    // It says it is ready once TERM is ignored: a TERM sent before that
+    // would kill it and no KILL would be needed.
+    let ready = sb.join("stubborn.ready");
     let child = Proc::spawn(std::process::Command::new("sh").args([
         "-c",
-        "trap '' TERM; while true; do sleep 0.05; done",
+        &format!(
+            "trap '' TERM; touch {}; while true; do sleep 0.05; done",
+            ready.display()
+        ),
         &tag,
     ]));
     let pid = child.pid();
+    assert!(
+        wait_until(PATIENCE, || ready.exists()),
+        "the stubborn child is ready"
+    );
     let config = json!({"steps": [{"id": "stop", "op": {"call": "stop", "args": {"pid": pid, "grace_ms": 300}}}]});
     sb.runbook(&fixture_runbook(&config, &json!({"signal": [tag]})));
     let (_, report, _) = sb.run_json(&[]);
@@ -274,7 +307,7 @@ fn stop_escalates_to_kill_after_the_grace() {
         "needed KILL: {report}"
     );
     let mut child = child;
-    assert!(wait_until(Duration::from_secs(2), || child
+    assert!(wait_until(PATIENCE, || child
         .0
         .try_wait()
         .unwrap()

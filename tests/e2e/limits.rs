@@ -14,8 +14,10 @@ fn misbehave(call: &str) -> (i32, serde_json::Value, String, Sandbox) {
     sb.runbook(&fixture_runbook(&config, &json!({})));
     let started = std::time::Instant::now();
     let (code, report, stderr) = sb.run_json(&[]);
+    // The budget is 2 s of guest time; the bound only says "it was
+    // stopped at all", with room for a loaded machine's startup.
     assert!(
-        started.elapsed().as_secs() < 30,
+        started.elapsed() < PATIENCE,
         "{call} was not stopped in time"
     );
     (code, report, stderr, sb)

@@ -1,10 +1,8 @@
 //! Whole runs through the CLI: dry runs change nothing, the journal, the
 //! lock, escalation, on_failure, manual steps, check, history and show.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use serde_json::json;
+use std::process::{Command, Stdio};
 
 use crate::util::*;
 
@@ -23,10 +21,13 @@ fn a_dry_run_executes_no_side_effect_whatever_the_plugin_asks() {
         .unwrap();
     let victim = Proc::spawn(Command::new("sh").args(["-c", "sleep 30", "rewind-dry-victim"]));
     let marker = sb.join("ran");
+    // A spawned daemon would still be running when rewind exits (spawn
+    // returns once it is exec'd): looking for it needs no waiting.
+    let spawned_tag = format!("rewind-dry-spawned-{}", std::process::id());
     let run = |args: serde_json::Value| json!({"program": "sh", "args": args, "cwd": null, "env": [], "stdin": null, "timeout_ms": 0});
     let config = json!({"steps": [
         {"id": "run", "op": {"call": "run", "args": {"cmd": run(json!(["-c", format!("touch {}", marker.display())]))}}},
-        {"id": "spawn", "op": {"call": "spawn", "args": {"cmd": run(json!(["-c", format!("touch {}.spawned", marker.display())])), "log_path": site.join("d.log")}}},
+        {"id": "spawn", "op": {"call": "spawn", "args": {"cmd": run(json!(["-c", format!("touch {}.spawned; sleep 30", marker.display()), spawned_tag])), "log_path": site.join("d.log")}}},
         {"id": "stop", "op": {"call": "stop-matching", "args": {"pattern": "rewind-dry-victim", "grace_ms": 100}}},
         {"id": "write", "op": {"call": "write-file", "args": {"path": site.join("keep.txt"), "contents": "changed"}}},
         {"id": "remove", "op": {"call": "remove", "args": {"path": site.join("keep.txt")}}},
@@ -43,8 +44,13 @@ fn a_dry_run_executes_no_side_effect_whatever_the_plugin_asks() {
     let (code, report, stderr) = sb.run_json(&["--dry-run"]);
     assert_eq!(code, 0, "{report} {stderr}");
     assert_eq!(report["outcome"], "simulated");
-    std::thread::sleep(Duration::from_millis(200));
+    // `run` is synchronous: it would have finished before rewind exited.
     assert!(!marker.exists(), "run was not executed");
+    let spawned = pids_with_arg(&spawned_tag);
+    for pid in &spawned {
+        kill_pid(*pid);
+    }
+    assert_eq!(spawned, Vec::<u32>::new(), "spawn was not executed");
     assert!(!sb.join("ran.spawned").exists(), "spawn was not executed");
     assert!(alive(victim.pid()), "no process was stopped");
     assert_eq!(tree(&site), before, "no file changed");
@@ -149,13 +155,16 @@ fn the_journal_records_every_event_and_history_and_show_read_it() {
 #[test]
 fn a_second_run_is_refused_while_the_first_holds_the_lock() {
     let sb = Sandbox::new();
-    let closed = free_port();
-    let policy = json!({"interval_ms": 100, "timeout_ms": 4000, "success_threshold": 1, "failure_threshold": 0});
-    let target = json!({"Tcp": ["127.0.0.1", closed, 100]});
+    // The first run holds the lock until the test opens this port: it
+    // waits for it (the timeout is only a failure bound), so the second
+    // run is tried while the first surely still runs, however slow.
+    let gate = free_port();
+    let policy = json!({"interval_ms": 100, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 0});
+    let target = json!({"Tcp": ["127.0.0.1", gate, 5000]});
     let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}}]});
     sb.runbook(&fixture_runbook(
         &config,
-        &json!({"tcp": [format!("127.0.0.1:{closed}")]}),
+        &json!({"tcp": [format!("127.0.0.1:{gate}")]}),
     ));
     let mut first = Proc::spawn(
         Command::new(REWIND)
@@ -165,7 +174,7 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    assert!(wait_until(Duration::from_secs(10), || {
+    assert!(wait_until(PATIENCE, || {
         std::fs::read_to_string(sb.join("state/lock"))
             .unwrap_or_default()
             .contains("run ")
@@ -178,6 +187,7 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
         "says which run holds it: {}",
         text(&out)
     );
+    let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
     let status = first.0.wait().unwrap();
     assert!(status.success(), "the first run finished undisturbed");
     let out = sb.rewind(&["run", "-q"]);

@@ -391,6 +391,31 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Pids of the live processes whose command line has an argument
+/// containing `marker` (a tag unique to the test), this process excluded.
+pub fn pids_with_arg(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || !alive(pid) {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && raw
+                .split(|b| *b == 0)
+                .any(|a| String::from_utf8_lossy(a).contains(marker))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Kill a pid this test caused to exist (a daemon spawned through rewind).
 pub fn kill_pid(pid: u32) {
     if pid > 1 && alive(pid) {
@@ -398,6 +423,14 @@ pub fn kill_pid(pid: u32) {
     }
 }
 
+/// How long a test waits for something that must happen: a failure bound
+/// only (every wait ends as soon as its condition holds), generous enough
+/// for a loaded 2-core machine. Use it for timeouts that only say "it is
+/// broken" (HTTP, health waits, readiness); never as "surely done by now".
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Poll `f` until it holds, at most `timeout` (a failure bound: pass
+/// `PATIENCE` unless the test measures the time itself).
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {

@@ -2,7 +2,6 @@
 //! on flapping, never twice until healthy, and stops cleanly on SIGTERM.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -14,12 +13,12 @@ fn watched(sb: &Sandbox, srv: &Server, extra_steps: Vec<Value>, failure_threshol
     let mut steps = extra_steps;
     steps.push(json!({"id": "mark", "op": {"call": "request", "args": {"req": {"method": "POST", "url": srv.url("/rolled-back")}}}}));
     let config = json!({
-        "assess": {"op": {"call": "http-probe", "args": {"probe": {"url": srv.url("/healthz"), "timeout_ms": 1000}}}},
+        "assess": {"op": {"call": "http-probe", "args": {"probe": {"url": srv.url("/healthz"), "timeout_ms": 30000}}}},
         "steps": steps,
     });
     let doc = json!({
         "name": "watched", "state_dir": "state",
-        "watch": {"period": "30ms", "timeout": "5s", "failure_threshold": failure_threshold, "success_threshold": 1, "cooldown": "0s"},
+        "watch": {"period": "30ms", "timeout": "60s", "failure_threshold": failure_threshold, "success_threshold": 1, "cooldown": "0s"},
         "plugin": [{"name": "fx", "component": FIXTURE, "config": config, "grants": {"http": [srv.url("/")]}}],
     });
     sb.runbook(&toml::to_string(&doc).unwrap());
@@ -111,10 +110,12 @@ fn sigterm_mid_step_finishes_the_step_and_leaves_a_consistent_journal() {
     let sb = Sandbox::new();
     let srv = Server::start();
     srv.script("/healthz", &[500]);
+    // The step waits until the test opens this port, after the signal:
+    // it is running when the signal comes, however slow the machine.
     let closed = free_port();
     let slow = json!({"id": "slow", "op": {"call": "wait-healthy", "args": {
-        "target": {"Tcp": ["127.0.0.1", closed, 100]},
-        "policy": {"interval_ms": 100, "timeout_ms": 1500, "success_threshold": 1, "failure_threshold": 0}}}});
+        "target": {"Tcp": ["127.0.0.1", closed, 5000]},
+        "policy": {"interval_ms": 100, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 0}}}});
     watched(&sb, &srv, vec![slow], 1);
     let text_rb = std::fs::read_to_string(sb.join("rewind.toml")).unwrap();
     sb.runbook(&text_rb.replace(
@@ -129,7 +130,7 @@ fn sigterm_mid_step_finishes_the_step_and_leaves_a_consistent_journal() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let started = wait_until(Duration::from_secs(20), || {
+    let started = wait_until(PATIENCE, || {
         std::fs::read_dir(sb.join("state/runs"))
             .into_iter()
             .flatten()
@@ -146,6 +147,14 @@ fn sigterm_mid_step_finishes_the_step_and_leaves_a_consistent_journal() {
         .status()
         .unwrap();
     assert!(status.success());
+    // Let the step finish only once rewind has taken the signal (it is no
+    // longer pending), so the step after it is the one skipped.
+    let pid = child.pid();
+    assert!(
+        wait_until(PATIENCE, || !sigterm_pending(pid)),
+        "rewind never took the SIGTERM"
+    );
+    let _open = std::net::TcpListener::bind(("127.0.0.1", closed)).unwrap();
     let out = child.output();
     assert_eq!(out.status.code(), Some(0), "a clean stop: {}", text(&out));
     assert!(text(&out).contains("stopped after"), "{}", text(&out));
@@ -199,32 +208,66 @@ fn a_plugin_rebuilt_while_watching_is_picked_up_between_rounds() {
     );
     let mut child = Proc::spawn(
         Command::new(REWIND)
-            .args(["watch", "--json", "--max-rounds", "40"])
+            .args(["watch", "--json"])
             .current_dir(sb.path())
             .env("REWIND_CACHE_DIR", cache_dir())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
+            .stderr(Stdio::null()),
     );
-    std::thread::sleep(Duration::from_millis(600));
+    // Its output line by line, as it comes.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let reader = std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&l).unwrap());
+        }
+    });
+    let mut lines: Vec<Value> = Vec::new();
+    let next = |lines: &mut Vec<Value>| {
+        let l = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("{e}; so far {lines:?}"));
+        lines.push(l);
+    };
+    // watch-start: the plugin files are watched from now on.
+    while !lines.iter().any(|l| l["event"] == "watch-start") {
+        next(&mut lines);
+    }
     let tmp = sb.join("plugin.wasm.new");
     std::fs::copy(FIXTURE_V2, &tmp).unwrap();
     std::fs::rename(&tmp, &component).unwrap();
-    let out = child.output();
-    assert!(out.status.success(), "{}", text(&out));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let reload = lines
-        .iter()
-        .find(|l| l["event"] == "reload")
-        .unwrap_or_else(|| panic!("no reload in {lines:?}"));
-    assert_ne!(reload["from"], reload["to"]);
-    let at = lines.iter().position(|l| l["event"] == "reload").unwrap();
-    assert!(
-        lines[at + 1..]
+    // Rounds go on until the reload is picked up, and after it.
+    let healthy_after_reload = |lines: &[Value]| {
+        lines
             .iter()
-            .any(|l| l["event"] == "probe" && l["healthy"] == true),
-        "rounds go on after it"
-    );
+            .position(|l| l["event"] == "reload")
+            .is_some_and(|at| {
+                lines[at + 1..]
+                    .iter()
+                    .any(|l| l["event"] == "probe" && l["healthy"] == true)
+            })
+    };
+    while !healthy_after_reload(&lines) {
+        next(&mut lines);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.0.wait().unwrap().success(), "a clean stop");
+    reader.join().unwrap();
+    let reload = lines.iter().find(|l| l["event"] == "reload").unwrap();
+    assert_ne!(reload["from"], reload["to"]);
+}
+
+/// Whether a SIGTERM sent to `pid` is still pending (not yet delivered to
+/// its handler): bit 15 of ShdPnd in /proc/<pid>/status.
+fn sigterm_pending(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }

@@ -278,6 +278,9 @@ impl Stand {
                 "pid_file": s(self.path("run/app.pid")),
                 "out_log": s(self.path("log/app-out.log")),
                 "history": s(self.path("run/history.log")),
+                // pm2 returns once the app listens: a failure bound, long
+                // enough for a python3 start on a loaded machine.
+                "listen_timeout_s": 60,
             })
             .to_string(),
         );
@@ -390,7 +393,7 @@ impl Stand {
         let out = self.pm2(&["start", "app"]);
         assert!(out.status.success(), "{}", util::text(&out));
         assert!(
-            wait_until(Duration::from_secs(15), || self.health().is_some()),
+            wait_until(util::PATIENCE, || self.health().is_some()),
             "the stand-in app answers"
         );
         if deployed && self.breakage == Breakage::CodeAndSchema {
@@ -400,8 +403,16 @@ impl Stand {
                 "v1.1.0 migrated the db"
             );
         }
-        // A few live lines after the history.
-        std::thread::sleep(Duration::from_millis(300));
+        // A few live lines after the history: the app logs "server
+        // started" once it listens, then a line per unit of work.
+        assert!(
+            wait_until(util::PATIENCE, || {
+                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+                log.rfind("server started")
+                    .is_some_and(|at| log[at..].lines().count() > 3)
+            }),
+            "the stand-in app logs its work"
+        );
     }
 
     /// Six and a half minutes of the log before now, as the app wrote it
@@ -436,7 +447,7 @@ impl Stand {
     pub fn health(&self) -> Option<(u16, serde_json::Value)> {
         let resp = reqwest::blocking::Client::new()
             .get(format!("http://127.0.0.1:{}/api/health", self.port))
-            .timeout(Duration::from_secs(2))
+            .timeout(util::PATIENCE)
             .send()
             .ok()?;
         let status = resp.status().as_u16();
@@ -509,9 +520,15 @@ impl Stand {
             .env("FF_FAILED_DIR", s(self.path("srv")))
             .env("FF_INCIDENT_DIR", s(self.path("incidents")))
             .env("FF_PROBE_INTERVAL_MS", "100")
-            .env("FF_RESTART_TIMEOUT_MS", "3000")
-            .env("FF_RELOAD_TIMEOUT_MS", "3000")
-            .env("FF_START_TIMEOUT_MS", "8000")
+            // One GET of the health URL: a failure bound only (the app
+            // answers or refuses at once), so a loaded machine does not
+            // turn a slow answer into an outage.
+            .env("FF_PROBE_TIMEOUT_MS", "30000")
+            // How long a level waits for the app to be healthy: also how
+            // long a level that cannot fix it waits before escalating.
+            .env("FF_RESTART_TIMEOUT_MS", "10000")
+            .env("FF_RELOAD_TIMEOUT_MS", "10000")
+            .env("FF_START_TIMEOUT_MS", "15000")
             .env("FF_L1_STABLE_MS", "500")
             .env("FF_L2_STABLE_MS", "500")
             .env("FF_L3_STABLE_MS", "500")

@@ -211,7 +211,7 @@ impl PgServer {
                 .spawn()
                 .unwrap();
             pg.child = Some(child);
-            if pg.wait_ready(Duration::from_secs(30)) {
+            if pg.wait_ready(Duration::from_secs(60)) {
                 return pg;
             }
             pg.kill_server();

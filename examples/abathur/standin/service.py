@@ -15,7 +15,7 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
 def check():
-    conn = sqlite3.connect("file:%s?mode=ro" % a.db, uri=True, timeout=2)
+    conn = sqlite3.connect("file:%s?mode=ro" % a.db, uri=True, timeout=30)
     try:
         qc = conn.execute("PRAGMA quick_check").fetchone()[0]
         if qc != "ok":

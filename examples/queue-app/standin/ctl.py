@@ -52,7 +52,7 @@ def alive(p):
 def get(path):
     url = "http://127.0.0.1:%d%s" % (settings()["port"], path)
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=30) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code

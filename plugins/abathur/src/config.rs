@@ -48,6 +48,8 @@ pub struct Config {
     pub health_contains: String,
     pub health_timeout_ms: u64,
     pub health_interval_ms: u64,
+    /// One GET of `health_url` (a timeout reads as "not healthy").
+    pub probe_timeout_ms: u64,
     /// Post-rollback validation (smoke tests, benchmark, validate_database).
     pub validation_commands: Vec<Vec<String>>,
     /// Working directory of the commands; the runbook's directory when empty.
@@ -101,6 +103,7 @@ impl Default for Config {
             health_contains: s("healthy"),
             health_timeout_ms: 30_000,
             health_interval_ms: 1000,
+            probe_timeout_ms: 2000,
             validation_commands: vec![
                 sv(&[
                     "python",
@@ -234,7 +237,7 @@ impl Config {
         }
         let mut p = HttpProbe::get(&self.health_url)
             .expect(200, 299)
-            .timeout_ms(2000);
+            .timeout_ms(self.probe_timeout_ms);
         if !self.health_contains.is_empty() {
             p = p.contains(&self.health_contains);
         }
