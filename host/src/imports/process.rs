@@ -372,7 +372,43 @@ fn base_command(env: &PluginEnv, p: &Prepared, cmd: &Command) -> StdCommand {
         Stdio::null()
     });
     c.process_group(0);
+    // Children start with default signal dispositions and an empty signal
+    // mask, as a service manager starts services. exec keeps ignored
+    // signals ignored: rewind run under nohup (SIGHUP ignored) or from a
+    // shell's background job (SIGINT ignored) would otherwise hand that to
+    // every service it restarts, and a daemon's `trap ... HUP` would
+    // silently never fire.
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls
+    // sigaction and sigprocmask, which are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, default_signals);
+    }
     c
+}
+
+/// Between fork and exec: every catchable signal to its default action,
+/// nothing blocked.
+fn default_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+    for s in Signal::iterator() {
+        if matches!(s, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler; sigaction is async-signal-safe.
+        #[allow(unsafe_code)]
+        let _ = unsafe { signal(s, SigHandler::SigDfl) };
+    }
+    // Real-time signals too (glibc keeps the two below SIGRTMIN for itself).
+    for n in nix::libc::SIGRTMIN()..=nix::libc::SIGRTMAX() {
+        // SAFETY: as above, the raw call for numbers `Signal` does not name.
+        #[allow(unsafe_code)]
+        unsafe {
+            nix::libc::signal(n, nix::libc::SIG_DFL);
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    Ok(())
 }
 
 /// Feed a child's stdin from a thread, so a child that does not read it
@@ -810,6 +846,35 @@ mod tests {
             .stdin(Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    #[test]
+    fn children_start_with_default_signal_dispositions() {
+        // As under nohup: SIGHUP ignored in rewind itself (and left so for
+        // the rest of this test process, which never gets a SIGHUP).
+        #[allow(unsafe_code)]
+        // SAFETY: installs SIG_IGN, no handler code.
+        unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGHUP,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+            .unwrap();
+        }
+        let (_dir, env) = test_env(grants(&["sh"]), Mode::Execute);
+        let out = run(
+            &env,
+            command("sh", &["-c", "grep -E '^Sig(Ign|Blk):' /proc/self/status"]),
+        )
+        .unwrap();
+        assert_eq!(out.exit_code, Some(0), "{}", out.stderr);
+        for line in out.stdout.lines() {
+            let mask = u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+            // Bit n-1 is signal n; 32 and 33 are glibc's own, which no
+            // program can set (and some parents leave ignored).
+            let glibc_internal = (1u64 << 31) | (1u64 << 32);
+            assert_eq!(mask & !glibc_internal, 0, "{line}");
+        }
     }
 
     #[test]
