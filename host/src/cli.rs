@@ -461,7 +461,7 @@ fn check(cli: &Cli, path: &Path) -> CliResult {
                 crate::outln!("  grants cover everything it declares");
             }
             for w in &warnings {
-                println!("  {w}");
+                crate::outln!("  {w}");
             }
             for m in &missing {
                 crate::outln!("  {m}");
