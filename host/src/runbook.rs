@@ -143,6 +143,8 @@ struct RawLimits {
     log_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_bytes_opt")]
     component_bytes: Option<usize>,
+    #[serde(default)]
+    actions: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,6 +504,7 @@ impl Runbook {
                     .limits
                     .component_bytes
                     .unwrap_or(defaults.component_bytes),
+                actions: raw.limits.actions.unwrap_or(defaults.actions),
             },
             protected: Vec::new(),
             plugins,
@@ -1093,7 +1096,7 @@ b = "q\"${REWIND_UNSET_A:-v}""#,
         assert_eq!(rb.limits.findings, d.findings);
         let text = OK.replace(
             "memory = \"64MiB\"",
-            "memory = \"64MiB\"\nquery_bytes = \"1GiB\"\nread_bytes = \"1MiB\"\nkv_bytes = \"2MiB\"\nfindings = 7\nmessage_bytes = \"1KiB\"\nlog_message_bytes = \"2KiB\"\nlog_bytes = \"3MiB\"\ncomponent_bytes = \"4MiB\"",
+            "memory = \"64MiB\"\nquery_bytes = \"1GiB\"\nread_bytes = \"1MiB\"\nkv_bytes = \"2MiB\"\nfindings = 7\nmessage_bytes = \"1KiB\"\nlog_message_bytes = \"2KiB\"\nlog_bytes = \"3MiB\"\ncomponent_bytes = \"4MiB\"\nactions = 9",
         );
         let l = parse(&text).unwrap().limits;
         assert_eq!(
@@ -1109,6 +1112,7 @@ b = "q\"${REWIND_UNSET_A:-v}""#,
             ),
             (1 << 10, 2 << 10, 3 << 20, 4 << 20)
         );
+        assert_eq!(l.actions, 9);
         let e = parse(&OK.replace("memory = \"64MiB\"", "kv_bytes = \"lots\"")).unwrap_err();
         assert!(e.message.contains("not a size"), "{e}");
     }

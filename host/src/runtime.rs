@@ -49,6 +49,9 @@ pub struct Limits {
     pub log_bytes: usize,
     /// Size of a component file.
     pub component_bytes: usize,
+    /// Side effects (commands, writes, signals, requests...) one plugin
+    /// may ask for in one run: each is journaled.
+    pub actions: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +67,7 @@ impl Default for Limits {
             log_message_bytes: 16 << 10,
             log_bytes: 16 << 20,
             component_bytes: 256 << 20,
+            actions: 10_000,
         }
     }
 }

@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 const STDERR_CAP: usize = 64 * 1024;
 
-use crate::bindings::types::Mode;
+use crate::bindings::types::{Error, Mode};
 use crate::imports::storage::StorageState;
 use crate::journal::Journal;
 use crate::runtime::Limits;
@@ -98,6 +98,8 @@ pub struct PluginEnv {
     /// Bytes of `log` messages written in this run (capped by
     /// `limits.log_bytes`).
     log_bytes: AtomicU64,
+    /// Side effects asked for in this run (capped by `limits.actions`).
+    action_count: AtomicU64,
 }
 
 impl std::fmt::Debug for PluginEnv {
@@ -132,6 +134,7 @@ impl PluginEnv {
             host_nanos: AtomicU64::new(0),
             limits: Limits::default(),
             log_bytes: AtomicU64::new(0),
+            action_count: AtomicU64::new(0),
         }
     }
 
@@ -149,9 +152,27 @@ impl PluginEnv {
     /// Record a side effect before it happens. Returns whether to carry it
     /// out: false in dry runs and checks, where it is only recorded as
     /// "would ...". This is the single place that enforces dry runs.
-    #[must_use]
-    pub fn side_effect(&self, what: impl Into<String>) -> bool {
-        let what = what.into();
+    ///
+    /// Every side effect is journaled, so their number per run is capped
+    /// (`[limits] actions`): a plugin asking for more is refused, not
+    /// recorded, and the journal and the host's memory stay bounded. A
+    /// description longer than `message_bytes` is cut in the record.
+    pub fn side_effect(&self, what: impl Into<String>) -> Result<bool, Error> {
+        let mut what = what.into();
+        let n = self.action_count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.actions {
+            return Err(Error::invalid(format!(
+                "plugin {} asked for more than {} side effects in this run (the [limits] actions of the runbook); nothing more is carried out: {}",
+                self.name,
+                self.limits.actions,
+                crate::imports::log::cut(&what, 200)
+            )));
+        }
+        if what.len() > self.limits.message_bytes {
+            let len = what.len();
+            crate::imports::log::truncate_at(&mut what, self.limits.message_bytes);
+            what.push_str(&format!(" [cut: {len} bytes]"));
+        }
         let executed = self.mode.executes();
         let name = &self.name;
         if executed {
@@ -169,7 +190,7 @@ impl PluginEnv {
             }));
         }
         self.actions.lock().unwrap().push(Action { what, executed });
-        executed
+        Ok(executed)
     }
 
     /// The side effects recorded since the last call, oldest first.

@@ -244,11 +244,15 @@ fn read_file_stops_at_the_cap_even_on_endless_files() {
     let sb = Sandbox::new();
     let big = sb.join("big.bin");
     std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    // A named pipe nobody writes to: opening it to read would block.
+    let fifo = sb.join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let config = json!({"steps": [
         {"id": "zero", "op": {"call": "read-file", "args": {"path": "/dev/zero"}}},
         {"id": "big", "op": {"call": "read-file", "args": {"path": big}}},
+        {"id": "fifo", "op": {"call": "read-file", "args": {"path": fifo}}},
     ]});
-    let grants = json!({"read": ["/dev/zero", big]});
+    let grants = json!({"read": ["/dev/zero", big, fifo]});
     sb.runbook(&runbook(
         FIXTURE,
         &config,
@@ -264,6 +268,8 @@ fn read_file_stops_at_the_cap_even_on_endless_files() {
             "{id}: {m}"
         );
     }
+    let m = err_message(step(&r, "fifo"));
+    assert!(m.contains("FIFO") && m.contains("block"), "{m}");
 }
 
 #[test]
@@ -458,4 +464,57 @@ fn stack_overflow_and_exit_are_reported_plainly() {
         "{t}"
     );
     assert!(!t.contains("backtrace"), "{t}");
+}
+
+/// Every side effect is journaled: a plugin that asks for side effects in
+/// a loop is refused past `[limits] actions`, and one that describes a
+/// side effect at length is cut to `message_bytes` in the record, so the
+/// journal (and the host's memory) stay bounded.
+#[test]
+fn side_effects_per_run_are_capped_and_their_records_cut() {
+    let sb = Sandbox::new();
+    let long = "x".repeat(8 << 10);
+    let mut steps: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("set-{i}"), "op": {"call": "set", "args": {"key": format!("k{i}"), "value": "v"}}}))
+        .collect();
+    steps.insert(
+        0,
+        json!({"id": "long", "op": {"call": "run", "args": {"cmd": {"program": "true", "args": [long]}}}}),
+    );
+    let config = json!({"steps": steps});
+    sb.runbook(&runbook(
+        FIXTURE,
+        &config,
+        &json!({"exec": ["true"]}),
+        &json!({"actions": 3, "message_bytes": "1KiB"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    let r = step_results(&report);
+    assert!(step(&r, "long").get("Ok").is_some(), "{r:?}");
+    assert!(step(&r, "set-0").get("Ok").is_some(), "{r:?}");
+    assert!(step(&r, "set-1").get("Ok").is_some(), "{r:?}");
+    for id in ["set-2", "set-3", "set-4"] {
+        let m = err_message(step(&r, id));
+        assert!(
+            m.contains("more than 3 side effects") && m.contains("[limits] actions"),
+            "{id}: {m}"
+        );
+    }
+    // Only what was carried out is in the journal, the long one cut.
+    let runs = sb.join("state/runs");
+    let journal = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    let actions: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains("\"event\":\"action\""))
+        .collect();
+    assert_eq!(actions.len(), 3, "{journal}");
+    assert!(
+        actions[0].contains("[cut: ") && actions[0].len() < 2048,
+        "{}",
+        actions[0]
+    );
 }

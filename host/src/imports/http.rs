@@ -26,7 +26,7 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| Error::invalid(format!("bad HTTP method {:?}", req.method)))?;
     if !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD)
-        && !env.side_effect(format!("send {method} {url}"))
+        && !env.side_effect(format!("send {method} {url}"))?
     {
         return Ok(Response {
             status: 0,

@@ -490,7 +490,7 @@ fn kill_group(pid: u32) {
 
 pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
     let p = prepare(env, &cmd)?;
-    if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display())) {
+    if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display()))? {
         return Ok(Output {
             exit_code: Some(0),
             stdout: String::new(),
@@ -605,7 +605,7 @@ fn spawn(env: &PluginEnv, cmd: Command, log_path: &str) -> Result<u32, Error> {
         p.cwd.display(),
         log.display()
     );
-    if !env.side_effect(what) {
+    if !env.side_effect(what)? {
         return Ok(0);
     }
     let out = open_log(env, &log)?;
@@ -701,7 +701,7 @@ fn send(pid: u32, npid: Pid, sig: NixSignal) -> Result<(), Error> {
 fn signal(env: &PluginEnv, pid: u32, sig: SignalKind) -> Result<(), Error> {
     let (npid, shown) = check_pid(env, pid)?;
     let sig = nix_signal(sig);
-    if !env.side_effect(format!("send {} to pid {pid} ({shown})", signal_name(sig))) {
+    if !env.side_effect(format!("send {} to pid {pid} ({shown})", signal_name(sig)))? {
         return Ok(());
     }
     send(pid, npid, sig)
@@ -713,7 +713,7 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
         return Err(Error::failed(format!("no process with pid {pid}")));
     }
     let what = format!("stop pid {pid} ({shown}): TERM, then KILL after {grace_ms} ms");
-    if !env.side_effect(what) {
+    if !env.side_effect(what)? {
         return Ok(false);
     }
     match kill(npid, NixSignal::SIGTERM) {
@@ -752,7 +752,7 @@ fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, E
     let count = u32::try_from(pids.len()).unwrap_or(u32::MAX);
     if !env.side_effect(format!(
         "stop {count} processes matching {pattern:?}: pids {pids:?}"
-    )) {
+    ))? {
         return Ok(count);
     }
     let mut problems = Vec::new();

@@ -546,7 +546,7 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     if !env.side_effect(format!(
         "snapshot {} (label {label:?})",
         root_strs.join(", ")
-    )) {
+    ))? {
         let (files, bytes) = count(env, &roots)?;
         return Ok(SnapshotInfo {
             id: DRY_RUN_ID.to_string(),
@@ -1203,7 +1203,7 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
         m.files.len(),
         m.bytes,
         m.paths.join(", ")
-    )) {
+    ))? {
         return Ok(report);
     }
 
@@ -1369,7 +1369,7 @@ pub fn prune(env: &PluginEnv, label_prefix: &str, keep: u32) -> Result<u32, Erro
     if !env.side_effect(format!(
         "delete {n} snapshots labelled {label_prefix:?}*: {}",
         ids.join(", ")
-    )) {
+    ))? {
         return Ok(n);
     }
     for id in ids {
