@@ -145,6 +145,10 @@ struct RawLimits {
     component_bytes: Option<usize>,
     #[serde(default)]
     actions: Option<u64>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    snapshot_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    snapshot_time: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -505,6 +509,11 @@ impl Runbook {
                     .component_bytes
                     .unwrap_or(defaults.component_bytes),
                 actions: raw.limits.actions.unwrap_or(defaults.actions),
+                snapshot_bytes: raw
+                    .limits
+                    .snapshot_bytes
+                    .map_or(defaults.snapshot_bytes, |b| b as u64),
+                snapshot_time: raw.limits.snapshot_time.unwrap_or(defaults.snapshot_time),
             },
             protected: Vec::new(),
             plugins,

@@ -52,6 +52,10 @@ pub struct Limits {
     /// Side effects (commands, writes, signals, requests...) one plugin
     /// may ask for in one run: each is journaled.
     pub actions: u64,
+    /// Bytes of file content one snapshot may hold.
+    pub snapshot_bytes: u64,
+    /// Time one snapshot may take.
+    pub snapshot_time: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +72,8 @@ impl Default for Limits {
             log_bytes: 16 << 20,
             component_bytes: 256 << 20,
             actions: 10_000,
+            snapshot_bytes: 2 << 30,
+            snapshot_time: Duration::from_secs(600),
         }
     }
 }

@@ -518,3 +518,74 @@ fn side_effects_per_run_are_capped_and_their_records_cut() {
         actions[0]
     );
 }
+
+/// A snapshot of a granted tree is bounded in size and time: past either
+/// limit it fails naming the `[limits]` key, and leaves no temporary
+/// archive behind; one left by a snapshot that was killed is removed by
+/// the next.
+#[test]
+fn snapshots_are_bounded_in_size_and_time_and_leave_no_temp_files() {
+    let sb = Sandbox::new();
+    let data = sb.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("small"), "x").unwrap();
+    std::fs::write(data.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let snaps = sb.join("state/snapshots/fx");
+    std::fs::create_dir_all(&snaps).unwrap();
+    std::fs::write(snaps.join(".tmp-killed.tar.zst"), "half an archive").unwrap();
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&snaps)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let snap = |paths: Value| json!({"steps": [{"id": "snap", "op": {"call": "snapshot", "args": {"label": "pre", "paths": paths}}}]});
+    let grants = json!({"read": [data]});
+
+    // Too big: refused, nothing kept, and the leftover is gone too.
+    sb.runbook(&runbook(
+        FIXTURE,
+        &snap(json!([data])),
+        &grants,
+        &json!({"snapshot_bytes": "1MiB"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    let m = err_message(step(&step_results(&report), "snap"));
+    assert!(
+        m.contains("[limits] snapshot_bytes") && m.contains("big"),
+        "{m}"
+    );
+    assert_eq!(names(), Vec::<String>::new());
+
+    // Out of time: refused the same way.
+    sb.runbook(&runbook(
+        FIXTURE,
+        &snap(json!([data])),
+        &grants,
+        &json!({"snapshot_time": "0s"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    let m = err_message(step(&step_results(&report), "snap"));
+    assert!(m.contains("[limits] snapshot_time"), "{m}");
+    assert_eq!(names(), Vec::<String>::new());
+
+    // Within the limits: an archive and its manifest, no temporary file.
+    sb.runbook(&runbook(
+        FIXTURE,
+        &snap(json!([data.join("small")])),
+        &grants,
+        &json!({"snapshot_bytes": "1MiB"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    assert!(
+        step(&step_results(&report), "snap").get("Ok").is_some(),
+        "{report}"
+    );
+    let mut kept = names();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|n| !n.starts_with(".tmp-")), "{kept:?}");
+}
