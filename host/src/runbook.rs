@@ -801,7 +801,7 @@ fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), S
         return Err("unclosed `${` (write `$${` for a literal)".into());
     };
     let expr = &rest[2..2 + end];
-    let (secret, var) = match expr.strip_prefix("secret:") {
+    let (marked, var) = match expr.strip_prefix("secret:") {
         Some(v) => (true, v),
         None => (false, expr),
     };
@@ -812,6 +812,9 @@ fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), S
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("`${{{expr}}}` is not a variable name"));
     }
+    // A variable whose name says it holds a secret is one, marked or not:
+    // forgetting `secret:` on `${DB_PASSWORD}` must not print it.
+    let secret = marked || secret_name(name);
     let value = match (std::env::var(name), default) {
         (Ok(v), _) if !v.is_empty() => v,
         (_, Some(d)) => d.to_string(),
@@ -825,13 +828,40 @@ fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), S
     let min = crate::redact::MIN_SECRET_CHARS;
     if secret && (1..min).contains(&chars) {
         return Err(format!(
-            "the value of secret {name} is {chars} character(s) long; a secret shorter than {min} characters cannot be masked in output without masking ordinary text (and what is masked would give it away): use a longer secret, or drop `secret:` (`${{{name}}}`) if it is not secret"
+            "the value of secret {name} is {chars} character(s) long; a secret shorter than {min} characters cannot be masked in output without masking ordinary text (and what is masked would give it away): use a longer secret{}",
+            if marked {
+                format!(", or drop `secret:` (`${{{name}}}`) if it is not secret")
+            } else {
+                format!(" ({name} is taken as secret by its name)")
+            }
         ));
     }
     let placed = place(ctx, &value)
         .map_err(|why| format!("the value of {name} (used as `${{{expr}}}`) {why}"))?;
     let secret = (secret && !value.is_empty()).then_some(value);
     Ok((placed, secret, end + 3))
+}
+
+/// Whether an environment variable's name says it holds a secret: it
+/// contains PASSWORD, PASSWD, SECRET, TOKEN, CREDENTIAL, PRIVATE_KEY,
+/// API_KEY or APIKEY, or its last `_` part is PASS, KEY, AUTH, COOKIE or
+/// DSN, or it is DATABASE_URL (connection strings carry passwords).
+pub fn secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    const ANYWHERE: [&str; 8] = [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "CREDENTIAL",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "APIKEY",
+    ];
+    const LAST: [&str; 5] = ["PASS", "KEY", "AUTH", "COOKIE", "DSN"];
+    ANYWHERE.iter().any(|w| upper.contains(w))
+        || upper.rsplit('_').next().is_some_and(|l| LAST.contains(&l))
+        || upper.ends_with("DATABASE_URL")
 }
 
 /// A value as it must be written where the reference stands, or why it
@@ -1008,6 +1038,37 @@ http = ["http://127.0.0.1:8080/"]
         let whole = text("state", "").replace("  \"site\",", "  \".\",");
         let e = Runbook::parse(&rb, &whole).unwrap_err();
         assert!(e.message.contains("holds"), "{e}");
+    }
+
+    #[test]
+    fn variables_named_like_secrets_are_secrets() {
+        for n in [
+            "DB_PASSWORD",
+            "PGPASSWORD",
+            "API_TOKEN",
+            "SLACK_WEBHOOK_SECRET",
+            "AWS_SECRET_ACCESS_KEY",
+            "STRIPE_API_KEY",
+            "REDIS_PASS",
+            "SENTRY_DSN",
+            "DATABASE_URL",
+            "gh_token",
+        ] {
+            assert!(secret_name(n), "{n}");
+        }
+        for n in [
+            "PWD",
+            "HOME",
+            "SSH_KEY_PATH",
+            "DEMO_ROOT",
+            "QUEUE_APP_PORT",
+            "KEYBOARD",
+        ] {
+            assert!(!secret_name(n), "{n}");
+        }
+        // The name decides, wherever the value comes from (here the default).
+        let e = interpolate("a = \"${REWIND_UNSET_API_TOKEN:-tok-123456}\"\n").unwrap();
+        assert_eq!(e.secrets, vec!["tok-123456".to_string()]);
     }
 
     #[test]
