@@ -47,6 +47,13 @@ enum Command {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
     },
+    /// Compile every plugin of the runbook into the compiled-code cache
+    /// (in parallel), so that no incident pays for compiling: run it at
+    /// install time, after each plugin upgrade. Executes nothing.
+    Compile {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+    },
     /// Assess the system and print each plugin's plan. Executes nothing.
     Plan {
         #[arg(default_value = "rewind.toml")]
@@ -173,6 +180,7 @@ type CliResult = Result<i32, (i32, String)>;
 fn dispatch(cli: &Cli) -> CliResult {
     match &cli.command {
         Command::Check { runbook } => check(cli, runbook),
+        Command::Compile { runbook } => compile(cli, runbook),
         Command::Plan {
             runbook,
             plugin,
@@ -384,6 +392,78 @@ fn print_findings(f: &[FindingReport]) {
 fn print_findings_indent(f: &[FindingReport], indent: &str) {
     for f in f {
         crate::outln!("{indent}{}", format_finding(f));
+    }
+}
+
+/// Load (and so compile into the cache) every distinct component of the
+/// runbook, one thread each: Cranelift's work is per component.
+fn compile(cli: &Cli, path: &Path) -> CliResult {
+    let runbook = load_runbook(cli, path)?;
+    let rt = runtime(cli, &runbook)?;
+    let mut components: Vec<&Path> = runbook
+        .plugins
+        .iter()
+        .map(|p| p.component.as_path())
+        .collect();
+    components.sort();
+    components.dedup();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = components
+            .iter()
+            .map(|c| {
+                let rt = &rt;
+                s.spawn(move || rt.load(c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&components)
+            .map(|(h, c)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::runtime::LoadError::Invalid {
+                        path: c.to_path_buf(),
+                        reason: "the compiler panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut failed = Vec::new();
+    let mut out = Vec::new();
+    for (c, r) in components.iter().zip(results) {
+        match r {
+            Ok(p) => {
+                if !cli.json {
+                    crate::outln!(
+                        "{}: {} in {} ({})",
+                        c.display(),
+                        if p.stats.compiled {
+                            "compiled into the cache"
+                        } else {
+                            "already in the cache"
+                        },
+                        fmt_duration(p.stats.duration),
+                        p.short_hash()
+                    );
+                }
+                out.push(serde_json::json!({
+                    "component": c, "sha256": p.sha256, "compiled": p.stats.compiled,
+                    "ms": p.stats.duration.as_millis() as u64,
+                }));
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if cli.json {
+        crate::redact::stdout_line(&crate::redact::json_string(
+            &serde_json::json!({"components": out, "errors": failed}),
+            true,
+        ));
+    }
+    if failed.is_empty() {
+        Ok(exit::OK)
+    } else {
+        Err((exit::PLUGIN, failed.join("\n")))
     }
 }
 

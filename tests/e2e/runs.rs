@@ -320,3 +320,39 @@ fn check_compares_declared_needs_with_grants() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("ok: 1 plugin(s)"));
 }
+
+/// `rewind compile` fills the compiled-code cache at install time, so the
+/// first run of an incident loads from it instead of running Cranelift.
+#[test]
+fn compile_fills_the_cache_that_later_commands_load_from() {
+    let sb = Sandbox::new();
+    sb.runbook(&fixture_runbook(&json!({}), &json!({})));
+    let cache = sb.join("compiled");
+    let cache_arg = cache.to_str().unwrap();
+    let out = sb.rewind(&["--cache-dir", cache_arg, "compile"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("compiled into the cache"),
+        "{}",
+        text(&out)
+    );
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert!(entries >= 2, "a compiled entry and its record: {entries}");
+
+    let out = sb.rewind(&["--cache-dir", cache_arg, "compile"]);
+    assert!(
+        text(&out).contains("already in the cache"),
+        "{}",
+        text(&out)
+    );
+    let out = sb.rewind(&["--cache-dir", cache_arg, "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("loaded from cache"), "{}", text(&out));
+
+    // A component that is not one: refused with the load exit code.
+    std::fs::write(sb.join("bad.wasm"), b"not wasm").unwrap();
+    sb.runbook(&runbook_with("bad.wasm", &json!({}), &json!({})));
+    let out = sb.rewind(&["--cache-dir", cache_arg, "compile"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("bad.wasm"), "{}", text(&out));
+}
