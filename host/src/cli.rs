@@ -587,6 +587,23 @@ pub struct RunSummary {
     pub plugins: Vec<String>,
 }
 
+/// The text of the state dir's lock when the process it names is alive
+/// (read, not tested by locking: a test lock taken by `history` could make
+/// a run starting that instant think the state dir busy).
+fn current_holder(state: &StateDir) -> Option<String> {
+    let text = std::fs::read_to_string(state.lock_file()).ok()?;
+    let pid: u32 = text
+        .rsplit_once("(pid ")?
+        .1
+        .trim_end()
+        .trim_end_matches(')')
+        .parse()
+        .ok()?;
+    let alive =
+        crate::imports::health::proc_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'));
+    alive.then(|| text.trim().to_string())
+}
+
 pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>> {
     let dir = state.runs();
     let mut out = Vec::new();
@@ -595,6 +612,10 @@ pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
+    // A journal without run-end is a run in progress while its process
+    // holds the state dir's lock (the lock names it), and interrupted
+    // otherwise.
+    let running = current_holder(state);
     for entry in entries {
         let path = entry?.path();
         if path.extension().is_none_or(|e| e != "jsonl") {
@@ -616,10 +637,18 @@ pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>
                 started: first["ts"].as_str().unwrap_or_default().into(),
                 runbook: first["name"].as_str().unwrap_or_default().into(),
                 mode: first["mode"].as_str().unwrap_or_default().into(),
-                outcome: last
-                    .and_then(|e| e["outcome"].as_str())
-                    .unwrap_or("interrupted")
-                    .into(),
+                outcome: match last.and_then(|e| e["outcome"].as_str()) {
+                    Some(o) => o.into(),
+                    None if running.as_deref().is_some_and(|h| {
+                        first["run"]
+                            .as_str()
+                            .is_some_and(|id| h.starts_with(&format!("run {id} ")))
+                    }) =>
+                    {
+                        "running".into()
+                    }
+                    None => "interrupted".into(),
+                },
                 duration_ms: last.and_then(|e| e["duration_ms"].as_u64()),
                 plugins,
             },

@@ -82,15 +82,57 @@ impl Journal {
     }
 }
 
-/// Read a journal back, skipping a torn last line (a crash mid-write).
+/// Read a journal back, byte-safe: a line that is not a JSON event (bytes
+/// that are not UTF-8, a line damaged on disk, a torn last line after a
+/// crash mid-write) is reported with its number and skipped, and the rest
+/// is read. One bad line never hides a whole run, nor every run.
 pub fn read(path: &Path) -> std::io::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let bytes = std::fs::read(path)?;
+    let mut events = Vec::new();
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last = lines.len().saturating_sub(1);
+    for (i, raw) in lines.iter().enumerate() {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Value>(raw) {
+            Ok(v @ Value::Object(_)) => events.push(v),
+            _ if i == last => tracing::warn!(
+                "{}: line {} is incomplete (the run was cut off while writing it); skipped",
+                path.display(),
+                i + 1
+            ),
+            _ => tracing::warn!(
+                "{}: line {} is damaged ({} bytes that are not a JSON event); skipped, the rest is read",
+                path.display(),
+                i + 1,
+                raw.len()
+            ),
+        }
+    }
+    Ok(events)
 }
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_lines_are_skipped_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.jsonl");
+        let mut bytes = b"{\"event\":\"run-start\",\"run\":\"r\"}\n".to_vec();
+        bytes.extend_from_slice(b"\xff\xfe not utf-8\n");
+        bytes.extend_from_slice(b"not json\n");
+        bytes.extend_from_slice(b"{\"event\":\"run-end\",\"run\":\"r\"}\n");
+        bytes.extend_from_slice(b"{\"event\":\"ste");
+        std::fs::write(&p, bytes).unwrap();
+        let events = read(&p).unwrap();
+        let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+        assert_eq!(names, ["run-start", "run-end"]);
+    }
 }

@@ -3,7 +3,7 @@
 //! escalating a level when verification fails. Every event is journaled.
 
 use std::fs::File;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -259,7 +259,7 @@ impl RunLock {
             source,
         };
         crate::state::create_private_dir(state.path()).map_err(io)?;
-        let mut file = crate::state::private_file()
+        let file = crate::state::private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -269,21 +269,41 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = if holder.trim().is_empty() {
-                    "unknown run".to_string()
-                } else {
-                    holder.trim().to_string()
-                };
-                return Err(StartError::Locked { path, holder });
+                return Err(StartError::Locked {
+                    holder: read_holder(&path),
+                    path,
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        file.set_len(0).map_err(io)?;
-        write!(file, "run {run_id} (pid {})", std::process::id()).map_err(io)?;
+        // The holder's name replaces the last one in a single write at
+        // offset 0, padded over the old text, then the file is cut to it:
+        // a run refused meanwhile reads one name or the other, never an
+        // empty file.
+        use std::os::unix::fs::FileExt as _;
+        let text = format!("run {run_id} (pid {})", std::process::id());
+        let old_len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let padded = format!("{text:<old_len$}");
+        file.write_all_at(padded.as_bytes(), 0).map_err(io)?;
+        file.set_len(text.len() as u64).map_err(io)?;
         file.sync_data().map_err(io)?;
         Ok(Self { _file: file })
     }
+}
+
+/// Who holds a lock, from its text. The holder writes its name right after
+/// it locks: a refused run that looks in that instant finds the file still
+/// empty (the very first run on a state dir), so it looks again for a
+/// moment before saying it cannot tell.
+fn read_holder(path: &std::path::Path) -> String {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if !text.trim().is_empty() {
+            return text.trim().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    "a run that has not written its name yet".to_string()
 }
 
 /// A new run id: UTC time plus a few random hex digits.

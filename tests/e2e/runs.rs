@@ -187,9 +187,15 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
         "says which run holds it: {}",
         text(&out)
     );
+    // History tells the run in progress from an interrupted one.
+    let out = sb.rewind(&["history"]);
+    assert!(text(&out).contains("running"), "{}", text(&out));
+    assert!(!text(&out).contains("interrupted"), "{}", text(&out));
     let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
     let status = first.0.wait().unwrap();
     assert!(status.success(), "the first run finished undisturbed");
+    let out = sb.rewind(&["history"]);
+    assert!(!text(&out).contains("running"), "{}", text(&out));
     let out = sb.rewind(&["run", "-q"]);
     assert_eq!(
         out.status.code(),
