@@ -24,6 +24,9 @@ pub struct Journal {
     run_id: String,
     path: PathBuf,
     file: Mutex<File>,
+    /// The first write that failed: from then on the journal may be
+    /// missing lines, and the run starts nothing new (see `broken`).
+    broken: Mutex<Option<String>>,
 }
 
 impl Journal {
@@ -43,6 +46,7 @@ impl Journal {
             run_id: run_id.to_string(),
             path,
             file: Mutex::new(file),
+            broken: Mutex::new(None),
         })
     }
 
@@ -57,10 +61,10 @@ impl Journal {
     /// Append one event with a timestamp and the run id; fsync it when it
     /// is one that must survive a crash (see the module doc).
     /// Secrets are masked on the way (see `redact`): a journal never holds
-    /// one, whatever text a plugin put in the event. A
-    /// journal that cannot be written is reported on the terminal; the run
-    /// goes on (stopping a rollback halfway for want of a log line would be
-    /// worse).
+    /// one, whatever text a plugin put in the event. A journal that cannot
+    /// be written is reported on the terminal and marked broken: the step
+    /// under way finishes (stopping it halfway would be worse), and the run
+    /// starts no other.
     pub fn record(&self, mut event: Value) {
         let durable = matches!(
             event.get("event").and_then(Value::as_str),
@@ -78,7 +82,21 @@ impl Journal {
             .and_then(|_| if durable { f.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             tracing::error!("cannot write the journal {}: {e}", self.path.display());
+            let mut b = self.broken.lock().unwrap();
+            if b.is_none() {
+                *b = Some(format!(
+                    "the journal {} can no longer be written ({e}); nothing more is started on a journal that lost lines: free space (or fix the disk) and look at the service",
+                    self.path.display()
+                ));
+            }
         }
+    }
+
+    /// Why the journal can no longer be trusted to hold every event, if a
+    /// write failed. The run checks it before each step: the step under
+    /// way finishes, nothing new starts.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().unwrap().clone()
     }
 }
 

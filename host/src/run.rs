@@ -736,7 +736,12 @@ pub(crate) fn run_plugin(
                 ));
                 continue;
             }
-            if let Err(reason) = hooks.before_step(p, s, record) {
+            let journal_broken = p.env.journal.as_ref().and_then(|j| j.broken());
+            let go_on = match journal_broken {
+                Some(why) => Err(why),
+                None => hooks.before_step(p, s, record),
+            };
+            if let Err(reason) = go_on {
                 record(
                     json!({"event": "step-skipped", "plugin": name, "step": s.id, "reason": reason}),
                 );

@@ -362,3 +362,72 @@ fn compile_fills_the_cache_that_later_commands_load_from() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("bad.wasm"), "{}", text(&out));
 }
+
+/// A journal that can no longer be written (here: a full 160 KiB tmpfs
+/// mounted on the state dir, in a mount namespace of rewind's own) stops
+/// the run between steps: the step under way finishes, nothing new starts
+/// on a journal that lost lines, and the report says why.
+#[test]
+fn a_journal_that_cannot_be_written_stops_the_run_between_steps() {
+    let sb = Sandbox::new();
+    let line = "x".repeat(8000);
+    let steps: Vec<serde_json::Value> = (0..12)
+        .map(|i| json!({"id": format!("s{i}"), "op": {"call": "log", "args": {"level": "Info", "message": line}}}))
+        .collect();
+    sb.runbook(&fixture_runbook(&json!({"steps": steps}), &json!({})));
+    std::fs::create_dir_all(sb.join("state")).unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=160k,mode=0700 rewind-test-full state || exit 77; exec \"$0\" run --json",
+            REWIND,
+        ])
+        .current_dir(sb.path())
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.code() != Some(77) => o,
+        other => {
+            // Not root, or no unshare: nothing to test this with here.
+            eprintln!("skipped: cannot mount a small tmpfs in a mount namespace: {other:?}");
+            return;
+        }
+    };
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    // The plan (12 steps of 8 KB) fits; the steps' 8 KB log lines fill the
+    // rest within a few steps.
+    let all = report["plugins"][0]["levels"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let statuses: Vec<String> = all
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["status"],
+                s["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    let skipped: Vec<&serde_json::Value> =
+        all.iter().filter(|s| s["status"] == "skipped").collect();
+    assert!(
+        !skipped.is_empty() && skipped.len() < all.len(),
+        "{statuses:#?}"
+    );
+    let why = skipped[0]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("can no longer be written"), "{why}");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+}
