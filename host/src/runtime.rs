@@ -464,12 +464,15 @@ impl Runtime {
             path: path.into(),
             reason,
         };
-        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| {
-            mistyped(format!(
-                "it cannot be instantiated: {}",
-                chain_without_backtrace(&e)
-            ))
-        })?;
+        // Instantiating can fail for reasons of this machine (memory, file
+        // limits), not only of the component: not reported as a mismatch.
+        let instance = pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Link {
+                path: path.into(),
+                reason: format!("it cannot be instantiated: {}", chain_without_backtrace(&e)),
+            })?;
         // Each export is looked up with the type the bindings call it with,
         // so a mismatch names the export.
         let rollback = pre
