@@ -145,6 +145,8 @@ struct RawLimits {
     component_bytes: Option<usize>,
     #[serde(default)]
     actions: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    call_time: Option<Duration>,
     #[serde(default, deserialize_with = "de_bytes_opt")]
     snapshot_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration_opt")]
@@ -509,6 +511,7 @@ impl Runbook {
                     .component_bytes
                     .unwrap_or(defaults.component_bytes),
                 actions: raw.limits.actions.unwrap_or(defaults.actions),
+                call_time: raw.limits.call_time.unwrap_or(defaults.call_time),
                 snapshot_bytes: raw
                     .limits
                     .snapshot_bytes

@@ -52,6 +52,10 @@ pub struct Limits {
     /// Side effects (commands, writes, signals, requests...) one plugin
     /// may ask for in one run: each is journaled.
     pub actions: u64,
+    /// Wall-clock time one export call may take, host calls included:
+    /// past it the call is stopped, and every timeout or wait a plugin
+    /// asks of the host is cut to what is left of it.
+    pub call_time: Duration,
     /// Bytes of file content one snapshot may hold.
     pub snapshot_bytes: u64,
     /// Time one snapshot may take.
@@ -72,6 +76,7 @@ impl Default for Limits {
             log_bytes: 16 << 20,
             component_bytes: 256 << 20,
             actions: 10_000,
+            call_time: Duration::from_secs(3600),
             snapshot_bytes: 2 << 30,
             snapshot_time: Duration::from_secs(600),
         }
@@ -178,6 +183,10 @@ pub enum CallError {
     )]
     Cpu { export: String, limit: Duration },
     #[error(
+        "plugin ran longer than {limit:?} (wall clock, host calls included) in `{export}` and was stopped (raise [limits] call_time in the runbook if that is expected)"
+    )]
+    Wall { export: String, limit: Duration },
+    #[error(
         "plugin tried to grow its memory past the limit of {limit} MiB in `{export}` and was stopped (raise [limits] memory in the runbook if that is expected)"
     )]
     Memory { export: String, limit: usize },
@@ -207,6 +216,11 @@ pub enum CallError {
 #[derive(Debug, thiserror::Error)]
 #[error("cpu budget exhausted")]
 struct CpuExhausted;
+
+/// Raised from the epoch callback when the call's wall-clock time is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("wall-clock deadline passed")]
+struct WallExhausted;
 
 pub struct Runtime {
     engine: Engine,
@@ -540,10 +554,16 @@ impl Runtime {
         );
         store.limiter(|s| &mut s.limits);
         let budget = self.limits.cpu;
+        let wall = self.limits.call_time;
+        env.set_call_deadline(Instant::now() + wall);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |ctx| {
             if ctx.data().guest_time() > budget {
                 Err(CpuExhausted.into())
+            } else if ctx.data().call_started.elapsed() > wall {
+                // A plugin looping on host calls spends little guest time;
+                // the wall clock stops it.
+                Err(WallExhausted.into())
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }
@@ -589,6 +609,12 @@ impl Runtime {
             return CallError::Cpu {
                 export,
                 limit: self.limits.cpu,
+            };
+        }
+        if e.chain().any(|c| c.is::<WallExhausted>()) {
+            return CallError::Wall {
+                export,
+                limit: self.limits.call_time,
             };
         }
         let text = format!("{e:#}");

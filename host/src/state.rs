@@ -100,6 +100,9 @@ pub struct PluginEnv {
     log_bytes: AtomicU64,
     /// Side effects asked for in this run (capped by `limits.actions`).
     action_count: AtomicU64,
+    /// When the export call under way must be over (`[limits] call_time`):
+    /// every wait a host call makes for the plugin is cut at it.
+    call_deadline: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for PluginEnv {
@@ -135,6 +138,7 @@ impl PluginEnv {
             limits: Limits::default(),
             log_bytes: AtomicU64::new(0),
             action_count: AtomicU64::new(0),
+            call_deadline: Mutex::new(None),
         }
     }
 
@@ -142,6 +146,24 @@ impl PluginEnv {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Start an export call that must be over by `deadline`.
+    pub fn set_call_deadline(&self, deadline: Instant) {
+        *self.call_deadline.lock().unwrap() = Some(deadline);
+    }
+
+    /// A wait or timeout a plugin asked for, cut to what is left of the
+    /// call's wall-clock time: no host call outlives the call's deadline,
+    /// whatever timeout the plugin passes (at least 1 ms, so a call made
+    /// at the deadline still gets an answer, not a hang or a panic).
+    pub fn cap(&self, wanted: Duration) -> Duration {
+        match *self.call_deadline.lock().unwrap() {
+            Some(d) => wanted
+                .min(d.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1)),
+            None => wanted,
+        }
     }
 
     /// Total time spent inside host imports so far.

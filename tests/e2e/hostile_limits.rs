@@ -589,3 +589,62 @@ fn snapshots_are_bounded_in_size_and_time_and_leave_no_temp_files() {
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(kept.iter().all(|n| !n.starts_with(".tmp-")), "{kept:?}");
 }
+
+/// No plugin holds rewind past `[limits] call_time`: not one that loops on
+/// cheap host calls (little guest time, so the CPU budget never trips),
+/// not one that asks the host to wait an hour.
+#[test]
+fn no_plugin_holds_rewind_past_the_call_deadline() {
+    for (assess, grants) in [
+        (json!({"assess": "host-loop"}), json!({})),
+        (
+            json!({"assess": "wait", "n": 3_600_000}),
+            json!({"tcp": ["127.0.0.1:9"]}),
+        ),
+    ] {
+        let sb = Sandbox::new();
+        sb.runbook(&runbook(
+            HOSTILE,
+            &assess,
+            &grants,
+            &json!({"cpu": "60s", "call_time": "2s"}),
+        ));
+        let mut child = std::process::Command::new(crate::util::REWIND)
+            .args(["run", "--json"])
+            .current_dir(sb.path())
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A failure bound only: the deadline is 2 s.
+        let ended = wait_until(PATIENCE, || child.try_wait().unwrap().is_some());
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            ended,
+            "{assess}: rewind was still running after {PATIENCE:?}"
+        );
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let text = report.to_string();
+        assert!(
+            text.contains("[limits] call_time") || text.contains("waited"),
+            "{assess}: {text}"
+        );
+        if assess["assess"] == "host-loop" {
+            assert!(text.contains("[limits] call_time"), "{text}");
+        } else if let Some(w) = report["plugins"][0]["assessment"]["summary"].as_str() {
+            // The wait was cut to the deadline, far short of the hour asked.
+            let ms: u64 = w
+                .trim_start_matches("waited ")
+                .trim_end_matches(" ms")
+                .parse()
+                .unwrap();
+            assert!(ms < 3_600_000, "{w}");
+        }
+    }
+}

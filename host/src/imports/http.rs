@@ -36,11 +36,11 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
             simulated: true,
         });
     }
-    let timeout = Duration::from_millis(if req.timeout_ms == 0 {
+    let timeout = env.cap(Duration::from_millis(if req.timeout_ms == 0 {
         10_000
     } else {
         req.timeout_ms
-    });
+    }));
     let mut builder = env
         .http
         .request(method.clone(), url.clone())

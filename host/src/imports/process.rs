@@ -500,12 +500,13 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
             simulated: true,
         });
     }
-    let timeout_ms = if cmd.timeout_ms == 0 {
+    // Cut to what is left of the export call's wall-clock time.
+    let timeout = env.cap(Duration::from_millis(if cmd.timeout_ms == 0 {
         DEFAULT_RUN_TIMEOUT_MS
     } else {
         cmd.timeout_ms
-    };
-    let timeout = Duration::from_millis(timeout_ms);
+    }));
+    let timeout_ms = timeout.as_millis() as u64;
     let mut c = base_command(env, &p, &cmd);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -721,7 +722,7 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
         Err(_) => send(pid, npid, NixSignal::SIGTERM)?,
         Ok(()) => {}
     }
-    if wait_gone(&[pid], Duration::from_millis(grace_ms)).is_empty() {
+    if wait_gone(&[pid], env.cap(Duration::from_millis(grace_ms))).is_empty() {
         return Ok(false);
     }
     match kill(npid, NixSignal::SIGKILL) {
@@ -777,7 +778,7 @@ fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, E
         sent
     };
     let termed = signal_all(&pids, NixSignal::SIGTERM);
-    let left = wait_gone(&termed, Duration::from_millis(grace_ms));
+    let left = wait_gone(&termed, env.cap(Duration::from_millis(grace_ms)));
     let killed = signal_all(&left, NixSignal::SIGKILL);
     for pid in wait_gone(&killed, KILL_WAIT) {
         problems.push(format!(
