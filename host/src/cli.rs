@@ -21,7 +21,9 @@ const EXIT_CODES: &str = "Exit codes:
   1  the rollback ran but a step or the verification failed
   2  bad command line or runbook
   3  a plugin could not be loaded, or lacks grants it needs (nothing was touched)
-  4  another run holds the state directory's lock";
+  4  another run holds the state directory's lock
+  5  run: stopped by SIGINT/SIGTERM between steps (the step under way finished)
+  6  run: stopped at once by a second SIGINT/SIGTERM (the step's commands were killed)";
 
 #[derive(Debug, Parser)]
 #[command(name = "rewind", version, about = "Run rollback runbooks compiled to sandboxed WebAssembly plugins", after_help = EXIT_CODES)]
@@ -301,11 +303,21 @@ fn state_for(
 fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
-    let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !opts.plan_only {
+        run::stop_on_signals(stop.clone())
+            .map_err(|e| (exit::FAILED, format!("cannot handle signals: {e}")))?;
+    }
+    let mut hooks = run::StopOnSignal(stop.clone());
+    let report = run::execute_with(&runbook, &rt, opts, &mut hooks)
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
         crate::outln!("{}", crate::redact::json_string(&report, true));
     } else {
         print_report(&report, opts.plan_only);
+    }
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(exit::INTERRUPTED);
     }
     Ok(report.exit_code())
 }

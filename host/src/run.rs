@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +33,12 @@ pub mod exit {
     pub const PLUGIN: i32 = 3;
     /// Another run holds the state directory's lock.
     pub const LOCKED: i32 = 4;
+    /// Stopped by SIGINT/SIGTERM between steps: the step under way
+    /// finished, the rest did not start (journaled as `aborted`).
+    pub const INTERRUPTED: i32 = 5;
+    /// Stopped at once by a second SIGINT/SIGTERM: the step under way was
+    /// cut short and its commands killed (the journal ends `interrupted`).
+    pub const KILLED: i32 = 6;
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +311,57 @@ fn read_holder(path: &std::path::Path) -> String {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     "a run that has not written its name yet".to_string()
+}
+
+/// Stops a rollback between steps once a signal has arrived: the step
+/// under way finishes, the rest are skipped, the run ends `aborted` (shared
+/// by `run` and `watch`).
+pub struct StopOnSignal(pub Arc<AtomicBool>);
+
+impl RunHooks for StopOnSignal {
+    fn before_step(
+        &mut self,
+        _p: &mut Prepared<'_>,
+        _step: &Step,
+        _record: &dyn Fn(serde_json::Value),
+    ) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(
+                "rewind received SIGINT or SIGTERM; the steps before this one completed, none after it was started"
+                    .into(),
+            )
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT and SIGTERM for a run: the first sets `stop` (the current step
+/// finishes, nothing new starts, the journal records the run as aborted);
+/// a second one kills the `process.run` children still running, so none
+/// is left orphaned, and exits with [`exit::KILLED`] at once.
+pub fn stop_on_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("rewind-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if !stop.swap(true, Ordering::SeqCst) {
+                    crate::errln!(
+                        "rewind: {name}: finishing the current step, then stopping (send it again to stop now and kill the step's commands)"
+                    );
+                } else {
+                    let n = crate::imports::process::kill_running_children();
+                    crate::errln!(
+                        "rewind: {name} again: stopped now; killed {n} running command(s); the run's journal ends here (interrupted)"
+                    );
+                    std::process::exit(exit::KILLED);
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// A new run id: UTC time plus a few random hex digits.

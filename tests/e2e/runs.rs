@@ -431,3 +431,109 @@ fn a_journal_that_cannot_be_written_stops_the_run_between_steps() {
     assert!(why.contains("can no longer be written"), "{why}");
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// The newest journal of a sandbox's state dir, as text.
+fn journal_text(sb: &Sandbox) -> String {
+    std::fs::read_dir(sb.join("state/runs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGTERM mid-step: the step finishes, nothing after it starts, the
+/// journal ends the run `aborted`, and rewind exits 5. Twice: the step's
+/// command is killed with rewind (no orphan), exit 6.
+#[test]
+fn sigterm_finishes_the_step_and_a_second_sigterm_stops_now() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // rewind says on stderr when it has taken a signal: the test waits for
+    // that, so no signal is sent before the one before it was handled.
+    let spawn = |sb: &Sandbox, args: &[&str], stdout: Stdio| {
+        let err = std::fs::File::create(sb.join("stderr.txt")).unwrap();
+        Proc::spawn(
+            Command::new(REWIND)
+                .args(args)
+                .current_dir(sb.path())
+                .env("REWIND_CACHE_DIR", cache_dir())
+                .stdout(stdout)
+                .stderr(err),
+        )
+    };
+    let said = |sb: &Sandbox, what: &str| {
+        std::fs::read_to_string(sb.join("stderr.txt"))
+            .unwrap_or_default()
+            .contains(what)
+    };
+
+    // Once: a step waiting on a port the test opens after the signal.
+    let sb = Sandbox::new();
+    let gate = free_port();
+    let policy = json!({"interval_ms": 50, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 0});
+    let target = json!({"Tcp": ["127.0.0.1", gate, 5000]});
+    let config = json!({"steps": [
+        {"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}},
+        {"id": "after", "op": {"call": "log", "args": {"level": "Info", "message": "after"}}},
+    ]});
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"tcp": [format!("127.0.0.1:{gate}")]}),
+    ));
+    let mut first = spawn(&sb, &["run", "--json"], Stdio::piped());
+    assert!(wait_until(PATIENCE, || journal_text(&sb).contains("\"step\":\"wait\"")));
+    kill(Pid::from_raw(first.pid() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_until(PATIENCE, || said(
+        &sb,
+        "finishing the current step"
+    )));
+    let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
+    let out = first.output();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = step_results(&report);
+    assert!(
+        step(&r, "wait").get("Ok").is_some(),
+        "the step under way finished: {r:?}"
+    );
+    let j = journal_text(&sb);
+    assert!(
+        !j.contains("\"message\":\"after\""),
+        "nothing after it started"
+    );
+    assert!(j.contains("\"outcome\":\"aborted\""), "{j}");
+
+    // Twice: a command that would run for five minutes.
+    let sb = Sandbox::new();
+    let pidfile = sb.join("child.pid");
+    let cmd = json!({"program": "sh", "args": ["-c", format!("echo $$ > {}.tmp && mv {}.tmp {}; exec sleep 300", pidfile.display(), pidfile.display(), pidfile.display())], "timeout_ms": 600000});
+    let config = json!({"steps": [{"id": "long", "op": {"call": "run", "args": {"cmd": cmd}}}]});
+    sb.runbook(&fixture_runbook(&config, &json!({"exec": ["sh"]})));
+    let mut second = spawn(&sb, &["run", "-q"], Stdio::null());
+    assert!(wait_until(PATIENCE, || pidfile.exists()));
+    let child: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let rewind = Pid::from_raw(second.pid() as i32);
+    kill(rewind, Signal::SIGTERM).unwrap();
+    assert!(wait_until(PATIENCE, || said(
+        &sb,
+        "finishing the current step"
+    )));
+    kill(rewind, Signal::SIGTERM).unwrap();
+    let out = second.output();
+    assert_eq!(out.status.code(), Some(6), "{:?}", out.status);
+    assert!(
+        said(&sb, "killed 1 running command"),
+        "{}",
+        std::fs::read_to_string(sb.join("stderr.txt")).unwrap()
+    );
+    assert!(
+        wait_until(PATIENCE, || !alive(child)),
+        "the command was killed with rewind"
+    );
+}

@@ -481,6 +481,51 @@ fn take_captured(c: &Mutex<Captured>) -> (String, bool) {
 
 /// SIGKILL a child and its whole process group (the child's pid is its
 /// group id). The child is also killed by pid, in case it left the group.
+/// Process groups of `process.run` children running now. They are
+/// rewind's to answer for: when rewind is told to stop at once (a second
+/// SIGINT/SIGTERM), they are killed with it rather than left as orphans.
+/// (`spawn`'s daemons are detached by design and are not listed.)
+fn running_groups() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
+    static G: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> =
+        std::sync::OnceLock::new();
+    G.get_or_init(Default::default)
+}
+
+/// Kill every `process.run` child still running (and its group).
+pub fn kill_running_children() -> usize {
+    let groups: Vec<u32> = running_groups()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for g in &groups {
+        kill_group(*g);
+    }
+    groups.len()
+}
+
+/// Listed in `running_groups` while alive.
+struct Running(u32);
+
+impl Running {
+    fn new(pid: u32) -> Self {
+        running_groups()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        running_groups()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
 fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = killpg(Pid::from_raw(pid), NixSignal::SIGKILL);
@@ -515,6 +560,7 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {:?}: {e}", cmd.program)))?;
     let pid = child.id();
+    let _running = Running::new(pid);
     feed_stdin(&mut child, cmd.stdin);
     let (done_tx, done_rx) = mpsc::channel();
     let stdout = capture(child.stdout.take(), done_tx.clone());
