@@ -21,7 +21,9 @@ const EXIT_CODES: &str = "Exit codes:
   1  the rollback ran but a step or the verification failed
   2  bad command line or runbook
   3  a plugin could not be loaded, or lacks grants it needs (nothing was touched)
-  4  another run holds the state directory's lock";
+  4  another run holds the state directory's lock
+  5  run: stopped by SIGINT/SIGTERM between steps (the step under way finished)
+  6  run: stopped at once by a second SIGINT/SIGTERM (the step's commands were killed)";
 
 #[derive(Debug, Parser)]
 #[command(name = "rewind", version, about = "Run rollback runbooks compiled to sandboxed WebAssembly plugins", after_help = EXIT_CODES)]
@@ -44,6 +46,13 @@ enum Command {
     /// Parse the runbook, load and link every plugin, and compare what each
     /// plugin needs with what it is granted. Executes nothing.
     Check {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+    },
+    /// Compile every plugin of the runbook into the compiled-code cache
+    /// (in parallel), so that no incident pays for compiling: run it at
+    /// install time, after each plugin upgrade. Executes nothing.
+    Compile {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
     },
@@ -173,6 +182,7 @@ type CliResult = Result<i32, (i32, String)>;
 fn dispatch(cli: &Cli) -> CliResult {
     match &cli.command {
         Command::Check { runbook } => check(cli, runbook),
+        Command::Compile { runbook } => compile(cli, runbook),
         Command::Plan {
             runbook,
             plugin,
@@ -293,11 +303,21 @@ fn state_for(
 fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
-    let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !opts.plan_only {
+        run::stop_on_signals(stop.clone())
+            .map_err(|e| (exit::FAILED, format!("cannot handle signals: {e}")))?;
+    }
+    let mut hooks = run::StopOnSignal(stop.clone());
+    let report = run::execute_with(&runbook, &rt, opts, &mut hooks)
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {
         crate::outln!("{}", crate::redact::json_string(&report, true));
     } else {
         print_report(&report, opts.plan_only);
+    }
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(exit::INTERRUPTED);
     }
     Ok(report.exit_code())
 }
@@ -384,6 +404,78 @@ fn print_findings(f: &[FindingReport]) {
 fn print_findings_indent(f: &[FindingReport], indent: &str) {
     for f in f {
         crate::outln!("{indent}{}", format_finding(f));
+    }
+}
+
+/// Load (and so compile into the cache) every distinct component of the
+/// runbook, one thread each: Cranelift's work is per component.
+fn compile(cli: &Cli, path: &Path) -> CliResult {
+    let runbook = load_runbook(cli, path)?;
+    let rt = runtime(cli, &runbook)?;
+    let mut components: Vec<&Path> = runbook
+        .plugins
+        .iter()
+        .map(|p| p.component.as_path())
+        .collect();
+    components.sort();
+    components.dedup();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = components
+            .iter()
+            .map(|c| {
+                let rt = &rt;
+                s.spawn(move || rt.load(c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&components)
+            .map(|(h, c)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::runtime::LoadError::Invalid {
+                        path: c.to_path_buf(),
+                        reason: "the compiler panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut failed = Vec::new();
+    let mut out = Vec::new();
+    for (c, r) in components.iter().zip(results) {
+        match r {
+            Ok(p) => {
+                if !cli.json {
+                    crate::outln!(
+                        "{}: {} in {} ({})",
+                        c.display(),
+                        if p.stats.compiled {
+                            "compiled into the cache"
+                        } else {
+                            "already in the cache"
+                        },
+                        fmt_duration(p.stats.duration),
+                        p.short_hash()
+                    );
+                }
+                out.push(serde_json::json!({
+                    "component": c, "sha256": p.sha256, "compiled": p.stats.compiled,
+                    "ms": p.stats.duration.as_millis() as u64,
+                }));
+            }
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if cli.json {
+        crate::redact::stdout_line(&crate::redact::json_string(
+            &serde_json::json!({"components": out, "errors": failed}),
+            true,
+        ));
+    }
+    if failed.is_empty() {
+        Ok(exit::OK)
+    } else {
+        Err((exit::PLUGIN, failed.join("\n")))
     }
 }
 
@@ -507,6 +599,23 @@ pub struct RunSummary {
     pub plugins: Vec<String>,
 }
 
+/// The text of the state dir's lock when the process it names is alive
+/// (read, not tested by locking: a test lock taken by `history` could make
+/// a run starting that instant think the state dir busy).
+fn current_holder(state: &StateDir) -> Option<String> {
+    let text = std::fs::read_to_string(state.lock_file()).ok()?;
+    let pid: u32 = text
+        .rsplit_once("(pid ")?
+        .1
+        .trim_end()
+        .trim_end_matches(')')
+        .parse()
+        .ok()?;
+    let alive =
+        crate::imports::health::proc_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'));
+    alive.then(|| text.trim().to_string())
+}
+
 pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>> {
     let dir = state.runs();
     let mut out = Vec::new();
@@ -515,6 +624,10 @@ pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
+    // A journal without run-end is a run in progress while its process
+    // holds the state dir's lock (the lock names it), and interrupted
+    // otherwise.
+    let running = current_holder(state);
     for entry in entries {
         let path = entry?.path();
         if path.extension().is_none_or(|e| e != "jsonl") {
@@ -536,10 +649,18 @@ pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>
                 started: first["ts"].as_str().unwrap_or_default().into(),
                 runbook: first["name"].as_str().unwrap_or_default().into(),
                 mode: first["mode"].as_str().unwrap_or_default().into(),
-                outcome: last
-                    .and_then(|e| e["outcome"].as_str())
-                    .unwrap_or("interrupted")
-                    .into(),
+                outcome: match last.and_then(|e| e["outcome"].as_str()) {
+                    Some(o) => o.into(),
+                    None if running.as_deref().is_some_and(|h| {
+                        first["run"]
+                            .as_str()
+                            .is_some_and(|id| h.starts_with(&format!("run {id} ")))
+                    }) =>
+                    {
+                        "running".into()
+                    }
+                    None => "interrupted".into(),
+                },
                 duration_ms: last.and_then(|e| e["duration_ms"].as_u64()),
                 plugins,
             },

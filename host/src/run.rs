@@ -3,9 +3,10 @@
 //! escalating a level when verification fails. Every event is journaled.
 
 use std::fs::File;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,6 +33,12 @@ pub mod exit {
     pub const PLUGIN: i32 = 3;
     /// Another run holds the state directory's lock.
     pub const LOCKED: i32 = 4;
+    /// Stopped by SIGINT/SIGTERM between steps: the step under way
+    /// finished, the rest did not start (journaled as `aborted`).
+    pub const INTERRUPTED: i32 = 5;
+    /// Stopped at once by a second SIGINT/SIGTERM: the step under way was
+    /// cut short and its commands killed (the journal ends `interrupted`).
+    pub const KILLED: i32 = 6;
 }
 
 #[derive(Debug, Clone)]
@@ -259,7 +266,7 @@ impl RunLock {
             source,
         };
         crate::state::create_private_dir(state.path()).map_err(io)?;
-        let mut file = crate::state::private_file()
+        let file = crate::state::private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -269,21 +276,92 @@ impl RunLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                let holder = if holder.trim().is_empty() {
-                    "unknown run".to_string()
-                } else {
-                    holder.trim().to_string()
-                };
-                return Err(StartError::Locked { path, holder });
+                return Err(StartError::Locked {
+                    holder: read_holder(&path),
+                    path,
+                });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        file.set_len(0).map_err(io)?;
-        write!(file, "run {run_id} (pid {})", std::process::id()).map_err(io)?;
+        // The holder's name replaces the last one in a single write at
+        // offset 0, padded over the old text, then the file is cut to it:
+        // a run refused meanwhile reads one name or the other, never an
+        // empty file.
+        use std::os::unix::fs::FileExt as _;
+        let text = format!("run {run_id} (pid {})", std::process::id());
+        let old_len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let padded = format!("{text:<old_len$}");
+        file.write_all_at(padded.as_bytes(), 0).map_err(io)?;
+        file.set_len(text.len() as u64).map_err(io)?;
         file.sync_data().map_err(io)?;
         Ok(Self { _file: file })
     }
+}
+
+/// Who holds a lock, from its text. The holder writes its name right after
+/// it locks: a refused run that looks in that instant finds the file still
+/// empty (the very first run on a state dir), so it looks again for a
+/// moment before saying it cannot tell.
+fn read_holder(path: &std::path::Path) -> String {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if !text.trim().is_empty() {
+            return text.trim().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    "a run that has not written its name yet".to_string()
+}
+
+/// Stops a rollback between steps once a signal has arrived: the step
+/// under way finishes, the rest are skipped, the run ends `aborted` (shared
+/// by `run` and `watch`).
+pub struct StopOnSignal(pub Arc<AtomicBool>);
+
+impl RunHooks for StopOnSignal {
+    fn before_step(
+        &mut self,
+        _p: &mut Prepared<'_>,
+        _step: &Step,
+        _record: &dyn Fn(serde_json::Value),
+    ) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(
+                "rewind received SIGINT or SIGTERM; the steps before this one completed, none after it was started"
+                    .into(),
+            )
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT and SIGTERM for a run: the first sets `stop` (the current step
+/// finishes, nothing new starts, the journal records the run as aborted);
+/// a second one kills the `process.run` children still running, so none
+/// is left orphaned, and exits with [`exit::KILLED`] at once.
+pub fn stop_on_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("rewind-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if !stop.swap(true, Ordering::SeqCst) {
+                    crate::errln!(
+                        "rewind: {name}: finishing the current step, then stopping (send it again to stop now and kill the step's commands)"
+                    );
+                } else {
+                    let n = crate::imports::process::kill_running_children();
+                    crate::errln!(
+                        "rewind: {name} again: stopped now; killed {n} running command(s); the run's journal ends here (interrupted)"
+                    );
+                    std::process::exit(exit::KILLED);
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// A new run id: UTC time plus a few random hex digits.
@@ -716,7 +794,12 @@ pub(crate) fn run_plugin(
                 ));
                 continue;
             }
-            if let Err(reason) = hooks.before_step(p, s, record) {
+            let journal_broken = p.env.journal.as_ref().and_then(|j| j.broken());
+            let go_on = match journal_broken {
+                Some(why) => Err(why),
+                None => hooks.before_step(p, s, record),
+            };
+            if let Err(reason) = go_on {
                 record(
                     json!({"event": "step-skipped", "plugin": name, "step": s.id, "reason": reason}),
                 );

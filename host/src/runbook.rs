@@ -143,6 +143,14 @@ struct RawLimits {
     log_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_bytes_opt")]
     component_bytes: Option<usize>,
+    #[serde(default)]
+    actions: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    call_time: Option<Duration>,
+    #[serde(default, deserialize_with = "de_bytes_opt")]
+    snapshot_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    snapshot_time: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,6 +510,13 @@ impl Runbook {
                     .limits
                     .component_bytes
                     .unwrap_or(defaults.component_bytes),
+                actions: raw.limits.actions.unwrap_or(defaults.actions),
+                call_time: raw.limits.call_time.unwrap_or(defaults.call_time),
+                snapshot_bytes: raw
+                    .limits
+                    .snapshot_bytes
+                    .map_or(defaults.snapshot_bytes, |b| b as u64),
+                snapshot_time: raw.limits.snapshot_time.unwrap_or(defaults.snapshot_time),
             },
             protected: Vec::new(),
             plugins,
@@ -789,7 +804,7 @@ fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), S
         return Err("unclosed `${` (write `$${` for a literal)".into());
     };
     let expr = &rest[2..2 + end];
-    let (secret, var) = match expr.strip_prefix("secret:") {
+    let (marked, var) = match expr.strip_prefix("secret:") {
         Some(v) => (true, v),
         None => (false, expr),
     };
@@ -800,6 +815,9 @@ fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), S
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("`${{{expr}}}` is not a variable name"));
     }
+    // A variable whose name says it holds a secret is one, marked or not:
+    // forgetting `secret:` on `${DB_PASSWORD}` must not print it.
+    let secret = marked || secret_name(name);
     let value = match (std::env::var(name), default) {
         (Ok(v), _) if !v.is_empty() => v,
         (_, Some(d)) => d.to_string(),
@@ -813,13 +831,40 @@ fn substitute(ctx: Ctx, rest: &str) -> Result<(String, Option<String>, usize), S
     let min = crate::redact::MIN_SECRET_CHARS;
     if secret && (1..min).contains(&chars) {
         return Err(format!(
-            "the value of secret {name} is {chars} character(s) long; a secret shorter than {min} characters cannot be masked in output without masking ordinary text (and what is masked would give it away): use a longer secret, or drop `secret:` (`${{{name}}}`) if it is not secret"
+            "the value of secret {name} is {chars} character(s) long; a secret shorter than {min} characters cannot be masked in output without masking ordinary text (and what is masked would give it away): use a longer secret{}",
+            if marked {
+                format!(", or drop `secret:` (`${{{name}}}`) if it is not secret")
+            } else {
+                format!(" ({name} is taken as secret by its name)")
+            }
         ));
     }
     let placed = place(ctx, &value)
         .map_err(|why| format!("the value of {name} (used as `${{{expr}}}`) {why}"))?;
     let secret = (secret && !value.is_empty()).then_some(value);
     Ok((placed, secret, end + 3))
+}
+
+/// Whether an environment variable's name says it holds a secret: it
+/// contains PASSWORD, PASSWD, SECRET, TOKEN, CREDENTIAL, PRIVATE_KEY,
+/// API_KEY or APIKEY, or its last `_` part is PASS, KEY, AUTH, COOKIE or
+/// DSN, or it is DATABASE_URL (connection strings carry passwords).
+pub fn secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    const ANYWHERE: [&str; 8] = [
+        "PASSWORD",
+        "PASSWD",
+        "SECRET",
+        "TOKEN",
+        "CREDENTIAL",
+        "PRIVATE_KEY",
+        "API_KEY",
+        "APIKEY",
+    ];
+    const LAST: [&str; 5] = ["PASS", "KEY", "AUTH", "COOKIE", "DSN"];
+    ANYWHERE.iter().any(|w| upper.contains(w))
+        || upper.rsplit('_').next().is_some_and(|l| LAST.contains(&l))
+        || upper.ends_with("DATABASE_URL")
 }
 
 /// A value as it must be written where the reference stands, or why it
@@ -999,6 +1044,37 @@ http = ["http://127.0.0.1:8080/"]
     }
 
     #[test]
+    fn variables_named_like_secrets_are_secrets() {
+        for n in [
+            "DB_PASSWORD",
+            "PGPASSWORD",
+            "API_TOKEN",
+            "SLACK_WEBHOOK_SECRET",
+            "AWS_SECRET_ACCESS_KEY",
+            "STRIPE_API_KEY",
+            "REDIS_PASS",
+            "SENTRY_DSN",
+            "DATABASE_URL",
+            "gh_token",
+        ] {
+            assert!(secret_name(n), "{n}");
+        }
+        for n in [
+            "PWD",
+            "HOME",
+            "SSH_KEY_PATH",
+            "DEMO_ROOT",
+            "QUEUE_APP_PORT",
+            "KEYBOARD",
+        ] {
+            assert!(!secret_name(n), "{n}");
+        }
+        // The name decides, wherever the value comes from (here the default).
+        let e = interpolate("a = \"${REWIND_UNSET_API_TOKEN:-tok-123456}\"\n").unwrap();
+        assert_eq!(e.secrets, vec!["tok-123456".to_string()]);
+    }
+
+    #[test]
     fn interpolates_environment() {
         assert_eq!(
             interpolate("a ${REWIND_UNSET_X:-d} b").unwrap().text,
@@ -1093,7 +1169,7 @@ b = "q\"${REWIND_UNSET_A:-v}""#,
         assert_eq!(rb.limits.findings, d.findings);
         let text = OK.replace(
             "memory = \"64MiB\"",
-            "memory = \"64MiB\"\nquery_bytes = \"1GiB\"\nread_bytes = \"1MiB\"\nkv_bytes = \"2MiB\"\nfindings = 7\nmessage_bytes = \"1KiB\"\nlog_message_bytes = \"2KiB\"\nlog_bytes = \"3MiB\"\ncomponent_bytes = \"4MiB\"",
+            "memory = \"64MiB\"\nquery_bytes = \"1GiB\"\nread_bytes = \"1MiB\"\nkv_bytes = \"2MiB\"\nfindings = 7\nmessage_bytes = \"1KiB\"\nlog_message_bytes = \"2KiB\"\nlog_bytes = \"3MiB\"\ncomponent_bytes = \"4MiB\"\nactions = 9",
         );
         let l = parse(&text).unwrap().limits;
         assert_eq!(
@@ -1109,6 +1185,7 @@ b = "q\"${REWIND_UNSET_A:-v}""#,
             ),
             (1 << 10, 2 << 10, 3 << 20, 4 << 20)
         );
+        assert_eq!(l.actions, 9);
         let e = parse(&OK.replace("memory = \"64MiB\"", "kv_bytes = \"lots\"")).unwrap_err();
         assert!(e.message.contains("not a size"), "{e}");
     }

@@ -49,6 +49,17 @@ pub struct Limits {
     pub log_bytes: usize,
     /// Size of a component file.
     pub component_bytes: usize,
+    /// Side effects (commands, writes, signals, requests...) one plugin
+    /// may ask for in one run: each is journaled.
+    pub actions: u64,
+    /// Wall-clock time one export call may take, host calls included:
+    /// past it the call is stopped, and every timeout or wait a plugin
+    /// asks of the host is cut to what is left of it.
+    pub call_time: Duration,
+    /// Bytes of file content one snapshot may hold.
+    pub snapshot_bytes: u64,
+    /// Time one snapshot may take.
+    pub snapshot_time: Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +75,10 @@ impl Default for Limits {
             log_message_bytes: 16 << 10,
             log_bytes: 16 << 20,
             component_bytes: 256 << 20,
+            actions: 10_000,
+            call_time: Duration::from_secs(3600),
+            snapshot_bytes: 2 << 30,
+            snapshot_time: Duration::from_secs(600),
         }
     }
 }
@@ -168,6 +183,10 @@ pub enum CallError {
     )]
     Cpu { export: String, limit: Duration },
     #[error(
+        "plugin ran longer than {limit:?} (wall clock, host calls included) in `{export}` and was stopped (raise [limits] call_time in the runbook if that is expected)"
+    )]
+    Wall { export: String, limit: Duration },
+    #[error(
         "plugin tried to grow its memory past the limit of {limit} MiB in `{export}` and was stopped (raise [limits] memory in the runbook if that is expected)"
     )]
     Memory { export: String, limit: usize },
@@ -197,6 +216,11 @@ pub enum CallError {
 #[derive(Debug, thiserror::Error)]
 #[error("cpu budget exhausted")]
 struct CpuExhausted;
+
+/// Raised from the epoch callback when the call's wall-clock time is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("wall-clock deadline passed")]
+struct WallExhausted;
 
 pub struct Runtime {
     engine: Engine,
@@ -228,6 +252,10 @@ impl Runtime {
             .total_core_instances(256)
             .total_memories(64)
             .total_tables(256)
+            // Calls are synchronous: no async fiber stacks are ever taken
+            // from the pool, and the default 1,000 cost ~45% of a short
+            // command's CPU to map, protect and unmap.
+            .total_stacks(1)
             .max_memory_size(limits.memory.max(1 << 20));
         let mut config = Config::new();
         config
@@ -450,12 +478,15 @@ impl Runtime {
             path: path.into(),
             reason,
         };
-        let instance = pre.instance_pre().instantiate(&mut store).map_err(|e| {
-            mistyped(format!(
-                "it cannot be instantiated: {}",
-                chain_without_backtrace(&e)
-            ))
-        })?;
+        // Instantiating can fail for reasons of this machine (memory, file
+        // limits), not only of the component: not reported as a mismatch.
+        let instance = pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Link {
+                path: path.into(),
+                reason: format!("it cannot be instantiated: {}", chain_without_backtrace(&e)),
+            })?;
         // Each export is looked up with the type the bindings call it with,
         // so a mismatch names the export.
         let rollback = pre
@@ -523,10 +554,16 @@ impl Runtime {
         );
         store.limiter(|s| &mut s.limits);
         let budget = self.limits.cpu;
+        let wall = self.limits.call_time;
+        env.set_call_deadline(Instant::now() + wall);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |ctx| {
             if ctx.data().guest_time() > budget {
                 Err(CpuExhausted.into())
+            } else if ctx.data().call_started.elapsed() > wall {
+                // A plugin looping on host calls spends little guest time;
+                // the wall clock stops it.
+                Err(WallExhausted.into())
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }
@@ -572,6 +609,12 @@ impl Runtime {
             return CallError::Cpu {
                 export,
                 limit: self.limits.cpu,
+            };
+        }
+        if e.chain().any(|c| c.is::<WallExhausted>()) {
+            return CallError::Wall {
+                export,
+                limit: self.limits.call_time,
             };
         }
         let text = format!("{e:#}");

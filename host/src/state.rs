@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 const STDERR_CAP: usize = 64 * 1024;
 
-use crate::bindings::types::Mode;
+use crate::bindings::types::{Error, Mode};
 use crate::imports::storage::StorageState;
 use crate::journal::Journal;
 use crate::runtime::Limits;
@@ -98,6 +98,11 @@ pub struct PluginEnv {
     /// Bytes of `log` messages written in this run (capped by
     /// `limits.log_bytes`).
     log_bytes: AtomicU64,
+    /// Side effects asked for in this run (capped by `limits.actions`).
+    action_count: AtomicU64,
+    /// When the export call under way must be over (`[limits] call_time`):
+    /// every wait a host call makes for the plugin is cut at it.
+    call_deadline: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for PluginEnv {
@@ -132,6 +137,8 @@ impl PluginEnv {
             host_nanos: AtomicU64::new(0),
             limits: Limits::default(),
             log_bytes: AtomicU64::new(0),
+            action_count: AtomicU64::new(0),
+            call_deadline: Mutex::new(None),
         }
     }
 
@@ -139,6 +146,24 @@ impl PluginEnv {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Start an export call that must be over by `deadline`.
+    pub fn set_call_deadline(&self, deadline: Instant) {
+        *self.call_deadline.lock().unwrap() = Some(deadline);
+    }
+
+    /// A wait or timeout a plugin asked for, cut to what is left of the
+    /// call's wall-clock time: no host call outlives the call's deadline,
+    /// whatever timeout the plugin passes (at least 1 ms, so a call made
+    /// at the deadline still gets an answer, not a hang or a panic).
+    pub fn cap(&self, wanted: Duration) -> Duration {
+        match *self.call_deadline.lock().unwrap() {
+            Some(d) => wanted
+                .min(d.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1)),
+            None => wanted,
+        }
     }
 
     /// Total time spent inside host imports so far.
@@ -149,9 +174,27 @@ impl PluginEnv {
     /// Record a side effect before it happens. Returns whether to carry it
     /// out: false in dry runs and checks, where it is only recorded as
     /// "would ...". This is the single place that enforces dry runs.
-    #[must_use]
-    pub fn side_effect(&self, what: impl Into<String>) -> bool {
-        let what = what.into();
+    ///
+    /// Every side effect is journaled, so their number per run is capped
+    /// (`[limits] actions`): a plugin asking for more is refused, not
+    /// recorded, and the journal and the host's memory stay bounded. A
+    /// description longer than `message_bytes` is cut in the record.
+    pub fn side_effect(&self, what: impl Into<String>) -> Result<bool, Error> {
+        let mut what = what.into();
+        let n = self.action_count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.actions {
+            return Err(Error::invalid(format!(
+                "plugin {} asked for more than {} side effects in this run (the [limits] actions of the runbook); nothing more is carried out: {}",
+                self.name,
+                self.limits.actions,
+                crate::imports::log::cut(&what, 200)
+            )));
+        }
+        if what.len() > self.limits.message_bytes {
+            let len = what.len();
+            crate::imports::log::truncate_at(&mut what, self.limits.message_bytes);
+            what.push_str(&format!(" [cut: {len} bytes]"));
+        }
         let executed = self.mode.executes();
         let name = &self.name;
         if executed {
@@ -169,7 +212,7 @@ impl PluginEnv {
             }));
         }
         self.actions.lock().unwrap().push(Action { what, executed });
-        executed
+        Ok(executed)
     }
 
     /// The side effects recorded since the last call, oldest first.

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::bindings::rollback::Step;
 use crate::bindings::types::Mode;
 use crate::reload::{Reload, Reloader};
-use crate::run::{self, Prepared, RunHooks, RunOptions, StartError, context};
+use crate::run::{self, RunOptions, StartError, context};
 use crate::runbook::Runbook;
 use crate::runtime::Runtime;
 
@@ -29,26 +28,7 @@ pub struct WatchOptions {
     pub approve_manual: bool,
 }
 
-/// Stops a rollback between steps once a signal has arrived.
-struct StopOnSignal(Arc<AtomicBool>);
-
-impl RunHooks for StopOnSignal {
-    fn before_step(
-        &mut self,
-        _p: &mut Prepared<'_>,
-        _step: &Step,
-        _record: &dyn Fn(serde_json::Value),
-    ) -> Result<(), String> {
-        if self.0.load(Ordering::SeqCst) {
-            Err(
-                "rewind watch received SIGINT or SIGTERM; the steps before this one completed"
-                    .into(),
-            )
-        } else {
-            Ok(())
-        }
-    }
-}
+use crate::run::StopOnSignal;
 
 /// Sleep, waking early when a signal arrives. Returns false if it did.
 fn nap(d: Duration, stop: &AtomicBool) -> bool {

@@ -244,11 +244,15 @@ fn read_file_stops_at_the_cap_even_on_endless_files() {
     let sb = Sandbox::new();
     let big = sb.join("big.bin");
     std::fs::write(&big, vec![b'x'; (1 << 20) + 1]).unwrap();
+    // A named pipe nobody writes to: opening it to read would block.
+    let fifo = sb.join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let config = json!({"steps": [
         {"id": "zero", "op": {"call": "read-file", "args": {"path": "/dev/zero"}}},
         {"id": "big", "op": {"call": "read-file", "args": {"path": big}}},
+        {"id": "fifo", "op": {"call": "read-file", "args": {"path": fifo}}},
     ]});
-    let grants = json!({"read": ["/dev/zero", big]});
+    let grants = json!({"read": ["/dev/zero", big, fifo]});
     sb.runbook(&runbook(
         FIXTURE,
         &config,
@@ -264,6 +268,8 @@ fn read_file_stops_at_the_cap_even_on_endless_files() {
             "{id}: {m}"
         );
     }
+    let m = err_message(step(&r, "fifo"));
+    assert!(m.contains("FIFO") && m.contains("block"), "{m}");
 }
 
 #[test]
@@ -458,4 +464,187 @@ fn stack_overflow_and_exit_are_reported_plainly() {
         "{t}"
     );
     assert!(!t.contains("backtrace"), "{t}");
+}
+
+/// Every side effect is journaled: a plugin that asks for side effects in
+/// a loop is refused past `[limits] actions`, and one that describes a
+/// side effect at length is cut to `message_bytes` in the record, so the
+/// journal (and the host's memory) stay bounded.
+#[test]
+fn side_effects_per_run_are_capped_and_their_records_cut() {
+    let sb = Sandbox::new();
+    let long = "x".repeat(8 << 10);
+    let mut steps: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("set-{i}"), "op": {"call": "set", "args": {"key": format!("k{i}"), "value": "v"}}}))
+        .collect();
+    steps.insert(
+        0,
+        json!({"id": "long", "op": {"call": "run", "args": {"cmd": {"program": "true", "args": [long]}}}}),
+    );
+    let config = json!({"steps": steps});
+    sb.runbook(&runbook(
+        FIXTURE,
+        &config,
+        &json!({"exec": ["true"]}),
+        &json!({"actions": 3, "message_bytes": "1KiB"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    let r = step_results(&report);
+    assert!(step(&r, "long").get("Ok").is_some(), "{r:?}");
+    assert!(step(&r, "set-0").get("Ok").is_some(), "{r:?}");
+    assert!(step(&r, "set-1").get("Ok").is_some(), "{r:?}");
+    for id in ["set-2", "set-3", "set-4"] {
+        let m = err_message(step(&r, id));
+        assert!(
+            m.contains("more than 3 side effects") && m.contains("[limits] actions"),
+            "{id}: {m}"
+        );
+    }
+    // Only what was carried out is in the journal, the long one cut.
+    let runs = sb.join("state/runs");
+    let journal = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    let actions: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains("\"event\":\"action\""))
+        .collect();
+    assert_eq!(actions.len(), 3, "{journal}");
+    assert!(
+        actions[0].contains("[cut: ") && actions[0].len() < 2048,
+        "{}",
+        actions[0]
+    );
+}
+
+/// A snapshot of a granted tree is bounded in size and time: past either
+/// limit it fails naming the `[limits]` key, and leaves no temporary
+/// archive behind; one left by a snapshot that was killed is removed by
+/// the next.
+#[test]
+fn snapshots_are_bounded_in_size_and_time_and_leave_no_temp_files() {
+    let sb = Sandbox::new();
+    let data = sb.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("small"), "x").unwrap();
+    std::fs::write(data.join("big"), vec![7u8; 3 << 20]).unwrap();
+    let snaps = sb.join("state/snapshots/fx");
+    std::fs::create_dir_all(&snaps).unwrap();
+    std::fs::write(snaps.join(".tmp-killed.tar.zst"), "half an archive").unwrap();
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&snaps)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let snap = |paths: Value| json!({"steps": [{"id": "snap", "op": {"call": "snapshot", "args": {"label": "pre", "paths": paths}}}]});
+    let grants = json!({"read": [data]});
+
+    // Too big: refused, nothing kept, and the leftover is gone too.
+    sb.runbook(&runbook(
+        FIXTURE,
+        &snap(json!([data])),
+        &grants,
+        &json!({"snapshot_bytes": "1MiB"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    let m = err_message(step(&step_results(&report), "snap"));
+    assert!(
+        m.contains("[limits] snapshot_bytes") && m.contains("big"),
+        "{m}"
+    );
+    assert_eq!(names(), Vec::<String>::new());
+
+    // Out of time: refused the same way.
+    sb.runbook(&runbook(
+        FIXTURE,
+        &snap(json!([data])),
+        &grants,
+        &json!({"snapshot_time": "0s"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    let m = err_message(step(&step_results(&report), "snap"));
+    assert!(m.contains("[limits] snapshot_time"), "{m}");
+    assert_eq!(names(), Vec::<String>::new());
+
+    // Within the limits: an archive and its manifest, no temporary file.
+    sb.runbook(&runbook(
+        FIXTURE,
+        &snap(json!([data.join("small")])),
+        &grants,
+        &json!({"snapshot_bytes": "1MiB"}),
+    ));
+    let (_, report, _) = sb.run_json(&[]);
+    assert!(
+        step(&step_results(&report), "snap").get("Ok").is_some(),
+        "{report}"
+    );
+    let mut kept = names();
+    kept.sort();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|n| !n.starts_with(".tmp-")), "{kept:?}");
+}
+
+/// No plugin holds rewind past `[limits] call_time`: not one that loops on
+/// cheap host calls (little guest time, so the CPU budget never trips),
+/// not one that asks the host to wait an hour.
+#[test]
+fn no_plugin_holds_rewind_past_the_call_deadline() {
+    for (assess, grants) in [
+        (json!({"assess": "host-loop"}), json!({})),
+        (
+            json!({"assess": "wait", "n": 3_600_000}),
+            json!({"tcp": ["127.0.0.1:9"]}),
+        ),
+    ] {
+        let sb = Sandbox::new();
+        sb.runbook(&runbook(
+            HOSTILE,
+            &assess,
+            &grants,
+            &json!({"cpu": "60s", "call_time": "2s"}),
+        ));
+        let mut child = std::process::Command::new(crate::util::REWIND)
+            .args(["run", "--json"])
+            .current_dir(sb.path())
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A failure bound only: the deadline is 2 s.
+        let ended = wait_until(PATIENCE, || child.try_wait().unwrap().is_some());
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            ended,
+            "{assess}: rewind was still running after {PATIENCE:?}"
+        );
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let text = report.to_string();
+        assert!(
+            text.contains("[limits] call_time") || text.contains("waited"),
+            "{assess}: {text}"
+        );
+        if assess["assess"] == "host-loop" {
+            assert!(text.contains("[limits] call_time"), "{text}");
+        } else if let Some(w) = report["plugins"][0]["assessment"]["summary"].as_str() {
+            // The wait was cut to the deadline, far short of the hour asked.
+            let ms: u64 = w
+                .trim_start_matches("waited ")
+                .trim_end_matches(" ms")
+                .parse()
+                .unwrap();
+            assert!(ms < 3_600_000, "{w}");
+        }
+    }
 }

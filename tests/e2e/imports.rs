@@ -274,7 +274,10 @@ fn daemons_are_spawned_signalled_and_stopped() {
     sb.runbook(&fixture_runbook(&config, &grants));
     let (code, report, stderr) = sb.run_json(&[]);
     assert_eq!(code, 0, "{report} {stderr}");
-    assert_eq!(step(&step_results(&report), "stop")["Ok"], 1, "{report}");
+    // The daemon, and perhaps a child it had just forked to run `sleep`
+    // (a fork has its parent's command line until it execs).
+    let stopped = step(&step_results(&report), "stop")["Ok"].as_u64();
+    assert!(matches!(stopped, Some(1 | 2)), "{report}");
     assert!(wait_until(PATIENCE, || !alive(pid)));
 }
 

@@ -187,9 +187,15 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
         "says which run holds it: {}",
         text(&out)
     );
+    // History tells the run in progress from an interrupted one.
+    let out = sb.rewind(&["history"]);
+    assert!(text(&out).contains("running"), "{}", text(&out));
+    assert!(!text(&out).contains("interrupted"), "{}", text(&out));
     let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
     let status = first.0.wait().unwrap();
     assert!(status.success(), "the first run finished undisturbed");
+    let out = sb.rewind(&["history"]);
+    assert!(!text(&out).contains("running"), "{}", text(&out));
     let out = sb.rewind(&["run", "-q"]);
     assert_eq!(
         out.status.code(),
@@ -319,4 +325,215 @@ fn check_compares_declared_needs_with_grants() {
     let out = sb.rewind(&["check"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("ok: 1 plugin(s)"));
+}
+
+/// `rewind compile` fills the compiled-code cache at install time, so the
+/// first run of an incident loads from it instead of running Cranelift.
+#[test]
+fn compile_fills_the_cache_that_later_commands_load_from() {
+    let sb = Sandbox::new();
+    sb.runbook(&fixture_runbook(&json!({}), &json!({})));
+    let cache = sb.join("compiled");
+    let cache_arg = cache.to_str().unwrap();
+    let out = sb.rewind(&["--cache-dir", cache_arg, "compile"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("compiled into the cache"),
+        "{}",
+        text(&out)
+    );
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert!(entries >= 2, "a compiled entry and its record: {entries}");
+
+    let out = sb.rewind(&["--cache-dir", cache_arg, "compile"]);
+    assert!(
+        text(&out).contains("already in the cache"),
+        "{}",
+        text(&out)
+    );
+    let out = sb.rewind(&["--cache-dir", cache_arg, "check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("loaded from cache"), "{}", text(&out));
+
+    // A component that is not one: refused with the load exit code.
+    std::fs::write(sb.join("bad.wasm"), b"not wasm").unwrap();
+    sb.runbook(&runbook_with("bad.wasm", &json!({}), &json!({})));
+    let out = sb.rewind(&["--cache-dir", cache_arg, "compile"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("bad.wasm"), "{}", text(&out));
+}
+
+/// A journal that can no longer be written (here: a full 160 KiB tmpfs
+/// mounted on the state dir, in a mount namespace of rewind's own) stops
+/// the run between steps: the step under way finishes, nothing new starts
+/// on a journal that lost lines, and the report says why.
+#[test]
+fn a_journal_that_cannot_be_written_stops_the_run_between_steps() {
+    let sb = Sandbox::new();
+    let line = "x".repeat(8000);
+    let steps: Vec<serde_json::Value> = (0..12)
+        .map(|i| json!({"id": format!("s{i}"), "op": {"call": "log", "args": {"level": "Info", "message": line}}}))
+        .collect();
+    sb.runbook(&fixture_runbook(&json!({"steps": steps}), &json!({})));
+    std::fs::create_dir_all(sb.join("state")).unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=160k,mode=0700 rewind-test-full state || exit 77; exec \"$0\" run --json",
+            REWIND,
+        ])
+        .current_dir(sb.path())
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.code() != Some(77) => o,
+        other => {
+            // Not root, or no unshare: nothing to test this with here.
+            eprintln!("skipped: cannot mount a small tmpfs in a mount namespace: {other:?}");
+            return;
+        }
+    };
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    // The plan (12 steps of 8 KB) fits; the steps' 8 KB log lines fill the
+    // rest within a few steps.
+    let all = report["plugins"][0]["levels"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let statuses: Vec<String> = all
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["status"],
+                s["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    let skipped: Vec<&serde_json::Value> =
+        all.iter().filter(|s| s["status"] == "skipped").collect();
+    assert!(
+        !skipped.is_empty() && skipped.len() < all.len(),
+        "{statuses:#?}"
+    );
+    let why = skipped[0]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("can no longer be written"), "{why}");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// The newest journal of a sandbox's state dir, as text.
+fn journal_text(sb: &Sandbox) -> String {
+    std::fs::read_dir(sb.join("state/runs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGTERM mid-step: the step finishes, nothing after it starts, the
+/// journal ends the run `aborted`, and rewind exits 5. Twice: the step's
+/// command is killed with rewind (no orphan), exit 6.
+#[test]
+fn sigterm_finishes_the_step_and_a_second_sigterm_stops_now() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // rewind says on stderr when it has taken a signal: the test waits for
+    // that, so no signal is sent before the one before it was handled.
+    let spawn = |sb: &Sandbox, args: &[&str], stdout: Stdio| {
+        let err = std::fs::File::create(sb.join("stderr.txt")).unwrap();
+        Proc::spawn(
+            Command::new(REWIND)
+                .args(args)
+                .current_dir(sb.path())
+                .env("REWIND_CACHE_DIR", cache_dir())
+                .stdout(stdout)
+                .stderr(err),
+        )
+    };
+    let said = |sb: &Sandbox, what: &str| {
+        std::fs::read_to_string(sb.join("stderr.txt"))
+            .unwrap_or_default()
+            .contains(what)
+    };
+
+    // Once: a step waiting on a port the test opens after the signal.
+    let sb = Sandbox::new();
+    let gate = free_port();
+    let policy = json!({"interval_ms": 50, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 0});
+    let target = json!({"Tcp": ["127.0.0.1", gate, 5000]});
+    let config = json!({"steps": [
+        {"id": "wait", "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}},
+        {"id": "after", "op": {"call": "log", "args": {"level": "Info", "message": "after"}}},
+    ]});
+    sb.runbook(&fixture_runbook(
+        &config,
+        &json!({"tcp": [format!("127.0.0.1:{gate}")]}),
+    ));
+    let mut first = spawn(&sb, &["run", "--json"], Stdio::piped());
+    assert!(wait_until(PATIENCE, || journal_text(&sb).contains("\"step\":\"wait\"")));
+    kill(Pid::from_raw(first.pid() as i32), Signal::SIGTERM).unwrap();
+    assert!(wait_until(PATIENCE, || said(
+        &sb,
+        "finishing the current step"
+    )));
+    let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
+    let out = first.output();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = step_results(&report);
+    assert!(
+        step(&r, "wait").get("Ok").is_some(),
+        "the step under way finished: {r:?}"
+    );
+    let j = journal_text(&sb);
+    assert!(
+        !j.contains("\"message\":\"after\""),
+        "nothing after it started"
+    );
+    assert!(j.contains("\"outcome\":\"aborted\""), "{j}");
+
+    // Twice: a command that would run for five minutes.
+    let sb = Sandbox::new();
+    let pidfile = sb.join("child.pid");
+    let cmd = json!({"program": "sh", "args": ["-c", format!("echo $$ > {}.tmp && mv {}.tmp {}; exec sleep 300", pidfile.display(), pidfile.display(), pidfile.display())], "timeout_ms": 600000});
+    let config = json!({"steps": [{"id": "long", "op": {"call": "run", "args": {"cmd": cmd}}}]});
+    sb.runbook(&fixture_runbook(&config, &json!({"exec": ["sh"]})));
+    let mut second = spawn(&sb, &["run", "-q"], Stdio::null());
+    assert!(wait_until(PATIENCE, || pidfile.exists()));
+    let child: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let rewind = Pid::from_raw(second.pid() as i32);
+    kill(rewind, Signal::SIGTERM).unwrap();
+    assert!(wait_until(PATIENCE, || said(
+        &sb,
+        "finishing the current step"
+    )));
+    kill(rewind, Signal::SIGTERM).unwrap();
+    let out = second.output();
+    assert_eq!(out.status.code(), Some(6), "{:?}", out.status);
+    assert!(
+        said(&sb, "killed 1 running command"),
+        "{}",
+        std::fs::read_to_string(sb.join("stderr.txt")).unwrap()
+    );
+    assert!(
+        wait_until(PATIENCE, || !alive(child)),
+        "the command was killed with rewind"
+    );
 }

@@ -124,7 +124,7 @@ fn prepare_http(env: &PluginEnv, probe: HttpCheck) -> Result<PreparedHttp, Error
         url,
         method,
         headers,
-        timeout: timeout_or_default(probe.timeout_ms),
+        timeout: env.cap(timeout_or_default(probe.timeout_ms)),
         expect,
         body_contains: probe.body_contains,
     })
@@ -143,7 +143,7 @@ fn prepare_tcp(env: &PluginEnv, host: &str, port: u16, timeout_ms: u64) -> Resul
     Ok(Prepared::Tcp {
         host: host.to_string(),
         port,
-        timeout: timeout_or_default(timeout_ms),
+        timeout: env.cap(timeout_or_default(timeout_ms)),
     })
 }
 
@@ -327,7 +327,8 @@ fn wait_healthy(env: &PluginEnv, target: Target, policy: WaitPolicy) -> Result<W
     });
     let success = policy.success_threshold.max(1);
     let start = Instant::now();
-    let deadline = start + Duration::from_millis(policy.timeout_ms);
+    // Never past the export call's own deadline (`[limits] call_time`).
+    let deadline = start + env.cap(Duration::from_millis(policy.timeout_ms));
     let (mut attempts, mut oks, mut fails) = (0u32, 0u32, 0u32);
     loop {
         let probe_start = Instant::now();

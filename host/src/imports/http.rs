@@ -26,7 +26,7 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| Error::invalid(format!("bad HTTP method {:?}", req.method)))?;
     if !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD)
-        && !env.side_effect(format!("send {method} {url}"))
+        && !env.side_effect(format!("send {method} {url}"))?
     {
         return Ok(Response {
             status: 0,
@@ -36,11 +36,11 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
             simulated: true,
         });
     }
-    let timeout = Duration::from_millis(if req.timeout_ms == 0 {
+    let timeout = env.cap(Duration::from_millis(if req.timeout_ms == 0 {
         10_000
     } else {
         req.timeout_ms
-    });
+    }));
     let mut builder = env
         .http
         .request(method.clone(), url.clone())

@@ -43,3 +43,15 @@ pub(crate) fn truncate_at(s: &mut String, max: usize) {
         s.truncate(cut);
     }
 }
+
+/// The first `max` bytes of a text (on a character boundary), with "..."
+/// when cut: for quoting plugin text in messages.
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut t = s.to_string();
+    truncate_at(&mut t, max);
+    t.push_str("...");
+    t
+}

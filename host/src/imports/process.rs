@@ -481,6 +481,51 @@ fn take_captured(c: &Mutex<Captured>) -> (String, bool) {
 
 /// SIGKILL a child and its whole process group (the child's pid is its
 /// group id). The child is also killed by pid, in case it left the group.
+/// Process groups of `process.run` children running now. They are
+/// rewind's to answer for: when rewind is told to stop at once (a second
+/// SIGINT/SIGTERM), they are killed with it rather than left as orphans.
+/// (`spawn`'s daemons are detached by design and are not listed.)
+fn running_groups() -> &'static std::sync::Mutex<std::collections::HashSet<u32>> {
+    static G: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> =
+        std::sync::OnceLock::new();
+    G.get_or_init(Default::default)
+}
+
+/// Kill every `process.run` child still running (and its group).
+pub fn kill_running_children() -> usize {
+    let groups: Vec<u32> = running_groups()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for g in &groups {
+        kill_group(*g);
+    }
+    groups.len()
+}
+
+/// Listed in `running_groups` while alive.
+struct Running(u32);
+
+impl Running {
+    fn new(pid: u32) -> Self {
+        running_groups()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        running_groups()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
 fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = killpg(Pid::from_raw(pid), NixSignal::SIGKILL);
@@ -490,7 +535,7 @@ fn kill_group(pid: u32) {
 
 pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
     let p = prepare(env, &cmd)?;
-    if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display())) {
+    if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display()))? {
         return Ok(Output {
             exit_code: Some(0),
             stdout: String::new(),
@@ -500,12 +545,13 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
             simulated: true,
         });
     }
-    let timeout_ms = if cmd.timeout_ms == 0 {
+    // Cut to what is left of the export call's wall-clock time.
+    let timeout = env.cap(Duration::from_millis(if cmd.timeout_ms == 0 {
         DEFAULT_RUN_TIMEOUT_MS
     } else {
         cmd.timeout_ms
-    };
-    let timeout = Duration::from_millis(timeout_ms);
+    }));
+    let timeout_ms = timeout.as_millis() as u64;
     let mut c = base_command(env, &p, &cmd);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -514,6 +560,7 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {:?}: {e}", cmd.program)))?;
     let pid = child.id();
+    let _running = Running::new(pid);
     feed_stdin(&mut child, cmd.stdin);
     let (done_tx, done_rx) = mpsc::channel();
     let stdout = capture(child.stdout.take(), done_tx.clone());
@@ -605,7 +652,7 @@ fn spawn(env: &PluginEnv, cmd: Command, log_path: &str) -> Result<u32, Error> {
         p.cwd.display(),
         log.display()
     );
-    if !env.side_effect(what) {
+    if !env.side_effect(what)? {
         return Ok(0);
     }
     let out = open_log(env, &log)?;
@@ -701,7 +748,7 @@ fn send(pid: u32, npid: Pid, sig: NixSignal) -> Result<(), Error> {
 fn signal(env: &PluginEnv, pid: u32, sig: SignalKind) -> Result<(), Error> {
     let (npid, shown) = check_pid(env, pid)?;
     let sig = nix_signal(sig);
-    if !env.side_effect(format!("send {} to pid {pid} ({shown})", signal_name(sig))) {
+    if !env.side_effect(format!("send {} to pid {pid} ({shown})", signal_name(sig)))? {
         return Ok(());
     }
     send(pid, npid, sig)
@@ -713,7 +760,7 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
         return Err(Error::failed(format!("no process with pid {pid}")));
     }
     let what = format!("stop pid {pid} ({shown}): TERM, then KILL after {grace_ms} ms");
-    if !env.side_effect(what) {
+    if !env.side_effect(what)? {
         return Ok(false);
     }
     match kill(npid, NixSignal::SIGTERM) {
@@ -721,7 +768,7 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
         Err(_) => send(pid, npid, NixSignal::SIGTERM)?,
         Ok(()) => {}
     }
-    if wait_gone(&[pid], Duration::from_millis(grace_ms)).is_empty() {
+    if wait_gone(&[pid], env.cap(Duration::from_millis(grace_ms))).is_empty() {
         return Ok(false);
     }
     match kill(npid, NixSignal::SIGKILL) {
@@ -752,7 +799,7 @@ fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, E
     let count = u32::try_from(pids.len()).unwrap_or(u32::MAX);
     if !env.side_effect(format!(
         "stop {count} processes matching {pattern:?}: pids {pids:?}"
-    )) {
+    ))? {
         return Ok(count);
     }
     let mut problems = Vec::new();
@@ -777,7 +824,7 @@ fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, E
         sent
     };
     let termed = signal_all(&pids, NixSignal::SIGTERM);
-    let left = wait_gone(&termed, Duration::from_millis(grace_ms));
+    let left = wait_gone(&termed, env.cap(Duration::from_millis(grace_ms)));
     let killed = signal_all(&left, NixSignal::SIGKILL);
     for pid in wait_gone(&killed, KILL_WAIT) {
         problems.push(format!(

@@ -60,9 +60,15 @@ fn check_read_entry(env: &PluginEnv, raw: &str) -> Result<PathBuf, Error> {
 pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
     let p = env.sandbox.check_read(path)?;
     let b = beneath(env, Capability::Read, &p)?;
+    // Non-blocking, so that opening a FIFO with no writer (which would
+    // block until one comes, holding the host past any deadline) returns
+    // at once and is refused below by its type.
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits());
     let file = b
         .dir
-        .open(b.path())
+        .open_with(b.path(), &opts)
         .map_err(|e| io_failed("read", &p, &e))?
         .into_std();
     let md = file.metadata().map_err(|e| io_failed("read", &p, &e))?;
@@ -71,6 +77,21 @@ pub fn read_file(env: &PluginEnv, path: &str) -> Result<Vec<u8>, Error> {
             "cannot read {}: Is a directory",
             p.display()
         )));
+    }
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = md.file_type();
+        if t.is_fifo() || t.is_socket() {
+            return Err(Error::invalid(format!(
+                "cannot read {}: it is a {}, which can block forever; read-file reads files (and devices)",
+                p.display(),
+                if t.is_fifo() {
+                    "FIFO (named pipe)"
+                } else {
+                    "socket"
+                }
+            )));
+        }
     }
     // At most cap + 1 bytes are read, whatever the size says: /proc files
     // and devices like /dev/zero report 0 and never end.
@@ -235,7 +256,7 @@ pub fn write_file(env: &PluginEnv, path: &str, contents: &[u8]) -> Result<(), Er
     let p = env.sandbox.check_write(path)?;
     let b = beneath(env, Capability::Write, &p)?;
     refuse_dir(&b, &p)?;
-    if !env.side_effect(format!("write {} bytes to {}", contents.len(), p.display())) {
+    if !env.side_effect(format!("write {} bytes to {}", contents.len(), p.display()))? {
         return Ok(());
     }
     atomic_write(&b, &p, 0o666, |f| {
@@ -276,7 +297,7 @@ pub fn copy(env: &PluginEnv, source: &str, target: &str) -> Result<u64, Error> {
         src.display(),
         dst.display(),
         md.len()
-    )) {
+    ))? {
         return Ok(md.len());
     }
     atomic_write(&db, &dst, md.mode() & 0o7777, |f| {
@@ -300,7 +321,7 @@ pub fn rename(env: &PluginEnv, source: &str, target: &str) -> Result<(), Error> 
     if let Err(e) = sdir.symlink_metadata(&sname) {
         return Err(io_failed("rename", &src, &e));
     }
-    if !env.side_effect(format!("rename {} to {}", src.display(), dst.display())) {
+    if !env.side_effect(format!("rename {} to {}", src.display(), dst.display()))? {
         return Ok(());
     }
     let (ddir, dname) = parent_of(&db, &dst)?;
@@ -327,7 +348,7 @@ pub fn remove(env: &PluginEnv, path: &str) -> Result<(), Error> {
         .symlink_metadata(&name)
         .map_err(|e| io_failed("remove", &p, &e))?;
     let what = if md.is_dir() { "directory " } else { "" };
-    if !env.side_effect(format!("remove {what}{}", p.display())) {
+    if !env.side_effect(format!("remove {what}{}", p.display()))? {
         return Ok(());
     }
     let r = if md.is_dir() {
@@ -346,7 +367,7 @@ pub fn make_dir(env: &PluginEnv, path: &str) -> Result<(), Error> {
     if b.dir.is_dir(b.path()) {
         return Ok(());
     }
-    if !env.side_effect(format!("create directory {}", p.display())) {
+    if !env.side_effect(format!("create directory {}", p.display()))? {
         return Ok(());
     }
     b.dir
@@ -471,7 +492,7 @@ pub fn symlink(env: &PluginEnv, target: &str, link: &str) -> Result<(), Error> {
             l.display()
         )));
     }
-    if !env.side_effect(format!("point {} at {target}", l.display())) {
+    if !env.side_effect(format!("point {} at {target}", l.display()))? {
         return Ok(());
     }
     if let Some(parent) = b.rel.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -129,7 +129,7 @@ pub fn set(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
         )));
     }
     check_total(env, key, value)?;
-    let execute = env.side_effect(format!("set key {key}"));
+    let execute = env.side_effect(format!("set key {key}"))?;
     let mut kv = env.storage.kv();
     if !execute {
         kv.overlay.insert(key.to_string(), Some(value.to_string()));
@@ -191,7 +191,7 @@ fn check_total(env: &PluginEnv, key: &str, value: &str) -> Result<(), Error> {
 /// Returns whether the key existed.
 pub fn delete(env: &PluginEnv, key: &str) -> Result<bool, Error> {
     check_key(key)?;
-    let execute = env.side_effect(format!("delete key {key}"));
+    let execute = env.side_effect(format!("delete key {key}"))?;
     let mut kv = env.storage.kv();
     if !execute {
         let existed = match kv.overlay.get(key) {

@@ -329,6 +329,35 @@ struct Archiver<'a> {
     env: &'a PluginEnv,
     tar: ArchiveWriter,
     manifest: Manifest,
+    /// When the snapshot must be done by (`[limits] snapshot_time`).
+    deadline: std::time::Instant,
+}
+
+impl Archiver<'_> {
+    /// Refuse to go on past `[limits] snapshot_bytes` (counting the next
+    /// file) or `snapshot_time`: the archive so far is dropped with its
+    /// temporary file, and the error says which limit and where.
+    fn within_limits(&self, path: &Path, next_bytes: u64) -> Result<(), Error> {
+        let l = &self.env.limits;
+        let total = self.manifest.bytes.saturating_add(next_bytes);
+        if total > l.snapshot_bytes {
+            return Err(Error::invalid(format!(
+                "snapshot of {} would hold more than the [limits] snapshot_bytes of {} (at {}); snapshot fewer paths or raise the limit",
+                self.manifest.paths.join(", "),
+                crate::runtime::show_bytes(usize::try_from(l.snapshot_bytes).unwrap_or(usize::MAX)),
+                path.display()
+            )));
+        }
+        if std::time::Instant::now() >= self.deadline {
+            return Err(Error::timeout(format!(
+                "snapshot of {} took longer than the [limits] snapshot_time of {} s (at {}); snapshot fewer paths or raise the limit",
+                self.manifest.paths.join(", "),
+                l.snapshot_time.as_secs(),
+                path.display()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What a tar header keeps of an entry's metadata.
@@ -423,6 +452,7 @@ impl Archiver<'_> {
             .symlink_metadata(name)
             .map_err(|e| io_failed("read", path, &e))?;
         let ft = md.file_type();
+        self.within_limits(path, if ft.is_file() { md.len() } else { 0 })?;
         if ft.is_dir() {
             let d = open_nofollow_in(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| io_failed("read directory", path, &e))?;
@@ -446,6 +476,8 @@ impl Archiver<'_> {
                 .map_err(|e| io_failed("read", path, &e))?;
             let md = file.metadata().map_err(|e| io_failed("read", path, &e))?;
             let size = md.len();
+            // Again on the open file: it may have grown since the lookup.
+            self.within_limits(path, size)?;
             let mut h = header(tar::EntryType::Regular, &Attrs::from(&md), size);
             let mut r = FileReader {
                 file,
@@ -546,7 +578,7 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     if !env.side_effect(format!(
         "snapshot {} (label {label:?})",
         root_strs.join(", ")
-    )) {
+    ))? {
         let (files, bytes) = count(env, &roots)?;
         return Ok(SnapshotInfo {
             id: DRY_RUN_ID.to_string(),
@@ -563,6 +595,10 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     crate::state::create_private_dir(&dir)
         .map_err(|e| io_failed("create snapshot directory", &dir, &e))?;
     let write_failed = |e: io::Error| io_failed("write snapshot archive in", &dir, &e);
+    // A snapshot killed mid-write (rewind killed, the machine down) leaves
+    // its temporary archive: snapshots of one plugin never run at once (the
+    // run lock), so any found now is such a leftover.
+    remove_leftover_temps(&dir);
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .suffix(".tar.zst")
@@ -597,6 +633,7 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
             archive_sha256: String::new(),
             archive_bytes: 0,
         },
+        deadline: std::time::Instant::now() + env.limits.snapshot_time,
     };
     for (root, s) in roots.iter().zip(&root_strs) {
         let (parent, name) = root_parent(env, root)?;
@@ -651,6 +688,20 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
     }
     let _ = fsync_dir(&dir);
     Ok(manifest.info())
+}
+
+/// Remove `.tmp-*` files (unfinished archives and manifests) from a
+/// plugin's snapshot directory.
+fn remove_leftover_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(".tmp-") && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), Error> {
@@ -1203,7 +1254,7 @@ pub fn restore(env: &PluginEnv, id: &str) -> Result<RestoreReport, Error> {
         m.files.len(),
         m.bytes,
         m.paths.join(", ")
-    )) {
+    ))? {
         return Ok(report);
     }
 
@@ -1369,7 +1420,7 @@ pub fn prune(env: &PluginEnv, label_prefix: &str, keep: u32) -> Result<u32, Erro
     if !env.side_effect(format!(
         "delete {n} snapshots labelled {label_prefix:?}*: {}",
         ids.join(", ")
-    )) {
+    ))? {
         return Ok(n);
     }
     for id in ids {

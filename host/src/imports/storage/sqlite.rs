@@ -302,7 +302,7 @@ pub fn exec(env: &PluginEnv, db: &str, sql: &str) -> Result<u64, Error> {
         "execute SQL on {}: {}",
         p.display(),
         preview(sql, 80)
-    )) {
+    ))? {
         return Ok(0);
     }
     let (mut conn, vacuuming) = open_read_write(&p)?;
@@ -363,7 +363,7 @@ pub fn backup(env: &PluginEnv, db: &str, target: &str) -> Result<u64, Error> {
         "back up database {} to {}",
         src.display(),
         dst.display()
-    )) {
+    ))? {
         return fs::metadata(&src)
             .map(|m| m.len())
             .map_err(|e| io_failed("read", &src, &e));

@@ -11,6 +11,10 @@
 //! {"assess": "summary", "n": 1000000}    // a summary of n bytes
 //! {"assess": "log", "n": 1000, "size": 65536}
 //!                                        // n log messages of `size` bytes
+//! {"assess": "host-loop"}                // call the host forever (cheap
+//!                                        // calls: little guest time)
+//! {"assess": "wait", "n": 3600000}       // ask the host to wait n ms for a
+//!                                        // port that never opens
 //! ```
 //!
 //! `describe`, `plan`, `run-step` and `verify` behave.
@@ -73,6 +77,14 @@ impl Plugin for Hostile {
                     log::info(&line);
                 }
                 Ok(Assessment::healthy(format!("logged {} lines", cfg.n)))
+            }
+            "host-loop" => loop {
+                let _ = std::hint::black_box(rewind_sdk::health::system());
+            },
+            "wait" => {
+                let w = rewind_sdk::health::TcpProbe::new("127.0.0.1", 9)
+                    .wait(WaitPolicy::every(1000).timeout_ms(cfg.n))?;
+                Ok(Assessment::healthy(format!("waited {} ms", w.elapsed_ms)))
             }
             other => bail!("hostile: unknown assess {other:?}"),
         }
