@@ -1250,3 +1250,40 @@ fn an_api_completely_down_is_rolled_back_though_pause_and_drain_cannot_work() {
         assert_eq!(verification(&report)["healthy"], true, "{report:#}");
     }
 }
+
+/// A backup chosen by name is proven to load (into a scratch database)
+/// before the live database is dropped: a truncated dump fails the restore
+/// and leaves the data as it was, for a person to choose another backup.
+#[test]
+fn a_backup_that_does_not_load_never_replaces_the_live_database() {
+    let s = Stand::new(1, 5, 100);
+    let dump = s.base().join("backups/backup_pre_deploy_20251107.sql");
+    let out = Command::new(s.pg.bin("pg_dump"))
+        .arg(s.pg.url("app"))
+        .arg("-f")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The dump is cut halfway through, as a full disk would leave it.
+    let whole = std::fs::read_to_string(&dump).unwrap();
+    std::fs::write(&dump, &whole[..whole.len() / 2]).unwrap();
+    s.sql("DELETE FROM projects WHERE id IN (1, 2)");
+
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let st = steps(&report, 6);
+    let (_, status, msg) = st.iter().find(|(i, _, _)| i == "restore").unwrap();
+    assert_eq!(status, "failed", "{msg}");
+    assert!(
+        msg.contains("does not load") && msg.contains("was not dropped"),
+        "{msg}"
+    );
+    // The live database is the one it was: 10 projects, not 0 or 12.
+    assert_eq!(s.sql("SELECT count(*) FROM projects"), "10");
+    // No scratch database is left behind.
+    assert_eq!(
+        s.sql("SELECT count(*) FROM pg_database WHERE datname LIKE '%rewind_check%'"),
+        "0"
+    );
+}

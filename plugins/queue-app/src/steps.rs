@@ -790,7 +790,88 @@ pub fn restore_file(cfg: &Config) -> Result<String> {
     }
 }
 
-/// dropdb, createdb, `psql $DATABASE_URL < backup`.
+/// Load `file` into a scratch database next to `db` and drop it again:
+/// the dump is proven to load before the live database is dropped (a dump
+/// chosen by name could be truncated, empty or of another schema).
+fn check_dump_loads(
+    cfg: &Config,
+    url: &str,
+    db: &str,
+    m: &str,
+    file: &str,
+) -> Result<Result<String, String>> {
+    // A plain pg_dump ends with this line: a dump cut short (a full disk,
+    // a killed backup) loads without an error up to where it stops, so the
+    // load alone does not prove it whole.
+    const COMPLETE: &str = "PostgreSQL database dump complete";
+    let size = storage::stat(file)?.map_or(0, |e| e.size);
+    let whole = match storage::read_file(file) {
+        Ok(bytes) => {
+            let tail = &bytes[bytes.len().saturating_sub(4096)..];
+            if !String::from_utf8_lossy(tail).contains(COMPLETE) {
+                return Ok(Err(format!(
+                    "{file} ({size} bytes) does not end with pg_dump's \"{COMPLETE}\" line: it was cut short"
+                )));
+            }
+            "whole"
+        }
+        // Larger than a plugin may read: the load below is the check.
+        Err(_) => "too large to check for pg_dump's closing line",
+    };
+    let scratch = format!("{db}_rewind_check");
+    // The database is the URL's path: its last `/<db>`.
+    let Some(at) = url.rfind(&format!("/{db}")) else {
+        return Ok(Err(format!(
+            "cannot derive a scratch database URL from {url} to check {file}"
+        )));
+    };
+    let scratch_url = format!("{}/{scratch}{}", &url[..at], &url[at + 1 + db.len()..]);
+    let drop = Cmd::new(&cfg.dropdb)
+        .args([
+            m,
+            "--no-password",
+            "--if-exists",
+            "--force",
+            scratch.as_str(),
+        ])
+        .timeout_ms(cfg.command_timeout_ms);
+    let create = Cmd::new(&cfg.createdb)
+        .args([m, "--no-password", scratch.as_str()])
+        .timeout_ms(cfg.command_timeout_ms);
+    let load = Cmd::new(&cfg.psql)
+        .args([
+            scratch_url.as_str(),
+            "-X",
+            "-w",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            file,
+        ])
+        .timeout_ms(cfg.command_timeout_ms);
+    let checked = (|| -> Result<Result<String, String>> {
+        for (c, what) in [
+            (&drop, "clearing the scratch database"),
+            (&create, "creating the scratch database"),
+            (&load, "loading the backup into the scratch database"),
+        ] {
+            if let Err(e) = run_ok(c, what)? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(format!(
+            "{file} loads cleanly (checked in {scratch}; {whole})"
+        )))
+    })();
+    // The scratch copy goes whatever happened.
+    let _ = run_ok(&drop, "dropping the scratch database");
+    checked
+}
+
+/// Check the dump loads (into a scratch database), then dropdb, createdb,
+/// `psql $DATABASE_URL < backup`: the live database is dropped only for a
+/// backup that is known to load.
 pub fn restore(ctx: &Context, cfg: &Config) -> Out {
     let file = restore_file(cfg)?;
     let url = cfg.db_url()?;
@@ -798,6 +879,22 @@ pub fn restore(ctx: &Context, cfg: &Config) -> Out {
         bail!("cannot read the database name from {url}");
     };
     let m = format!("--maintenance-db={maint}");
+    let mut said = Vec::new();
+    if ctx.executes() {
+        match check_dump_loads(cfg, &url, &db, &m, &file)? {
+            Ok(m) => said.push(m),
+            Err(e) => {
+                return Ok(StepOutcome::failed(format!(
+                    "{e}: the backup does not load, so {db} was not dropped; choose another backup (restore_from) and run again"
+                ))
+                .with_findings(vec![Finding::new("backup loads", "no", "yes", true)]));
+            }
+        }
+    } else {
+        said.push(format!(
+            "would first load {file} into a scratch database {db}_rewind_check"
+        ));
+    }
     let steps = [
         Cmd::new(&cfg.dropdb).args([
             m.as_str(),
@@ -818,7 +915,6 @@ pub fn restore(ctx: &Context, cfg: &Config) -> Out {
             file.as_str(),
         ]),
     ];
-    let mut said = Vec::new();
     for c in steps {
         let c = c.timeout_ms(cfg.command_timeout_ms);
         match run_ok(&c, "restoring from the backup")? {
