@@ -248,6 +248,30 @@ impl Context {
     pub fn run_key(&self, prefix: &str) -> String {
         format!("{prefix}:{}", self.run_id)
     }
+
+    /// The run's stamp for the names a runbook dates (`backup-<stamp>`,
+    /// a `rollback-point-<stamp>` branch): made once by `make` (the
+    /// plugin's own format, usually to the second) and the same for every
+    /// later call in the run. A run whose stamp equals the previous run's
+    /// (two runs in one second, as back-to-back drills are) gets `_2`,
+    /// `_3`... appended, so no run writes over another's backup, branch or
+    /// tag.
+    pub fn run_stamp(&self, make: impl FnOnce() -> String) -> Result<String> {
+        let key = self.run_key("stamp");
+        if let Some(s) = storage::get(&key)? {
+            return Ok(s);
+        }
+        let base = make();
+        let last = storage::get("stamp-last")?.unwrap_or_default();
+        let n = match last.rsplit_once('|') {
+            Some((b, n)) if b == base => n.parse::<u32>().unwrap_or(1) + 1,
+            _ => 1,
+        };
+        storage::set("stamp-last", &format!("{base}|{n}"))?;
+        let s = if n == 1 { base } else { format!("{base}_{n}") };
+        storage::set(&key, &s)?;
+        Ok(s)
+    }
 }
 
 /// serde_json appends " at line 1 column 42", which means nothing to someone

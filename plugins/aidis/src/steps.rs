@@ -33,13 +33,7 @@ pub fn scenario(ctx: &Context) -> Result<Scenario> {
 /// This run's timestamp (`date +%Y%m%d_%H%M%S`), fixed by the first call
 /// that needs it so that the plan and the steps name the same backups.
 pub fn stamp(ctx: &Context) -> Result<String> {
-    let key = ctx.run_key("stamp");
-    if let Some(s) = storage::get(&key)? {
-        return Ok(s);
-    }
-    let s = clock::stamp(clock::now_s());
-    storage::set(&key, &s)?;
-    Ok(s)
+    ctx.run_stamp(|| clock::stamp(clock::now_s()))
 }
 
 struct Names {

@@ -109,12 +109,7 @@ fn kv_set<T: Serialize>(ctx: &Context, key: &str, value: &T) -> Result<()> {
 /// (`backup-before-rollback-<stamp>.tar.gz`, `app-failed-<stamp>`), so the
 /// plan shows the name the step will use.
 fn run_stamp(ctx: &Context) -> Result<String> {
-    if let Some(s) = kv_get::<String>(ctx, "stamp")? {
-        return Ok(s);
-    }
-    let s = Utc::at(now_ms()).stamp();
-    kv_set(ctx, "stamp", &s)?;
-    Ok(s)
+    ctx.run_stamp(|| Utc::at(now_ms()).stamp())
 }
 
 // ---------------------------------------------------------------------------
