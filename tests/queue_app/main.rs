@@ -282,6 +282,19 @@ impl Stand {
         });
         (out.status.code().unwrap_or(-1), report, stderr)
     }
+    /// The runbook's pre-deploy backup of the app database, taken now with
+    /// pg_dump into `backups/`.
+    fn pre_deploy_dump(&self) -> PathBuf {
+        let dump = self.base().join("backups/backup_pre_deploy_20251107.sql");
+        let out = Command::new(self.pg.bin("pg_dump"))
+            .arg(self.pg.url("app"))
+            .arg("-f")
+            .arg(&dump)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        dump
+    }
     fn files(&self, dir: &str) -> Vec<(PathBuf, Vec<u8>)> {
         tree(&self.base().join(dir))
     }
@@ -830,14 +843,7 @@ fn the_schema_rollback_backs_up_applies_the_down_migration_and_keeps_ten_backups
 #[test]
 fn data_corruption_stops_writes_and_restores_the_pre_deploy_backup() {
     let s = Stand::new(1, 5, 100);
-    let dump = s.base().join("backups/backup_pre_deploy_20251107.sql");
-    let out = Command::new(s.pg.bin("pg_dump"))
-        .arg(s.pg.url("app"))
-        .arg("-f")
-        .arg(&dump)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    s.pre_deploy_dump();
     // Corruption: projects deleted under their scenes.
     s.sql("DELETE FROM projects WHERE id IN (1, 2)");
     let (plan, dry) = s.plan_and_dry_run_with(&["--level", "6"]);
@@ -1257,14 +1263,7 @@ fn an_api_completely_down_is_rolled_back_though_pause_and_drain_cannot_work() {
 #[test]
 fn a_backup_that_does_not_load_never_replaces_the_live_database() {
     let s = Stand::new(1, 5, 100);
-    let dump = s.base().join("backups/backup_pre_deploy_20251107.sql");
-    let out = Command::new(s.pg.bin("pg_dump"))
-        .arg(s.pg.url("app"))
-        .arg("-f")
-        .arg(&dump)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let dump = s.pre_deploy_dump();
     // The dump is cut halfway through, as a full disk would leave it.
     let whole = std::fs::read_to_string(&dump).unwrap();
     std::fs::write(&dump, &whole[..whole.len() / 2]).unwrap();

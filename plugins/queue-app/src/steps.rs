@@ -790,6 +790,18 @@ pub fn restore_file(cfg: &Config) -> Result<String> {
     }
 }
 
+/// The runbook's restore of `db` (reached at `url`) from `file`: dropdb
+/// (forced, through the maintenance database `m`), createdb, and
+/// `psql -f` stopping at the first error.
+fn load_db_cmds(cfg: &Config, m: &str, db: &str, url: &str, file: &str) -> [Cmd; 3] {
+    [
+        Cmd::new(&cfg.dropdb).args([m, "--no-password", "--if-exists", "--force", db]),
+        Cmd::new(&cfg.createdb).args([m, "--no-password", db]),
+        Cmd::new(&cfg.psql).args([url, "-X", "-w", "-q", "-v", "ON_ERROR_STOP=1", "-f", file]),
+    ]
+    .map(|c| c.timeout_ms(cfg.command_timeout_ms))
+}
+
 /// Load `file` into a scratch database next to `db` and drop it again:
 /// the dump is proven to load before the live database is dropped (a dump
 /// chosen by name could be truncated, empty or of another schema).
@@ -826,30 +838,7 @@ fn check_dump_loads(
         )));
     };
     let scratch_url = format!("{}/{scratch}{}", &url[..at], &url[at + 1 + db.len()..]);
-    let drop = Cmd::new(&cfg.dropdb)
-        .args([
-            m,
-            "--no-password",
-            "--if-exists",
-            "--force",
-            scratch.as_str(),
-        ])
-        .timeout_ms(cfg.command_timeout_ms);
-    let create = Cmd::new(&cfg.createdb)
-        .args([m, "--no-password", scratch.as_str()])
-        .timeout_ms(cfg.command_timeout_ms);
-    let load = Cmd::new(&cfg.psql)
-        .args([
-            scratch_url.as_str(),
-            "-X",
-            "-w",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            file,
-        ])
-        .timeout_ms(cfg.command_timeout_ms);
+    let [drop, create, load] = load_db_cmds(cfg, m, &scratch, &scratch_url, file);
     let checked = (|| -> Result<Result<String, String>> {
         for (c, what) in [
             (&drop, "clearing the scratch database"),
@@ -895,28 +884,8 @@ pub fn restore(ctx: &Context, cfg: &Config) -> Out {
             "would first load {file} into a scratch database {db}_rewind_check"
         ));
     }
-    let steps = [
-        Cmd::new(&cfg.dropdb).args([
-            m.as_str(),
-            "--no-password",
-            "--if-exists",
-            "--force",
-            db.as_str(),
-        ]),
-        Cmd::new(&cfg.createdb).args([m.as_str(), "--no-password", db.as_str()]),
-        Cmd::new(&cfg.psql).args([
-            url.as_str(),
-            "-X",
-            "-w",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            file.as_str(),
-        ]),
-    ];
+    let steps = load_db_cmds(cfg, &m, &db, &url, &file);
     for c in steps {
-        let c = c.timeout_ms(cfg.command_timeout_ms);
         match run_ok(&c, "restoring from the backup")? {
             Ok(_) => said.push(format!("`{}`", c.display())),
             Err(e) => {
