@@ -10,7 +10,7 @@ pub use self::rewind::plugin::{health, http, log, process, storage, types};
 
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "rewind:plugin";
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 impl types::Error {
     pub fn failed(msg: impl std::fmt::Display) -> Self {

@@ -337,9 +337,7 @@ fn run_one(
         while t.elapsed() < d.detect_timeout {
             rounds += 1;
             let a0 = Instant::now();
-            match rt.call(&p.plugin, &p.env, "assess", |s, b| {
-                b.rewind_plugin_rollback().call_assess(s, &ctx)
-            }) {
+            match rt.assess(&p.plugin, &p.env, &ctx) {
                 Ok(a) if a.rollback => {
                     detected = Some((a, a0.elapsed()));
                     break;

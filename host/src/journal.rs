@@ -68,7 +68,7 @@ impl Journal {
     pub fn record(&self, mut event: Value) {
         let durable = matches!(
             event.get("event").and_then(Value::as_str),
-            Some("action" | "manual-approved" | "run-end" | "watch-end")
+            Some("action" | "decision" | "manual-approved" | "run-end" | "watch-end")
         );
         if let Value::Object(map) = &mut event {
             map.insert("ts".into(), Value::String(now_rfc3339()));

@@ -469,9 +469,7 @@ pub fn prepare<'a>(
         );
         let ctx = context(run_id, spec, Mode::Check, 0);
         let info = rt
-            .call(&plugin, &check_env, "describe", |s, b| {
-                b.rewind_plugin_rollback().call_describe(s, &ctx)
-            })
+            .describe(&plugin, &check_env, &ctx)
             .map_err(|e| StartError::Describe {
                 plugin: spec.name.clone(),
                 message: e.to_string(),
@@ -676,9 +674,7 @@ pub(crate) fn run_plugin(
             live(opts, format!("[{name}] assessing ({})", p.info.service));
             let ctx = context(run_id, spec, opts.mode, 0);
             let t = Instant::now();
-            match rt.call(&p.plugin, &p.env, "assess", |s, b| {
-                b.rewind_plugin_rollback().call_assess(s, &ctx)
-            }) {
+            match rt.assess(&p.plugin, &p.env, &ctx) {
                 Ok(a) => (a, t.elapsed()),
                 Err(e) => return fail(report, e.to_string()),
             }
@@ -735,9 +731,7 @@ pub(crate) fn run_plugin(
             .map(|l| l.name.clone())
             .unwrap_or_default();
         let ctx = context(run_id, p.spec, opts.mode, level);
-        let steps: Vec<Step> = match rt.call(&p.plugin, &p.env, "plan", |s, b| {
-            b.rewind_plugin_rollback().call_plan(s, &ctx)
-        }) {
+        let steps: Vec<Step> = match rt.plan(&p.plugin, &p.env, &ctx) {
             Ok(s) => s,
             Err(e) => return fail(report, e.to_string()),
         };
@@ -832,10 +826,8 @@ pub(crate) fn run_plugin(
                 Ok(())
             };
             let result = result.and_then(|()| {
-                rt.call(&p.plugin, &p.env, "run-step", |st, b| {
-                    b.rewind_plugin_rollback().call_run_step(st, &ctx, &s.id)
-                })
-                .map_err(|e| e.to_string())
+                rt.run_step(&p.plugin, &p.env, &ctx, &s.id)
+                    .map_err(|e| e.to_string())
             });
             let elapsed = t.elapsed();
             let actions = p.env.take_actions();
@@ -890,9 +882,7 @@ pub(crate) fn run_plugin(
 
         // Verify.
         let t = Instant::now();
-        let v: Verification = match rt.call(&p.plugin, &p.env, "verify", |s, b| {
-            b.rewind_plugin_rollback().call_verify(s, &ctx)
-        }) {
+        let v: Verification = match rt.verify(&p.plugin, &p.env, &ctx) {
             Ok(v) => v,
             Err(e) => {
                 report.levels.push(lr);

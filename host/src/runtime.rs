@@ -15,8 +15,8 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
-use crate::bindings::rollback;
-use crate::bindings::types::Finding;
+use crate::bindings::rollback::{self, Assessment, PluginInfo, Step, StepOutcome, Verification};
+use crate::bindings::types::{Context, Finding};
 use crate::bindings::{Procedure, ProcedurePre, WIT_PACKAGE, WIT_VERSION};
 use crate::state::{HostState, PluginEnv};
 
@@ -601,6 +601,67 @@ impl Runtime {
             }
             Err(e) => Err(self.classify(export, e, store.data())),
         }
+    }
+
+    /// The plugin's description of itself (`describe`).
+    pub fn describe(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        ctx: &Context,
+    ) -> Result<PluginInfo, CallError> {
+        self.call(plugin, env, "describe", |s, b| {
+            b.rewind_plugin_rollback().call_describe(s, ctx)
+        })
+    }
+
+    /// The plugin's verdict on the system as it is now (`assess`).
+    pub fn assess(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        ctx: &Context,
+    ) -> Result<Assessment, CallError> {
+        self.call(plugin, env, "assess", |s, b| {
+            b.rewind_plugin_rollback().call_assess(s, ctx)
+        })
+    }
+
+    /// The steps of `ctx.level` (`plan`).
+    pub fn plan(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        ctx: &Context,
+    ) -> Result<Vec<Step>, CallError> {
+        self.call(plugin, env, "plan", |s, b| {
+            b.rewind_plugin_rollback().call_plan(s, ctx)
+        })
+    }
+
+    /// Carry out one step (`run-step`).
+    pub fn run_step(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        ctx: &Context,
+        step: &str,
+    ) -> Result<StepOutcome, CallError> {
+        self.call(plugin, env, "run-step", |s, b| {
+            b.rewind_plugin_rollback().call_run_step(s, ctx, step)
+        })
+    }
+
+    /// The post-rollback checklist (`verify`).
+    pub fn verify(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        ctx: &Context,
+    ) -> Result<Verification, CallError> {
+        self.call(plugin, env, "verify", |s, b| {
+            b.rewind_plugin_rollback().call_verify(s, ctx)
+        })
     }
 
     fn classify(&self, export: &str, e: wasmtime::Error, state: &HostState) -> CallError {

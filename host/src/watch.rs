@@ -131,9 +131,7 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
         let round_id = format!("watch-{round}");
         for p in &prepared {
             let ctx = context(&round_id, p.spec, Mode::Execute, 0);
-            match rt.call(&p.plugin, &p.env, "assess", |s, b| {
-                b.rewind_plugin_rollback().call_assess(s, &ctx)
-            }) {
+            match rt.assess(&p.plugin, &p.env, &ctx) {
                 Ok(a) if a.rollback => {
                     problems.push(format!("{}: {} ({})", p.spec.name, a.scenario, a.summary))
                 }

@@ -79,7 +79,7 @@ pub mod bindings {
         default_bindings_module: "rewind_sdk::bindings",
         additional_derives: [serde::Serialize, serde::Deserialize, Clone, PartialEq],
         // Our own type, so that it can have a readable `Display`.
-        with: { "rewind:plugin/types@0.1.0/error": crate::Error },
+        with: { "rewind:plugin/types@0.2.0/error": crate::Error },
     });
 }
 
@@ -95,7 +95,7 @@ use std::fmt;
 
 use bindings::exports::rewind::plugin::rollback as wit_rollback;
 pub use bindings::exports::rewind::plugin::rollback::{
-    Assessment, LevelInfo, Needs, PluginInfo, Step, StepKind, StepOutcome, Verification,
+    Assessment, Effect, LevelInfo, Needs, PluginInfo, Step, StepKind, StepOutcome, Verification,
 };
 pub use bindings::rewind::plugin::types::{Context, Denial, Finding, Millis, Mode, Severity};
 pub use health::{HttpProbe, TcpProbe, WaitPolicy};
@@ -104,9 +104,9 @@ pub use process::Cmd;
 /// Everything a plugin usually needs: `use rewind_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Assessment, Cmd, Context, Error, Failure, Finding, HttpProbe, LevelInfo, Mode, Needs,
-        Plugin, PluginInfo, Result, ResultExt, Severity, Step, StepKind, StepOutcome, TcpProbe,
-        Verification, WaitPolicy, bail, health, http, log, process, storage,
+        Assessment, Cmd, Context, Effect, Error, Failure, Finding, HttpProbe, LevelInfo, Mode,
+        Needs, Plugin, PluginInfo, Result, ResultExt, Severity, Step, StepKind, StepOutcome,
+        TcpProbe, Verification, WaitPolicy, bail, health, http, log, process, storage,
     };
 }
 
@@ -247,6 +247,27 @@ impl Context {
     /// A key-value key scoped to this run: `"<prefix>:<run-id>"`.
     pub fn run_key(&self, prefix: &str) -> String {
         format!("{prefix}:{}", self.run_id)
+    }
+
+    /// A decision kept for the whole incident (the WIT `storage.pin`): the
+    /// first value decided under `key` is returned by every later call, in
+    /// this run, its `rewind resume` and later runs, until the service is
+    /// verified back. `decide` runs only when nothing is pinned yet, so the
+    /// target computed from the system as it was before the rollback
+    /// touched it is the one that holds: a run interrupted after it switched
+    /// `current` does not go one release further back when it is resumed
+    /// or run again.
+    pub fn pin(&self, key: &str, decide: impl FnOnce() -> Result<String>) -> Result<String> {
+        if let Some(v) = storage::pinned(key)? {
+            return Ok(v);
+        }
+        let value = decide()?;
+        Ok(storage::pin(key, &value)?)
+    }
+
+    /// The value pinned under `key` for the incident, if any.
+    pub fn pinned(&self, key: &str) -> Result<Option<String>> {
+        Ok(storage::pinned(key)?)
     }
 
     /// The run's stamp for the names a runbook dates (`backup-<stamp>`,

@@ -13,7 +13,7 @@
 use std::fmt::Display;
 
 use crate::{
-    Assessment, Finding, LevelInfo, Millis, Needs, PluginInfo, Severity, Step, StepKind,
+    Assessment, Effect, Finding, LevelInfo, Millis, Needs, PluginInfo, Severity, Step, StepKind,
     StepOutcome, Verification,
 };
 
@@ -104,6 +104,11 @@ impl Finding {
     }
 }
 
+/// A new step assumes the worst until the plugin says otherwise: its
+/// effect is `destructive` and it is not repeatable, so an unclassified step
+/// is never run again unattended after an interruption. Say what a step
+/// really does with [`Step::effect`] (or [`Step::observe`],
+/// [`Step::reversible`], [`Step::disruptive`]) and [`Step::repeatable`].
 impl Step {
     /// A step the plugin carries out itself in `run_step`.
     pub fn auto(
@@ -116,6 +121,8 @@ impl Step {
             title: title.into(),
             kind: StepKind::Auto,
             detail: detail.into(),
+            effect: Effect::Destructive,
+            repeatable: false,
         }
     }
     /// A step for a person: the host shows `detail` and waits for confirmation.
@@ -125,11 +132,32 @@ impl Step {
         detail: impl Into<String>,
     ) -> Self {
         Self {
-            id: id.into(),
-            title: title.into(),
             kind: StepKind::Manual,
-            detail: detail.into(),
+            ..Self::auto(id, title, detail)
         }
+    }
+    /// What the step does to the system (see the WIT `effect`).
+    pub fn effect(mut self, effect: Effect) -> Self {
+        self.effect = effect;
+        self
+    }
+    /// The step only reads.
+    pub fn observe(self) -> Self {
+        self.effect(Effect::Observe)
+    }
+    /// The step changes what it saved first and can put back.
+    pub fn reversible(self) -> Self {
+        self.effect(Effect::Reversible)
+    }
+    /// The step stops, restarts or drains the service.
+    pub fn disruptive(self) -> Self {
+        self.effect(Effect::Disruptive)
+    }
+    /// Running the step again after it was cut short is safe: it checks
+    /// before it acts, so a second run does what one would.
+    pub fn repeatable(mut self) -> Self {
+        self.repeatable = true;
+        self
     }
 }
 
@@ -221,7 +249,14 @@ impl LevelInfo {
             name: name.into(),
             description: description.into(),
             rto_ms: None,
+            effect: Effect::Destructive,
         }
+    }
+    /// The worst effect of the steps this level plans (assumed
+    /// `destructive` until said).
+    pub fn effect(mut self, effect: Effect) -> Self {
+        self.effect = effect;
+        self
     }
     /// Set the Recovery Time Objective.
     pub fn rto_ms(mut self, ms: Millis) -> Self {

@@ -34,6 +34,7 @@ const PLUGINS: &[(&str, &str, &str)] = &[
     ),
     ("FIXTURE", "rewind-fixture", "rewind_fixture"),
     ("FUTURE", "rewind-fixture-future", "rewind_fixture_future"),
+    ("PAST", "rewind-fixture-past", "rewind_fixture_past"),
     ("HOSTILE", "rewind-hostile", "rewind_hostile"),
     ("MISTYPED", "rewind-mistyped", "rewind_mistyped"),
 ];

@@ -57,7 +57,11 @@ fn components_that_are_not_ours_are_refused_in_one_line() {
         ),
         (
             FUTURE.to_string(),
-            "built against rewind:plugin@0.2.0, but this rewind implements rewind:plugin@0.1.0",
+            "built against rewind:plugin@0.3.0, but this rewind implements rewind:plugin@0.2.0",
+        ),
+        (
+            PAST.to_string(),
+            "built against rewind:plugin@0.1.0, but this rewind implements rewind:plugin@0.2.0",
         ),
     ];
     for (component, expect) in cases {

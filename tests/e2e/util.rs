@@ -12,7 +12,7 @@ use serde_json::Value;
 
 #[allow(unused_imports)]
 pub use rewind_test_artifacts::{
-    ABATHUR, AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FIXTURE_V2, FUTURE, QUEUE_APP,
+    ABATHUR, AIDIS, AIVILLAGE, DEMO, FEATURE_FLAGS, FIXTURE, FIXTURE_V2, FUTURE, PAST, QUEUE_APP,
 };
 
 pub const REWIND: &str = env!("CARGO_BIN_EXE_rewind");

@@ -76,13 +76,6 @@ impl Config {
     }
 }
 
-/// The release `current` links to, and the one just below it.
-#[derive(Debug)]
-struct Releases {
-    current: String,
-    previous: String,
-}
-
 /// A version's sort key: dotted numbers compare as numbers; a pre-release
 /// (`1.0.0-rc1`) sorts below its release.
 fn cmp_versions(a: &str, b: &str) -> Ordering {
@@ -126,7 +119,8 @@ fn current_release(cfg: &Config) -> Result<String> {
     Ok(last_component(&link).to_string())
 }
 
-fn find_releases(cfg: &Config) -> Result<Releases> {
+/// The newest release older than the one `current` points at.
+fn previous_release(cfg: &Config) -> Result<String> {
     let current = current_release(cfg)?;
     let releases = cfg.path("releases");
     let mut versions: Vec<String> = storage::list_dir(&releases, false)
@@ -142,7 +136,7 @@ fn find_releases(cfg: &Config) -> Result<Releases> {
         .find(|v| cmp_versions(v, &current) == Ordering::Less)
         .cloned();
     match previous {
-        Some(previous) => Ok(Releases { current, previous }),
+        Some(previous) => Ok(previous),
         None => bail!(
             "no release older than {current} in {releases} (found: {}); nothing to roll back to",
             versions.join(", ")
@@ -150,17 +144,19 @@ fn find_releases(cfg: &Config) -> Result<Releases> {
     }
 }
 
-/// The version this run rolls back to: remembered in the kv store by the
-/// first step; recomputed when missing (before `revert` that is the release
-/// below `current`, after it the release `current` already points to).
-fn target_version(ctx: &Context, cfg: &Config, before_revert: bool) -> Result<String> {
-    if let Some(v) = storage::get(&ctx.run_key("target"))? {
-        return Ok(v);
-    }
-    if before_revert {
-        Ok(find_releases(cfg)?.previous)
-    } else {
-        current_release(cfg)
+/// The release this incident rolls back to: decided once, from the system
+/// as it was before the rollback touched it, and pinned (`Context::pin`),
+/// so a run resumed (or run again) after `current` was already switched
+/// does not go one release further back.
+fn target_version(ctx: &Context, cfg: &Config) -> Result<String> {
+    ctx.pin("target", || Ok(previous_release(cfg)?))
+}
+
+/// The pid of the service when it is running, from its pid file.
+fn running_pid(cfg: &Config) -> Result<Option<u32>> {
+    match read_pid(cfg)? {
+        Some(pid) if is_running(cfg, pid)? => Ok(Some(pid)),
+        _ => Ok(None),
     }
 }
 
@@ -199,7 +195,8 @@ impl Plugin for Demo {
                 "previous release",
                 "Point current at the previous release, restart the service, wait for /healthz",
             )
-            .rto_ms(60_000),
+            .rto_ms(60_000)
+            .effect(Effect::Disruptive),
         )
         .needs(
             Needs::default()
@@ -262,7 +259,8 @@ impl Plugin for Demo {
                 ctx.level
             );
         }
-        let r = find_releases(&cfg)?;
+        let target = target_version(ctx, &cfg)?;
+        let current = current_release(&cfg).unwrap_or_else(|_| "unknown".into());
         let pid_file = cfg.path("run/service.pid");
         let stop_what = match read_pid(&cfg) {
             Ok(Some(pid)) => format!("pid {pid} (from {pid_file})"),
@@ -281,22 +279,23 @@ impl Plugin for Demo {
                 "snapshot",
                 "Snapshot the release link and run state",
                 format!(
-                    "Archive {} (-> releases/{}) and {} into a verified snapshot, so the state before the rollback can be restored",
+                    "Archive {} (-> releases/{current}) and {} into a verified snapshot, so the state before the rollback can be restored",
                     cfg.path("current"),
-                    r.current,
                     cfg.path("run")
                 ),
-            ),
+            )
+            .observe()
+            .repeatable(),
             Step::auto(
                 "revert",
-                format!("Switch current to {}", r.previous),
+                format!("Switch current to {target}"),
                 format!(
-                    "Atomically point {} at releases/{} (it points at releases/{} now)",
+                    "Atomically point {} at releases/{target} (it points at releases/{current} now)",
                     cfg.path("current"),
-                    r.previous,
-                    r.current
                 ),
-            ),
+            )
+            .reversible()
+            .repeatable(),
             Step::auto(
                 "stop",
                 "Stop the running service",
@@ -304,16 +303,20 @@ impl Plugin for Demo {
                     "Stop {stop_what}: TERM, then KILL after {} ms; a dead pid is fine",
                     cfg.stop_grace_ms
                 ),
-            ),
+            )
+            .disruptive()
+            .repeatable(),
             Step::auto(
                 "start",
-                format!("Start rewind-demo-service {}", r.previous),
+                format!("Start rewind-demo-service {target}"),
                 format!(
-                    "Run `{}` detached, output appended to {}",
+                    "Run `{}` detached, output appended to {}, unless the service is running already",
                     start.display(),
                     cfg.path("logs/service.log")
                 ),
-            ),
+            )
+            .disruptive()
+            .repeatable(),
             Step::auto(
                 "wait",
                 "Wait for /healthz",
@@ -321,7 +324,9 @@ impl Plugin for Demo {
                     "Probe GET {}/healthz every 200 ms until 2 healthy answers in a row (200-399), for at most {} ms",
                     cfg.url, cfg.health_timeout_ms
                 ),
-            ),
+            )
+            .observe()
+            .repeatable(),
         ])
     }
 
@@ -329,8 +334,7 @@ impl Plugin for Demo {
         let cfg = Config::load(ctx)?;
         match step {
             "snapshot" => {
-                let target = target_version(ctx, &cfg, true)?;
-                storage::set(&ctx.run_key("target"), &target)?;
+                let target = target_version(ctx, &cfg)?;
                 let label = format!("demo-pre-rollback-{}", ctx.run_id);
                 log::info(format_args!(
                     "target release {target}; saving the current state first"
@@ -347,10 +351,14 @@ impl Plugin for Demo {
                 )))
             }
             "revert" => {
-                let target = target_version(ctx, &cfg, true)?;
+                let target = target_version(ctx, &cfg)?;
                 let link = cfg.path("current");
                 let to = format!("releases/{target}");
                 let from = current_release(&cfg).unwrap_or_else(|_| "unknown".into());
+                if from == target {
+                    // Switched already (a resumed run): nothing to do.
+                    return Ok(StepOutcome::ok(format!("{link} points at {to} already")));
+                }
                 log::info(format_args!("rolling back: release {from} -> {target}"));
                 storage::symlink(&to, &link)?;
                 Ok(StepOutcome::ok(if ctx.executes() {
@@ -390,6 +398,12 @@ impl Plugin for Demo {
                 }
             }
             "start" => {
+                // A resumed run may have started it already: never two.
+                if let Some(pid) = running_pid(&cfg)? {
+                    return Ok(StepOutcome::ok(format!(
+                        "already running as pid {pid}; not started again"
+                    )));
+                }
                 let cmd = Cmd::new(&cfg.service).args([
                     "serve".to_string(),
                     "--root".into(),
@@ -455,7 +469,12 @@ impl Plugin for Demo {
 
     fn verify(ctx: &Context) -> Result<Verification> {
         let cfg = Config::load(ctx)?;
-        let target = target_version(ctx, &cfg, false)?;
+        // The pinned target; without one (verify called on its own), the
+        // release `current` points at.
+        let target = match ctx.pinned("target")? {
+            Some(t) => t,
+            None => current_release(&cfg)?,
+        };
         let health = cfg.healthz().probe()?;
         let version = cfg.version_probe().probe()?;
         let served = match version.status {

@@ -25,6 +25,8 @@ pub const MAX_VALUE: usize = 16 << 20;
 pub struct Kv {
     conn: Option<Connection>,
     overlay: HashMap<String, Option<String>>,
+    /// Decisions pinned in a dry run or check: kept for the run only.
+    pins_overlay: HashMap<String, String>,
 }
 
 impl Kv {
@@ -70,6 +72,15 @@ fn open(path: &Path) -> Result<Connection, Error> {
              key TEXT NOT NULL,
              value TEXT NOT NULL,
              PRIMARY KEY (plugin, key)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS pins (
+             plugin TEXT NOT NULL,
+             scope TEXT NOT NULL,
+             key TEXT NOT NULL,
+             value TEXT NOT NULL,
+             run TEXT NOT NULL,
+             ts TEXT NOT NULL,
+             PRIMARY KEY (plugin, scope, key)
          ) WITHOUT ROWID;",
     )
     .map_err(fail)?;
@@ -244,4 +255,166 @@ pub fn keys(env: &PluginEnv, prefix: &str) -> Result<Vec<String>, Error> {
         }
     }
     Ok(out.into_iter().collect())
+}
+
+/// Where a plugin's decisions live: a real run's hold for the incident
+/// (every run until one verifies the service back), a drill's only for
+/// that drill (each rehearsal decides afresh).
+fn pin_scope(env: &PluginEnv) -> String {
+    match (env.mode, &env.journal) {
+        (crate::bindings::types::Mode::Drill, Some(j)) => format!("drill:{}", j.run_id()),
+        _ => INCIDENT.to_string(),
+    }
+}
+
+const INCIDENT: &str = "incident";
+
+/// A pinned decision, as `rewind` shows and journals it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pin {
+    pub key: String,
+    pub value: String,
+    /// The run that decided it.
+    pub run: String,
+}
+
+fn stored_pin(env: &PluginEnv, kv: &mut Kv, key: &str) -> Result<Option<Pin>, Error> {
+    let scope = pin_scope(env);
+    let Some(conn) = kv.conn(&env.storage.kv_db, false)? else {
+        return Ok(None);
+    };
+    conn.query_row(
+        "SELECT value, run FROM pins WHERE plugin = ?1 AND scope = ?2 AND key = ?3",
+        params![env.storage.plugin, scope, key],
+        |r| {
+            Ok(Pin {
+                key: key.to_string(),
+                value: r.get(0)?,
+                run: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(|e| db_failed(env, e))
+}
+
+/// The WIT `storage.pinned`.
+pub fn pinned(env: &PluginEnv, key: &str) -> Result<Option<String>, Error> {
+    check_key(key)?;
+    let mut kv = env.storage.kv();
+    if let Some(v) = kv.pins_overlay.get(key) {
+        return Ok(Some(v.clone()));
+    }
+    Ok(stored_pin(env, &mut kv, key)?.map(|p| p.value))
+}
+
+/// The WIT `storage.pin`: the first value pinned under `key` wins. A new
+/// decision is stored and journaled durably before it is returned, so
+/// nothing is acted on that a crash could make the next run decide again.
+/// Dry runs and checks decide in memory only.
+pub fn pin(env: &PluginEnv, key: &str, value: &str) -> Result<String, Error> {
+    check_key(key)?;
+    if value.len() > MAX_VALUE {
+        return Err(Error::invalid(format!(
+            "value pinned under {key:?} is {} bytes, more than {} MiB",
+            value.len(),
+            MAX_VALUE >> 20
+        )));
+    }
+    {
+        let mut kv = env.storage.kv();
+        if let Some(v) = kv.pins_overlay.get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(p) = stored_pin(env, &mut kv, key)? {
+            return Ok(p.value);
+        }
+        if !env.mode.executes() {
+            kv.pins_overlay.insert(key.to_string(), value.to_string());
+            return Ok(value.to_string());
+        }
+    }
+    check_total(env, key, value)?;
+    let run = env
+        .journal
+        .as_ref()
+        .map(|j| j.run_id().to_string())
+        .unwrap_or_default();
+    let mut kv = env.storage.kv();
+    let conn = kv
+        .conn(&env.storage.kv_db, true)?
+        .expect("opened with create");
+    // Another process may have decided meanwhile: its decision stands.
+    let inserted = conn
+        .execute(
+            "INSERT OR IGNORE INTO pins (plugin, scope, key, value, run, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                env.storage.plugin,
+                pin_scope(env),
+                key,
+                value,
+                run,
+                crate::journal::now_rfc3339()
+            ],
+        )
+        .map_err(|e| db_failed(env, e))?;
+    if inserted == 0 {
+        return Ok(stored_pin(env, &mut kv, key)?.map_or_else(|| value.to_string(), |p| p.value));
+    }
+    drop(kv);
+    if let Some(j) = &env.journal {
+        j.record(serde_json::json!({
+            "event": "decision", "plugin": env.name, "key": key, "value": value,
+        }));
+    }
+    Ok(value.to_string())
+}
+
+/// Every decision pinned for the incident by this plugin.
+pub fn pins(env: &PluginEnv) -> Result<Vec<Pin>, Error> {
+    let scope = pin_scope(env);
+    let mut kv = env.storage.kv();
+    let mut out: Vec<Pin> = Vec::new();
+    if let Some(conn) = kv.conn(&env.storage.kv_db, false)? {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, value, run FROM pins WHERE plugin = ?1 AND scope = ?2 ORDER BY ts, key",
+            )
+            .map_err(|e| db_failed(env, e))?;
+        let rows = stmt
+            .query_map(params![env.storage.plugin, scope], |r| {
+                Ok(Pin {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                    run: r.get(2)?,
+                })
+            })
+            .map_err(|e| db_failed(env, e))?;
+        for p in rows {
+            out.push(p.map_err(|e| db_failed(env, e))?);
+        }
+    }
+    Ok(out)
+}
+
+/// Forget the incident's decisions: the service was verified back (or
+/// found healthy), or the operator asked to decide again. Returns what
+/// was forgotten. Only real runs forget; dry runs change nothing.
+pub fn clear_pins(env: &PluginEnv) -> Result<Vec<Pin>, Error> {
+    if env.mode != crate::bindings::types::Mode::Execute {
+        return Ok(Vec::new());
+    }
+    let gone = pins(env)?;
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    let mut kv = env.storage.kv();
+    if let Some(conn) = kv.conn(&env.storage.kv_db, false)? {
+        conn.execute(
+            "DELETE FROM pins WHERE plugin = ?1 AND scope = ?2",
+            params![env.storage.plugin, INCIDENT],
+        )
+        .map_err(|e| db_failed(env, e))?;
+    }
+    Ok(gone)
 }

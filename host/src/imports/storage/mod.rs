@@ -77,6 +77,14 @@ impl Host for HostState {
         self.timed(|env| kv::keys(env, &prefix))
     }
 
+    fn pin(&mut self, key: String, value: String) -> Result<String, Error> {
+        self.timed(|env| kv::pin(env, &key, &value))
+    }
+
+    fn pinned(&mut self, key: String) -> Result<Option<String>, Error> {
+        self.timed(|env| kv::pinned(env, &key))
+    }
+
     fn snapshot(&mut self, label: String, paths: Vec<String>) -> Result<SnapshotInfo, Error> {
         self.timed(|env| snapshot::snapshot(env, &label, &paths))
     }

@@ -1,5 +1,5 @@
 //! `rewind-fixture-future`: a component built against a future, incompatible
-//! version of the contract (`rewind:plugin@0.2.0`). It does not use the SDK:
+//! version of the contract (`rewind:plugin@0.3.0`). It does not use the SDK:
 //! its WIT is inline. The host must refuse to load it and say which contract
 //! version it was built for.
 
@@ -7,7 +7,7 @@
 mod bindings {
     wit_bindgen::generate!({
         inline: r#"
-            package rewind:plugin@0.2.0;
+            package rewind:plugin@0.3.0;
 
             interface log {
                 log: func(message: string);
@@ -33,8 +33,8 @@ struct Future;
 
 impl Guest for Future {
     fn describe() -> String {
-        log("describe called on a rewind:plugin@0.2.0 component");
-        "a plugin for rewind:plugin@0.2.0".to_string()
+        log("describe called on a rewind:plugin@0.3.0 component");
+        "a plugin for rewind:plugin@0.3.0".to_string()
     }
 }
 
