@@ -167,6 +167,7 @@ fn main() {
         bench_load(&mut table, name, Path::new(wasm), &cache);
     }
     bench_calls(&mut table, tmp.path(), &cache);
+    bench_journal(&mut table, tmp.path());
 
     let (service, rewrite) = demo_service();
     println!(
@@ -261,46 +262,21 @@ fn bench_calls(table: &mut Table, scratch: &Path, cache: &Path) {
     std::fs::write(&path, text).unwrap();
     let runbook = Runbook::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let rt = runtime(runbook.limits, cache);
-    let run_id = run::new_run_id();
-    let prepared = run::prepare(&runbook, &rt, None, Mode::DryRun, &run_id, None)
-        .unwrap_or_else(|e| panic!("preparing the fixture: {e}"));
+    let (session, prepared) =
+        run::Session::open(&runbook, &rt, run::Kind::Plan, Mode::DryRun, None)
+            .unwrap_or_else(|e| panic!("preparing the fixture: {e}"));
     let p = &prepared[0];
-    let ctx0 = run::context(&run_id, p.spec, Mode::DryRun, 0);
-    let ctx1 = run::context(&run_id, p.spec, Mode::DryRun, 1);
+    let ctx0 = session.context(p, 0);
 
-    let mut rows = Vec::new();
-    rows.push((
-        "describe",
-        time_calls(|| {
-            rt.call(&p.plugin, &p.env, "describe", |s, b| {
-                b.rewind_plugin_rollback().call_describe(s, &ctx0)
-            })
-        }),
-    ));
-    rows.push((
-        "assess",
-        time_calls(|| {
-            rt.call(&p.plugin, &p.env, "assess", |s, b| {
-                b.rewind_plugin_rollback().call_assess(s, &ctx0)
-            })
-        }),
-    ));
-    rows.push((
-        "plan",
-        time_calls(|| {
-            rt.call(&p.plugin, &p.env, "plan", |s, b| {
-                b.rewind_plugin_rollback().call_plan(s, &ctx1)
-            })
-        }),
-    ));
-    rows.push((
-        "verify",
-        time_calls(|| {
-            rt.call(&p.plugin, &p.env, "verify", |s, b| {
-                b.rewind_plugin_rollback().call_verify(s, &ctx1)
-            })
-        }),
-    ));
+    let rows = vec![
+        (
+            "describe",
+            time_calls(|| rt.describe(&p.plugin, &p.env, &ctx0)),
+        ),
+        ("assess", time_calls(|| session.assess(p))),
+        ("plan", time_calls(|| session.plan(p, 1))),
+        ("verify", time_calls(|| session.verify(p, 1))),
+    ];
     if p.env.host_time() > Duration::ZERO {
         println!(
             "  warning: the fixture made host calls ({})",
@@ -324,6 +300,53 @@ fn bench_calls(table: &mut Table, scratch: &Path, cache: &Path) {
             s.p95,
         );
     }
+}
+
+/// What the write-ahead journal costs a step: an event appended without a
+/// sync (step-start, logs) and one synced to disk (step-end, actions,
+/// decisions). A step of the demo journals about one of the first kind and
+/// two of the second.
+fn bench_journal(table: &mut Table, scratch: &Path) {
+    use rewind::journal::{Event, Journal};
+    let dir = scratch.join("journal-bench");
+    let j = Journal::create(&dir, "bench").unwrap();
+    let appended = time_calls(|| {
+        j.record(Event::Log {
+            plugin: "bench".into(),
+            step: Some("a".into()),
+            level: "info".into(),
+            message: "a log line of ordinary length, as a plugin writes it".into(),
+        });
+        Ok::<_, String>(())
+    });
+    let synced = time_calls(|| {
+        j.record(Event::Action {
+            plugin: "bench".into(),
+            step: Some("a".into()),
+            what: "run /usr/bin/systemctl restart shop".into(),
+            executed: true,
+        });
+        Ok::<_, String>(())
+    });
+    println!(
+        "journal: appended event median {} (p95 {}); fdatasync'ed event median {} (p95 {})",
+        fmt(appended.median),
+        fmt(appended.p95),
+        fmt(synced.median),
+        fmt(synced.p95)
+    );
+    table.info(
+        "journal: event appended (step-start, log)",
+        format!("{} (p95 {})", fmt(appended.median), fmt(appended.p95)),
+    );
+    table.info(
+        "journal: event fdatasync'ed (action, decision, step-end)",
+        format!("{} (p95 {})", fmt(synced.median), fmt(synced.p95)),
+    );
+    table.info(
+        "journal: per step (1 appended + 2 synced)",
+        fmt(appended.median + synced.median * 2),
+    );
 }
 
 /// Time `CALLS` calls of `f` after a few untimed ones.
@@ -406,11 +429,9 @@ fn host_calls_ms(report: &RunReport) -> f64 {
 fn options(mode: Mode) -> RunOptions {
     RunOptions {
         mode,
-        plugin: None,
-        level: None,
-        approve_manual: false,
-        plan_only: false,
-        live: false,
+        // The bench runs one rollback after another on purpose.
+        fresh: true,
+        ..RunOptions::default()
     }
 }
 

@@ -21,9 +21,10 @@ const EXIT_CODES: &str = "Exit codes:
   1  the rollback ran but a step or the verification failed
   2  bad command line or runbook
   3  a plugin could not be loaded, or lacks grants it needs (nothing was touched)
-  4  another run holds the state directory's lock
-  5  run: stopped by SIGINT/SIGTERM between steps (the step under way finished)
-  6  run: stopped at once by a second SIGINT/SIGTERM (the step's commands were killed)";
+  4  another run holds the state directory's lock, or the lock of a service it rolls back
+  5  run, drill, resume: stopped by SIGINT/SIGTERM between steps (resumable)
+  6  run, drill, resume: stopped at once by a second SIGINT/SIGTERM (the step's commands were killed; resumable)
+  7  run: the last run was interrupted: `rewind resume` it, or `rewind run --fresh`";
 
 #[derive(Debug, Parser)]
 #[command(name = "rewind", version, about = "Run rollback runbooks compiled to sandboxed WebAssembly plugins", after_help = EXIT_CODES)]
@@ -80,6 +81,37 @@ enum Command {
         /// Run this level (even if the assessment says healthy).
         #[arg(long)]
         level: Option<u8>,
+        /// Treat manual steps as already done by a person (no prompt).
+        #[arg(long)]
+        approve_manual: bool,
+        /// Start a new run even though the last one was interrupted
+        /// (instead of `rewind resume`).
+        #[arg(long)]
+        fresh: bool,
+        /// Forget the decisions pinned for the incident (the target
+        /// release, the backup to restore) and let the plugins decide again.
+        #[arg(long)]
+        redecide: bool,
+    },
+    /// Carry on an interrupted run (the last one, or RUN_ID) under its own
+    /// id: completed steps are not run again; the step that was in flight
+    /// runs again only if its plugin marks it safe to repeat.
+    Resume {
+        /// `[RUN_ID] [RUNBOOK]`, in either order: the run (a unique prefix
+        /// of its id; default: the last run, if it was interrupted) and the
+        /// runbook (default `rewind.toml`; an argument that names an
+        /// existing file is the runbook).
+        #[arg(num_args = 0..=2, value_name = "RUN_ID|RUNBOOK")]
+        args: Vec<String>,
+        /// Resume even though the runbook, a plugin's config or a
+        /// component changed since the run started.
+        #[arg(long)]
+        force: bool,
+        /// The step that was in flight, when it is not marked safe to
+        /// repeat: ask (on a terminal), `done` (a person checked it
+        /// completed) or `redo` (run it again).
+        #[arg(long, value_enum, default_value = "ask")]
+        in_flight: run::InFlight,
         /// Treat manual steps as already done by a person (no prompt).
         #[arg(long)]
         approve_manual: bool,
@@ -192,9 +224,9 @@ fn dispatch(cli: &Cli) -> CliResult {
                 mode: Mode::DryRun,
                 plugin: plugin.clone(),
                 level: *level,
-                approve_manual: false,
                 plan_only: true,
                 live: !cli.quiet && !cli.json,
+                ..RunOptions::default()
             };
             run_cmd(cli, runbook, &opts)
         }
@@ -204,6 +236,8 @@ fn dispatch(cli: &Cli) -> CliResult {
             plugin,
             level,
             approve_manual,
+            fresh,
+            redecide,
         } => {
             let opts = RunOptions {
                 mode: if *dry_run {
@@ -214,10 +248,27 @@ fn dispatch(cli: &Cli) -> CliResult {
                 plugin: plugin.clone(),
                 level: *level,
                 approve_manual: *approve_manual,
-                plan_only: false,
                 live: !cli.quiet && !cli.json,
+                fresh: *fresh,
+                redecide: *redecide,
+                ..RunOptions::default()
             };
             run_cmd(cli, runbook, &opts)
+        }
+        Command::Resume {
+            args,
+            force,
+            in_flight,
+            approve_manual,
+        } => {
+            let opts = RunOptions {
+                approve_manual: *approve_manual,
+                live: !cli.quiet && !cli.json,
+                in_flight: *in_flight,
+                ..RunOptions::default()
+            };
+            let (runbook, run_id) = resume_args(args)?;
+            resume_cmd(cli, &runbook, run_id.as_deref(), *force, &opts)
         }
         Command::History { runbook, state_dir } => {
             history(cli, &state_for(cli, runbook, state_dir.as_deref())?)
@@ -303,23 +354,119 @@ fn state_for(
 fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !opts.plan_only {
-        run::stop_on_signals(stop.clone())
-            .map_err(|e| (exit::FAILED, format!("cannot handle signals: {e}")))?;
+        handle_signals()?;
     }
-    let mut hooks = run::StopOnSignal(stop.clone());
-    let report = run::execute_with(&runbook, &rt, opts, &mut hooks)
-        .map_err(|e| (e.exit_code(), e.to_string()))?;
+    let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    finish_run(cli, &report, opts.plan_only)
+}
+
+/// SIGINT/SIGTERM stop a run between steps (see `run::stop_on_signals`).
+fn handle_signals() -> Result<(), (i32, String)> {
+    run::stop_on_signals().map_err(|e| (exit::FAILED, format!("cannot handle signals: {e}")))
+}
+
+fn finish_run(cli: &Cli, report: &RunReport, plan_only: bool) -> CliResult {
     if cli.json {
-        crate::outln!("{}", crate::redact::json_string(&report, true));
+        crate::outln!("{}", crate::redact::json_string(report, true));
     } else {
-        print_report(&report, opts.plan_only);
+        print_report(report, plan_only);
     }
-    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+    if run::stop_requested() {
         return Ok(exit::INTERRUPTED);
     }
     Ok(report.exit_code())
+}
+
+/// `resume`'s positional arguments: the one naming an existing file is the
+/// runbook, the other the run id.
+fn resume_args(args: &[String]) -> Result<(PathBuf, Option<String>), (i32, String)> {
+    let (files, ids): (Vec<&String>, Vec<&String>) =
+        args.iter().partition(|a| Path::new(a.as_str()).is_file());
+    match (files.as_slice(), ids.as_slice()) {
+        ([], []) => Ok((PathBuf::from("rewind.toml"), None)),
+        ([f], []) => Ok((PathBuf::from(f.as_str()), None)),
+        ([], [id]) => Ok((PathBuf::from("rewind.toml"), Some(id.to_string()))),
+        ([f], [id]) => Ok((PathBuf::from(f.as_str()), Some(id.to_string()))),
+        _ => Err((
+            exit::USAGE,
+            format!(
+                "resume takes a run id and a runbook file, not {}",
+                args.iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        )),
+    }
+}
+
+fn resume_cmd(
+    cli: &Cli,
+    path: &Path,
+    id: Option<&str>,
+    force: bool,
+    opts: &RunOptions,
+) -> CliResult {
+    let runbook = load_runbook(cli, path)?;
+    let state = runbook.state();
+    let read_err = |e: std::io::Error| {
+        (
+            exit::FAILED,
+            format!("cannot read {}: {e}", state.runs().display()),
+        )
+    };
+    let run = match id {
+        Some(id) => {
+            let paths = crate::resume::find(&state, id).map_err(read_err)?;
+            let path = match paths.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err((
+                        exit::USAGE,
+                        format!(
+                            "no run {id:?} in {}; `rewind history` lists them",
+                            state.runs().display()
+                        ),
+                    ));
+                }
+                many => {
+                    return Err((
+                        exit::USAGE,
+                        format!("{id:?} matches {} runs; give more of the id", many.len()),
+                    ));
+                }
+            };
+            crate::resume::Interrupted::read(&path)
+                .map_err(read_err)?
+                .ok_or_else(|| {
+                    (
+                        exit::USAGE,
+                        format!("{} has no run start: not a run journal", path.display()),
+                    )
+                })?
+        }
+        None => {
+            let _lock = crate::lock::RunLock::acquire(&state, "looking for an interrupted run")
+                .map_err(|e| (e.exit_code(), e.to_string()))?;
+            crate::resume::last_interrupted(&state)
+                .map_err(read_err)?
+                .ok_or_else(|| {
+                    (
+                        exit::USAGE,
+                        format!(
+                            "nothing to resume: the last run in {} was not interrupted (`rewind history` lists the runs)",
+                            state.runs().display()
+                        ),
+                    )
+                })?
+        }
+    };
+    let rt = runtime(cli, &runbook)?;
+    handle_signals()?;
+    let report = run::resume(&runbook, &rt, opts, &run, force)
+        .map_err(|e| (e.exit_code(), e.to_string()))?;
+    finish_run(cli, &report, false)
 }
 
 fn print_report(r: &RunReport, plan_only: bool) {
@@ -350,7 +497,7 @@ fn print_report(r: &RunReport, plan_only: bool) {
             print_findings(&a.findings);
         }
         for l in &p.levels {
-            crate::outln!("    level {} ({}):", l.level, l.name);
+            crate::outln!("    level {} ({}), effect {}:", l.level, l.name, l.effect);
             for s in &l.steps {
                 let mark = match s.status {
                     StepStatus::Ok => "ok     ",
@@ -360,7 +507,13 @@ fn print_report(r: &RunReport, plan_only: bool) {
                 };
                 let manual = if s.manual { " [manual]" } else { "" };
                 if plan_only {
-                    crate::outln!("      {mark} {}{manual}: {}", s.id, s.title);
+                    let again = if s.repeatable { ", repeatable" } else { "" };
+                    crate::outln!(
+                        "      {mark} {}{manual} [{}{again}]: {}",
+                        s.id,
+                        s.effect,
+                        s.title
+                    );
                     crate::outln!("              {}", s.detail);
                 } else {
                     crate::outln!(
@@ -482,8 +635,9 @@ fn compile(cli: &Cli, path: &Path) -> CliResult {
 fn check(cli: &Cli, path: &Path) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
-    let prepared = run::prepare(&runbook, &rt, None, Mode::Check, "check", None)
-        .map_err(|e| (e.exit_code(), e.to_string()))?;
+    let (_session, prepared) =
+        run::Session::open(&runbook, &rt, run::Kind::Plan, Mode::Check, None)
+            .map_err(|e| (e.exit_code(), e.to_string()))?;
     let mut missing_total = 0;
     let mut out = Vec::new();
     for p in &prepared {
@@ -599,21 +753,13 @@ pub struct RunSummary {
     pub plugins: Vec<String>,
 }
 
-/// The text of the state dir's lock when the process it names is alive
+/// The run id in the state dir's lock when the process it names is alive
 /// (read, not tested by locking: a test lock taken by `history` could make
 /// a run starting that instant think the state dir busy).
 fn current_holder(state: &StateDir) -> Option<String> {
     let text = std::fs::read_to_string(state.lock_file()).ok()?;
-    let pid: u32 = text
-        .rsplit_once("(pid ")?
-        .1
-        .trim_end()
-        .trim_end_matches(')')
-        .parse()
-        .ok()?;
-    let alive =
-        crate::imports::health::proc_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'));
-    alive.then(|| text.trim().to_string())
+    let holder = crate::lock::Holder::parse(&text)?;
+    holder.alive().then_some(holder.run_id)
 }
 
 pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>> {
@@ -651,12 +797,7 @@ pub fn list_runs(state: &StateDir) -> std::io::Result<Vec<(RunSummary, PathBuf)>
                 mode: first["mode"].as_str().unwrap_or_default().into(),
                 outcome: match last.and_then(|e| e["outcome"].as_str()) {
                     Some(o) => o.into(),
-                    None if running.as_deref().is_some_and(|h| {
-                        first["run"]
-                            .as_str()
-                            .is_some_and(|id| h.starts_with(&format!("run {id} ")))
-                    }) =>
-                    {
+                    None if running.is_some() && running.as_deref() == first["run"].as_str() => {
                         "running".into()
                     }
                     None => "interrupted".into(),
@@ -918,6 +1059,7 @@ fn append_findings(line: &mut String, findings: &Value) {
 fn drill_cmd(cli: &Cli, path: &Path, opts: &crate::drill::DrillOptions) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
+    handle_signals()?;
     let reports =
         crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
     if cli.json {

@@ -18,11 +18,11 @@ use serde_json::json;
 use crate::bindings::process::Command;
 use crate::bindings::rollback::{Assessment, Step};
 use crate::bindings::types::Mode;
-use crate::journal::Journal;
+use crate::journal::Event;
 use crate::reload::{Reload, Reloader};
 use crate::run::{
-    self, FindingReport, Outcome, PluginReport, Prepared, RunHooks, RunLock, RunOptions,
-    StartError, context, fmt_duration,
+    self, Begin, FindingReport, Kind, Outcome, PluginReport, Prepared, RunHooks, RunOptions,
+    Session, StartError, fmt_duration,
 };
 use crate::runbook::{DrillSpec, Runbook};
 use crate::runtime::Runtime;
@@ -113,7 +113,7 @@ struct ReloadHooks<'r> {
 }
 
 impl ReloadHooks<'_> {
-    fn drain(&mut self, p: &mut Prepared<'_>, before: &str, record: &dyn Fn(serde_json::Value)) {
+    fn drain(&mut self, p: &mut Prepared<'_>, before: &str, record: &dyn Fn(Event)) {
         let Some(r) = self.reloader else { return };
         for ev in r.poll() {
             match ev {
@@ -136,7 +136,10 @@ impl ReloadHooks<'_> {
                             .as_secs_f64()
                             * 1e3,
                     };
-                    record(json!({"event": "reload", "plugin": p.spec.name, "reload": rec}));
+                    record(Event::Reload {
+                        plugin: p.spec.name.clone(),
+                        reload: serde_json::to_value(&rec).unwrap_or_default(),
+                    });
                     if self.live {
                         crate::errln!(
                             "[{}] reloaded {} -> {} before step {} (compiled in {:.1} ms)",
@@ -151,9 +154,11 @@ impl ReloadHooks<'_> {
                 }
                 Reload::Ready { .. } => {}
                 Reload::Refused { sha256, error, .. } => {
-                    record(
-                        json!({"event": "reload-refused", "plugin": p.spec.name, "sha256": sha256, "error": error}),
-                    );
+                    record(Event::ReloadRefused {
+                        plugin: p.spec.name.clone(),
+                        sha256: sha256.clone(),
+                        error: error.clone(),
+                    });
                     if self.live {
                         crate::errln!(
                             "[{}] refused the changed plugin file, keeping {}: {error}",
@@ -169,14 +174,8 @@ impl ReloadHooks<'_> {
 }
 
 impl RunHooks for ReloadHooks<'_> {
-    fn before_step(
-        &mut self,
-        p: &mut Prepared<'_>,
-        step: &Step,
-        record: &dyn Fn(serde_json::Value),
-    ) -> Result<(), String> {
-        self.drain(p, &step.id, record);
-        Ok(())
+    fn before_step(&mut self, s: &Session<'_>, p: &mut Prepared<'_>, step: &Step) {
+        self.drain(p, &step.id, &|e| s.record(e));
     }
 }
 
@@ -222,40 +221,15 @@ fn run_one(
     opts: &DrillOptions,
 ) -> Result<DrillReport, StartError> {
     let state = runbook.state();
-    let run_id = format!("{}-drill", run::new_run_id());
-    let started = crate::journal::now_rfc3339();
-    let lock = RunLock::acquire(&state, &run_id)?;
-    let journal =
-        Arc::new(
-            Journal::create(&state.runs(), &run_id).map_err(|source| StartError::State {
-                path: state.runs(),
-                source,
-            })?,
-        );
-    let record = |v: serde_json::Value| journal.record(v);
-    record(json!({
-        "event": "run-start", "runbook": runbook.path.display().to_string(), "name": runbook.name,
-        "mode": "drill", "drill": d.name, "plugin": d.plugin, "pid": std::process::id(),
-        "host_version": env!("CARGO_PKG_VERSION"),
-    }));
-    let mut prepared = match run::prepare(
-        runbook,
-        rt,
-        Some(&d.plugin),
-        Mode::Drill,
-        &run_id,
-        Some(journal.clone()),
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            record(json!({"event": "run-end", "outcome": "failed", "error": e.to_string()}));
-            return Err(e);
-        }
+    let kind = Kind::Drill {
+        scenario: d.name.clone(),
     };
+    let (session, mut prepared) = Session::open(runbook, rt, kind, Mode::Drill, Some(&d.plugin))?;
+    let s = &session;
+    let run_id = s.run_id.clone();
+    let started = s.started_at.clone();
+    let record = |e: Event| s.record(e);
     let p = &mut prepared[0];
-    record(
-        json!({"event": "plugin-loaded", "plugin": p.spec.name, "component": p.spec.component.display().to_string(), "sha256": p.plugin.sha256, "version": p.info.version, "compiled": p.plugin.stats.compiled}),
-    );
     let live = |line: String| {
         if opts.live {
             crate::errln!("{line}");
@@ -319,7 +293,13 @@ fn run_one(
         name: "inject".into(),
         ms: t.elapsed().as_secs_f64() * 1e3,
     });
-    record(json!({"event": "drill-phase", "phase": "inject", "ms": phases[0].ms, "error": error}));
+    record(Event::DrillPhase {
+        phase: "inject".into(),
+        ms: phases[0].ms,
+        error: error.clone(),
+        rounds: None,
+        detected: None,
+    });
     live(format!(
         "[{}] inject: {}",
         p.spec.name,
@@ -331,13 +311,12 @@ fn run_one(
     let mut detect_findings = Vec::new();
     if error.is_none() {
         let t = Instant::now();
-        let ctx = context(&run_id, p.spec, Mode::Drill, 0);
         let mut detected: Option<(Assessment, Duration)> = None;
         let mut rounds = 0;
         while t.elapsed() < d.detect_timeout {
             rounds += 1;
             let a0 = Instant::now();
-            match rt.assess(&p.plugin, &p.env, &ctx) {
+            match s.assess(p) {
                 Ok(a) if a.rollback => {
                     detected = Some((a, a0.elapsed()));
                     break;
@@ -349,19 +328,29 @@ fn run_one(
                 }
             }
             p.env.take_actions();
-            std::thread::sleep(
+            if !run::nap(
                 d.detect_interval
                     .min(d.detect_timeout.saturating_sub(t.elapsed())),
-            );
+            ) {
+                error = Some(
+                    "rewind received SIGINT or SIGTERM while detecting; the drill stopped before any rollback step"
+                        .into(),
+                );
+                break;
+            }
         }
         let detect = t.elapsed();
         phases.push(Phase {
             name: "detect".into(),
             ms: detect.as_secs_f64() * 1e3,
         });
-        record(
-            json!({"event": "drill-phase", "phase": "detect", "ms": detect.as_secs_f64() * 1e3, "rounds": rounds, "detected": detected.is_some()}),
-        );
+        record(Event::DrillPhase {
+            phase: "detect".into(),
+            ms: detect.as_secs_f64() * 1e3,
+            error: None,
+            rounds: Some(rounds),
+            detected: Some(detected.is_some()),
+        });
         live(format!(
             "[{}] detect: {} ({rounds} assessments)",
             p.spec.name,
@@ -380,12 +369,11 @@ fn run_one(
                 let ropts = RunOptions {
                     mode: Mode::Drill,
                     plugin: Some(d.plugin.clone()),
-                    level: None,
                     approve_manual: opts.approve_manual,
-                    plan_only: false,
                     live: opts.live,
+                    ..RunOptions::default()
                 };
-                let r = run::run_plugin(rt, p, &run_id, &ropts, &record, &mut hooks, Some(a));
+                let r = run::run_plugin(s, p, &ropts, &mut hooks, Begin::Assessed(a.0, a.1));
                 let act: u64 = r
                     .levels
                     .iter()
@@ -426,15 +414,18 @@ fn run_one(
         for ev in r.poll() {
             match ev {
                 Reload::Refused { sha256, error, .. } => {
-                    record(
-                        json!({"event": "reload-refused", "plugin": d.plugin, "sha256": sha256, "error": error}),
-                    );
+                    record(Event::ReloadRefused {
+                        plugin: d.plugin.clone(),
+                        sha256: sha256.clone(),
+                        error: error.clone(),
+                    });
                     hooks.refused.push(RefusedReload { sha256, error });
                 }
-                Reload::Ready { plugin, .. } => record(json!({
-                    "event": "reload-late", "plugin": d.plugin, "sha256": plugin.sha256,
-                    "note": "validated after the last step; it did not run in this drill",
-                })),
+                Reload::Ready { plugin, .. } => record(Event::ReloadLate {
+                    plugin: d.plugin.clone(),
+                    sha256: plugin.sha256.clone(),
+                    note: "validated after the last step; it did not run in this drill".into(),
+                }),
             }
         }
     }
@@ -500,17 +491,21 @@ fn run_one(
         plugin_versions,
         reloads: hooks.reloads,
         refused_reloads: hooks.refused,
-        journal: journal.path().to_path_buf(),
+        journal: s
+            .journal
+            .as_ref()
+            .map(|j| j.path().to_path_buf())
+            .unwrap_or_default(),
     };
-    record(json!({
-        "event": "run-end", "outcome": if recovered { "rolled-back" } else { "failed" },
-        "duration_ms": recovery_ms.round() as u64, "drill": {"verdict": drill.verdict, "recovery_ms": recovery_ms, "rto_ms": rto_ms},
-    }));
+    s.end(
+        if recovered { "rolled-back" } else { "failed" },
+        None,
+        Some(json!({"verdict": drill.verdict, "recovery_ms": recovery_ms, "rto_ms": rto_ms})),
+    );
     write_reports(&state, &drill).map_err(|source| StartError::State {
         path: drills_dir(&state),
         source,
     })?;
-    drop(lock);
     Ok(drill)
 }
 

@@ -1,25 +1,24 @@
-//! A run: lock the state dir, load and validate every plugin before touching
-//! anything, then per plugin in order assess → plan → steps → verify,
-//! escalating a level when verification fails. Every event is journaled.
+//! A run: per plugin in order assess → plan → steps → verify, escalating a
+//! level when verification fails, in a [`Session`] that holds the locks and
+//! the journal. The same code carries on an interrupted run (`resume`) from
+//! what its journal says it had done, and drives the rollback of a drill.
 
-use std::fs::File;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
-use crate::bindings::rollback::{
-    Assessment, PluginInfo, Step, StepKind, StepOutcome, Verification,
-};
-use crate::bindings::types::{Context, Finding, Mode};
-use crate::journal::Journal;
-use crate::runbook::{OnFailure, PluginSpec, Runbook};
-use crate::runtime::{LoadError, LoadStats, LoadedPlugin, Runtime};
-use crate::state::{Action, PluginEnv, StateDir};
+use crate::bindings::rollback::{Assessment, Effect, Step, StepKind, StepOutcome, Verification};
+use crate::bindings::types::{Finding, Mode};
+use crate::imports::storage::kv::Pin;
+use crate::journal::{Event, PlannedStep};
+use crate::resume::{Interrupted, Progress};
+use crate::runbook::{OnFailure, Runbook};
+use crate::runtime::{LoadError, LoadStats, Runtime};
+pub use crate::session::{Kind, Prepared, Session, context};
+use crate::state::Action;
 
 /// Process exit codes, documented in `docs/runbook.md` and `rewind --help`.
 pub mod exit {
@@ -39,6 +38,9 @@ pub mod exit {
     /// Stopped at once by a second SIGINT/SIGTERM: the step under way was
     /// cut short and its commands killed (the journal ends `interrupted`).
     pub const KILLED: i32 = 6;
+    /// `rewind run` refused: the last run was interrupted and has not been
+    /// resumed (`rewind resume`, or `rewind run --fresh`).
+    pub const RESUMABLE: i32 = 7;
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +57,29 @@ pub struct RunOptions {
     pub plan_only: bool,
     /// Print progress lines on stderr as the run goes.
     pub live: bool,
+    /// Start a new run even though the last one was interrupted.
+    pub fresh: bool,
+    /// Forget the decisions pinned for the incident before running.
+    pub redecide: bool,
+    /// What `resume` does with a step that was in flight and is not
+    /// marked safe to repeat.
+    pub in_flight: InFlight,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Execute,
+            plugin: None,
+            level: None,
+            approve_manual: false,
+            plan_only: false,
+            live: false,
+            fresh: false,
+            redecide: false,
+            in_flight: InFlight::Ask,
+        }
+    }
 }
 
 /// A finding as reports show it.
@@ -81,7 +106,7 @@ pub(crate) fn findings(list: &[Finding]) -> Vec<FindingReport> {
     list.iter().map(FindingReport::from).collect()
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AssessmentReport {
     pub severity: String,
     pub rollback: bool,
@@ -92,7 +117,7 @@ pub struct AssessmentReport {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
     Ok,
@@ -109,6 +134,10 @@ pub struct StepReport {
     pub title: String,
     pub manual: bool,
     pub detail: String,
+    /// `observe`, `reversible`, `disruptive` or `destructive`.
+    pub effect: String,
+    /// Safe to run again after an interruption.
+    pub repeatable: bool,
     pub status: StepStatus,
     pub message: String,
     pub duration_ms: u64,
@@ -118,7 +147,7 @@ pub struct StepReport {
     pub findings: Vec<FindingReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VerificationReport {
     pub healthy: bool,
     pub summary: String,
@@ -130,6 +159,8 @@ pub struct VerificationReport {
 pub struct LevelReport {
     pub level: u8,
     pub name: String,
+    /// The worst effect of its steps.
+    pub effect: String,
     pub steps: Vec<StepReport>,
     pub verification: Option<VerificationReport>,
 }
@@ -147,11 +178,24 @@ pub enum Outcome {
     Failed,
     /// Not run, because an earlier plugin failed with `on_failure = "stop"`.
     Skipped,
-    /// Stopped between two steps (a signal in `rewind watch`).
+    /// Stopped between two steps (a signal, a broken journal, a step in
+    /// flight nobody decided on): `rewind resume` carries it on.
     Aborted,
 }
 
 impl Outcome {
+    /// The outcome as the journal writes it.
+    pub fn journal_name(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::RolledBack => "rolled-back",
+            Self::Simulated => "simulated",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Aborted => "aborted",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Healthy => "healthy",
@@ -195,7 +239,9 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn exit_code(&self) -> i32 {
-        if matches!(self.outcome, Outcome::Failed | Outcome::Aborted) {
+        if self.outcome == Outcome::Aborted && crate::run::stop_requested() {
+            exit::INTERRUPTED
+        } else if matches!(self.outcome, Outcome::Failed | Outcome::Aborted) {
             exit::FAILED
         } else {
             exit::OK
@@ -210,6 +256,26 @@ pub enum StartError {
         "another run holds the lock on {path}: {holder}; wait for it to finish (or, if no rewind process is running, the lock is stale only if that process is gone: the OS releases it on exit)"
     )]
     Locked { path: PathBuf, holder: String },
+    #[error(
+        "service {service:?} is being rolled back by another runbook's run: {holder} (lock {path}); two rollbacks of one service would stop and start it under each other: wait for that run to finish"
+    )]
+    ServiceLocked {
+        service: String,
+        path: PathBuf,
+        holder: String,
+    },
+    #[error(
+        "the last run, {run_id}, was interrupted ({at}); `rewind resume` carries it on from there, `rewind run --fresh` starts a new run instead (the decisions it pinned still hold; --redecide forgets them)"
+    )]
+    Interrupted { run_id: String, at: String },
+    #[error("run {run_id} cannot be resumed: {why}")]
+    NotResumable { run_id: String, why: String },
+    #[error(
+        "run {run_id} was started with other inputs than rewind has now: {changes}; resuming would mix two plans: put them back, or `rewind resume --force` to carry on anyway"
+    )]
+    Changed { run_id: String, changes: String },
+    #[error("{0}")]
+    NoSuchRun(String),
     #[error("plugin {plugin:?} ({line}): {source}")]
     Load {
         plugin: String,
@@ -240,7 +306,9 @@ pub enum StartError {
 impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Locked { .. } => exit::LOCKED,
+            Self::Locked { .. } | Self::ServiceLocked { .. } => exit::LOCKED,
+            Self::Interrupted { .. } => exit::RESUMABLE,
+            Self::NotResumable { .. } | Self::Changed { .. } | Self::NoSuchRun(_) => exit::USAGE,
             Self::Load { .. } | Self::Describe { .. } => exit::PLUGIN,
             Self::NoSuchPlugin(_)
             | Self::NoSuchScenario { .. }
@@ -251,96 +319,23 @@ impl StartError {
     }
 }
 
-/// The exclusive lock on a state directory, released on drop (and by the
-/// OS if the process dies).
-#[derive(Debug)]
-pub struct RunLock {
-    _file: File,
+/// Set by the first SIGINT/SIGTERM (see [`stop_on_signals`]): the step
+/// under way finishes, nothing new starts. Process-wide, because a signal
+/// is: `run`, `drill`, `resume` and `watch` all look at it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Whether a signal asked the run to stop.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
 }
 
-impl RunLock {
-    pub fn acquire(state: &StateDir, run_id: &str) -> Result<Self, StartError> {
-        let path = state.lock_file();
-        let io = |source| StartError::State {
-            path: path.clone(),
-            source,
-        };
-        crate::state::create_private_dir(state.path()).map_err(io)?;
-        let file = crate::state::private_file()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StartError::Locked {
-                    holder: read_holder(&path),
-                    path,
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        // The holder's name replaces the last one in a single write at
-        // offset 0, padded over the old text, then the file is cut to it:
-        // a run refused meanwhile reads one name or the other, never an
-        // empty file.
-        use std::os::unix::fs::FileExt as _;
-        let text = format!("run {run_id} (pid {})", std::process::id());
-        let old_len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        let padded = format!("{text:<old_len$}");
-        file.write_all_at(padded.as_bytes(), 0).map_err(io)?;
-        file.set_len(text.len() as u64).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        Ok(Self { _file: file })
-    }
-}
-
-/// Who holds a lock, from its text. The holder writes its name right after
-/// it locks: a refused run that looks in that instant finds the file still
-/// empty (the very first run on a state dir), so it looks again for a
-/// moment before saying it cannot tell.
-fn read_holder(path: &std::path::Path) -> String {
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if !text.trim().is_empty() {
-            return text.trim().to_string();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    "a run that has not written its name yet".to_string()
-}
-
-/// Stops a rollback between steps once a signal has arrived: the step
-/// under way finishes, the rest are skipped, the run ends `aborted` (shared
-/// by `run` and `watch`).
-pub struct StopOnSignal(pub Arc<AtomicBool>);
-
-impl RunHooks for StopOnSignal {
-    fn before_step(
-        &mut self,
-        _p: &mut Prepared<'_>,
-        _step: &Step,
-        _record: &dyn Fn(serde_json::Value),
-    ) -> Result<(), String> {
-        if self.0.load(Ordering::SeqCst) {
-            Err(
-                "rewind received SIGINT or SIGTERM; the steps before this one completed, none after it was started"
-                    .into(),
-            )
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// SIGINT and SIGTERM for a run: the first sets `stop` (the current step
-/// finishes, nothing new starts, the journal records the run as aborted);
-/// a second one kills the `process.run` children still running, so none
-/// is left orphaned, and exits with [`exit::KILLED`] at once.
-pub fn stop_on_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// SIGINT and SIGTERM for `run`, `drill`, `resume` and `watch`: the first
+/// sets [`stop_requested`] (the current step finishes, nothing new starts,
+/// the journal records the run as aborted, and `rewind resume` carries it
+/// on); a second one kills the `process.run` children still running, so
+/// none is left orphaned, and exits with [`exit::KILLED`] at once (the run
+/// stays resumable: its journal has no end).
+pub fn stop_on_signals() -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::Builder::new()
@@ -348,20 +343,43 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
         .spawn(move || {
             for sig in signals.forever() {
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-                if !stop.swap(true, Ordering::SeqCst) {
+                if !STOP.swap(true, Ordering::SeqCst) {
                     crate::errln!(
                         "rewind: {name}: finishing the current step, then stopping (send it again to stop now and kill the step's commands)"
                     );
                 } else {
                     let n = crate::imports::process::kill_running_children();
                     crate::errln!(
-                        "rewind: {name} again: stopped now; killed {n} running command(s); the run's journal ends here (interrupted)"
+                        "rewind: {name} again: stopped now; killed {n} running command(s); the run's journal ends here (interrupted): `rewind resume` carries it on"
                     );
                     std::process::exit(exit::KILLED);
                 }
             }
         })?;
     Ok(())
+}
+
+/// Sleep, waking early when a signal arrives. Returns false if it did.
+pub fn nap(d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop_requested() {
+            return false;
+        }
+        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(25)));
+    }
+    !stop_requested()
+}
+
+/// Why a run stops before a step: a signal, or a journal that lost a line.
+fn stop_reason(s: &Session<'_>) -> Option<String> {
+    if let Some(why) = s.journal_broken() {
+        return Some(why);
+    }
+    stop_requested().then(|| {
+        "rewind received SIGINT or SIGTERM; the steps before this one completed, none after it was started (`rewind resume` carries the run on)"
+            .to_string()
+    })
 }
 
 /// A new run id: UTC time plus a few random hex digits.
@@ -376,19 +394,10 @@ pub fn new_run_id() -> String {
 }
 
 /// What a caller may do between two steps of a run: swap in a reloaded
-/// plugin (drills), or stop the run (watch, on a signal). The step that is
-/// running always finishes first.
+/// plugin (drills). The step that is running always finishes first.
 pub trait RunHooks {
-    /// Called before each step. `Err(reason)` stops the run before it: the
-    /// rest of the steps are skipped and the plugin ends `aborted`.
-    fn before_step(
-        &mut self,
-        _p: &mut Prepared<'_>,
-        _step: &Step,
-        _record: &dyn Fn(serde_json::Value),
-    ) -> Result<(), String> {
-        Ok(())
-    }
+    /// Called before each step.
+    fn before_step(&mut self, _s: &Session<'_>, _p: &mut Prepared<'_>, _step: &Step) {}
 }
 
 /// No hooks: a plain run.
@@ -397,101 +406,26 @@ pub struct NoHooks;
 
 impl RunHooks for NoHooks {}
 
-/// A loaded plugin with what it said about itself.
-pub struct Prepared<'a> {
-    pub spec: &'a PluginSpec,
-    pub plugin: LoadedPlugin,
-    pub info: PluginInfo,
-    pub env: Arc<PluginEnv>,
+/// Where a plugin's rollback starts.
+pub(crate) enum Begin {
+    /// Assess the system first (a run).
+    Assess,
+    /// Already assessed (a drill detected the failure).
+    Assessed(Assessment, Duration),
+    /// Carry on an interrupted run.
+    Resume(Box<Progress>),
 }
 
-/// Load, validate and describe the selected plugins. Nothing is executed.
-pub fn prepare<'a>(
-    runbook: &'a Runbook,
-    rt: &Runtime,
-    only: Option<&str>,
-    mode: Mode,
-    run_id: &str,
-    journal: Option<Arc<Journal>>,
-) -> Result<Vec<Prepared<'a>>, StartError> {
-    if let Some(name) = only
-        && runbook.plugin(name).is_none()
-    {
-        return Err(StartError::NoSuchPlugin(name.to_string()));
-    }
-    // Rollbacks talk to services on this machine or its network: a proxy
-    // from the environment would only be in the way (and would see traffic
-    // it has no business seeing). Redirects are not followed, so a grant's
-    // URL prefix is the only place a request can go.
-    let http = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| StartError::State {
-            path: runbook.state_dir.clone(),
-            source: std::io::Error::other(e),
-        })?;
-    let mut out = Vec::new();
-    for spec in runbook
-        .plugins
-        .iter()
-        .filter(|p| only.is_none_or(|n| n == p.name))
-    {
-        let plugin = rt
-            .load(&spec.component)
-            .map_err(|source| StartError::Load {
-                plugin: spec.name.clone(),
-                line: format!("{}:{}", runbook.path.display(), spec.component_line),
-                source,
-            })?;
-        let sandbox = spec.sandbox(runbook)?;
-        let env = Arc::new(
-            PluginEnv::new(
-                spec.name.clone(),
-                sandbox,
-                mode,
-                journal.clone(),
-                runbook.state(),
-                http.clone(),
-            )
-            .with_limits(runbook.limits),
-        );
-        let check_env = Arc::new(
-            PluginEnv::new(
-                spec.name.clone(),
-                spec.sandbox(runbook)?,
-                Mode::Check,
-                None,
-                runbook.state(),
-                http.clone(),
-            )
-            .with_limits(runbook.limits),
-        );
-        let ctx = context(run_id, spec, Mode::Check, 0);
-        let info = rt
-            .describe(&plugin, &check_env, &ctx)
-            .map_err(|e| StartError::Describe {
-                plugin: spec.name.clone(),
-                message: e.to_string(),
-            })?;
-        out.push(Prepared {
-            spec,
-            plugin,
-            info,
-            env,
-        });
-    }
-    Ok(out)
-}
-
-pub fn context(run_id: &str, spec: &PluginSpec, mode: Mode, level: u8) -> Context {
-    Context {
-        run_id: run_id.into(),
-        plugin: spec.name.clone(),
-        mode,
-        level,
-        config: spec.config.clone(),
-    }
+/// What to do with the step an interrupted run was in the middle of, when
+/// it is not marked safe to repeat (`rewind resume --in-flight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InFlight {
+    /// Ask on the terminal (the default); without one, stop and say so.
+    Ask,
+    /// A person checked it completed: go on after it.
+    Done,
+    /// Run it again.
+    Redo,
 }
 
 /// Run (or dry-run, or plan) a runbook.
@@ -510,77 +444,183 @@ pub fn execute_with(
     opts: &RunOptions,
     hooks: &mut dyn RunHooks,
 ) -> Result<RunReport, StartError> {
-    let started_at = Instant::now();
-    let started = crate::journal::now_rfc3339();
-    let run_id = new_run_id();
-    let state = runbook.state();
-    let (lock, journal) = if opts.plan_only {
-        (None, None)
+    let kind = if opts.plan_only {
+        Kind::Plan
     } else {
-        let lock = RunLock::acquire(&state, &run_id)?;
-        let journal =
-            Journal::create(&state.runs(), &run_id).map_err(|source| StartError::State {
-                path: state.runs(),
+        Kind::Run { level: opts.level }
+    };
+    // A real run does not start over a run that was cut short: the system
+    // is somewhere in the middle of its plan, and resuming it is what puts
+    // it back (`--fresh` starts anew, on purpose).
+    if opts.mode == Mode::Execute && !opts.plan_only && !opts.fresh {
+        let _probe =
+            crate::lock::RunLock::acquire(&runbook.state(), "checking for an interrupted run")?;
+        if let Some(run) = crate::resume::last_interrupted(&runbook.state()).map_err(|source| {
+            StartError::State {
+                path: runbook.state().runs(),
                 source,
-            })?;
-        (Some(lock), Some(Arc::new(journal)))
-    };
-    let record = |v: serde_json::Value| {
-        if let Some(j) = &journal {
-            j.record(v);
+            }
+        })? {
+            return Err(StartError::Interrupted {
+                run_id: run.run_id.clone(),
+                at: run.where_stopped(),
+            });
         }
-    };
-    record(json!({
-        "event": "run-start",
-        "runbook": runbook.path.display().to_string(),
-        "name": runbook.name,
-        "mode": opts.mode.as_str(),
-        "plugin": opts.plugin,
-        "level": opts.level,
-        "pid": std::process::id(),
-        "host_version": env!("CARGO_PKG_VERSION"),
-    }));
-    let mut prepared = match prepare(
-        runbook,
-        rt,
-        opts.plugin.as_deref(),
-        opts.mode,
-        &run_id,
-        journal.clone(),
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            record(
-                json!({"event": "run-end", "outcome": "failed", "error": e.to_string(), "duration_ms": ms(started_at.elapsed())}),
-            );
-            return Err(e);
-        }
-    };
-    for p in &prepared {
-        record(json!({
-            "event": "plugin-loaded",
-            "plugin": p.spec.name,
-            "component": p.spec.component.display().to_string(),
-            "sha256": p.plugin.sha256,
-            "version": p.info.version,
-            "compiled": p.plugin.stats.compiled,
-            "load_ms": p.plugin.stats.duration.as_secs_f64() * 1e3,
-            "cache_rejected": p.plugin.stats.cache_rejected,
-        }));
     }
+    let (session, mut prepared) =
+        Session::open(runbook, rt, kind, opts.mode, opts.plugin.as_deref())?;
+    if opts.redecide && opts.mode == Mode::Execute {
+        for p in &prepared {
+            forget_decisions(
+                &session,
+                p,
+                "the operator asked to decide again (--redecide)",
+                opts,
+            );
+        }
+    }
+    let begins = prepared.iter().map(|_| Some(Begin::Assess)).collect();
+    Ok(run_plugins(&session, &mut prepared, opts, hooks, begins))
+}
 
+/// Carry on an interrupted run under its own id: plugins that finished
+/// are not run again, nor are the completed steps of the level under way;
+/// the step that was in flight runs again only when its plugin marked it
+/// repeatable (or `in_flight` says so).
+pub fn resume(
+    runbook: &Runbook,
+    rt: &Runtime,
+    opts: &RunOptions,
+    run: &Interrupted,
+    force: bool,
+) -> Result<RunReport, StartError> {
+    if !run.resumable() {
+        return Err(StartError::NotResumable {
+            run_id: run.run_id.clone(),
+            why: match (&run.outcome, run.mode.as_str()) {
+                (_, m) if m != "execute" => {
+                    format!("it was a {m} run; only real runs are resumed (a drill is run again)")
+                }
+                (Some(o), _) => format!("it ended {o}"),
+                (None, _) => "it is not interrupted".into(),
+            },
+        });
+    }
+    let changes = changes_since(runbook, rt, run);
+    if !changes.is_empty() && !force {
+        return Err(StartError::Changed {
+            run_id: run.run_id.clone(),
+            changes: changes.join("; "),
+        });
+    }
+    let kind = Kind::Resume {
+        run_id: run.run_id.clone(),
+        journal: run.path.clone(),
+        forced: changes,
+    };
+    let (session, mut prepared) =
+        Session::open(runbook, rt, kind, Mode::Execute, run.only.as_deref())?;
+    let begins = prepared
+        .iter()
+        .map(|p| match run.plugins.get(&p.spec.name) {
+            None => Some(Begin::Assess),
+            Some(progress) if progress.ended.is_some() => None,
+            Some(progress) => Some(Begin::Resume(Box::new(progress.clone()))),
+        })
+        .collect();
+    live(
+        opts,
+        format!(
+            "resuming run {} (stopped at {})",
+            run.run_id,
+            run.where_stopped()
+        ),
+    );
+    let mut report = run_plugins(&session, &mut prepared, opts, &mut NoHooks, begins);
+    for r in &mut report.plugins {
+        if let Some(outcome) = run.plugins.get(&r.name).and_then(|p| p.ended.as_deref()) {
+            r.error = Some(format!(
+                "finished before the interruption ({outcome}); not run again"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// What differs between the runbook and plugins now and when `run` began.
+fn changes_since(runbook: &Runbook, rt: &Runtime, run: &Interrupted) -> Vec<String> {
+    use sha2::Digest as _;
+    let mut out = Vec::new();
+    let short = |h: &str| h.chars().take(12).collect::<String>();
+    if !run.runbook_sha256.is_empty() && run.runbook_sha256 != runbook.sha256 {
+        out.push(format!(
+            "the runbook {} changed (sha256 {} -> {})",
+            runbook.path.display(),
+            short(&run.runbook_sha256),
+            short(&runbook.sha256)
+        ));
+    }
+    for (name, old) in &run.configs {
+        match runbook.plugin(name) {
+            None => out.push(format!("plugin {name} is no longer in the runbook")),
+            Some(spec) => {
+                let now = hex::encode(sha2::Sha256::digest(spec.config.as_bytes()));
+                if &now != old {
+                    out.push(format!("plugin {name}'s [plugin.config] changed"));
+                }
+            }
+        }
+    }
+    for (name, old) in &run.components {
+        let Some(spec) = runbook.plugin(name) else {
+            continue;
+        };
+        match rt.component_sha256(&spec.component) {
+            Ok(now) if &now != old => out.push(format!(
+                "plugin {name}'s component {} changed (sha256 {} -> {})",
+                spec.component.display(),
+                short(old),
+                short(&now)
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!(
+                "plugin {name}'s component {} cannot be read: {e}",
+                spec.component.display()
+            )),
+        }
+    }
+    out
+}
+
+/// Run each plugin from where `begins` says (`None`: it finished in an
+/// earlier session of the run), in order, honouring `on_failure`, and end
+/// the run.
+fn run_plugins(
+    session: &Session<'_>,
+    prepared: &mut [Prepared<'_>],
+    opts: &RunOptions,
+    hooks: &mut dyn RunHooks,
+    begins: Vec<Option<Begin>>,
+) -> RunReport {
     let mut reports = Vec::new();
     let mut stop_rest: Option<&str> = None;
-    for p in prepared.iter_mut() {
+    for (p, begin) in prepared.iter_mut().zip(begins) {
+        let Some(begin) = begin else {
+            reports.push(skeleton(p, Outcome::Skipped));
+            continue;
+        };
         if let Some(reason) = stop_rest {
-            record(json!({"event": "plugin-skipped", "plugin": p.spec.name, "reason": reason}));
+            session.record(Event::PluginSkipped {
+                plugin: p.spec.name.clone(),
+                reason: reason.into(),
+            });
             reports.push(skeleton(p, Outcome::Skipped));
             continue;
         }
-        let mut report = run_plugin(rt, p, &run_id, opts, &record, hooks, None);
+        let mut report = run_plugin(session, p, opts, hooks, begin);
         report.host_calls_ms = p.env.host_time().as_secs_f64() * 1e3;
         if report.outcome == Outcome::Aborted {
-            stop_rest = Some("the run was stopped by a signal");
+            stop_rest = Some("the run was stopped before this plugin");
         }
         if report.outcome == Outcome::Failed && p.spec.on_failure == OnFailure::Stop {
             stop_rest = Some("an earlier plugin failed and has on_failure = \"stop\"");
@@ -598,23 +638,57 @@ pub fn execute_with(
     } else {
         Outcome::Healthy
     };
-    let duration = started_at.elapsed();
-    record(json!({"event": "run-end", "outcome": outcome, "duration_ms": ms(duration)}));
-    drop(lock);
-    Ok(RunReport {
-        run_id,
-        runbook: runbook.name.clone(),
+    let duration = session.end(outcome.journal_name(), None, None);
+    RunReport {
+        run_id: session.run_id.clone(),
+        runbook: session.runbook.name.clone(),
         mode: if opts.plan_only {
             "plan".into()
         } else {
             opts.mode.as_str().into()
         },
-        started,
+        started: session.started_at.clone(),
         duration_ms: ms(duration),
         outcome,
         plugins: reports,
-        journal: journal.map(|j| j.path().to_path_buf()),
-    })
+        journal: session.journal.as_ref().map(|j| j.path().to_path_buf()),
+    }
+}
+
+/// Forget a plugin's decisions for the incident, journaled and said.
+fn forget_decisions(s: &Session<'_>, p: &Prepared<'_>, reason: &str, opts: &RunOptions) {
+    match crate::imports::storage::kv::clear_pins(&p.env) {
+        Ok(gone) if !gone.is_empty() => {
+            live(
+                opts,
+                format!(
+                    "[{}] forgot the incident's decisions ({}): {reason}",
+                    p.spec.name,
+                    show_pins(&gone)
+                ),
+            );
+            s.record(Event::DecisionsCleared {
+                plugin: p.spec.name.clone(),
+                reason: reason.into(),
+                decisions: gone,
+            });
+        }
+        Ok(_) => {}
+        Err(e) => live(
+            opts,
+            format!(
+                "[{}] could not forget the incident's decisions: {e}",
+                p.spec.name
+            ),
+        ),
+    }
+}
+
+fn show_pins(pins: &[Pin]) -> String {
+    pins.iter()
+        .map(|p| format!("{} = {:?} (run {})", p.key, p.value, p.run))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn skeleton(p: &Prepared<'_>, outcome: Outcome) -> PluginReport {
@@ -643,83 +717,143 @@ fn live(opts: &RunOptions, line: impl AsRef<str>) {
     }
 }
 
-/// One plugin's rollback: assess (unless the caller already did), plan,
-/// steps, verify, escalate.
+/// One plugin's rollback: assess (unless the caller already did, or the run
+/// is resumed), plan, steps, verify, escalate.
 pub(crate) fn run_plugin(
-    rt: &Runtime,
+    s: &Session<'_>,
     p: &mut Prepared<'_>,
-    run_id: &str,
     opts: &RunOptions,
-    record: &dyn Fn(serde_json::Value),
     hooks: &mut dyn RunHooks,
-    assessed: Option<(Assessment, Duration)>,
+    begin: Begin,
 ) -> PluginReport {
     let started = Instant::now();
     let mut report = skeleton(p, Outcome::Failed);
-    let spec = p.spec;
-    let name = &spec.name;
-    let fail = |mut report: PluginReport, error: String| {
-        record(json!({"event": "plugin-end", "plugin": name, "outcome": "failed", "error": error}));
-        live(opts, format!("[{name}] FAILED: {error}"));
-        report.error = Some(error);
-        report.outcome = Outcome::Failed;
-        report.duration_ms = ms(started.elapsed());
-        report
-    };
-
-    // Assess.
-    let (assessment, assess_time) = match assessed {
-        Some(a) => a,
-        None => {
-            live(opts, format!("[{name}] assessing ({})", p.info.service));
-            let ctx = context(run_id, spec, opts.mode, 0);
-            let t = Instant::now();
-            match rt.assess(&p.plugin, &p.env, &ctx) {
-                Ok(a) => (a, t.elapsed()),
-                Err(e) => return fail(report, e.to_string()),
+    let name = p.spec.name.clone();
+    let end =
+        |report: &mut PluginReport, outcome: Outcome, error: Option<String>, level: Option<u8>| {
+            s.record(Event::PluginEnd {
+                plugin: name.clone(),
+                outcome: outcome.journal_name().into(),
+                level,
+                error: error.clone(),
+            });
+            match (&error, outcome) {
+                (Some(e), Outcome::Failed) => live(opts, format!("[{name}] FAILED: {e}")),
+                (Some(e), _) => live(opts, format!("[{name}] {}: {e}", outcome.as_str())),
+                _ => {}
             }
+            report.error = error;
+            report.outcome = outcome;
+            report.duration_ms = ms(started.elapsed());
+        };
+
+    // Decisions an earlier run of this incident pinned hold for this one.
+    if s.mode == Mode::Execute
+        && let Ok(kept) = crate::imports::storage::kv::pins(&p.env)
+        && !kept.is_empty()
+    {
+        live(
+            opts,
+            format!(
+                "[{name}] keeping the incident's decisions: {} (`rewind run --redecide` forgets them)",
+                show_pins(&kept)
+            ),
+        );
+        s.record(Event::DecisionsKept {
+            plugin: name.clone(),
+            decisions: kept,
+        });
+    }
+
+    // Where to start: a fresh assessment, the drill's, or the journal's.
+    let mut resume: Option<Progress> = None;
+    let assessment: Option<(Assessment, Duration)> = match begin {
+        Begin::Assess => {
+            live(opts, format!("[{name}] assessing ({})", p.info.service));
+            let t = Instant::now();
+            match s.assess(p) {
+                Ok(a) => Some((a, t.elapsed())),
+                Err(e) => {
+                    end(&mut report, Outcome::Failed, Some(e.to_string()), None);
+                    return report;
+                }
+            }
+        }
+        Begin::Assessed(a, d) => Some((a, d)),
+        Begin::Resume(progress) if progress.level == 0 => {
+            // Stopped before it planned anything: start it over.
+            live(opts, format!("[{name}] assessing ({})", p.info.service));
+            let t = Instant::now();
+            match s.assess(p) {
+                Ok(a) => Some((a, t.elapsed())),
+                Err(e) => {
+                    end(&mut report, Outcome::Failed, Some(e.to_string()), None);
+                    return report;
+                }
+            }
+        }
+        Begin::Resume(progress) => {
+            report.assessment = progress.assessment.clone();
+            resume = Some(*progress);
+            None
         }
     };
     p.env.take_actions();
-    let a = AssessmentReport {
-        severity: assessment.severity.as_str().into(),
-        rollback: assessment.rollback,
-        level: assessment.level,
-        scenario: assessment.scenario.clone(),
-        summary: assessment.summary.clone(),
-        findings: findings(&assessment.findings),
-        duration_ms: ms(assess_time),
-    };
-    record(json!({"event": "assessment", "plugin": name, "assessment": a}));
-    live(
-        opts,
-        format!(
-            "[{name}] {} severity, scenario {:?}: {}",
-            a.severity, a.scenario, a.summary
-        ),
-    );
-    for f in &a.findings {
-        live(opts, format!("[{name}]   {}", format_finding(f)));
-    }
-    report.assessment = Some(a);
-
     let max_level = p.info.levels.iter().map(|l| l.level).max().unwrap_or(1);
-    let mut level = match opts.level {
-        Some(l) => l,
-        None if !assessment.rollback => {
-            record(json!({"event": "plugin-end", "plugin": name, "outcome": "healthy"}));
-            live(opts, format!("[{name}] healthy: nothing to roll back"));
-            report.outcome = Outcome::Healthy;
-            report.duration_ms = ms(started.elapsed());
-            return report;
+    let mut level = match (&assessment, &resume) {
+        (_, Some(r)) => r.level,
+        (Some((a, t)), None) => {
+            let ar = AssessmentReport {
+                severity: a.severity.as_str().into(),
+                rollback: a.rollback,
+                level: a.level,
+                scenario: a.scenario.clone(),
+                summary: a.summary.clone(),
+                findings: findings(&a.findings),
+                duration_ms: ms(*t),
+            };
+            s.record(Event::Assessment {
+                plugin: name.clone(),
+                assessment: ar.clone(),
+            });
+            live(
+                opts,
+                format!(
+                    "[{name}] {} severity, scenario {:?}: {}",
+                    ar.severity, ar.scenario, ar.summary
+                ),
+            );
+            for f in &ar.findings {
+                live(opts, format!("[{name}]   {}", format_finding(f)));
+            }
+            report.assessment = Some(ar);
+            match opts.level {
+                Some(l) => l,
+                None if !a.rollback => {
+                    live(opts, format!("[{name}] healthy: nothing to roll back"));
+                    // Healthy again: the incident is over, and so are its
+                    // decisions.
+                    if s.mode == Mode::Execute {
+                        forget_decisions(s, p, "the assessment found the service healthy", opts);
+                    }
+                    end(&mut report, Outcome::Healthy, None, None);
+                    return report;
+                }
+                None => a.level.max(1),
+            }
         }
-        None => assessment.level.max(1),
+        (None, None) => unreachable!("a plugin starts from an assessment or a resume point"),
     };
     if level > max_level || level == 0 {
-        return fail(
-            report,
-            format!("level {level} does not exist; the plugin has levels 1 to {max_level}"),
+        end(
+            &mut report,
+            Outcome::Failed,
+            Some(format!(
+                "level {level} does not exist; the plugin has levels 1 to {max_level}"
+            )),
+            None,
         );
+        return report;
     }
 
     loop {
@@ -730,35 +864,72 @@ pub(crate) fn run_plugin(
             .find(|l| l.level == level)
             .map(|l| l.name.clone())
             .unwrap_or_default();
-        let ctx = context(run_id, p.spec, opts.mode, level);
-        let steps: Vec<Step> = match rt.plan(&p.plugin, &p.env, &ctx) {
-            Ok(s) => s,
-            Err(e) => return fail(report, e.to_string()),
+        // A resumed level goes on with the plan its run made, as the
+        // journal kept it: planning again could plan from a system the
+        // first steps already changed.
+        let (steps, done, in_flight, failed) = match resume.take() {
+            Some(Progress {
+                plan: Some(plan),
+                done,
+                in_flight,
+                failed,
+                ..
+            }) => {
+                live(
+                    opts,
+                    format!(
+                        "[{name}] level {level} ({level_name}): resuming its plan of {} steps, {} completed",
+                        plan.len(),
+                        done.len()
+                    ),
+                );
+                (plan, done, in_flight, failed)
+            }
+            _ => {
+                let steps = match s.plan(p, level) {
+                    Ok(steps) => steps,
+                    Err(e) => {
+                        end(
+                            &mut report,
+                            Outcome::Failed,
+                            Some(e.to_string()),
+                            Some(level),
+                        );
+                        return report;
+                    }
+                };
+                p.env.take_actions();
+                let planned: Vec<PlannedStep> = steps.iter().map(planned).collect();
+                s.record(Event::Plan {
+                    plugin: name.clone(),
+                    level,
+                    level_name: level_name.clone(),
+                    effect: worst_effect(&planned).into(),
+                    steps: planned.clone(),
+                });
+                live(
+                    opts,
+                    format!(
+                        "[{name}] level {level} ({level_name}): {} steps",
+                        steps.len()
+                    ),
+                );
+                (planned, Vec::new(), None, None)
+            }
         };
-        p.env.take_actions();
-        record(json!({
-            "event": "plan", "plugin": name, "level": level, "level_name": level_name,
-            "steps": steps.iter().map(|s| json!({"id": s.id, "title": s.title, "manual": s.kind == StepKind::Manual, "detail": s.detail})).collect::<Vec<_>>(),
-        }));
-        live(
-            opts,
-            format!(
-                "[{name}] level {level} ({level_name}): {} steps",
-                steps.len()
-            ),
-        );
         let mut lr = LevelReport {
             level,
+            effect: worst_effect(&steps).into(),
             name: level_name,
             steps: Vec::new(),
             verification: None,
         };
 
         if opts.plan_only {
-            for s in &steps {
+            for st in &steps {
                 lr.steps.push(step_report(
                     p,
-                    s,
+                    st,
                     StepStatus::Planned,
                     String::new(),
                     Duration::ZERO,
@@ -772,14 +943,31 @@ pub(crate) fn run_plugin(
             return report;
         }
 
-        let mut failed: Option<String> = None;
+        let mut failed: Option<String> =
+            failed.map(|(step, message)| format!("step {step} failed: {message}"));
         let mut aborted: Option<String> = None;
-        for s in &steps {
-            if failed.is_some() {
-                record(json!({"event": "step-skipped", "plugin": name, "step": s.id}));
+        for st in &steps {
+            if done.contains(&st.id) {
                 lr.steps.push(step_report(
                     p,
-                    s,
+                    st,
+                    StepStatus::Ok,
+                    "completed before the run was interrupted".into(),
+                    Duration::ZERO,
+                    Vec::new(),
+                    Vec::new(),
+                ));
+                continue;
+            }
+            if failed.is_some() {
+                s.record(Event::StepSkipped {
+                    plugin: name.clone(),
+                    step: st.id.clone(),
+                    reason: None,
+                });
+                lr.steps.push(step_report(
+                    p,
+                    st,
                     StepStatus::Skipped,
                     "an earlier step failed".into(),
                     Duration::ZERO,
@@ -788,24 +976,62 @@ pub(crate) fn run_plugin(
                 ));
                 continue;
             }
-            let journal_broken = p.env.journal.as_ref().and_then(|j| j.broken());
-            let go_on = match journal_broken {
-                Some(why) => Err(why),
-                None => hooks.before_step(p, s, record),
+            let again = in_flight.as_ref().is_some_and(|(id, _)| *id == st.id);
+            let stop = stop_reason(s).map(Err).unwrap_or(Ok(())).and_then(|()| {
+                if again {
+                    decide_in_flight(
+                        s,
+                        p,
+                        st,
+                        in_flight.as_ref().map_or(&[][..], |(_, a)| a),
+                        opts,
+                    )
+                } else {
+                    Ok(true)
+                }
+            });
+            let reason = match stop {
+                Ok(true) => None,
+                Ok(false) => {
+                    // Confirmed done by a person: count it, do not run it.
+                    lr.steps.push(step_report(
+                        p,
+                        st,
+                        StepStatus::Ok,
+                        "confirmed completed by the operator after the interruption".into(),
+                        Duration::ZERO,
+                        Vec::new(),
+                        Vec::new(),
+                    ));
+                    s.record(Event::StepEnd {
+                        plugin: name.clone(),
+                        level,
+                        step: st.id.clone(),
+                        status: StepStatus::Ok,
+                        message: "confirmed completed by the operator after the interruption"
+                            .into(),
+                        duration_ms: 0.0,
+                        findings: Vec::new(),
+                    });
+                    continue;
+                }
+                Err(reason) => Some(reason),
             };
-            if let Err(reason) = go_on {
-                record(
-                    json!({"event": "step-skipped", "plugin": name, "step": s.id, "reason": reason}),
-                );
+            if let Some(reason) = reason {
+                s.record(Event::StepSkipped {
+                    plugin: name.clone(),
+                    step: st.id.clone(),
+                    reason: Some(reason.clone()),
+                });
                 live(
                     opts,
-                    format!("[{name}] stopping before step {}: {reason}", s.id),
+                    format!("[{name}] stopping before step {}: {reason}", st.id),
                 );
-                aborted = Some(format!("stopped before step {}: {reason}", s.id));
+                aborted = Some(format!("stopped before step {}: {reason}", st.id));
                 failed = aborted.clone();
                 lr.steps.push(step_report(
                     p,
-                    s,
+                    st,
                     StepStatus::Skipped,
                     reason,
                     Duration::ZERO,
@@ -814,21 +1040,39 @@ pub(crate) fn run_plugin(
                 ));
                 continue;
             }
-            *p.env.current_step.lock().unwrap() = Some(s.id.clone());
-            record(
-                json!({"event": "step-start", "plugin": name, "level": level, "step": s.id, "title": s.title, "plugin_sha256": p.plugin.sha256}),
+            hooks.before_step(s, p, &step_of(st));
+            *p.env.current_step.lock().unwrap() = Some(st.id.clone());
+            s.record(Event::StepStart {
+                plugin: name.clone(),
+                level,
+                step: st.id.clone(),
+                title: st.title.clone(),
+                effect: st.effect.clone(),
+                repeatable: st.repeatable,
+                plugin_sha256: p.plugin.sha256.clone(),
+                again,
+            });
+            live(
+                opts,
+                format!(
+                    "[{name}] step {}: {}{}",
+                    st.id,
+                    st.title,
+                    if again {
+                        " (again, after the interruption)"
+                    } else {
+                        ""
+                    }
+                ),
             );
-            live(opts, format!("[{name}] step {}: {}", s.id, s.title));
             let t = Instant::now();
-            let result = if s.kind == StepKind::Manual {
-                confirm_manual(p, s, opts, record)
+            let result = if st.manual {
+                confirm_manual(s, p, st, opts)
             } else {
                 Ok(())
             };
-            let result = result.and_then(|()| {
-                rt.run_step(&p.plugin, &p.env, &ctx, &s.id)
-                    .map_err(|e| e.to_string())
-            });
+            let result =
+                result.and_then(|()| s.run_step(p, level, &st.id).map_err(|e| e.to_string()));
             let elapsed = t.elapsed();
             let actions = p.env.take_actions();
             *p.env.current_step.lock().unwrap() = None;
@@ -845,11 +1089,16 @@ pub(crate) fn run_plugin(
                 }) => (StepStatus::Failed, message, findings(&f)),
                 Err(e) => (StepStatus::Failed, e, Vec::new()),
             };
-            record(json!({
-                "event": "step-end", "plugin": name, "level": level, "step": s.id, "status": status,
-                "message": message, "duration_ms": elapsed.as_secs_f64() * 1e3, "findings": fnd,
-            }));
-            let mark = if matches!(status, StepStatus::Ok) {
+            s.record(Event::StepEnd {
+                plugin: name.clone(),
+                level,
+                step: st.id.clone(),
+                status: status.clone(),
+                message: message.clone(),
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                findings: fnd.clone(),
+            });
+            let mark = if status == StepStatus::Ok {
                 "ok"
             } else {
                 "FAILED"
@@ -858,35 +1107,37 @@ pub(crate) fn run_plugin(
                 opts,
                 format!("[{name}]   {mark} in {}: {message}", fmt_duration(elapsed)),
             );
-            if matches!(status, StepStatus::Failed) {
-                failed = Some(format!("step {} failed: {message}", s.id));
+            if status == StepStatus::Failed {
+                failed = Some(format!("step {} failed: {message}", st.id));
             }
             lr.steps
-                .push(step_report(p, s, status, message, elapsed, actions, fnd));
+                .push(step_report(p, st, status, message, elapsed, actions, fnd));
         }
 
         if let Some(reason) = aborted {
             report.levels.push(lr);
-            record(
-                json!({"event": "plugin-end", "plugin": name, "outcome": "aborted", "error": reason}),
-            );
-            report.error = Some(reason);
-            report.outcome = Outcome::Aborted;
-            report.duration_ms = ms(started.elapsed());
+            end(&mut report, Outcome::Aborted, Some(reason), Some(level));
             return report;
         }
         if let Some(err) = failed {
             report.levels.push(lr);
-            return fail(report, err);
+            end(&mut report, Outcome::Failed, Some(err), Some(level));
+            return report;
         }
 
         // Verify.
         let t = Instant::now();
-        let v: Verification = match rt.verify(&p.plugin, &p.env, &ctx) {
+        let v: Verification = match s.verify(p, level) {
             Ok(v) => v,
             Err(e) => {
                 report.levels.push(lr);
-                return fail(report, e.to_string());
+                end(
+                    &mut report,
+                    Outcome::Failed,
+                    Some(e.to_string()),
+                    Some(level),
+                );
+                return report;
             }
         };
         p.env.take_actions();
@@ -896,9 +1147,11 @@ pub(crate) fn run_plugin(
             findings: findings(&v.findings),
             duration_ms: ms(t.elapsed()),
         };
-        record(
-            json!({"event": "verification", "plugin": name, "level": level, "verification": vr}),
-        );
+        s.record(Event::Verification {
+            plugin: name.clone(),
+            level,
+            verification: vr.clone(),
+        });
         live(
             opts,
             format!(
@@ -913,26 +1166,27 @@ pub(crate) fn run_plugin(
         lr.verification = Some(vr);
         report.levels.push(lr);
 
-        if !opts.mode.executes() {
+        if !s.mode.executes() {
             // Nothing changed, so the verification shows the system as it
             // is; escalation is decided only by a real run.
-            record(json!({"event": "plugin-end", "plugin": name, "outcome": "simulated"}));
-            report.outcome = Outcome::Simulated;
-            report.duration_ms = ms(started.elapsed());
+            end(&mut report, Outcome::Simulated, None, Some(level));
             return report;
         }
         if v.healthy {
-            record(
-                json!({"event": "plugin-end", "plugin": name, "outcome": "rolled-back", "level": level}),
-            );
-            report.outcome = Outcome::RolledBack;
-            report.duration_ms = ms(started.elapsed());
+            // Verified back: the incident's decisions have done their job.
+            if s.mode == Mode::Execute {
+                forget_decisions(s, p, "the service was verified back", opts);
+            }
+            end(&mut report, Outcome::RolledBack, None, Some(level));
             return report;
         }
         if level < max_level {
-            record(
-                json!({"event": "escalate", "plugin": name, "from": level, "to": level + 1, "reason": v.summary}),
-            );
+            s.record(Event::Escalate {
+                plugin: name.clone(),
+                from: level,
+                to: level + 1,
+                reason: v.summary.clone(),
+            });
             live(
                 opts,
                 format!(
@@ -943,16 +1197,180 @@ pub(crate) fn run_plugin(
             level += 1;
             continue;
         }
-        return fail(
-            report,
-            format!("verification failed after level {level}: {}", v.summary),
+        end(
+            &mut report,
+            Outcome::Failed,
+            Some(format!(
+                "verification failed after level {level}: {}",
+                v.summary
+            )),
+            Some(level),
         );
+        return report;
+    }
+}
+
+/// A step as the journal keeps it.
+fn planned(st: &Step) -> PlannedStep {
+    PlannedStep {
+        id: st.id.clone(),
+        title: st.title.clone(),
+        manual: st.kind == StepKind::Manual,
+        detail: st.detail.clone(),
+        effect: effect_name(st.effect).into(),
+        repeatable: st.repeatable,
+    }
+}
+
+/// The WIT step of a journaled one (for hooks).
+fn step_of(st: &PlannedStep) -> Step {
+    Step {
+        id: st.id.clone(),
+        title: st.title.clone(),
+        kind: if st.manual {
+            StepKind::Manual
+        } else {
+            StepKind::Auto
+        },
+        detail: st.detail.clone(),
+        effect: effect_from_name(&st.effect),
+        repeatable: st.repeatable,
+    }
+}
+
+pub fn effect_name(e: Effect) -> &'static str {
+    match e {
+        Effect::Observe => "observe",
+        Effect::Reversible => "reversible",
+        Effect::Disruptive => "disruptive",
+        Effect::Destructive => "destructive",
+    }
+}
+
+fn effect_rank(e: Effect) -> u8 {
+    match e {
+        Effect::Observe => 0,
+        Effect::Reversible => 1,
+        Effect::Disruptive => 2,
+        Effect::Destructive => 3,
+    }
+}
+
+fn effect_from_name(name: &str) -> Effect {
+    match name {
+        "observe" => Effect::Observe,
+        "reversible" => Effect::Reversible,
+        "disruptive" => Effect::Disruptive,
+        // Unknown (an older journal): assume the worst.
+        _ => Effect::Destructive,
+    }
+}
+
+/// A level's effect: its worst step's.
+pub fn worst_effect(steps: &[PlannedStep]) -> &'static str {
+    steps
+        .iter()
+        .map(|st| effect_from_name(&st.effect))
+        .max_by_key(|e| effect_rank(*e))
+        .map_or("observe", effect_name)
+}
+
+/// The step an interrupted run was in the middle of: run it again when the
+/// plugin says that is safe, or when the operator said so; else a person
+/// decides, with what the journal knows of it. `Ok(true)`: run it;
+/// `Ok(false)`: a person confirmed it completed; `Err`: stop here (the run
+/// stays resumable).
+fn decide_in_flight(
+    s: &Session<'_>,
+    p: &Prepared<'_>,
+    st: &PlannedStep,
+    actions: &[String],
+    opts: &RunOptions,
+) -> Result<bool, String> {
+    let name = &p.spec.name;
+    let known = if actions.is_empty() {
+        "it journaled no side effect before the interruption".to_string()
+    } else {
+        format!(
+            "side effects it journaled before the interruption: {}",
+            actions.join("; ")
+        )
+    };
+    if st.repeatable || opts.in_flight == InFlight::Redo {
+        live(
+            opts,
+            format!(
+                "[{name}] step {} was cut short; running it again ({}; {known})",
+                st.id,
+                if st.repeatable {
+                    "the plugin marks it safe to repeat"
+                } else {
+                    "--in-flight redo"
+                }
+            ),
+        );
+        return Ok(true);
+    }
+    let by = match opts.in_flight {
+        InFlight::Done => "--in-flight done".to_string(),
+        _ if !std::io::stdin().is_terminal() => {
+            return Err(format!(
+                "step {:?} ({}) was in flight when the run stopped and is not marked safe to repeat ({known}); check the system, then `rewind resume --in-flight done` if it completed, or `--in-flight redo` to run it again",
+                st.id, st.title
+            ));
+        }
+        _ => {
+            crate::errln!(
+                "\n[{name}] step {} ({}) was in flight when the run stopped, and it is not marked safe to repeat.\n  What it does: {}\n  {known}\n  Type 'redo' to run it again, 'done' if you checked it completed, or 'abort':",
+                st.id,
+                st.title,
+                st.detail
+            );
+            match read_answer(&["redo", "done", "abort"])?.as_str() {
+                "redo" => return Ok(true),
+                "done" => "terminal".to_string(),
+                _ => {
+                    return Err(format!(
+                        "the operator stopped the resume at step {:?}",
+                        st.id
+                    ));
+                }
+            }
+        }
+    };
+    s.record(Event::ManualApproved {
+        plugin: name.clone(),
+        step: st.id.clone(),
+        by: format!("{by} (in flight when the run stopped)"),
+    });
+    Ok(false)
+}
+
+/// One of `choices`, read from the terminal.
+fn read_answer(choices: &[&str]) -> Result<String, String> {
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?
+            == 0
+        {
+            return Err("no answer (end of input)".into());
+        }
+        let answer = line.trim();
+        if choices.contains(&answer) {
+            return Ok(answer.to_string());
+        }
+        crate::errln!("  Type one of: {}", choices.join(", "));
     }
 }
 
 fn step_report(
     p: &Prepared<'_>,
-    s: &Step,
+    s: &PlannedStep,
     status: StepStatus,
     message: String,
     elapsed: Duration,
@@ -962,8 +1380,10 @@ fn step_report(
     StepReport {
         id: s.id.clone(),
         title: s.title.clone(),
-        manual: s.kind == StepKind::Manual,
+        manual: s.manual,
         detail: s.detail.clone(),
+        effect: s.effect.clone(),
+        repeatable: s.repeatable,
         status,
         message,
         duration_ms: ms(elapsed),
@@ -976,77 +1396,62 @@ fn step_report(
 /// A manual step needs a person. On a terminal, ask; otherwise it must be
 /// approved up front with `--approve-manual`. Dry runs only say so.
 fn confirm_manual(
+    s: &Session<'_>,
     p: &Prepared<'_>,
-    s: &Step,
+    st: &PlannedStep,
     opts: &RunOptions,
-    record: &dyn Fn(serde_json::Value),
 ) -> Result<(), String> {
     let name = &p.spec.name;
-    if !opts.mode.executes() {
+    if !s.mode.executes() {
         live(
             opts,
             format!(
                 "[{name}]   manual step: would ask a person to: {}",
-                s.detail
+                st.detail
             ),
         );
         return Ok(());
     }
+    let approved = |by: &str| {
+        s.record(Event::ManualApproved {
+            plugin: name.clone(),
+            step: st.id.clone(),
+            by: by.into(),
+        })
+    };
     if opts.approve_manual {
-        record(
-            json!({"event": "manual-approved", "plugin": name, "step": s.id, "by": "--approve-manual"}),
-        );
+        approved("--approve-manual");
         live(
             opts,
             format!(
                 "[{name}]   manual step approved by --approve-manual: {}",
-                s.detail
+                st.detail
             ),
         );
         return Ok(());
     }
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
+    if !std::io::stdin().is_terminal() {
         return Err(format!(
             "manual step {:?} needs a person ({}), and there is no terminal to ask on; run on a terminal, or pass --approve-manual once it is done",
-            s.id, s.detail
+            st.id, st.detail
         ));
     }
     crate::errln!(
         "\n[{name}] MANUAL STEP {}: {}\n  {}\n  Type 'done' when it is done, or 'abort':",
-        s.id,
-        s.title,
-        s.detail
+        st.id,
+        st.title,
+        st.detail
     );
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?
-            == 0
-        {
-            return Err(format!(
-                "manual step {:?} was not confirmed (end of input)",
-                s.id
-            ));
+    match read_answer(&["done", "abort"]) {
+        Ok(a) if a == "done" => {
+            approved("terminal");
+            Ok(())
         }
-        match line.trim() {
-            "done" => {
-                record(
-                    json!({"event": "manual-approved", "plugin": name, "step": s.id, "by": "terminal"}),
-                );
-                return Ok(());
-            }
-            "abort" => {
-                return Err(format!(
-                    "manual step {:?} was aborted by the operator",
-                    s.id
-                ));
-            }
-            _ => crate::errln!("  Type 'done' or 'abort':"),
-        }
+        Ok(_) => Err(format!(
+            "manual step {:?} was aborted by the operator",
+            st.id
+        )),
+        Err(e) => Err(format!("manual step {:?} was not confirmed ({e})", st.id)),
     }
 }
 

@@ -188,6 +188,9 @@ pub struct Runbook {
     /// grant: the state directory, the compiled cache, this file, every
     /// component and the rewind binary, with what each is (for messages).
     pub protected: Vec<(PathBuf, String)>,
+    /// SHA-256 of the runbook as run, after `${...}` substitution: a
+    /// resumed run checks it has not changed since the run started.
+    pub sha256: String,
 }
 
 /// One `[[plugin]]` entry.
@@ -519,6 +522,10 @@ impl Runbook {
                 snapshot_time: raw.limits.snapshot_time.unwrap_or(defaults.snapshot_time),
             },
             protected: Vec::new(),
+            sha256: {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(text.as_bytes()))
+            },
             plugins,
             watch,
             drills,

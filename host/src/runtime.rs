@@ -603,6 +603,12 @@ impl Runtime {
         }
     }
 
+    /// The SHA-256 of a component file, as `load` names the plugin by it
+    /// (a resumed run checks the plugin it runs is the one it started with).
+    pub fn component_sha256(&self, path: &Path) -> std::io::Result<String> {
+        Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
+    }
+
     /// The plugin's description of itself (`describe`).
     pub fn describe(
         &self,

@@ -203,13 +203,12 @@ impl PluginEnv {
             tracing::info!("[{name}]   would {what}");
         }
         if let Some(j) = &self.journal {
-            j.record(serde_json::json!({
-                "event": "action",
-                "plugin": self.name,
-                "step": *self.current_step.lock().unwrap(),
-                "what": what,
-                "executed": executed,
-            }));
+            j.record(crate::journal::Event::Action {
+                plugin: self.name.clone(),
+                step: self.current_step.lock().unwrap().clone(),
+                what: what.clone(),
+                executed,
+            });
         }
         self.actions.lock().unwrap().push(Action { what, executed });
         Ok(executed)
@@ -237,9 +236,12 @@ impl PluginEnv {
                 );
                 tracing::warn!("[{name}]   {notice}");
                 if let Some(j) = &self.journal {
-                    j.record(serde_json::json!({
-                        "event": "log", "plugin": self.name, "level": "warn", "message": notice,
-                    }));
+                    j.record(crate::journal::Event::Log {
+                        plugin: self.name.clone(),
+                        step: None,
+                        level: "warn".into(),
+                        message: notice,
+                    });
                 }
             }
             return;
@@ -252,13 +254,12 @@ impl PluginEnv {
             _ => tracing::info!("[{name}]   {message}"),
         }
         if let Some(j) = &self.journal {
-            j.record(serde_json::json!({
-                "event": "log",
-                "plugin": self.name,
-                "step": *self.current_step.lock().unwrap(),
-                "level": level,
-                "message": message,
-            }));
+            j.record(crate::journal::Event::Log {
+                plugin: self.name.clone(),
+                step: self.current_step.lock().unwrap().clone(),
+                level: level.to_string(),
+                message: message.to_string(),
+            });
         }
     }
 }

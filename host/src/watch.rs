@@ -8,14 +8,13 @@
 //! the rest, and says so.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::bindings::types::Mode;
 use crate::reload::{Reload, Reloader};
-use crate::run::{self, RunOptions, StartError, context};
+use crate::run::{self, Kind, RunOptions, Session, StartError};
 use crate::runbook::Runbook;
 use crate::runtime::Runtime;
 
@@ -28,32 +27,15 @@ pub struct WatchOptions {
     pub approve_manual: bool,
 }
 
-use crate::run::StopOnSignal;
-
-/// Sleep, waking early when a signal arrives. Returns false if it did.
-fn nap(d: Duration, stop: &AtomicBool) -> bool {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        std::thread::sleep((end - Instant::now()).min(Duration::from_millis(25)));
-    }
-    !stop.load(Ordering::SeqCst)
-}
-
 /// Watch until a signal (or `max_rounds`). Returns the exit code.
 pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Result<i32, StartError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|source| StartError::State {
-            path: runbook.state_dir.clone(),
-            source,
-        })?;
-    }
+    run::stop_on_signals().map_err(|source| StartError::State {
+        path: runbook.state_dir.clone(),
+        source,
+    })?;
     let w = &runbook.watch;
     // Validate everything up front, as a run does; assessments need no lock.
-    let mut prepared = run::prepare(runbook, rt, None, Mode::Execute, "watch", None)?;
+    let (probe, mut prepared) = Session::open(runbook, rt, Kind::Probe, Mode::Execute, None)?;
     // Plugins rebuilt while watching are picked up between rounds (and a
     // rollback loads the files afresh anyway).
     let current = prepared
@@ -84,7 +66,7 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
             humantime::format_duration(w.cooldown)
         ),
     );
-    if !nap(w.initial_delay, &stop) {
+    if !run::nap(w.initial_delay) {
         return Ok(stopped(&out, 0));
     }
     let mut failures = 0u32;
@@ -128,10 +110,8 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
         }
         let started = Instant::now();
         let mut problems = Vec::new();
-        let round_id = format!("watch-{round}");
         for p in &prepared {
-            let ctx = context(&round_id, p.spec, Mode::Execute, 0);
-            match rt.assess(&p.plugin, &p.env, &ctx) {
+            match probe.assess(p) {
                 Ok(a) if a.rollback => {
                     problems.push(format!("{}: {} ({})", p.spec.name, a.scenario, a.summary))
                 }
@@ -186,22 +166,20 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
                 }
             ),
         );
-        if action == "rollback" && stop.load(Ordering::SeqCst) {
+        if action == "rollback" && run::stop_requested() {
             // A signal arrived during the round: do not start what we would
             // have to abort at once.
             return Ok(stopped(&out, round));
         }
         if action == "rollback" {
+            // Unattended: an interrupted earlier run is resumed by a
+            // person, not started over by watch (the refusal says so).
             let ropts = RunOptions {
-                mode: Mode::Execute,
-                plugin: None,
-                level: None,
                 approve_manual: opts.approve_manual,
-                plan_only: false,
                 live: !opts.json,
+                ..RunOptions::default()
             };
-            let mut hooks = StopOnSignal(stop.clone());
-            match run::execute_with(runbook, rt, &ropts, &mut hooks) {
+            match run::execute(runbook, rt, &ropts) {
                 Ok(r) => out(
                     json!({"event": "rollback", "run_id": r.run_id, "outcome": r.outcome, "duration_ms": r.duration_ms}),
                     format!(
@@ -225,7 +203,7 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
             return Ok(stopped(&out, round));
         }
         let next = w.period.saturating_sub(started.elapsed());
-        if stop.load(Ordering::SeqCst) || !nap(next, &stop) {
+        if run::stop_requested() || !run::nap(next) {
             return Ok(stopped(&out, round));
         }
     }

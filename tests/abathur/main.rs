@@ -321,6 +321,7 @@ impl Stand {
         c.args(args)
             .arg(example())
             .env("REWIND_CACHE_DIR", cache_dir())
+            .env("REWIND_LOCK_DIR", Path::new(&self.root()).join("locks"))
             .env_remove("REWIND_LOG")
             .env("ABATHUR_STANDIN", self.root())
             .env("ABATHUR_API_PORT", self.port.to_string())

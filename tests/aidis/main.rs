@@ -115,6 +115,7 @@ fn example(s: &StandIn, args: &[&str]) -> std::process::Output {
         .args(args)
         .arg(&runbook)
         .env("REWIND_CACHE_DIR", cache_dir())
+        .env("REWIND_LOCK_DIR", Path::new(&s.root_str()).join("locks"))
         .env_remove("REWIND_LOG")
         .env("AIDIS_ROOT", s.root_str())
         .env("AIDIS_PHASE4_REF", PHASE4)

@@ -766,6 +766,7 @@ impl StandIn {
             .arg(runbook)
             .current_dir(self.dir.path())
             .env("REWIND_CACHE_DIR", cache_dir())
+            .env("REWIND_LOCK_DIR", self.dir.path().join("locks"))
             .env_remove("REWIND_LOG")
             .stdin(Stdio::null())
             .output()

@@ -323,6 +323,7 @@ impl Village {
         cmd.args(args)
             .arg(&runbook)
             .env("REWIND_CACHE_DIR", cache_dir())
+            .env("REWIND_LOCK_DIR", Path::new(&self.base()).join("locks"))
             .env_remove("REWIND_LOG")
             .env("AIVILLAGE_STANDIN", self.base())
             .env("AIVILLAGE_HEALTH_INTERVAL_MS", "100")

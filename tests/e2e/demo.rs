@@ -27,6 +27,12 @@ struct DemoSite {
 
 impl DemoSite {
     fn new() -> Self {
+        Self::with_releases(&["1.0.0:healthy", "1.1.0:broken"], "1.0.0")
+    }
+
+    /// A site with these releases (`VERSION:healthy|broken`), serving
+    /// `current`.
+    fn with_releases(releases: &[&str], current: &str) -> Self {
         let root = tempfile::Builder::new()
             .prefix("rewind-demo-")
             .tempdir()
@@ -40,21 +46,18 @@ impl DemoSite {
             state,
             port: free_port(),
         };
-        site.service(&[
-            "init",
-            "--release",
-            "1.0.0:healthy",
-            "--release",
-            "1.1.0:broken",
-            "--current",
-            "1.0.0",
-        ]);
+        let mut init = vec!["init"];
+        for r in releases {
+            init.extend(["--release", r]);
+        }
+        init.extend(["--current", current]);
+        site.service(&init);
         site.service(&[
             "deploy",
             "--port",
             &site.port.to_string(),
             "--version",
-            "1.0.0",
+            current,
         ]);
         assert!(
             wait_until(PATIENCE, || site
@@ -99,6 +102,11 @@ impl DemoSite {
 
     /// Run the CLI on examples/demo/rewind.toml pointed at this site.
     fn rewind(&self, args: &[&str]) -> std::process::Output {
+        self.rewind_env(args, &[])
+    }
+
+    /// `rewind`, with more variables.
+    fn rewind_env(&self, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
         let runbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/rewind.toml");
         let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         full.push(runbook.display().to_string());
@@ -106,11 +114,34 @@ impl DemoSite {
             .args(&full)
             .env("REWIND_DEMO_ROOT", self.root())
             .env("REWIND_DEMO_STATE", self.state.path())
+            .env("REWIND_LOCK_DIR", self.state.path().join("locks"))
             .env("REWIND_DEMO_PORT", self.port.to_string())
             .envs(LOADED_MACHINE)
             .env("REWIND_CACHE_DIR", cache_dir())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap()
+    }
+
+    /// Deploy `version` and wait until it answers /healthz with `status`.
+    fn deploy(&self, version: &str, status: u16) {
+        self.service(&[
+            "deploy",
+            "--port",
+            &self.port.to_string(),
+            "--version",
+            version,
+        ]);
+        assert!(
+            wait_until(PATIENCE, || self
+                .get("/healthz")
+                .is_some_and(|(s, _)| s == status)),
+            "{version} answers {status}"
+        );
+    }
+
+    fn serves(&self) -> Option<String> {
+        self.get("/version").map(|(_, b)| b.trim().to_string())
     }
 }
 
@@ -256,6 +287,7 @@ fn the_demo_drill_meets_its_rto_and_watch_rolls_back_by_itself() {
         .arg(&runbook)
         .env("REWIND_DEMO_ROOT", site.root())
         .env("REWIND_DEMO_STATE", site.state.path())
+        .env("REWIND_LOCK_DIR", site.state.path().join("locks"))
         .env("REWIND_DEMO_PORT", site.port.to_string())
         .env("REWIND_DEMO_WATCH_PERIOD", "100ms")
         .envs(LOADED_MACHINE)
@@ -277,4 +309,56 @@ fn the_demo_drill_meets_its_rto_and_watch_rolls_back_by_itself() {
         site.get("/version").map(|(_, b)| b.trim().to_string()),
         Some("1.0.0".into())
     );
+}
+
+/// A rollback killed (SIGKILL, as a crash or the OOM killer would) right
+/// after each line of its journal, one run per line, then `rewind resume`:
+/// every time the service ends up serving exactly the release the first
+/// decision chose (1.0.0, the one below the broken 1.1.0), never one
+/// release further back (0.9.0), and a plain `rewind run` in between
+/// refuses to start over the interrupted run.
+#[test]
+fn a_run_killed_after_any_journal_line_resumes_to_the_release_first_decided() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let site =
+        DemoSite::with_releases(&["0.9.0:healthy", "1.0.0:healthy", "1.1.0:broken"], "1.0.0");
+    let mut completed = false;
+    let mut kills = 0;
+    for line in 1..200u32 {
+        site.deploy("1.1.0", 500);
+        let out = site.rewind_env(&["run"], &[("REWIND_CRASH_AFTER_EVENT", line.to_string())]);
+        if out.status.signal() != Some(9) {
+            // The journal had fewer lines: the run finished on its own.
+            assert!(out.status.success(), "line {line}: {}", text(&out));
+            completed = true;
+        } else {
+            kills += 1;
+            if line % 4 == 1 {
+                let refused = site.rewind(&["run"]);
+                let t = text(&refused);
+                assert_eq!(refused.status.code(), Some(7), "line {line}: {t}");
+                assert!(t.contains("rewind resume"), "line {line}: {t}");
+            }
+            let out = site.rewind(&["resume"]);
+            let t = text(&out);
+            if out.status.code() == Some(2) && t.contains("nothing to resume") {
+                // Killed after the run's last line: it had finished.
+                completed = true;
+            } else {
+                assert!(out.status.success(), "resume after line {line}: {t}");
+            }
+        }
+        assert_eq!(
+            site.serves().as_deref(),
+            Some("1.0.0"),
+            "after a kill at line {line}, the release first decided is served"
+        );
+        assert!(site.current().ends_with("1.0.0"), "line {line}");
+        assert_eq!(site.get("/healthz").map(|(s, _)| s), Some(200));
+        if completed {
+            break;
+        }
+    }
+    assert!(completed, "the run finished within 200 journal lines");
+    assert!(kills >= 15, "killed at {kills} journal lines only");
 }

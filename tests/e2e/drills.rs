@@ -119,6 +119,7 @@ fn start_drill(sb: &Sandbox) -> Proc {
         Command::new(REWIND)
             .args(["drill", "--json", "--reload"])
             .current_dir(sb.path())
+            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
             .env("REWIND_CACHE_DIR", cache_dir())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),

@@ -612,6 +612,7 @@ fn no_plugin_holds_rewind_past_the_call_deadline() {
         let mut child = std::process::Command::new(crate::util::REWIND)
             .args(["run", "--json"])
             .current_dir(sb.path())
+            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
             .env("REWIND_CACHE_DIR", cache_dir())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

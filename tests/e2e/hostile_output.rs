@@ -31,6 +31,7 @@ fn rewind(sb: &Sandbox, args: &[&str]) -> Output {
         .arg(REWIND)
         .args(args)
         .current_dir(sb.path())
+        .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
         .env("REWIND_CACHE_DIR", cache_dir())
         .env("TOKEN_A", TOKEN_A)
         .env("TOKEN_B", TOKEN_B)
@@ -214,6 +215,7 @@ fn a_secret_cannot_break_the_runbook_or_show_in_its_errors() {
     let out = Command::new(REWIND)
         .args(["check"])
         .current_dir(sb.path())
+        .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
         .env("SHORT", "x1")
         .output()
         .unwrap();

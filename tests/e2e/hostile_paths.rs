@@ -83,6 +83,7 @@ fn rewind_with_cache(sb: &Sandbox, cache: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(sb.path())
         .env("REWIND_CACHE_DIR", cache)
+        .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
         .env_remove("REWIND_LOG")
         .stdin(Stdio::null())
         .output()

@@ -170,6 +170,7 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
         Command::new(REWIND)
             .args(["run", "-q"])
             .current_dir(sb.path())
+            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
             .env("REWIND_CACHE_DIR", cache_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -180,11 +181,12 @@ fn a_second_run_is_refused_while_the_first_holds_the_lock() {
             .contains("run ")
     }));
     let holder = std::fs::read_to_string(sb.join("state/lock")).unwrap();
+    let (run_and_pid, _) = holder.split_once(", since ").unwrap();
     let out = sb.rewind(&["run"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
-        text(&out).contains(holder.trim()),
-        "says which run holds it: {}",
+        text(&out).contains(&format!("{run_and_pid}, running)")),
+        "says which run holds it, and that it is running: {}",
         text(&out)
     );
     // History tells the run in progress from an interrupted one.
@@ -387,6 +389,7 @@ fn a_journal_that_cannot_be_written_stops_the_run_between_steps() {
             REWIND,
         ])
         .current_dir(sb.path())
+        .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
         .env("REWIND_CACHE_DIR", cache_dir())
         .stdin(Stdio::null())
         .output();
@@ -458,6 +461,7 @@ fn sigterm_finishes_the_step_and_a_second_sigterm_stops_now() {
             Command::new(REWIND)
                 .args(args)
                 .current_dir(sb.path())
+                .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
                 .env("REWIND_CACHE_DIR", cache_dir())
                 .stdout(stdout)
                 .stderr(err),
@@ -536,4 +540,109 @@ fn sigterm_finishes_the_step_and_a_second_sigterm_stops_now() {
         wait_until(PATIENCE, || !alive(child)),
         "the command was killed with rewind"
     );
+}
+
+/// A run killed mid-step is resumed, not started over: `rewind run`
+/// refuses and points to `resume`; the step in flight, not marked safe to
+/// repeat, goes to a person (no terminal: stop and say how to decide);
+/// `--in-flight redo` runs it again; completed steps are never run twice;
+/// a runbook changed since the run started is refused unless `--force`.
+#[test]
+fn a_killed_run_is_resumed_from_its_journal_and_the_step_in_flight_goes_to_a_person() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let sb = Sandbox::new();
+    let gate = free_port();
+    let policy = json!({"interval_ms": 50, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 0});
+    let target = json!({"Tcp": ["127.0.0.1", gate, 5000]});
+    let steps = |repeatable: bool| {
+        json!({"steps": [
+            {"id": "a", "effect": "reversible", "repeatable": true, "op": {"call": "log", "args": {"level": "Info", "message": "ran a"}}},
+            {"id": "b", "effect": "disruptive", "repeatable": repeatable, "op": {"call": "wait-healthy", "args": {"target": target, "policy": policy}}},
+            {"id": "c", "effect": "observe", "op": {"call": "log", "args": {"level": "Info", "message": "ran c"}}},
+        ]})
+    };
+    let grants = json!({"tcp": [format!("127.0.0.1:{gate}")]});
+    sb.runbook(&fixture_runbook(&steps(false), &grants));
+    let mut run = Proc::spawn(
+        Command::new(REWIND)
+            .args(["run", "-q"])
+            .current_dir(sb.path())
+            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    assert!(wait_until(PATIENCE, || journal_text(&sb).contains(
+        "\"event\":\"step-start\",\"plugin\":\"fx\",\"level\":1,\"step\":\"b\""
+    ) || journal_text(&sb)
+        .contains("\"step\":\"b\",\"title\"")));
+    kill(Pid::from_raw(run.pid() as i32), Signal::SIGKILL).unwrap();
+    let _ = run.output();
+
+    // A new run does not start over it.
+    let out = sb.rewind(&["run"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{t}");
+    assert!(
+        t.contains("during step b") && t.contains("rewind resume"),
+        "{t}"
+    );
+
+    // Step b was in flight and is not repeatable: without a terminal, the
+    // resume stops there and says how to decide.
+    let out = sb.rewind(&["resume"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("in flight") && t.contains("--in-flight done") && t.contains("--in-flight redo"),
+        "{t}"
+    );
+
+    // The runbook changed since the run started: refused, naming it.
+    sb.runbook(&fixture_runbook(&steps(true), &grants));
+    let out = sb.rewind(&["resume"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("config] changed") && t.contains("--force"),
+        "{t}"
+    );
+    sb.runbook(&fixture_runbook(&steps(false), &grants));
+
+    // Redo it: the gate is open now, b runs again, c runs, a does not.
+    let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
+    let out = sb.rewind(&["resume", "--in-flight", "redo", "--json"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "rolled-back", "{t}");
+    let j = journal_text(&sb);
+    assert_eq!(
+        j.matches("\"message\":\"ran a\"").count(),
+        1,
+        "a ran once: {j}"
+    );
+    assert_eq!(j.matches("\"message\":\"ran c\"").count(), 1, "{j}");
+    assert_eq!(
+        j.matches("\"event\":\"step-start\"").count(),
+        4,
+        "a, b, b again, c: {j}"
+    );
+    assert!(j.contains("\"event\":\"resume\""), "{j}");
+    let runs: Vec<&str> = j
+        .lines()
+        .filter_map(|l| l.split("\"run\":\"").nth(1))
+        .map(|r| r.split('"').next().unwrap())
+        .collect();
+    assert!(
+        runs.windows(2).all(|w| w[0] == w[1]),
+        "one run id throughout"
+    );
+
+    // Done: nothing left to resume.
+    let out = sb.rewind(&["resume"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("nothing to resume"));
 }

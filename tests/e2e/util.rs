@@ -60,6 +60,7 @@ impl Sandbox {
             .args(args)
             .current_dir(self.path())
             .env("REWIND_CACHE_DIR", cache_dir())
+            .env("REWIND_LOCK_DIR", self.path().join("state/locks"))
             .env_remove("REWIND_LOG")
             .stdin(Stdio::null())
             .output()

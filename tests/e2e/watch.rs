@@ -126,6 +126,7 @@ fn sigterm_mid_step_finishes_the_step_and_leaves_a_consistent_journal() {
         Command::new(REWIND)
             .args(["watch"])
             .current_dir(sb.path())
+            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
             .env("REWIND_CACHE_DIR", cache_dir())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
@@ -210,6 +211,7 @@ fn a_plugin_rebuilt_while_watching_is_picked_up_between_rounds() {
         Command::new(REWIND)
             .args(["watch", "--json"])
             .current_dir(sb.path())
+            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
             .env("REWIND_CACHE_DIR", cache_dir())
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),

@@ -503,6 +503,7 @@ impl Stand {
             .arg(&runbook)
             .current_dir(self.sb.path())
             .env("REWIND_CACHE_DIR", util::cache_dir())
+            .env("REWIND_LOCK_DIR", self.sb.path().join("locks"))
             .env_remove("REWIND_LOG")
             .env("FF_STATE_DIR", s(self.path("state")))
             .env("FF_APP_DIR", s(self.app()))

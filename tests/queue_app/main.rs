@@ -249,6 +249,7 @@ impl Stand {
         cmd.args(args)
             .arg(example_dir().join("rewind.toml"))
             .env("REWIND_CACHE_DIR", cache_dir())
+            .env("REWIND_LOCK_DIR", Path::new(&self.base()).join("locks"))
             .env_remove("REWIND_LOG")
             .env("QUEUE_APP_STANDIN", self.base())
             .env("QUEUE_APP_PORT", self.port.to_string())

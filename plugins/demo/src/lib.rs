@@ -149,7 +149,7 @@ fn previous_release(cfg: &Config) -> Result<String> {
 /// so a run resumed (or run again) after `current` was already switched
 /// does not go one release further back.
 fn target_version(ctx: &Context, cfg: &Config) -> Result<String> {
-    ctx.pin("target", || Ok(previous_release(cfg)?))
+    ctx.pin("target", || previous_release(cfg))
 }
 
 /// The pid of the service when it is running, from its pid file.

@@ -363,9 +363,11 @@ pub fn pin(env: &PluginEnv, key: &str, value: &str) -> Result<String, Error> {
     }
     drop(kv);
     if let Some(j) = &env.journal {
-        j.record(serde_json::json!({
-            "event": "decision", "plugin": env.name, "key": key, "value": value,
-        }));
+        j.record(crate::journal::Event::Decision {
+            plugin: env.name.clone(),
+            key: key.to_string(),
+            value: value.to_string(),
+        });
     }
     Ok(value.to_string())
 }
