@@ -92,6 +92,11 @@ enum Command {
         /// release, the backup to restore) and let the plugins decide again.
         #[arg(long)]
         redecide: bool,
+        /// Approve up front what the runbook's [policy] would ask a person
+        /// for: an effect (`destructive`: every step up to it), a level
+        /// number, or a step id. Repeatable.
+        #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
+        approve: Vec<String>,
     },
     /// Carry on an interrupted run (the last one, or RUN_ID) under its own
     /// id: completed steps are not run again; the step that was in flight
@@ -115,6 +120,26 @@ enum Command {
         /// Treat manual steps as already done by a person (no prompt).
         #[arg(long)]
         approve_manual: bool,
+        /// As `rewind run --approve`.
+        #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
+        approve: Vec<String>,
+    },
+    /// Approve the step (or escalation) a run is waiting on, from another
+    /// shell: `[RUN_ID] [RUNBOOK]`, as for resume.
+    Approve {
+        #[arg(num_args = 0..=2, value_name = "RUN_ID|RUNBOOK")]
+        args: Vec<String>,
+        /// Only if the run waits on this step (its id, or escalate-to-N).
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Refuse the step (or escalation) a run is waiting on: the run stops
+    /// there and ends, the services left as they are.
+    Deny {
+        #[arg(num_args = 0..=2, value_name = "RUN_ID|RUNBOOK")]
+        args: Vec<String>,
+        #[arg(long)]
+        step: Option<String>,
     },
     /// List past runs from the journal.
     History {
@@ -146,6 +171,9 @@ enum Command {
         /// Treat manual steps as done by a person.
         #[arg(long)]
         approve_manual: bool,
+        /// As `rewind run --approve`.
+        #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
+        approve: Vec<String>,
     },
     /// List past drills with their recovery times against the RTO.
     Drills {
@@ -165,6 +193,10 @@ enum Command {
         /// Treat manual steps as done by a person.
         #[arg(long)]
         approve_manual: bool,
+        /// As `rewind run --approve`, for every rollback watch starts:
+        /// what it may do with nobody asked.
+        #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
+        approve: Vec<String>,
     },
 }
 
@@ -238,6 +270,7 @@ fn dispatch(cli: &Cli) -> CliResult {
             approve_manual,
             fresh,
             redecide,
+            approve,
         } => {
             let opts = RunOptions {
                 mode: if *dry_run {
@@ -251,6 +284,7 @@ fn dispatch(cli: &Cli) -> CliResult {
                 live: !cli.quiet && !cli.json,
                 fresh: *fresh,
                 redecide: *redecide,
+                approve: pre_approvals(approve),
                 ..RunOptions::default()
             };
             run_cmd(cli, runbook, &opts)
@@ -260,16 +294,20 @@ fn dispatch(cli: &Cli) -> CliResult {
             force,
             in_flight,
             approve_manual,
+            approve,
         } => {
             let opts = RunOptions {
                 approve_manual: *approve_manual,
                 live: !cli.quiet && !cli.json,
                 in_flight: *in_flight,
+                approve: pre_approvals(approve),
                 ..RunOptions::default()
             };
             let (runbook, run_id) = resume_args(args)?;
             resume_cmd(cli, &runbook, run_id.as_deref(), *force, &opts)
         }
+        Command::Approve { args, step } => answer_cmd(args, step.as_deref(), true),
+        Command::Deny { args, step } => answer_cmd(args, step.as_deref(), false),
         Command::History { runbook, state_dir } => {
             history(cli, &state_for(cli, runbook, state_dir.as_deref())?)
         }
@@ -283,6 +321,7 @@ fn dispatch(cli: &Cli) -> CliResult {
             scenario,
             reload,
             approve_manual,
+            approve,
         } => drill_cmd(
             cli,
             runbook,
@@ -290,6 +329,7 @@ fn dispatch(cli: &Cli) -> CliResult {
                 scenario: scenario.clone(),
                 reload: *reload,
                 approve_manual: *approve_manual,
+                approve: pre_approvals(approve),
                 live: !cli.quiet && !cli.json,
             },
         ),
@@ -300,6 +340,7 @@ fn dispatch(cli: &Cli) -> CliResult {
             runbook,
             max_rounds,
             approve_manual,
+            approve,
         } => {
             let runbook = load_runbook(cli, runbook)?;
             let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
@@ -307,6 +348,7 @@ fn dispatch(cli: &Cli) -> CliResult {
                 json: cli.json,
                 max_rounds: *max_rounds,
                 approve_manual: *approve_manual,
+                approve: pre_approvals(approve),
             };
             crate::watch::watch(&runbook, &rt, &opts).map_err(|e| (e.exit_code(), e.to_string()))
         }
@@ -376,6 +418,91 @@ fn finish_run(cli: &Cli, report: &RunReport, plan_only: bool) -> CliResult {
         return Ok(exit::INTERRUPTED);
     }
     Ok(report.exit_code())
+}
+
+fn pre_approvals(list: &[String]) -> Vec<crate::policy::PreApproval> {
+    list.iter()
+        .map(|a| crate::policy::PreApproval::parse(a))
+        .collect()
+}
+
+/// `rewind approve` / `rewind deny`: answer the gate a run waits on. Only a
+/// run that is waiting gets an answer, and the answer names the gate, so
+/// an approval given late never approves a later step.
+fn answer_cmd(args: &[String], step: Option<&str>, approve: bool) -> CliResult {
+    let (path, id) = resume_args(args)?;
+    let runbook = Runbook::load(&path).map_err(|e| (exit::USAGE, e.to_string()))?;
+    let state = runbook.state();
+    let dir = crate::policy::approvals_dir(&state);
+    let mut waiting: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let run = name.strip_suffix(".waiting")?.to_string();
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    Some((run, text))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    waiting.retain(|(run, _)| id.as_deref().is_none_or(|id| run.starts_with(id)));
+    let (run, text) = match waiting.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err((
+                exit::USAGE,
+                format!(
+                    "no run{} is waiting for an approval in {}",
+                    id.map(|i| format!(" {i:?}")).unwrap_or_default(),
+                    state.path().display()
+                ),
+            ));
+        }
+        many => {
+            return Err((
+                exit::USAGE,
+                format!(
+                    "{} runs wait for an approval ({}); name one",
+                    many.len(),
+                    many.iter()
+                        .map(|(r, _)| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    };
+    let (gate, what) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+    let gate = gate.trim();
+    if let Some(step) = step
+        && step != gate
+    {
+        return Err((
+            exit::USAGE,
+            format!("run {run} waits on {gate:?}, not {step:?}: {}", what.trim()),
+        ));
+    }
+    let who = crate::policy::Who::me();
+    let answer = crate::policy::Answer {
+        approve,
+        step: Some(gate.to_string()),
+        who: who.clone(),
+        ts: crate::journal::now_rfc3339(),
+        note: None,
+    };
+    crate::policy::answer(&state, &run, &answer).map_err(|e| {
+        (
+            exit::FAILED,
+            format!("cannot write the answer in {}: {e}", dir.display()),
+        )
+    })?;
+    crate::outln!(
+        "{} {gate} of run {run} as {who}: {}",
+        if approve { "approved" } else { "denied" },
+        what.trim()
+    );
+    Ok(exit::OK)
 }
 
 /// `resume`'s positional arguments: the one naming an existing file is the
@@ -515,6 +642,9 @@ fn print_report(r: &RunReport, plan_only: bool) {
                         s.title
                     );
                     crate::outln!("              {}", s.detail);
+                    if !s.message.is_empty() {
+                        crate::outln!("              ! {}", s.message);
+                    }
                 } else {
                     crate::outln!(
                         "      {mark} {:>8}  {}{manual}: {}",

@@ -35,6 +35,8 @@ pub struct DrillOptions {
     /// Hot-reload plugin files that change during the drill.
     pub reload: bool,
     pub approve_manual: bool,
+    /// `--approve`: past the policy without asking.
+    pub approve: Vec<crate::policy::PreApproval>,
     pub live: bool,
 }
 
@@ -370,6 +372,7 @@ fn run_one(
                     mode: Mode::Drill,
                     plugin: Some(d.plugin.clone()),
                     approve_manual: opts.approve_manual,
+                    approve: opts.approve.clone(),
                     live: opts.live,
                     ..RunOptions::default()
                 };

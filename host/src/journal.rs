@@ -151,6 +151,27 @@ pub enum Event {
         step: String,
         by: String,
     },
+    /// A step (or an escalation) beyond the policy waits for a person.
+    ApprovalNeeded {
+        plugin: String,
+        level: u8,
+        /// The step's id, or `escalate-to-N`.
+        step: String,
+        effect: String,
+        /// The policy's limit it is over.
+        limit: String,
+        detail: String,
+    },
+    /// A person's answer to an `approval-needed`.
+    Approval {
+        plugin: String,
+        level: u8,
+        step: String,
+        approved: bool,
+        /// How: `terminal`, `--approve X`, `rewind approve`.
+        by: String,
+        who: crate::policy::Who,
+    },
     StepEnd {
         plugin: String,
         level: u8,
@@ -234,6 +255,8 @@ impl Event {
                 | Self::Decision { .. }
                 | Self::DecisionsCleared { .. }
                 | Self::ManualApproved { .. }
+                | Self::ApprovalNeeded { .. }
+                | Self::Approval { .. }
                 | Self::StepEnd { .. }
                 | Self::PluginEnd { .. }
                 | Self::RunEnd { .. }

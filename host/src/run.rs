@@ -14,6 +14,7 @@ use crate::bindings::rollback::{Assessment, Effect, Step, StepKind, StepOutcome,
 use crate::bindings::types::{Finding, Mode};
 use crate::imports::storage::kv::Pin;
 use crate::journal::{Event, PlannedStep};
+use crate::policy::{Effect as Harm, PreApproval, Waited, Who};
 use crate::resume::{Interrupted, Progress};
 use crate::runbook::{OnFailure, Runbook};
 use crate::runtime::{LoadError, LoadStats, Runtime};
@@ -64,6 +65,9 @@ pub struct RunOptions {
     /// What `resume` does with a step that was in flight and is not
     /// marked safe to repeat.
     pub in_flight: InFlight,
+    /// Approvals given up front (`--approve`): past the policy, these
+    /// steps run without asking.
+    pub approve: Vec<PreApproval>,
 }
 
 impl Default for RunOptions {
@@ -78,6 +82,7 @@ impl Default for RunOptions {
             fresh: false,
             redecide: false,
             in_flight: InFlight::Ask,
+            approve: Vec::new(),
         }
     }
 }
@@ -856,6 +861,17 @@ pub(crate) fn run_plugin(
         return report;
     }
 
+    // What led here, for a person asked to approve: the assessment's
+    // findings, then the last verification's.
+    let mut last_findings: Vec<FindingReport> = report
+        .assessment
+        .as_ref()
+        .map(|a| a.findings.clone())
+        .unwrap_or_default();
+    let mut escalated = false;
+    // An escalation a person approved covers its level's steps up to the
+    // effect they were shown.
+    let mut approved_upto: Option<(u8, Harm)> = None;
     loop {
         let level_name = p
             .info
@@ -914,6 +930,43 @@ pub(crate) fn run_plugin(
                         steps.len()
                     ),
                 );
+                // Escalating on its own goes only as far as the policy
+                // says; past that, a person decides, once for the level.
+                let harm = Harm::from_name(worst_effect(&planned));
+                let limit = p.spec.policy.auto_escalate;
+                if escalated && harm > limit && !opts.plan_only {
+                    let gate_id = format!("escalate-to-{level}");
+                    let what = format!(
+                        "escalate to level {level} ({level_name}), whose steps are {}: {}",
+                        harm.as_str(),
+                        planned
+                            .iter()
+                            .map(|st| format!("{} [{}]", st.id, st.effect))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    match gate(
+                        s,
+                        p,
+                        level,
+                        &gate_id,
+                        &what,
+                        harm,
+                        limit,
+                        &last_findings,
+                        opts,
+                    ) {
+                        Gate::Go => approved_upto = Some((level, harm)),
+                        Gate::Denied(why) => {
+                            end(&mut report, Outcome::Failed, Some(why), Some(level));
+                            return report;
+                        }
+                        Gate::Wait(why) => {
+                            end(&mut report, Outcome::Aborted, Some(why), Some(level));
+                            return report;
+                        }
+                    }
+                }
                 (planned, Vec::new(), None, None)
             }
         };
@@ -927,11 +980,23 @@ pub(crate) fn run_plugin(
 
         if opts.plan_only {
             for st in &steps {
+                // Where the gates are: what a real run would stop and ask.
+                let harm = Harm::from_name(&st.effect);
+                let limit = p.spec.policy.unattended;
+                let gate = if !st.manual && harm > limit {
+                    format!(
+                        "needs a person's approval: {} is past what the policy runs unattended ({})",
+                        harm.as_str(),
+                        limit.as_str()
+                    )
+                } else {
+                    String::new()
+                };
                 lr.steps.push(step_report(
                     p,
                     st,
                     StepStatus::Planned,
-                    String::new(),
+                    gate,
                     Duration::ZERO,
                     Vec::new(),
                     Vec::new(),
@@ -1039,6 +1104,66 @@ pub(crate) fn run_plugin(
                     Vec::new(),
                 ));
                 continue;
+            }
+            // Past the policy, a person decides (a manual step is a
+            // person's act already).
+            if !st.manual {
+                let harm = Harm::from_name(&st.effect);
+                let limit = p.spec.policy.unattended;
+                let covered = approved_upto.is_some_and(|(l, e)| l == level && harm <= e);
+                if harm > limit && !covered {
+                    let what = format!("step {} ({}): {}", st.id, st.title, st.detail);
+                    match gate(
+                        s,
+                        p,
+                        level,
+                        &st.id,
+                        &what,
+                        harm,
+                        limit,
+                        &last_findings,
+                        opts,
+                    ) {
+                        Gate::Go => {}
+                        Gate::Denied(why) => {
+                            s.record(Event::StepSkipped {
+                                plugin: name.clone(),
+                                step: st.id.clone(),
+                                reason: Some(why.clone()),
+                            });
+                            failed = Some(why.clone());
+                            lr.steps.push(step_report(
+                                p,
+                                st,
+                                StepStatus::Skipped,
+                                why,
+                                Duration::ZERO,
+                                Vec::new(),
+                                Vec::new(),
+                            ));
+                            continue;
+                        }
+                        Gate::Wait(why) => {
+                            s.record(Event::StepSkipped {
+                                plugin: name.clone(),
+                                step: st.id.clone(),
+                                reason: Some(why.clone()),
+                            });
+                            aborted = Some(format!("stopped before step {}: {why}", st.id));
+                            failed = aborted.clone();
+                            lr.steps.push(step_report(
+                                p,
+                                st,
+                                StepStatus::Skipped,
+                                why,
+                                Duration::ZERO,
+                                Vec::new(),
+                                Vec::new(),
+                            ));
+                            continue;
+                        }
+                    }
+                }
             }
             hooks.before_step(s, p, &step_of(st));
             *p.env.current_step.lock().unwrap() = Some(st.id.clone());
@@ -1163,6 +1288,7 @@ pub(crate) fn run_plugin(
         for f in &vr.findings {
             live(opts, format!("[{name}]   {}", format_finding(f)));
         }
+        last_findings = vr.findings.clone();
         lr.verification = Some(vr);
         report.levels.push(lr);
 
@@ -1195,6 +1321,7 @@ pub(crate) fn run_plugin(
                 ),
             );
             level += 1;
+            escalated = true;
             continue;
         }
         end(
@@ -1247,15 +1374,6 @@ pub fn effect_name(e: Effect) -> &'static str {
     }
 }
 
-fn effect_rank(e: Effect) -> u8 {
-    match e {
-        Effect::Observe => 0,
-        Effect::Reversible => 1,
-        Effect::Disruptive => 2,
-        Effect::Destructive => 3,
-    }
-}
-
 fn effect_from_name(name: &str) -> Effect {
     match name {
         "observe" => Effect::Observe,
@@ -1270,9 +1388,130 @@ fn effect_from_name(name: &str) -> Effect {
 pub fn worst_effect(steps: &[PlannedStep]) -> &'static str {
     steps
         .iter()
-        .map(|st| effect_from_name(&st.effect))
-        .max_by_key(|e| effect_rank(*e))
-        .map_or("observe", effect_name)
+        .map(|st| Harm::from_name(&st.effect))
+        .max()
+        .unwrap_or(Harm::Observe)
+        .as_str()
+}
+
+/// How a gate ended.
+enum Gate {
+    /// Approved (or within the policy): go on.
+    Go,
+    /// A person said no: stop here, the run ends.
+    Denied(String),
+    /// Nobody answered in time, or a signal came: stop here, resumable.
+    Wait(String),
+}
+
+/// A step or an escalation past the policy: approved up front, asked on
+/// the terminal, or waited for from another shell (`rewind approve`).
+/// Every answer is journaled with who gave it.
+#[allow(clippy::too_many_arguments)]
+fn gate(
+    s: &Session<'_>,
+    p: &Prepared<'_>,
+    level: u8,
+    gate_id: &str,
+    what: &str,
+    harm: Harm,
+    limit: Harm,
+    findings_here: &[FindingReport],
+    opts: &RunOptions,
+) -> Gate {
+    let name = &p.spec.name;
+    if !s.mode.executes() {
+        live(
+            opts,
+            format!(
+                "[{name}]   needs a person's approval ({} is past the policy's {}): {what}",
+                harm.as_str(),
+                limit.as_str()
+            ),
+        );
+        return Gate::Go;
+    }
+    let approval = |approved: bool, by: String, who: Who| {
+        s.record(Event::Approval {
+            plugin: name.clone(),
+            level,
+            step: gate_id.to_string(),
+            approved,
+            by,
+            who,
+        })
+    };
+    if let Some(pre) = opts.approve.iter().find(|a| a.covers(level, gate_id, harm)) {
+        let by = format!("--approve {}", pre.text());
+        live(opts, format!("[{name}]   approved up front ({by}): {what}"));
+        approval(true, by, Who::me());
+        return Gate::Go;
+    }
+    s.record(Event::ApprovalNeeded {
+        plugin: name.clone(),
+        level,
+        step: gate_id.to_string(),
+        effect: harm.as_str().into(),
+        limit: limit.as_str().into(),
+        detail: what.to_string(),
+    });
+    if std::io::stdin().is_terminal() {
+        crate::errln!(
+            "\n[{name}] APPROVAL NEEDED: {what}\n  effect {}, past what the policy runs unattended ({})",
+            harm.as_str(),
+            limit.as_str()
+        );
+        for f in findings_here {
+            crate::errln!("  {}", format_finding(f));
+        }
+        crate::errln!("  Type 'approve' to carry it out, or 'deny' to stop here:");
+        return match read_answer(&["approve", "deny"]) {
+            Ok(a) if a == "approve" => {
+                approval(true, "terminal".into(), Who::me());
+                Gate::Go
+            }
+            Ok(_) => {
+                let who = Who::me();
+                approval(false, "terminal".into(), who.clone());
+                Gate::Denied(format!(
+                    "{gate_id} was denied by {who} on the terminal; nothing after it ran, the services are left as they are"
+                ))
+            }
+            Err(e) => Gate::Wait(format!("{gate_id} needs a person's approval: {e}")),
+        };
+    }
+    let timeout = p.spec.policy.approval_timeout;
+    crate::errln!(
+        "[{name}] APPROVAL NEEDED: {what} (effect {}, past the policy's {}). Waiting up to {} for `rewind approve {}` or `rewind deny {}` from another shell",
+        harm.as_str(),
+        limit.as_str(),
+        humantime::format_duration(timeout),
+        s.run_id,
+        s.run_id
+    );
+    match crate::policy::wait_for_answer(&s.runbook.state(), &s.run_id, gate_id, what, timeout) {
+        Ok(Waited::Answered(a)) if a.approve => {
+            approval(true, "rewind approve".into(), a.who);
+            Gate::Go
+        }
+        Ok(Waited::Answered(a)) => {
+            let who = a.who.clone();
+            approval(false, "rewind deny".into(), a.who);
+            Gate::Denied(format!(
+                "{gate_id} was denied by {who} (rewind deny); nothing after it ran, the services are left as they are"
+            ))
+        }
+        Ok(Waited::TimedOut) => Gate::Wait(format!(
+            "{gate_id} needs a person's approval and none came within {}; the run stays resumable (`rewind resume`, then approve)",
+            humantime::format_duration(timeout)
+        )),
+        Ok(Waited::Stopped) => Gate::Wait(format!(
+            "rewind received SIGINT or SIGTERM while {gate_id} waited for an approval"
+        )),
+        Err(e) => Gate::Wait(format!(
+            "{gate_id} needs a person's approval, and the approvals directory cannot be used: {e}"
+        )),
+    }
 }
 
 /// The step an interrupted run was in the middle of: run it again when the

@@ -37,6 +37,8 @@ struct RawRunbook {
     watch: Option<RawWatch>,
     #[serde(default)]
     drill: Vec<Spanned<RawDrill>>,
+    #[serde(default)]
+    policy: crate::policy::RawPolicy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +165,8 @@ struct RawPlugin {
     #[serde(default)]
     config: toml::Table,
     grants: Option<Spanned<GrantsSpec>>,
+    #[serde(default)]
+    policy: crate::policy::RawPolicy,
 }
 
 fn default_on_failure() -> OnFailure {
@@ -209,6 +213,8 @@ pub struct PluginSpec {
     /// The line of each `write` and `exec` grant entry, to name it when it
     /// is refused: (capability, value as written, line).
     pub grant_lines: Vec<(&'static str, String, usize)>,
+    /// `[policy]` with this plugin's `[plugin.policy]` over it.
+    pub policy: crate::policy::Policy,
 }
 
 impl PluginSpec {
@@ -405,7 +411,11 @@ impl Runbook {
                 }
                 None => Vec::new(),
             };
+            let policy = p
+                .policy
+                .over(raw.policy.over(crate::policy::Policy::default()));
             plugins.push(PluginSpec {
+                policy,
                 name,
                 component,
                 on_failure: p.on_failure,
@@ -915,7 +925,9 @@ fn place(ctx: Ctx, value: &str) -> Result<String, &'static str> {
     }
 }
 
-fn de_duration_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn de_duration_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map(Some).map_err(|e| {
         serde::de::Error::custom(format!(

@@ -25,6 +25,8 @@ pub struct WatchOptions {
     /// Stop after this many probe rounds (for tests and cron-like use).
     pub max_rounds: Option<u64>,
     pub approve_manual: bool,
+    /// `--approve`: what its rollbacks may do past the policy.
+    pub approve: Vec<crate::policy::PreApproval>,
 }
 
 /// Watch until a signal (or `max_rounds`). Returns the exit code.
@@ -176,6 +178,7 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
             // person, not started over by watch (the refusal says so).
             let ropts = RunOptions {
                 approve_manual: opts.approve_manual,
+                approve: opts.approve.clone(),
                 live: !opts.json,
                 ..RunOptions::default()
             };

@@ -646,3 +646,143 @@ fn a_killed_run_is_resumed_from_its_journal_and_the_step_in_flight_goes_to_a_per
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("nothing to resume"));
 }
+
+/// The default policy runs nothing destructive without a person: a run
+/// with no terminal waits for `rewind approve` or `rewind deny` from
+/// another shell; `--approve destructive` grants it up front; escalating
+/// into a destructive level is a gate of its own; every answer is
+/// journaled with who gave it; nobody answering in time leaves the run
+/// resumable.
+#[test]
+fn destructive_steps_wait_for_a_person_under_the_default_policy() {
+    let sb = Sandbox::new();
+    let config = json!({"steps": [
+        {"id": "look", "effect": "observe", "op": {"call": "log", "args": {"level": "Info", "message": "looked"}}},
+        {"id": "drop", "effect": "destructive", "op": {"call": "log", "args": {"level": "Info", "message": "dropped"}}},
+    ]});
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let spawn = |args: &[&str]| {
+        Proc::spawn(
+            Command::new(REWIND)
+                .args(args)
+                .current_dir(sb.path())
+                .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
+                .env("REWIND_CACHE_DIR", cache_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )
+    };
+    let waiting = || {
+        std::fs::read_dir(sb.join("state/approvals"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".waiting"))
+            })
+            .unwrap_or(false)
+    };
+
+    // The plan shows the gate.
+    let out = sb.rewind(&["plan"]);
+    let t = text(&out);
+    assert!(
+        t.contains("drop [destructive]") && t.contains("needs a person's approval"),
+        "{t}"
+    );
+
+    // Approved from another shell.
+    let mut run = spawn(&["run", "--json"]);
+    assert!(wait_until(PATIENCE, waiting), "the run waits for a person");
+    assert!(!journal_text(&sb).contains("\"message\":\"dropped\""));
+    let out = sb.rewind(&["approve", "--step", "drop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("approved drop"), "{}", text(&out));
+    let out = run.output();
+    assert!(out.status.success(), "{}", text(&out));
+    let j = journal_text(&sb);
+    assert!(j.contains("\"message\":\"dropped\""), "{j}");
+    assert!(
+        j.contains("\"event\":\"approval\"")
+            && j.contains("\"by\":\"rewind approve\"")
+            && j.contains("\"uid\":"),
+        "{j}"
+    );
+
+    // Denied: the step does not run and the run ends.
+    let sb2 = Sandbox::new();
+    sb2.runbook(&fixture_runbook(&config, &json!({})));
+    let mut run = Proc::spawn(
+        Command::new(REWIND)
+            .args(["run", "--json"])
+            .current_dir(sb2.path())
+            .env("REWIND_LOCK_DIR", sb2.path().join("state/locks"))
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    assert!(wait_until(PATIENCE, || sb2
+        .join("state/approvals")
+        .read_dir()
+        .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".waiting"))))));
+    let out = sb2.rewind(&["deny"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run.output();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let j = journal_text(&sb2);
+    assert!(
+        !j.contains("\"message\":\"dropped\""),
+        "denied: not run: {j}"
+    );
+    assert!(j.contains("was denied by"), "{j}");
+    let out = sb2.rewind(&["resume"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("nothing to resume"),
+        "a denied run is over, not interrupted: {}",
+        text(&out)
+    );
+
+    // Granted up front; and nobody answering in time leaves it resumable.
+    let sb3 = Sandbox::new();
+    sb3.runbook(&format!(
+        "{}\n[policy]\napproval_timeout = \"0s\"\n",
+        fixture_runbook(&config, &json!({}))
+    ));
+    let out = sb3.rewind(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("none came within"), "{}", text(&out));
+    let out = sb3.rewind(&["resume", "--approve", "destructive"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let j = journal_text(&sb3);
+    assert_eq!(j.matches("\"message\":\"looked\"").count(), 1, "{j}");
+    assert!(j.contains("\"by\":\"--approve destructive\""), "{j}");
+
+    // Escalating into a destructive level is a gate of its own.
+    let sb4 = Sandbox::new();
+    let levels = json!({
+        "levels": [1, 2],
+        "steps": [
+            {"id": "restart", "level": 1, "effect": "disruptive"},
+            {"id": "restore", "level": 2, "effect": "destructive"},
+        ],
+        "verify": {"by_level": {"1": false, "2": true}},
+    });
+    sb4.runbook(&format!(
+        "{}\n[policy]\napproval_timeout = \"0s\"\n",
+        fixture_runbook(&levels, &json!({}))
+    ));
+    let out = sb4.rewind(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let j = journal_text(&sb4);
+    assert!(j.contains("\"step\":\"escalate-to-2\""), "{j}");
+    assert!(
+        !j.contains("\"step\":\"restore\",\"title\""),
+        "restore never started: {j}"
+    );
+    let out = sb4.rewind(&["resume", "--approve", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
