@@ -799,6 +799,55 @@ fn lost_core_table_restores_the_latest_verified_backup() {
 }
 
 #[test]
+fn a_second_run_restores_the_backup_the_first_chose_not_a_newer_one() {
+    let mut s = Stand::new();
+    let good = s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    let at_backup = s.counts(&s.db(), &ALL);
+    s.start_all();
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+
+    // The first run restores the good backup, then its start step gives
+    // the API no time to come up: the incident is not over.
+    s.set("ABATHUR_HEALTH_TIMEOUT_MS", "1");
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        message(&report, "restore").contains("abathur_2025-10-09_02-00-00.db.gz"),
+        "{out}"
+    );
+    let start = steps(&report)
+        .into_iter()
+        .find(|(id, _, _)| id == "start")
+        .unwrap();
+    assert_eq!(start.1, "failed", "{out}");
+
+    // The table is lost again, and meanwhile the nightly backup took the
+    // broken database: a newer backup that verifies, without agents.
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    let newer = s.daily_backup("abathur_2025-10-10_02-00-00.db", Duration::from_secs(60));
+
+    // The second run of the incident restores the backup the first chose.
+    s.set("ABATHUR_HEALTH_TIMEOUT_MS", "30000");
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    let restore = message(&report, "restore");
+    assert!(
+        restore.contains("abathur_2025-10-09_02-00-00.db.gz") && !restore.contains("2025-10-10"),
+        "{out}"
+    );
+    assert_eq!(s.counts(&s.db(), &ALL), at_backup);
+    assert!(good.exists() && newer.exists());
+    assert_eq!(s.health(), Some(200));
+}
+
+#[test]
 fn bloated_wal_is_truncated_old_backups_pruned_and_space_reclaimed() {
     let mut s = Stand::new();
     s.daily_backup(

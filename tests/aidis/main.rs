@@ -22,7 +22,7 @@ mod standin;
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::standin::*;
 use crate::util::*;
@@ -311,6 +311,60 @@ fn phase4_serving_500s_is_rolled_back_to_the_baseline_on_the_example_runbook() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn a_second_run_goes_back_to_the_baseline_commit_the_first_run_pinned() {
+    let s = StandIn::new(PHASE4);
+    let baseline = s.rev(BASELINE);
+
+    // The first run reverts, then its start script fails: the incident
+    // is not over.
+    let failing_start = s.runbook(|c| c["start_command"] = json!(["git", "no-such-command"]));
+    let (code, report, stderr) = s.run_json(&failing_start, &[]);
+    assert_ne!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(levels(&report), [2]);
+    assert!(
+        step_message(&report, 2, "revert").contains(BASELINE),
+        "{report:#}"
+    );
+    assert_eq!(s.rev("HEAD"), baseline);
+
+    // Meanwhile someone commits onto the baseline branch, which HEAD is
+    // on now.
+    std::fs::write(s.path("NOTES.md"), "pushed during the incident\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .current_dir(s.path(""))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    };
+    git(&["add", "NOTES.md"]);
+    git(&["commit", "-q", "-m", "a change during the incident"]);
+    assert_ne!(s.rev(BASELINE), baseline);
+
+    // The second run of the same incident goes to the commit the first
+    // decided on, not to where the branch is now.
+    let runbook = s.runbook(|_| {});
+    let (code, report, stderr) = s.run_json(&runbook, &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(report["outcome"], "rolled-back", "{report:#}");
+    let revert = step_message(&report, 2, "revert");
+    assert!(
+        revert.contains("moved since the incident began"),
+        "{revert}"
+    );
+    assert_eq!(s.rev("HEAD"), baseline);
+    let v = &report["plugins"][0]["levels"][0]["verification"];
+    assert_eq!(
+        finding(&v["findings"], "git HEAD")["breached"],
+        false,
+        "{v:#}"
+    );
+    assert!(s.all_healthy(), "{:?}", s.statuses());
 }
 
 #[test]

@@ -810,6 +810,50 @@ fn a_component_that_never_comes_back_stops_the_run_there() {
     assert_eq!(v.backups(), Vec::<PathBuf>::new());
 }
 
+/// The *.backup files the first full rollback moved in place are gone: a
+/// second run of the incident knows them from the pinned list (and does
+/// not report "nothing restored"), and leaves the file a person fixed by
+/// hand in between as it is.
+#[test]
+fn a_second_full_rollback_knows_the_backups_the_first_moved_in_place() {
+    let v = Village::new();
+    v.write(
+        "core/p2p/mesh_protocol.py",
+        "VERSION = \"1.0.0-bad\"\n\n\ndef health(env):\n    return False\n",
+    );
+    let mut release: Vec<(String, String)> = vec![("config/.env".into(), v.env_file("2.0.0", 2))];
+    for c in COMPONENTS {
+        release.push((module(c).into(), broken_module(c)));
+    }
+    let files: Vec<(&str, &str)> = release
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    v.deploy(&files, &COMPONENTS);
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert_eq!(level_numbers(&report), [2]);
+    assert_eq!(v.backups(), Vec::<PathBuf>::new());
+
+    // Someone fixes p2p by hand; rewind runs again.
+    v.write(module("p2p"), &good_module("p2p"));
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(plugin(&report)["outcome"], "rolled-back", "{report:#}");
+    let s = steps(&report, 2);
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert_eq!(st, "ok", "{msg}");
+    assert!(
+        msg.contains("in place already") && msg.contains("changed since"),
+        "{msg}"
+    );
+    assert!(!msg.contains("nothing restored"), "{msg}");
+    assert_eq!(v.file(module("p2p")), good_module("p2p"));
+    for c in COMPONENTS {
+        assert_eq!(v.status(c), Some(200), "{c}");
+    }
+}
+
 /// Downtime from the plugin's state: a run that fails leaves p2p down; once
 /// it has been down longer than the critical threshold, the next run goes
 /// straight to the full rollback.

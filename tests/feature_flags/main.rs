@@ -380,6 +380,29 @@ fn a_code_bug_escalates_to_level_2_which_checks_out_the_stable_tag() {
 }
 
 #[test]
+fn a_second_run_keeps_the_stable_tag_the_first_checked_out() {
+    let s = Stand::new(Breakage::Code);
+    // The first run checks out v1.0.0-stable at level 2, then cannot
+    // reinstall (npm fails): the incident is not over.
+    let (code, report, stderr) = s.run_json(&[], &[("FF_NPM", "/usr/bin/false")]);
+    assert_ne!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(s.head(), s.rev(STABLE), "{report:#}");
+    assert_eq!(s.health().unwrap().0, 503, "1.1.0 still serves");
+
+    // The second run of the same incident: the newest *-stable tag below
+    // HEAD is v0.9.0-stable now, but the decision holds.
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(levels(&report).last(), Some(&(2, true)), "{report:#}");
+    assert_eq!(s.head(), s.rev(STABLE));
+    let (status, body) = s.health().unwrap();
+    assert_eq!(
+        (status, body["version"].as_str()),
+        (200, Some("1.0.0-stable"))
+    );
+}
+
+#[test]
 fn a_migrated_memory_db_escalates_to_level_3_which_restores_the_backups() {
     let s = Stand::new(Breakage::CodeAndSchema);
     let (code, report, stderr) = s.run_json(&[], &[]);

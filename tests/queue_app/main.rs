@@ -573,6 +573,71 @@ fn an_api_down_deploy_is_rolled_back_to_the_stable_commit_draining_and_resuming_
 }
 
 #[test]
+fn a_second_run_of_the_incident_keeps_the_pinned_stable_commit_after_the_checkout() {
+    let s = Stand::new(1, 5, 100);
+    // A good 1.0.1 on top of 1.0.0, then the broken 1.1.0: HEAD~1 (the
+    // example's stable_ref) is 1.0.1 when the incident starts.
+    s.deploy(
+        &[
+            ("app.json", &app_json("1.0.1", "1", json!({}))),
+            ("backend/src/server.txt", "server 1.0.1\n"),
+        ],
+        "release 1.0.1",
+    );
+    let stable = s.head();
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json("1.1.0", "2", json!({"healthy": false})),
+        )],
+        "release 1.1.0",
+    );
+    let broken = s.head();
+    assert_eq!(s.status("/health"), Some(500));
+
+    // The first run checks out 1.0.1 and stops at the install, which
+    // cannot write node_modules/.installed (a directory in its way).
+    let installed = s.app().join("node_modules/.installed");
+    std::fs::remove_file(&installed).unwrap();
+    std::fs::create_dir(&installed).unwrap();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_ne!(code, 0, "{report:#}\n{stderr}");
+    let st = steps(&report, 4);
+    let status = |st: &[(String, String, String)], id: &str| {
+        st.iter().find(|(i, _, _)| i == id).unwrap().1.clone()
+    };
+    assert_eq!(status(&st, "checkout"), "ok", "{report:#}");
+    assert_eq!(status(&st, "install"), "failed", "{report:#}");
+    assert_eq!(s.head(), stable, "the first run checked out HEAD~1");
+    assert_eq!(s.status("/health"), Some(500), "1.1.0 still serves");
+
+    // Someone clears the way and runs rewind again: the same incident
+    // (the service was never verified back). HEAD~1 of the HEAD now is
+    // 1.0.0; the pinned 1.0.1 is what it must keep.
+    std::fs::remove_dir(&installed).unwrap();
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(level_numbers(&report), [4]);
+    let st = steps(&report, 4);
+    all_ok(&st, &report);
+    assert_eq!(s.head(), stable, "not one more commit back");
+    assert_ne!(s.head(), s.v1);
+    let identify = message(&st, "identify");
+    assert!(
+        identify.contains("stable commit already") && identify.contains(&broken[..12]),
+        "{identify}"
+    );
+    assert!(
+        message(&st, "checkout").contains("nothing to check out"),
+        "{}",
+        message(&st, "checkout")
+    );
+    assert_eq!(s.get("/api/version").unwrap().1, "1.0.1");
+    assert_eq!(s.status("/health"), Some(200));
+    assert_eq!(verification(&report)["healthy"], true, "{report:#}");
+}
+
+#[test]
 fn a_bloated_cache_is_cleared_by_pattern_with_scan_not_keys() {
     let mut s = Stand::new(1, 5, 100);
     // 300 entries of 10 KB under gemini:* (3 MB), and 50 other keys.

@@ -194,14 +194,15 @@ pub fn rows_lost(db: &str, backup_counts: &[(String, i64)]) -> Vec<(String, i64,
 }
 
 /// Delete backups older than `days`, always keeping the newest one (and
-/// `keep`, the one just taken). Returns (deleted paths, bytes freed).
-pub fn prune(cfg: &Config, days: u64, keep: Option<&str>) -> Result<(Vec<String>, u64)> {
+/// those in `keep`: the one just taken, the one the incident restores).
+/// Returns (deleted paths, bytes freed).
+pub fn prune(cfg: &Config, days: u64, keep: &[&str]) -> Result<(Vec<String>, u64)> {
     let cutoff = now_ms().saturating_sub(days * 86_400_000);
     let all = list(cfg)?;
     let mut deleted = Vec::new();
     let mut freed = 0;
     for (i, b) in all.iter().enumerate() {
-        if i == 0 || Some(b.path.as_str()) == keep || b.modified_ms >= cutoff {
+        if i == 0 || keep.contains(&b.path.as_str()) || b.modified_ms >= cutoff {
             continue;
         }
         st::remove(&b.path)?;
@@ -254,7 +255,12 @@ pub fn take(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         .ok_or_else(|| Failure::new(format!("`{compress}` did not produce {gz}")))?;
     match verify(cfg, &gz)? {
         Ok(what) => {
-            let (pruned, freed) = prune(cfg, cfg.retention_days, Some(&gz))?;
+            // Never the backup this incident restores (pinned by a
+            // restore of an earlier run of it).
+            let pinned = ctx.pinned("restore_backup")?;
+            let mut keep = vec![gz.as_str()];
+            keep.extend(pinned.as_deref());
+            let (pruned, freed) = prune(cfg, cfg.retention_days, &keep)?;
             ctx_set(ctx, "backup", &gz)?;
             Ok(StepOutcome::ok(format!(
                 "WAL checkpointed ({wal_before} -> {wal_after} bytes); backup {gz} ({bytes} bytes, {gz_size} compressed) verified: {what}; pruned {} backups older than {} days ({freed} bytes)",

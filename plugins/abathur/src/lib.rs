@@ -516,6 +516,46 @@ fn restore_from(cfg: &Config, gz: &str) -> Result<String> {
     Ok(format!("restored {gz} -> {} (integrity ok)", cfg.db_path))
 }
 
+/// The pin key of the backup this incident restores.
+const RESTORE_BACKUP: &str = "restore_backup";
+
+/// The backup this incident restores: the newest that verifies when a
+/// restore is first decided, pinned for the incident. Chosen again later
+/// it could be another: a backup taken meanwhile (of the database the
+/// rollback already changed), or an older one once the newest was pruned.
+/// A pinned backup is verified again before it is used. `Ok(Err(why))`
+/// when none verifies; `Ok(Ok((path, what was skipped)))` otherwise.
+fn restore_choice(
+    ctx: &Context,
+    cfg: &Config,
+) -> Result<std::result::Result<(String, String), String>> {
+    if let Some(p) = ctx.pinned(RESTORE_BACKUP)? {
+        return Ok(match backup::verify(cfg, &p)? {
+            Ok(_) => Ok((p, String::new())),
+            Err(why) => Err(format!(
+                "{p}, pinned for this incident, no longer verifies: {why}; check it, or run again with --redecide to choose the newest that verifies"
+            )),
+        });
+    }
+    let (b, rejected) = backup::latest_verified(cfg)?;
+    let Some((b, _)) = b else {
+        return Ok(Err(if rejected.is_empty() {
+            "none found".into()
+        } else {
+            rejected.join("; ")
+        }));
+    };
+    let skipped = if rejected.is_empty() {
+        String::new()
+    } else {
+        format!("; skipped: {}", rejected.join("; "))
+    };
+    Ok(Ok((
+        ctx.pin(RESTORE_BACKUP, || Ok(b.path.clone()))?,
+        skipped,
+    )))
+}
+
 fn validate(cfg: &Config, o: &Observed, memory_expected: bool) -> Vec<Finding> {
     let mut f = vec![
         o.integrity_finding(),
@@ -913,21 +953,18 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                     cfg.db_path
                 )))
             } else {
-                let (b, rejected) = backup::latest_verified(cfg)?;
-                let Some((b, _)) = b else {
-                    return Ok(StepOutcome::failed(format!(
-                        "recovery failed and no backup in {} verifies ({}); escalate to a database specialist",
-                        cfg.backup_dir,
-                        if rejected.is_empty() {
-                            "none found".into()
-                        } else {
-                            rejected.join("; ")
-                        }
-                    )));
+                let b = match restore_choice(ctx, cfg)? {
+                    Ok((b, _)) => b,
+                    Err(why) => {
+                        return Ok(StepOutcome::failed(format!(
+                            "recovery failed and no backup in {} verifies ({why}); escalate to a database specialist",
+                            cfg.backup_dir,
+                        )));
+                    }
                 };
                 let moved = set_aside(cfg, &aside, false)?;
-                let msg = restore_from(cfg, &b.path)?;
-                ctx_set(ctx, "source", &b.path)?;
+                let msg = restore_from(cfg, &b)?;
+                ctx_set(ctx, "source", &b)?;
                 Ok(StepOutcome::ok(format!(
                     "recovery failed; corrupted database kept as {}; {msg}",
                     moved.join(", ")
@@ -988,6 +1025,12 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
         }
         "restore" => {
             if !ctx.executes() {
+                if let Some(p) = ctx.pinned(RESTORE_BACKUP)? {
+                    return Ok(StepOutcome::ok(format!(
+                        "would restore {p} (pinned for this incident) into {}, once it verifies",
+                        cfg.db_path
+                    )));
+                }
                 let all = backup::list(cfg)?;
                 return Ok(StepOutcome::ok(if all.is_empty() {
                     format!(
@@ -1005,26 +1048,20 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                     )
                 }));
             }
-            let (b, rejected) = backup::latest_verified(cfg)?;
-            let Some((b, _)) = b else {
-                return Ok(StepOutcome::failed(format!(
-                    "no backup {}{}*.db.gz verifies ({})",
-                    cfg.in_backup_dir(""),
-                    cfg.backup_prefix,
-                    if rejected.is_empty() {
-                        "none found".into()
-                    } else {
-                        rejected.join("; ")
-                    }
-                )));
+            let (b, skipped) = match restore_choice(ctx, cfg)? {
+                Ok(c) => c,
+                Err(why) => {
+                    return Ok(StepOutcome::failed(format!(
+                        "no backup {}{}*.db.gz verifies ({why})",
+                        cfg.in_backup_dir(""),
+                        cfg.backup_prefix,
+                    )));
+                }
             };
-            let skipped = if rejected.is_empty() {
-                String::new()
-            } else {
-                format!("; skipped: {}", rejected.join("; "))
-            };
-            let msg = restore_from(cfg, &b.path)?;
-            ctx_set(ctx, "source", &b.path)?;
+            // Restoring the pinned backup again (a resumed run, services
+            // still stopped) ends where one restore would.
+            let msg = restore_from(cfg, &b)?;
+            ctx_set(ctx, "source", &b)?;
             Ok(StepOutcome::ok(format!("{msg}{skipped}")))
         }
         "wal-recovery" => {
@@ -1099,7 +1136,10 @@ fn run_disk(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
             )))
         }
         "prune-backups" => {
-            let (deleted, freed) = backup::prune(cfg, cfg.disk_retention_days, None)?;
+            // Never the backup this incident restores.
+            let keep = ctx.pinned(RESTORE_BACKUP)?;
+            let keep: Vec<&str> = keep.as_deref().into_iter().collect();
+            let (deleted, freed) = backup::prune(cfg, cfg.disk_retention_days, &keep)?;
             Ok(StepOutcome::ok(format!(
                 "{} {} backups older than {} days ({freed} bytes){}",
                 if ctx.executes() {
@@ -1186,11 +1226,11 @@ impl Plugin for Abathur {
             "abathur (SQLite)",
             "Abathur's SQLite rollback and disaster recovery: milestone rollbacks, corruption recovery, backup restore, disk space",
         )
-        .level(LevelInfo::new(L_M3, "milestone 3 rollback (vector search)", "Stop the embedding services, disable vector search, drop the vector tables, mark documents pending").rto_ms(30 * 60_000))
-        .level(LevelInfo::new(L_M2, "milestone 2 rollback (memory system)", "Stop the API, back up, drop the memory tables and indexes, verify the core tables, restart").rto_ms(30 * 60_000))
-        .level(LevelInfo::new(L_CORRUPT, "corruption recovery", "Recover what can be read into a new database, verify, swap; fall back to the latest verified backup").rto_ms(20 * 60_000))
-        .level(LevelInfo::new(L_PROD, "emergency production rollback", "Stop everything, keep the failed database, restore the latest verified backup, WAL recovery, validate, restart").rto_ms(60 * 60_000))
-        .level(LevelInfo::new(L_DISK, "disk space recovery", "Truncate the WAL, prune old backups, VACUUM, report the space reclaimed").rto_ms(10 * 60_000))
+        .level(LevelInfo::new(L_M3, "milestone 3 rollback (vector search)", "Stop the embedding services, disable vector search, drop the vector tables, mark documents pending").rto_ms(30 * 60_000).effect(Effect::Destructive))
+        .level(LevelInfo::new(L_M2, "milestone 2 rollback (memory system)", "Stop the API, back up, drop the memory tables and indexes, verify the core tables, restart").rto_ms(30 * 60_000).effect(Effect::Destructive))
+        .level(LevelInfo::new(L_CORRUPT, "corruption recovery", "Recover what can be read into a new database, verify, swap; fall back to the latest verified backup").rto_ms(20 * 60_000).effect(Effect::Destructive))
+        .level(LevelInfo::new(L_PROD, "emergency production rollback", "Stop everything, keep the failed database, restore the latest verified backup, WAL recovery, validate, restart").rto_ms(60 * 60_000).effect(Effect::Destructive))
+        .level(LevelInfo::new(L_DISK, "disk space recovery", "Truncate the WAL, prune old backups, VACUUM, report the space reclaimed").rto_ms(10 * 60_000).effect(Effect::Destructive))
         .needs(needs))
     }
 
@@ -1336,27 +1376,47 @@ impl Plugin for Abathur {
         let steps = match ctx.level {
             L_M3 => {
                 let mut v = vec![
-                    Step::auto("backup", "Back up the database", backup_detail),
+                    Step::auto("backup", "Back up the database", backup_detail)
+                // The copy only reads the database, but the retention prune
+                // deletes old backups. A second try takes another verified
+                // backup under a fresh name (a cut-short one never verified,
+                // so no restore picks it).
+                .effect(Effect::Destructive)
+                .repeatable(),
                     Step::auto(
                         "stop-embedding",
                         "Stop the embedding services",
                         format!("Run {}", stop(&cfg.milestone3_services)),
-                    ),
+                    )
+                // Stopping stopped services changes nothing.
+                .disruptive()
+                .repeatable(),
                 ];
                 if cfg.feature_flags_file.is_empty() {
-                    v.push(Step::manual("disable-features", "Disable vector search features", "Set semantic_search_enabled, background_document_sync and embedding_generation to False in the application's FEATURE_FLAGS, stop loading the sqlite-vss extension, use exact-match search only (no feature_flags_file configured)"));
+                    v.push(Step::manual("disable-features", "Disable vector search features", "Set semantic_search_enabled, background_document_sync and embedding_generation to False in the application's FEATURE_FLAGS, stop loading the sqlite-vss extension, use exact-match search only (no feature_flags_file configured)")
+                        // Flags off, set back on to undo; a person confirms it.
+                        .reversible());
                 } else {
-                    v.push(Step::auto("disable-features", "Disable vector search features", format!("Set semantic_search_enabled, background_document_sync, embedding_generation = false in {}", cfg.feature_flags_file)));
+                    v.push(Step::auto("disable-features", "Disable vector search features", format!("Set semantic_search_enabled, background_document_sync, embedding_generation = false in {}", cfg.feature_flags_file))
+                        // Three flags set false, set back to undo; the other
+                        // keys stay. Setting them false again changes nothing.
+                        .reversible()
+                        .repeatable());
                 }
                 v.push(Step::auto("drop-vector", "Drop the vector search tables", format!(
                     "DROP TABLE IF EXISTS {} on {db} (a virtual table whose module is not loaded is removed from the schema); UPDATE document_index SET sync_status = 'pending', embedding_blob = NULL",
                     cfg.vector_tables.join(", ")
-                )));
+                ))
+                    // DROP TABLE IF EXISTS and the reset run again end the same.
+                    .effect(Effect::Destructive)
+                    .repeatable());
                 v.push(Step::auto(
                     "check",
                     "Validate",
                     "PRAGMA integrity_check, foreign_key_check, the core and memory tables",
-                ));
+                )
+                .observe()
+                .repeatable());
                 v
             }
             L_M2 => vec![
@@ -1364,8 +1424,17 @@ impl Plugin for Abathur {
                     "stop",
                     "Stop services",
                     format!("Run {}{ps}", stop(&cfg.milestone2_services)),
-                ),
-                Step::auto("backup", "Checkpoint the WAL and back up", backup_detail),
+                )
+                // Stopping stopped services changes nothing.
+                .disruptive()
+                .repeatable(),
+                Step::auto("backup", "Checkpoint the WAL and back up", backup_detail)
+                // The copy only reads the database, but the retention prune
+                // deletes old backups. A second try takes another verified
+                // backup under a fresh name (a cut-short one never verified,
+                // so no restore picks it).
+                .effect(Effect::Destructive)
+                .repeatable(),
                 Step::auto(
                     "drop-memory",
                     "Drop memory tables and indexes",
@@ -1375,22 +1444,33 @@ impl Plugin for Abathur {
                         cfg.memory_indexes.join(", "),
                         cfg.vector_tables.join(", ")
                     ),
-                ),
+                )
+                // DROP ... IF EXISTS run again ends the same.
+                .effect(Effect::Destructive)
+                .repeatable(),
                 Step::auto(
                     "check-core",
                     "Verify the core tables",
                     format!("Expected: {}", cfg.core_tables.join(", ")),
-                ),
+                )
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "validate",
                     "Validate the rollback",
                     "PRAGMA integrity_check = ok, foreign_key_check empty, no memory table or index left",
-                ),
+                )
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "start",
                     "Restart services (milestone 1 only)",
                     format!("Run {}", start(&cfg.milestone2_services)),
-                ),
+                )
+                // The service manager's start of a running service does
+                // nothing; the health wait reads.
+                .disruptive()
+                .repeatable(),
             ],
             L_CORRUPT => vec![
                 Step::auto(
@@ -1419,7 +1499,11 @@ impl Plugin for Abathur {
                         .unwrap_or_default(),
                         cfg.recovered()
                     ),
-                ),
+                )
+                // Reads the corrupted database into a new file next to it;
+                // clears its own outputs first, so a second try starts over.
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "verify-recovered",
                     "Verify the recovered database",
@@ -1427,12 +1511,17 @@ impl Plugin for Abathur {
                         "PRAGMA integrity_check on {} and the core tables present",
                         cfg.recovered()
                     ),
-                ),
+                )
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "stop",
                     "Stop services",
                     format!("Run {}{ps}", stop(&cfg.corruption_services)),
-                ),
+                )
+                // Stopping stopped services changes nothing.
+                .disruptive()
+                .repeatable(),
                 Step::auto(
                     "swap",
                     "Swap in the recovered database",
@@ -1442,26 +1531,40 @@ impl Plugin for Abathur {
                         cfg.in_backup_dir(""),
                         cfg.backup_prefix
                     ),
-                ),
+                )
+                // The live database is replaced (the corrupted one is kept
+                // aside, but writes since the backup are gone from the
+                // service). Not repeatable: run again after it finished, it
+                // would move the swapped-in database aside as "corrupted".
+                .effect(Effect::Destructive),
                 Step::auto(
                     "start",
                     "Restart services",
                     format!("Run {}", start(&cfg.corruption_services)),
-                ),
+                )
+                // The service manager's start of a running service does
+                // nothing; the health wait reads.
+                .disruptive()
+                .repeatable(),
             ],
             L_PROD => vec![
                 Step::auto(
                     "stop",
                     "Immediate service shutdown",
                     format!("Run {}{ps}", stop(&cfg.production_stop_services)),
-                ),
+                )
+                // Stopping stopped services changes nothing.
+                .disruptive()
+                .repeatable(),
                 Step::auto(
                     "assess",
                     "Assess failure severity",
                     format!(
                         "PRAGMA integrity_check on {db}: CRITICAL when it fails, HIGH otherwise"
                     ),
-                ),
+                )
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "forensics",
                     "Keep the failed database",
@@ -1469,7 +1572,11 @@ impl Plugin for Abathur {
                         "Copy {db} (and its -wal, -shm) to {}/failed_production_<date>.db",
                         cfg.backup_dir
                     ),
-                ),
+                )
+                // Copies the database into the backups; a second try
+                // copies it again under a fresh name.
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "restore",
                     "Restore from the latest backup",
@@ -1485,12 +1592,20 @@ impl Plugin for Abathur {
                         .unwrap_or_default(),
                         cfg.restore_tmp()
                     ),
-                ),
+                )
+                // Over the live database. Repeatable: the backup is pinned
+                // and the services are stopped, so restoring it again ends
+                // where one restore would.
+                .effect(Effect::Destructive)
+                .repeatable(),
                 Step::auto(
                     "wal-recovery",
                     "Apply WAL recovery",
                     format!("If {} exists: PRAGMA wal_checkpoint(TRUNCATE)", cfg.wal()),
-                ),
+                )
+                // A checkpoint: the database's content does not change.
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "validate",
                     "Validate restoration",
@@ -1498,12 +1613,18 @@ impl Plugin for Abathur {
                         "integrity_check ok, foreign_key_check empty, core and memory tables, >= {} tables, >= {} indexes, SELECT COUNT(*) FROM sessions",
                         cfg.min_tables, cfg.min_indexes
                     ),
-                ),
+                )
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "start",
                     "Restart services with monitoring",
                     format!("Run {}", start(&cfg.production_start_services)),
-                ),
+                )
+                // The service manager's start of a running service does
+                // nothing; the health wait reads.
+                .disruptive()
+                .repeatable(),
                 Step::auto(
                     "post-validate",
                     "Post-rollback validation",
@@ -1519,7 +1640,9 @@ impl Plugin for Abathur {
                                 .join("`, `")
                         )
                     },
-                ),
+                )
+                .observe()
+                .repeatable(),
             ],
             L_DISK => vec![
                 Step::auto(
@@ -1530,12 +1653,17 @@ impl Plugin for Abathur {
                         cfg.db_dir(),
                         cfg.min_free_bytes
                     ),
-                ),
+                )
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "truncate-wal",
                     "Checkpoint and truncate the WAL",
                     format!("PRAGMA wal_checkpoint(TRUNCATE) on {db}"),
-                ),
+                )
+                // A checkpoint: the database's content does not change.
+                .observe()
+                .repeatable(),
                 Step::auto(
                     "prune-backups",
                     "Delete old backups",
@@ -1545,13 +1673,23 @@ impl Plugin for Abathur {
                         cfg.backup_prefix,
                         cfg.disk_retention_days
                     ),
-                ),
-                Step::auto("vacuum", "VACUUM to reclaim space", format!("VACUUM {db}")),
+                )
+                // Deleting what is older than the retention again deletes
+                // nothing more; the pinned restore backup is kept.
+                .effect(Effect::Destructive)
+                .repeatable(),
+                Step::auto("vacuum", "VACUUM to reclaim space", format!("VACUUM {db}"))
+                // Locks the database while it rewrites the file; the content
+                // does not change, and a second VACUUM is a VACUUM.
+                .disruptive()
+                .repeatable(),
                 Step::auto(
                     "report",
                     "Verify space reclaimed",
                     "Free space now against before and against the threshold",
-                ),
+                )
+                .observe()
+                .repeatable(),
             ],
             l => bail!("level {l} does not exist; the abathur plugin has levels 1 to 5"),
         };

@@ -60,7 +60,9 @@ impl Plugin for Aidis {
                 level_name(LEVEL_TARGETED),
                 "The chosen scenario's procedure without a code change: service recovery, graceful degradation, connection pool reset and database recovery, process cleanup, bridge recovery and service mesh reset",
             )
-            .rto_ms(6 * 60_000),
+            .rto_ms(6 * 60_000)
+            // Restarts and process clean-ups; no data is touched.
+            .effect(Effect::Disruptive),
         )
         .level(
             LevelInfo::new(
@@ -71,7 +73,9 @@ impl Plugin for Aidis {
                     cfg.baseline_ref
                 ),
             )
-            .rto_ms(7 * 60_000),
+            .rto_ms(7 * 60_000)
+            // Backups first, then stop, checkout (reversible), start.
+            .effect(Effect::Disruptive),
         )
         .level(
             LevelInfo::new(
@@ -82,7 +86,9 @@ impl Plugin for Aidis {
                     cfg.pitr_target
                 ),
             )
-            .rto_ms(30 * 60_000),
+            .rto_ms(30 * 60_000)
+            // The DBA's point-in-time recovery replaces the data.
+            .effect(Effect::Destructive),
         )
         .needs(cfg.needs()))
     }

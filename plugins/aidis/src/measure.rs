@@ -598,12 +598,17 @@ pub fn checklist(ctx: &Context, cfg: &Config, level: u8) -> Result<Vec<Finding>>
 pub fn head_finding(ctx: &Context, cfg: &Config) -> Result<Finding> {
     let repo = Repo::new(&cfg.root);
     let (head, shown, head_sha) = repo.head_described()?;
-    let target = repo.resolve(&cfg.baseline_ref);
+    // The commit this incident pinned, when it pinned one: the branch may
+    // have moved on since.
+    let pinned = ctx.pinned(crate::steps::BASELINE_COMMIT)?;
+    let target = pinned.clone().or_else(|| repo.resolve(&cfg.baseline_ref));
     let mut ok = match &head {
-        Head::Branch(b) => *b == cfg.baseline_ref || (target.is_some() && head_sha == target),
-        Head::Detached(_) => target.is_some() && head_sha == target,
+        Head::Branch(b) if pinned.is_none() => {
+            *b == cfg.baseline_ref || (target.is_some() && head_sha == target)
+        }
+        _ => target.is_some() && head_sha == target,
     };
-    if !ok && ctx.executes() {
+    if !ok && pinned.is_none() && ctx.executes() {
         // A ref the files do not resolve (a loose annotated tag, a short
         // sha): ask git.
         let rev = |r: &str| -> Result<Option<String>> {

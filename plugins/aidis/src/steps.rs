@@ -36,6 +36,40 @@ pub fn stamp(ctx: &Context) -> Result<String> {
     ctx.run_stamp(|| clock::stamp(clock::now_s()))
 }
 
+/// The pin key of the baseline commit.
+pub const BASELINE_COMMIT: &str = "baseline_commit";
+
+/// The commit `baseline_ref` names when the incident starts, pinned for
+/// the incident: a branch that moves while the rollback runs (a push to
+/// `refactor/phase-0-baseline`) must not send a resumed or second run to
+/// another commit than the first went to. Read from `.git` (every mode),
+/// or `git rev-parse` for what the files do not say; `None` when neither
+/// can tell (a dry run of a ref only git resolves).
+pub fn baseline_commit(ctx: &Context, cfg: &Config) -> Result<Option<String>> {
+    if let Some(p) = ctx.pinned(BASELINE_COMMIT)? {
+        return Ok(Some(p));
+    }
+    let sha = match Repo::new(&cfg.root).resolve(&cfg.baseline_ref) {
+        Some(s) => s,
+        None => {
+            let spec = format!("{}^{{commit}}", cfg.baseline_ref);
+            let o = git(cfg, &["rev-parse", "--verify", "--quiet", &spec]).run()?;
+            if o.simulated || !o.success() {
+                return Ok(None);
+            }
+            o.stdout.trim().to_string()
+        }
+    };
+    Ok(Some(ctx.pin(BASELINE_COMMIT, || Ok(sha))?))
+}
+
+/// The stamp of the backups taken before this incident's rollback first
+/// touched anything (the first run's), which the manual level points at;
+/// later runs of the incident back up what they find under their own.
+fn pre_rollback_stamp(ctx: &Context) -> Result<String> {
+    ctx.pin("pre_rollback_stamp", || stamp(ctx))
+}
+
 struct Names {
     dump: String,
     config_copy: String,
@@ -45,7 +79,10 @@ struct Names {
 }
 
 fn names(ctx: &Context, cfg: &Config) -> Result<Names> {
-    let ts = stamp(ctx)?;
+    names_at(cfg, &stamp(ctx)?)
+}
+
+fn names_at(cfg: &Config, ts: &str) -> Result<Names> {
     Ok(Names {
         dump: format!("{}/pre-rollback-{ts}.sql", cfg.backups()),
         config_copy: format!("{}/config-{ts}", cfg.backups()),
@@ -126,6 +163,8 @@ fn validate_step(cfg: &Config, level: u8) -> Step {
         d.push_str(&format!("; `{}` exits 0", c.display()));
     }
     Step::auto("validate", "Validate the rollback", d)
+        .observe()
+        .repeatable()
 }
 
 fn record_step(cfg: &Config) -> Step {
@@ -140,20 +179,29 @@ fn record_step(cfg: &Config) -> Step {
             cfg.logs()
         ),
     )
+    // The team's own rollback log, not the service. One line per run and
+    // level: a resumed run finds its line and does not add another.
+    .observe()
+    .repeatable()
 }
 
 fn start_dev_step(cfg: &Config, why: &str) -> Option<Step> {
     let cmd = cfg.cmd(&cfg.dev_command)?;
-    Some(Step::auto(
-        "start-dev",
-        "Start the command services",
-        format!(
-            "Start `{}` in the background in {} ({why}), output appended to {}",
-            cmd.display(),
-            cfg.root,
-            spawn_log(cfg, "dev")
-        ),
-    ))
+    Some(
+        Step::auto(
+            "start-dev",
+            "Start the command services",
+            format!(
+                "Start `{}` in the background in {} ({why}), output appended to {}",
+                cmd.display(),
+                cfg.root,
+                spawn_log(cfg, "dev")
+            ),
+        )
+        // Spawns `npm run dev` in the background; a second spawn would be a
+        // second copy, and whether the first one got going is not known.
+        .disruptive(),
+    )
 }
 
 fn wait_step(cfg: &Config) -> Step {
@@ -162,6 +210,8 @@ fn wait_step(cfg: &Config) -> Step {
         "Wait until AIDIS is healthy",
         wait_detail(cfg, &all_endpoints(cfg)),
     )
+    .observe()
+    .repeatable()
 }
 
 /// The ordered steps of `level` for scenario `sc`.
@@ -171,23 +221,30 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
         "stop-services",
         "Stop the AIDIS services",
         format!("Run {} in {}", shown(cfg.cmd(&cfg.stop_command)), cfg.root),
-    );
+    )
+    // The stop script stopping stopped services changes nothing.
+    .disruptive()
+    .repeatable();
     let start = Step::auto(
         "start-services",
         "Start the AIDIS services",
         format!("Run {} in {}", shown(cfg.cmd(&cfg.start_command)), cfg.root),
-    );
+    )
+    // Not repeatable: whether the start script starts a second copy
+    // when cut short after it started the first is the script's business.
+    .disruptive();
     match level {
-        LEVEL_TARGETED => match sc {
-            Scenario::Health => {
-                // The quick reference's "Service Recovery (60 seconds)".
-                s.push(stop);
-                s.push(start);
-                s.extend(start_dev_step(cfg, "`npm run dev`: start command services"));
-                s.push(wait_step(cfg));
-            }
-            Scenario::Performance => {
-                s.push(Step::auto(
+        LEVEL_TARGETED => {
+            match sc {
+                Scenario::Health => {
+                    // The quick reference's "Service Recovery (60 seconds)".
+                    s.push(stop);
+                    s.push(start);
+                    s.extend(start_dev_step(cfg, "`npm run dev`: start command services"));
+                    s.push(wait_step(cfg));
+                }
+                Scenario::Performance => {
+                    s.push(Step::auto(
                     "triage",
                     "Performance triage",
                     format!(
@@ -198,59 +255,81 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         cfg.mcp_port,
                         cfg.host
                     ),
-                ));
-                s.push(Step::auto(
-                    "graceful-shutdown",
-                    "Gracefully shut the backend down",
-                    format!(
-                        "POST {} (keep MCP and the frontend running, restart the backend)",
-                        cfg.graceful_shutdown_url()
-                    ),
-                ));
-                s.push(Step::auto(
-                    "start-backend",
-                    "Start the backend again",
-                    format!(
-                        "Start {} in the background in {}, output appended to {}",
-                        shown(cfg.cmd(&cfg.backend_start_command)),
-                        cfg.root,
-                        spawn_log(cfg, "backend")
-                    ),
-                ));
-                s.push(wait_step(cfg));
-            }
-            Scenario::Database => {
-                s.push(Step::auto(
-                    "restart-services",
-                    "Restart the MCP server to reset the connection pool",
-                    format!(
-                        "Run {} in {}",
-                        shown(cfg.cmd(&cfg.restart_command)),
-                        cfg.root
-                    ),
-                ));
-                s.push(Step::auto(
-                    "wait-mcp",
-                    "Wait for the MCP server",
-                    wait_detail(cfg, &format!("GET {}", cfg.healthz())),
-                ));
-                s.push(Step::auto(
-                    "db-connectivity",
-                    "Verify database connectivity",
-                    format!(
-                        "Run `{}`; the next three steps run only if it fails",
-                        cfg.psql_cmd("SELECT current_database();").display()
-                    ),
-                ));
-                s.push(Step::auto(
+                ).observe().repeatable());
+                    s.push(
+                        Step::auto(
+                            "graceful-shutdown",
+                            "Gracefully shut the backend down",
+                            format!(
+                                "POST {} (keep MCP and the frontend running, restart the backend)",
+                                cfg.graceful_shutdown_url()
+                            ),
+                        )
+                        // A backend already gone is tolerated (the next step starts it).
+                        .disruptive()
+                        .repeatable(),
+                    );
+                    s.push(
+                        Step::auto(
+                            "start-backend",
+                            "Start the backend again",
+                            format!(
+                                "Start {} in the background in {}, output appended to {}",
+                                shown(cfg.cmd(&cfg.backend_start_command)),
+                                cfg.root,
+                                spawn_log(cfg, "backend")
+                            ),
+                        )
+                        // Spawns in the background: a second run would start a second copy.
+                        .disruptive(),
+                    );
+                    s.push(wait_step(cfg));
+                }
+                Scenario::Database => {
+                    s.push(
+                        Step::auto(
+                            "restart-services",
+                            "Restart the MCP server to reset the connection pool",
+                            format!(
+                                "Run {} in {}",
+                                shown(cfg.cmd(&cfg.restart_command)),
+                                cfg.root
+                            ),
+                        )
+                        // A second restart is a restart.
+                        .disruptive()
+                        .repeatable(),
+                    );
+                    s.push(
+                        Step::auto(
+                            "wait-mcp",
+                            "Wait for the MCP server",
+                            wait_detail(cfg, &format!("GET {}", cfg.healthz())),
+                        )
+                        .observe()
+                        .repeatable(),
+                    );
+                    s.push(
+                        Step::auto(
+                            "db-connectivity",
+                            "Verify database connectivity",
+                            format!(
+                                "Run `{}`; the next three steps run only if it fails",
+                                cfg.psql_cmd("SELECT current_database();").display()
+                            ),
+                        )
+                        .observe()
+                        .repeatable(),
+                    );
+                    s.push(Step::auto(
                     "db-status",
                     "Check the PostgreSQL service",
                     format!(
                         "Only if the database does not answer: run {} and record its output",
                         shown(cfg.cmd(&cfg.db_status_command))
                     ),
-                ));
-                s.push(Step::auto(
+                ).observe().repeatable());
+                    s.push(Step::auto(
                     "db-restart",
                     "Restart PostgreSQL",
                     format!(
@@ -260,8 +339,12 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         cfg.db_port,
                         cfg.db_timeout_ms
                     ),
-                ));
-                s.push(Step::auto(
+                )
+    // Only when the database did not answer; restarting twice is a
+    // restart.
+    .disruptive()
+    .repeatable());
+                    s.push(Step::auto(
                     "db-extension",
                     format!("Verify the {} extension", cfg.db_extension),
                     format!(
@@ -269,15 +352,19 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         cfg.psql_cmd(&extension_sql(cfg)).display(),
                         cfg.db_extension
                     ),
-                ));
-                s.push(Step::auto(
-                    "wait-ready",
-                    "Wait for readiness",
-                    wait_detail(cfg, &format!("GET {}", cfg.readyz())),
-                ));
-            }
-            Scenario::Processes => {
-                s.push(Step::auto(
+                ).observe().repeatable());
+                    s.push(
+                        Step::auto(
+                            "wait-ready",
+                            "Wait for readiness",
+                            wait_detail(cfg, &format!("GET {}", cfg.readyz())),
+                        )
+                        .observe()
+                        .repeatable(),
+                    );
+                }
+                Scenario::Processes => {
+                    s.push(Step::auto(
                     "cleanup-processes",
                     "Kill all AIDIS processes",
                     format!(
@@ -285,22 +372,35 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         patterns_list(&cfg.cleanup_patterns),
                         cfg.stop_grace_ms
                     ),
-                ));
-                s.push(Step::auto(
-                    "start-essential",
-                    "Start the essential services only",
-                    format!(
-                        "Run {} in {} (only the MCP server)",
-                        shown(cfg.cmd(&cfg.essential_start_command)),
-                        cfg.root
-                    ),
-                ));
-                s.push(Step::auto(
-                    "wait-mcp",
-                    "Wait for the MCP server",
-                    wait_detail(cfg, &format!("GET {}", cfg.healthz())),
-                ));
-                s.push(Step::auto(
+                )
+    // TERM, then KILL, of what matches now: a second pass stops what is
+    // left, nothing more.
+    .disruptive()
+    .repeatable());
+                    s.push(
+                        Step::auto(
+                            "start-essential",
+                            "Start the essential services only",
+                            format!(
+                                "Run {} in {} (only the MCP server)",
+                                shown(cfg.cmd(&cfg.essential_start_command)),
+                                cfg.root
+                            ),
+                        )
+                        // Not repeatable: whether the start script starts a second copy
+                        // when cut short after it started the first is the script's business.
+                        .disruptive(),
+                    );
+                    s.push(
+                        Step::auto(
+                            "wait-mcp",
+                            "Wait for the MCP server",
+                            wait_detail(cfg, &format!("GET {}", cfg.healthz())),
+                        )
+                        .observe()
+                        .repeatable(),
+                    );
+                    s.push(Step::auto(
                     "count-essential",
                     "Verify the process count",
                     format!(
@@ -308,30 +408,40 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         measure::patterns_shown(&cfg.process_patterns),
                         cfg.essential_max_processes
                     ),
-                ));
-                s.extend(start_dev_step(cfg, "restart command services"));
-                s.push(wait_step(cfg));
-            }
-            Scenario::Mesh => {
-                s.push(Step::auto(
-                    "stop-bridge",
-                    "Stop the HTTP-MCP bridge",
-                    format!(
-                        "Stop every process matching {:?}: TERM, then KILL after {} ms",
-                        cfg.bridge_pattern, cfg.mesh_grace_ms
-                    ),
-                ));
-                s.push(Step::auto(
-                    "start-bridge",
-                    "Start the HTTP-MCP bridge",
-                    format!(
-                        "Start {} in the background in {}, output appended to {}",
-                        shown(cfg.cmd(&cfg.bridge_start_command)),
-                        cfg.root,
-                        spawn_log(cfg, "bridge")
-                    ),
-                ));
-                s.push(Step::auto(
+                ).observe().repeatable());
+                    s.extend(start_dev_step(cfg, "restart command services"));
+                    s.push(wait_step(cfg));
+                }
+                Scenario::Mesh => {
+                    s.push(
+                        Step::auto(
+                            "stop-bridge",
+                            "Stop the HTTP-MCP bridge",
+                            format!(
+                                "Stop every process matching {:?}: TERM, then KILL after {} ms",
+                                cfg.bridge_pattern, cfg.mesh_grace_ms
+                            ),
+                        )
+                        // TERM, then KILL, of what matches now: a second pass stops what is
+                        // left, nothing more.
+                        .disruptive()
+                        .repeatable(),
+                    );
+                    s.push(
+                        Step::auto(
+                            "start-bridge",
+                            "Start the HTTP-MCP bridge",
+                            format!(
+                                "Start {} in the background in {}, output appended to {}",
+                                shown(cfg.cmd(&cfg.bridge_start_command)),
+                                cfg.root,
+                                spawn_log(cfg, "bridge")
+                            ),
+                        )
+                        // Spawns in the background: a second run would start a second copy.
+                        .disruptive(),
+                    );
+                    s.push(Step::auto(
                     "test-bridge",
                     "Test the bridge",
                     format!(
@@ -339,8 +449,8 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         wait_detail(cfg, &format!("GET {}", cfg.ping_url())),
                         cfg.ping_url()
                     ),
-                ));
-                s.push(Step::auto(
+                ).observe().repeatable());
+                    s.push(Step::auto(
                     "mesh-stop",
                     "Service mesh reset: stop",
                     format!(
@@ -349,8 +459,10 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         patterns_list(&cfg.mesh_stop_patterns),
                         cfg.mesh_grace_ms
                     ),
-                ));
-                s.push(Step::auto(
+                )
+    .disruptive()
+    .repeatable());
+                    s.push(Step::auto(
                     "mesh-start",
                     "Service mesh reset: start",
                     format!(
@@ -358,10 +470,14 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                         shown(cfg.cmd(&cfg.start_command)),
                         shown(cfg.cmd(&cfg.dev_command))
                     ),
-                ));
-                s.push(wait_step(cfg));
+                )
+    // Not repeatable: whether the start script starts a second copy
+    // when cut short after it started the first is the script's business.
+    .disruptive());
+                    s.push(wait_step(cfg));
+                }
             }
-        },
+        }
         LEVEL_PHASE0 => {
             let n = names(ctx, cfg)?;
             let repo = Repo::new(&cfg.root);
@@ -369,19 +485,30 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                 .head_described()
                 .map(|h| h.1)
                 .unwrap_or_else(|e| format!("unknown ({})", e.message()));
-            let target = match repo.resolve(&cfg.baseline_ref) {
-                Some(sha) => format!("{} ({})", cfg.baseline_ref, &sha[..7]),
+            // Pinned here, before any step moved HEAD or the branch.
+            let target = match baseline_commit(ctx, cfg)? {
+                Some(sha) => format!(
+                    "{} ({}, pinned for the incident)",
+                    cfg.baseline_ref,
+                    &sha[..7]
+                ),
                 None => cfg.baseline_ref.clone(),
             };
-            s.push(Step::auto(
-                "backup-database",
-                "Back up the database",
-                if cfg.backup_database {
-                    format!("Run `{}`", cfg.dump_cmd(&n.dump).display())
-                } else {
-                    "Turned off (backup_database = false)".to_string()
-                },
-            ));
+            s.push(
+                Step::auto(
+                    "backup-database",
+                    "Back up the database",
+                    if cfg.backup_database {
+                        format!("Run `{}`", cfg.dump_cmd(&n.dump).display())
+                    } else {
+                        "Turned off (backup_database = false)".to_string()
+                    },
+                )
+                // Reads the database; the file is named by the run's stamp, so a
+                // second try writes the same file again.
+                .observe()
+                .repeatable(),
+            );
             s.push(Step::auto(
                 "backup-config",
                 "Back up the configuration and logs",
@@ -393,44 +520,68 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                     cfg.config_path(),
                     n.config_copy
                 ),
-            ));
-            s.push(Step::auto(
-                "backup-git",
-                "Preserve the git state",
-                format!(
-                    "In {}: `git branch {}` and `git tag {}` at HEAD, now {head}",
-                    cfg.root, n.branch, n.tag
-                ),
-            ));
+            )
+    // Reads the config and logs into rewind's snapshot and a copy under
+    // backups/ (named by the run's stamp: copied again, the same files).
+    .observe()
+    .repeatable());
+            s.push(
+                Step::auto(
+                    "backup-git",
+                    "Preserve the git state",
+                    format!(
+                        "In {}: `git branch {}` and `git tag {}` at HEAD, now {head}",
+                        cfg.root, n.branch, n.tag
+                    ),
+                )
+                // Adds refs, moves none; a ref this run made already at HEAD is kept.
+                .observe()
+                .repeatable(),
+            );
             s.push(stop);
             let pats = phase0_patterns(cfg, sc);
-            s.push(Step::auto(
-                "stop-processes",
-                "Stop the remaining Phase 4 processes",
-                format!(
-                    "Stop every process matching {}: TERM, then KILL after {} ms",
-                    patterns_list(&pats),
-                    cfg.mesh_grace_ms
-                ),
-            ));
+            s.push(
+                Step::auto(
+                    "stop-processes",
+                    "Stop the remaining Phase 4 processes",
+                    format!(
+                        "Stop every process matching {}: TERM, then KILL after {} ms",
+                        patterns_list(&pats),
+                        cfg.mesh_grace_ms
+                    ),
+                )
+                // TERM, then KILL, of what matches now: a second pass stops what is
+                // left, nothing more.
+                .disruptive()
+                .repeatable(),
+            );
             s.push(Step::auto(
                 "revert",
                 format!("Revert to {}", cfg.baseline_ref),
                 format!(
-                    "`{} checkout {}` in {}: {head} -> {target}",
+                    "`{} checkout {}` in {}: {head} -> {target}; nothing when HEAD is there already",
                     cfg.git, cfg.baseline_ref, cfg.root
                 ),
-            ));
+            )
+    // HEAD is preserved first (backup-git); git refuses to overwrite
+    // local changes; nothing when HEAD is at the pinned commit already.
+    .reversible()
+    .repeatable());
             s.push(start);
             s.extend(start_dev_step(cfg, "start command services"));
             s.push(wait_step(cfg));
         }
         LEVEL_MANUAL => {
-            s.push(Step::manual(
-                "manual-intervention",
-                "Manual intervention (senior developer, DBA)",
-                manual_detail(ctx, cfg)?,
-            ));
+            s.push(
+                Step::manual(
+                    "manual-intervention",
+                    "Manual intervention (senior developer, DBA)",
+                    manual_detail(ctx, cfg)?,
+                )
+                // The DBA may restore the database to a point in time: the worst a
+                // person may do here. A person confirms it; never run again unattended.
+                .effect(Effect::Destructive),
+            );
         }
         other => bail!(
             "the aidis plugin has levels {LEVEL_TARGETED} to {LEVEL_MANUAL}; level {other} was asked for"
@@ -442,9 +593,13 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
 }
 
 fn manual_detail(ctx: &Context, cfg: &Config) -> Result<String> {
-    let n = names(ctx, cfg)?;
+    // The backups of the state before the rollback: the first run's.
+    let n = match ctx.pinned("pre_rollback_stamp")? {
+        Some(ts) => names_at(cfg, &ts)?,
+        None => names(ctx, cfg)?,
+    };
     Ok(format!(
-        "The Phase 0 rollback did not validate: MANUAL INTERVENTION REQUIRED. A senior developer checks AIDIS in {} by hand (`whoami`, `pwd`, `git status`; logs in {}). If the database is corrupted, the DBA on call restores {} on {}:{} by point-in-time recovery to {} (the pre-Phase 4 state). This run's backups: {}, {}, git branch {}. Confirm once AIDIS is back",
+        "The Phase 0 rollback did not validate: MANUAL INTERVENTION REQUIRED. A senior developer checks AIDIS in {} by hand (`whoami`, `pwd`, `git status`; logs in {}). If the database is corrupted, the DBA on call restores {} on {}:{} by point-in-time recovery to {} (the pre-Phase 4 state). The backups from before the rollback: {}, {}, git branch {}. Confirm once AIDIS is back",
         cfg.root,
         cfg.logs(),
         cfg.db_name,
@@ -917,6 +1072,9 @@ fn backup_database(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         return Ok(StepOutcome::ok("turned off (backup_database = false)"));
     }
     let n = names(ctx, cfg)?;
+    if ctx.executes() {
+        pre_rollback_stamp(ctx)?;
+    }
     storage::make_dir(&cfg.backups())?;
     let cmd = cfg.dump_cmd(&n.dump);
     let shown = cmd.display();
@@ -965,6 +1123,9 @@ fn backup_database(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
 
 fn backup_config(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let n = names(ctx, cfg)?;
+    if ctx.executes() {
+        pre_rollback_stamp(ctx)?;
+    }
     let mut paths = Vec::new();
     for p in [cfg.config_path(), cfg.logs()] {
         if storage::exists(&p)? {
@@ -1022,14 +1183,39 @@ fn git(cfg: &Config, args: &[&str]) -> Cmd {
         .timeout_ms(cfg.command_timeout_ms)
 }
 
+/// `git branch` and `git tag` at HEAD, named by the run's stamp. A ref
+/// this run made already (a resumed run) is kept when it points at HEAD;
+/// one that points elsewhere fails the step rather than being moved.
 fn backup_git(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let n = names(ctx, cfg)?;
-    let head = Repo::new(&cfg.root)
+    if ctx.executes() {
+        pre_rollback_stamp(ctx)?;
+    }
+    let repo = Repo::new(&cfg.root);
+    let (head, head_sha) = repo
         .head_described()
-        .map(|h| h.1)
-        .unwrap_or_else(|_| "HEAD".into());
-    for args in [["branch", n.branch.as_str()], ["tag", n.tag.as_str()]] {
-        let out = run_cmd("git", Some(git(cfg, &args)))?;
+        .map(|h| (h.1, h.2))
+        .unwrap_or_else(|_| ("HEAD".into(), None));
+    let mut kept = Vec::new();
+    for (kind, name, full) in [
+        (
+            "branch",
+            n.branch.as_str(),
+            format!("refs/heads/{}", n.branch),
+        ),
+        ("tag", n.tag.as_str(), format!("refs/tags/{}", n.tag)),
+    ] {
+        if let Some(at) = repo.resolve(&full) {
+            if head_sha.as_ref() == Some(&at) {
+                kept.push(format!("{kind} {name} exists at HEAD already"));
+                continue;
+            }
+            return Ok(StepOutcome::failed(format!(
+                "{kind} {name} exists already at {}, not at HEAD {head}: not moved",
+                &at[..7]
+            )));
+        }
+        let out = run_cmd("git", Some(git(cfg, &[kind, name])))?;
         if !out.ok {
             return Ok(out);
         }
@@ -1042,25 +1228,61 @@ fn backup_git(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     } else {
         "would create"
     };
-    Ok(StepOutcome::ok(format!(
-        "{verb} branch {} and tag {} at {head}",
-        n.branch, n.tag
-    )))
+    Ok(StepOutcome::ok(if kept.is_empty() {
+        format!("{verb} branch {} and tag {} at {head}", n.branch, n.tag)
+    } else {
+        format!(
+            "{verb} what was missing of branch {} and tag {} at {head} ({})",
+            n.branch,
+            n.tag,
+            kept.join("; ")
+        )
+    }))
 }
 
+/// `git checkout <baseline_ref>`, to the pinned commit. Nothing when HEAD
+/// is there already (a resumed or second run). When the branch moved away
+/// from the pinned commit meanwhile, the pinned commit is checked out
+/// (detached) and the step says so: the incident goes back where it first
+/// decided to.
 fn revert(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let repo = Repo::new(&cfg.root);
-    let before = repo
-        .head_described()
-        .map(|h| h.1)
-        .unwrap_or_else(|_| "HEAD".into());
-    let out = run_cmd("git", Some(git(cfg, &["checkout", &cfg.baseline_ref])))?;
+    let (_, before, head_sha) = repo.head_described().unwrap_or((
+        crate::gitref::Head::Branch("HEAD".into()),
+        "HEAD".into(),
+        None,
+    ));
+    let pinned = baseline_commit(ctx, cfg)?;
+    if let Some(t) = &pinned
+        && head_sha.as_ref() == Some(t)
+    {
+        return Ok(StepOutcome::ok(format!(
+            "HEAD is {before} already, the pinned {} commit: nothing to check out",
+            cfg.baseline_ref
+        )));
+    }
+    let moved = match &pinned {
+        Some(t) => repo
+            .resolve(&cfg.baseline_ref)
+            .is_some_and(|now| now != *t)
+            .then(|| t.clone()),
+        None => None,
+    };
+    let what = moved.clone().unwrap_or_else(|| cfg.baseline_ref.clone());
+    let out = run_cmd("git", Some(git(cfg, &["checkout", &what])))?;
     if !out.ok || !ctx.executes() {
         return Ok(out);
     }
     let after = repo.head_described().map(|h| h.1).unwrap_or_default();
     log::info(format_args!("reverted {before} -> {after}"));
-    Ok(StepOutcome::ok(format!("{before} -> {after}")))
+    Ok(StepOutcome::ok(match moved {
+        Some(t) => format!(
+            "{before} -> {after}: {} moved since the incident began, so its pinned commit {} was checked out",
+            cfg.baseline_ref,
+            &t[..t.len().min(7)]
+        ),
+        None => format!("{before} -> {after}"),
+    }))
 }
 
 fn validate(ctx: &Context, cfg: &Config, level: u8) -> Result<StepOutcome> {
@@ -1114,12 +1336,21 @@ fn record(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<StepOu
     } else {
         String::new()
     };
-    if !text.is_empty() && !text.ends_with('\n') {
+    // One line per run and level: a resumed run does not write it twice.
+    let mark = format!(
+        "level {level} ({}), run {}, ",
+        level_name(level),
+        ctx.run_id
+    );
+    let appended = !text.contains(&mark);
+    if appended {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&line);
         text.push('\n');
+        storage::write_string(&log_path, &text)?;
     }
-    text.push_str(&line);
-    text.push('\n');
-    storage::write_string(&log_path, &text)?;
     let ps_file = format!("{}/rollback-processes-{now}.log", cfg.logs());
     let captured = match cfg.cmd(&cfg.ps_command) {
         None => "process list turned off".to_string(),
@@ -1142,10 +1373,12 @@ fn record(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<StepOu
             }
         }
     };
-    let verb = if ctx.executes() {
+    let verb = if !ctx.executes() {
+        "would append"
+    } else if appended {
         "appended"
     } else {
-        "would append"
+        "this run's line is already in"
     };
     Ok(StepOutcome::ok(format!(
         "{verb} to {log_path}: {line:?}; {captured}"

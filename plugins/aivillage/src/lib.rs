@@ -735,6 +735,29 @@ fn find_backups(cfg: &Config) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The `*.backup` files this incident restores, with what each held:
+/// listed once, before the full rollback moved any of them in place, and
+/// pinned for the incident. `mv` consumes them, so a resumed or second run
+/// that listed them again would see fewer (or another deployment's new
+/// ones); with the list pinned it knows which are in place already (the
+/// target holds the backup's contents) and restores the rest.
+fn pinned_backups(ctx: &Context, cfg: &Config) -> Result<Vec<Restored>> {
+    let text = ctx.pin("backups", || {
+        let mut v = Vec::new();
+        for b in find_backups(cfg)? {
+            let bytes = storage::read_file(&b)?;
+            v.push(Restored {
+                target: b.trim_end_matches(".backup").to_string(),
+                backup: b,
+                bytes: bytes.len() as u64,
+                fnv: fnv64(&bytes),
+            });
+        }
+        Ok(serde_json::to_string(&v)?)
+    })?;
+    serde_json::from_str(&text).context("the pinned list of *.backup files")
+}
+
 /// The host's absolute path of the root (symlinks resolved), found from a
 /// listing; `None` when the root is empty.
 fn canonical_root(cfg: &Config) -> Result<Option<String>> {
@@ -952,15 +975,18 @@ fn step_snapshot(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let mut paths = Vec::new();
     let mut notes = Vec::new();
     if ctx.level >= 2 {
-        let backups = find_backups(cfg)?;
-        notes.push(format!("{} *.backup files found", backups.len()));
+        let backups = pinned_backups(ctx, cfg)?;
+        notes.push(format!(
+            "{} *.backup files to restore (pinned for the incident)",
+            backups.len()
+        ));
         let config_dir = cfg.path("config");
         if storage::exists(&config_dir)? {
             paths.push(config_dir);
         }
         let canon = canonical_root(cfg)?;
         for b in &backups {
-            let target = cfg.path(&rel(&canon, cfg, b.trim_end_matches(".backup")));
+            let target = cfg.path(&rel(&canon, cfg, &b.target));
             if storage::exists(&target)? {
                 paths.push(target);
             }
@@ -1097,29 +1123,33 @@ fn step_maintenance_off(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     Ok(StepOutcome::ok(said.join("; ")))
 }
 
+/// `mv` each pinned `*.backup` in place. One moved already (its target
+/// holds the backup's contents) is left as it is, so the step can run again
+/// after it was cut short; a `*.backup` that appeared after the incident
+/// began is not this incident's and is left alone.
 fn step_restore_backups(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
-    let backups = find_backups(cfg)?;
+    let pinned = pinned_backups(ctx, cfg)?;
     let canon = canonical_root(cfg)?;
-    let mut restored = Vec::new();
-    for b in &backups {
-        let bytes = storage::read_file(b)?;
-        let target = b.trim_end_matches(".backup").to_string();
-        restored.push(Restored {
-            backup: b.clone(),
-            target: target.clone(),
-            bytes: bytes.len() as u64,
-            fnv: fnv64(&bytes),
-        });
-        // mv "$1" "${1%.backup}"
-        storage::rename(b, &target)?;
+    let mut moved = Vec::new();
+    let mut already = Vec::new();
+    let mut changed = Vec::new();
+    for r in &pinned {
+        let name = rel(&canon, cfg, &r.target);
+        if storage::exists(&r.backup)? {
+            // mv "$1" "${1%.backup}"
+            storage::rename(&r.backup, &r.target)?;
+            moved.push(name);
+        } else if storage::exists(&r.target)? && fnv64(&storage::read_file(&r.target)?) == r.fnv {
+            already.push(name);
+        } else {
+            // Moved in place by an earlier run and changed since (a person
+            // fixing it by hand): there is nothing left to restore it from,
+            // and what they did is theirs to keep.
+            changed.push(name);
+        }
     }
-    storage::set_json(&ctx.run_key("restored"), &restored)?;
-    let names: Vec<String> = restored
-        .iter()
-        .map(|r| rel(&canon, cfg, &r.target))
-        .collect();
-    let remaining = find_backups(cfg)?;
-    if backups.is_empty() {
+    storage::set_json(&ctx.run_key("restored"), &pinned)?;
+    if pinned.is_empty() {
         // Not a success to report as "restored 0 files": with no backup
         // (a crash with no deployment, or a deployment that kept none) the
         // components restart on the code they have, and their health
@@ -1136,10 +1166,13 @@ fn step_restore_backups(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     if !ctx.executes() {
         return Ok(StepOutcome::ok(format!(
             "would move {} *.backup files back in place ({}); then 0 would remain",
-            restored.len(),
-            list(&names)
+            moved.len(),
+            list(&moved)
         )));
     }
+    let (remaining, newer): (Vec<String>, Vec<String>) = find_backups(cfg)?
+        .into_iter()
+        .partition(|b| pinned.iter().any(|r| r.backup == *b));
     let finding = Finding::new(
         "*.backup files remaining under the root",
         remaining.len(),
@@ -1155,12 +1188,31 @@ fn step_restore_backups(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         ))
         .with_findings(vec![finding]));
     }
-    Ok(StepOutcome::ok(format!(
+    let mut msg = format!(
         "restored {} files from *.backup ({}); 0 *.backup files remain",
-        restored.len(),
-        list(&names)
-    ))
-    .with_findings(vec![finding]))
+        moved.len(),
+        list(&moved)
+    );
+    if !already.is_empty() {
+        msg.push_str(&format!(
+            "; in place already (moved by an earlier try): {}",
+            list(&already)
+        ));
+    }
+    if !changed.is_empty() {
+        msg.push_str(&format!(
+            "; restored by an earlier try and changed since, left as they are: {}",
+            list(&changed)
+        ));
+    }
+    if !newer.is_empty() {
+        let n: Vec<String> = newer.iter().map(|p| rel(&canon, cfg, p)).collect();
+        msg.push_str(&format!(
+            "; left alone, not this incident's (they appeared after it began): {}",
+            list(&n)
+        ));
+    }
+    Ok(StepOutcome::ok(msg).with_findings(vec![finding]))
 }
 
 fn remove_files(ctx: &Context, cfg: &Config, names: &[String]) -> Result<Vec<String>> {
@@ -1513,6 +1565,10 @@ fn restart_step(cfg: &Config, c: &Component, level: u8, after: &[String]) -> Ste
             fmt_ms(cfg.raw.health_timeout_ms),
         ),
     )
+    // Stop (when running), start, health gate: run again it restarts
+    // again, which is what one run does.
+    .disruptive()
+    .repeatable()
 }
 
 fn plan_level1(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
@@ -1540,7 +1596,10 @@ fn plan_level1(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 list(failed),
                 cfg.raw.root
             ),
-        ),
+        )
+        // Writes rewind's own snapshot; reads the system.
+        .observe()
+        .repeatable(),
         Step::auto(
             "isolate",
             format!("Isolate {}", list(failed)),
@@ -1551,7 +1610,11 @@ fn plan_level1(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 per_component(cfg, &cfg.raw.status_command, failed),
                 list(&kept)
             ),
-        ),
+        )
+        // Stopping a stopped component changes nothing; the status check
+        // after it reads.
+        .disruptive()
+        .repeatable(),
         Step::auto(
             "restore-components",
             "Restore the failed components' files",
@@ -1560,7 +1623,11 @@ fn plan_level1(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 cfg.raw.root,
                 list(&files)
             ),
-        ),
+        )
+        // The snapshot step saved what this overwrites and removes;
+        // copying again copies the same, removing what is gone is nothing.
+        .reversible()
+        .repeatable(),
     ];
     for (i, name) in failed.iter().enumerate() {
         let c = cfg.component(name)?;
@@ -1579,12 +1646,43 @@ fn record_step(cfg: &Config) -> Step {
             cfg.records_dir()
         ),
     )
+        // rewind's record of the run, not the service; written whole.
+        .observe()
+        .repeatable()
 }
 
-fn plan_level2(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
-    let backups = find_backups(cfg)?;
+/// `restore-config` copies unit files into the system's unit directory,
+/// outside the root and outside the snapshot: overwritten there, the
+/// deployment's units are gone. Without a unit directory it only copies
+/// config files under the root, which the snapshot saved.
+fn restore_config_effect(cfg: &Config) -> Effect {
+    if cfg.raw.systemd_unit_dir.is_empty() {
+        Effect::Reversible
+    } else {
+        Effect::Destructive
+    }
+}
+
+/// Level 2's worst step: `restore-config` or `restore-imports` when they
+/// overwrite what no snapshot saved, else the restarts.
+fn level2_effect(cfg: &Config) -> Effect {
+    if restore_config_effect(cfg) == Effect::Destructive
+        || !cfg.raw.restore_imports_command.is_empty()
+    {
+        Effect::Destructive
+    } else {
+        Effect::Disruptive
+    }
+}
+
+fn plan_level2(ctx: &Context, cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
+    // Pinned here, before any step moved a *.backup in place.
+    let backups = pinned_backups(ctx, cfg)?;
     let canon = canonical_root(cfg)?;
-    let names: Vec<String> = backups.iter().map(|b| rel(&canon, cfg, b)).collect();
+    let names: Vec<String> = backups
+        .iter()
+        .map(|b| rel(&canon, cfg, &b.backup))
+        .collect();
     let mut steps = vec![
         Step::auto(
             "snapshot",
@@ -1593,7 +1691,10 @@ fn plan_level2(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 "Snapshot {}/config and every file a *.backup will overwrite or the rollback removes",
                 cfg.raw.root
             ),
-        ),
+        )
+        // Writes rewind's own snapshot; reads the system.
+        .observe()
+        .repeatable(),
         Step::auto(
             "isolate",
             format!("Isolate {}", list(failed)),
@@ -1603,20 +1704,30 @@ fn plan_level2(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 per_component(cfg, &cfg.raw.stop_command, failed),
                 per_component(cfg, &cfg.raw.status_command, failed),
             ),
-        ),
+        )
+        // Stopping a stopped component changes nothing; the status check
+        // after it reads.
+        .disruptive()
+        .repeatable(),
     ];
     if !cfg.raw.maintenance_page.is_empty() || !cfg.raw.reload_command.is_empty() {
-        steps.push(Step::auto(
-            "maintenance-on",
-            "Enable maintenance mode",
-            format!(
-                "Write {:?} to {}, then {}",
-                cfg.raw.maintenance_text,
-                cfg.raw.maintenance_page,
-                cmd_text(cfg, &cfg.raw.reload_command, "proxy")
-            ),
-        ));
+        steps.push(
+            Step::auto(
+                "maintenance-on",
+                "Enable maintenance mode",
+                format!(
+                    "Write {:?} to {}, then {}",
+                    cfg.raw.maintenance_text,
+                    cfg.raw.maintenance_page,
+                    cmd_text(cfg, &cfg.raw.reload_command, "proxy")
+                ),
+            )
+            // Users get the maintenance page; writing it twice is once.
+            .disruptive()
+            .repeatable(),
+        );
     }
+    let config_effect = restore_config_effect(cfg);
     let removes: Vec<String> = cfg
         .components
         .iter()
@@ -1631,12 +1742,19 @@ fn plan_level2(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 cfg.raw.root,
                 list(&names)
             ),
-        ),
+        )
+        // The targets are in the snapshot; the list is pinned, and a
+        // backup moved in place already is recognised by its contents.
+        .reversible()
+        .repeatable(),
         Step::auto(
             "remove-added",
             "Remove files the deployment added",
             format!("rm -rf under {}: {}", cfg.raw.root, list(&removes)),
-        ),
+        )
+        // Snapshotted first; what is gone already is skipped.
+        .reversible()
+        .repeatable(),
         Step::auto(
             "restore-config",
             "Restore the system configuration",
@@ -1651,19 +1769,27 @@ fn plan_level2(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
                 },
                 cmd_text(cfg, &cfg.raw.daemon_reload_command, "systemd")
             ),
-        ),
+        )
+        .effect(config_effect)
+        .repeatable(),
     ]);
     if !cfg.raw.restore_imports_command.is_empty() || !cfg.raw.import_check_command.is_empty() {
-        steps.push(Step::auto(
-            "restore-imports",
-            "Restore import paths",
-            format!(
-                "In {}: {}, then {} (both must exit 0)",
-                cfg.raw.root,
-                cmd_text(cfg, &cfg.raw.restore_imports_command, "imports"),
-                cmd_text(cfg, &cfg.raw.import_check_command, "imports")
-            ),
-        ));
+        steps.push(
+            Step::auto(
+                "restore-imports",
+                "Restore import paths",
+                format!(
+                    "In {}: {}, then {} (both must exit 0)",
+                    cfg.raw.root,
+                    cmd_text(cfg, &cfg.raw.restore_imports_command, "imports"),
+                    cmd_text(cfg, &cfg.raw.import_check_command, "imports")
+                ),
+            )
+            // The team's script rewrites files under the root that the
+            // snapshot may not cover; whether it can run twice is its
+            // business, so a cut-short run goes to a person.
+            .effect(Effect::Destructive),
+        );
     }
     for (i, c) in cfg.components.iter().enumerate() {
         let after: Vec<String> = COMPONENTS[i + 1..].iter().map(|s| s.to_string()).collect();
@@ -1676,26 +1802,36 @@ fn plan_level2(cfg: &Config, failed: &[String]) -> Result<Vec<Step>> {
             .iter()
             .map(|a| cmd_text(cfg, a, "validate"))
             .collect();
-        steps.push(Step::auto(
-            "validate",
-            "Health check validation",
-            format!(
-                "In {}: {} (each must exit 0)",
-                cfg.raw.root,
-                cmds.join(", ")
-            ),
-        ));
+        steps.push(
+            Step::auto(
+                "validate",
+                "Health check validation",
+                format!(
+                    "In {}: {} (each must exit 0)",
+                    cfg.raw.root,
+                    cmds.join(", ")
+                ),
+            )
+            // The runbook's test scripts: they read.
+            .observe()
+            .repeatable(),
+        );
     }
     if !cfg.raw.maintenance_page.is_empty() || !cfg.raw.reload_command.is_empty() {
-        steps.push(Step::auto(
-            "maintenance-off",
-            "Leave maintenance mode",
-            format!(
-                "Remove {}, then {}",
-                cfg.raw.maintenance_page,
-                cmd_text(cfg, &cfg.raw.reload_command, "proxy")
-            ),
-        ));
+        steps.push(
+            Step::auto(
+                "maintenance-off",
+                "Leave maintenance mode",
+                format!(
+                    "Remove {}, then {}",
+                    cfg.raw.maintenance_page,
+                    cmd_text(cfg, &cfg.raw.reload_command, "proxy")
+                ),
+            )
+            // Undoes maintenance-on; twice is once.
+            .reversible()
+            .repeatable(),
+        );
     }
     steps.push(record_step(cfg));
     Ok(steps)
@@ -1752,7 +1888,9 @@ impl Plugin for AiVillage {
                 level_name(1),
                 "Stop only the failed components, restore their own files from .backup, start them again with a health gate",
             )
-            .rto_ms(3 * 60_000),
+            .rto_ms(3 * 60_000)
+            // The restarts; files are snapshotted before they change.
+            .effect(Effect::Disruptive),
         )
         .level(
             LevelInfo::new(
@@ -1760,7 +1898,8 @@ impl Plugin for AiVillage {
                 level_name(2),
                 "Isolate, maintenance page, every *.backup restored, configuration and imports restored, restart gateway -> p2p -> agents -> rag with a health gate after each, validate, maintenance page removed",
             )
-            .rto_ms(15 * 60_000),
+            .rto_ms(15 * 60_000)
+            .effect(level2_effect(&cfg)),
         )
         .needs(needs))
     }
@@ -1830,7 +1969,7 @@ impl Plugin for AiVillage {
         storage::set_json(&failed_key(ctx), &failed)?;
         match ctx.level {
             1 => plan_level1(&cfg, &failed),
-            2 => plan_level2(&cfg, &failed),
+            2 => plan_level2(ctx, &cfg, &failed),
             l => bail!("the aivillage plugin has levels 1 and 2; level {l} was asked for"),
         }
     }

@@ -105,6 +105,29 @@ fn kv_set<T: Serialize>(ctx: &Context, key: &str, value: &T) -> Result<()> {
     Ok(storage::set_json(&ctx.run_key(key), value)?)
 }
 
+/// A decision kept for the incident (`Context::pin`), as JSON: `decide`
+/// runs only when nothing is pinned under `key` yet, so a resumed run, or
+/// a second run after a partial rollback, acts on what the first decided
+/// from the system as it was before the rollback changed it.
+fn pin_json<T: Serialize + serde::de::DeserializeOwned>(
+    ctx: &Context,
+    key: &str,
+    decide: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let text = ctx.pin(key, || Ok(serde_json::to_string(&decide()?)?))?;
+    serde_json::from_str(&text).context(format!("the decision pinned as {key}"))
+}
+
+/// The decision pinned under `key`, if any.
+fn pinned_json<T: serde::de::DeserializeOwned>(ctx: &Context, key: &str) -> Result<Option<T>> {
+    match ctx.pinned(key)? {
+        Some(text) => Ok(Some(
+            serde_json::from_str(&text).context(format!("the decision pinned as {key}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// One timestamp per run for the names the runbook dates
 /// (`backup-before-rollback-<stamp>.tar.gz`, `app-failed-<stamp>`), so the
 /// plan shows the name the step will use.
@@ -401,10 +424,15 @@ fn git_state(cfg: &Config) -> Result<GitState> {
     })
 }
 
+/// Level 2's target: the newest `*-stable` tag below HEAD, decided once
+/// for the incident. Decided again after the checkout it would be the tag
+/// below the one checked out: a second run would go one release further
+/// back.
 fn stable_tag(ctx: &Context, cfg: &Config) -> Result<StableTag> {
-    if let Some(t) = kv_get::<StableTag>(ctx, "stable")? {
-        return Ok(t);
-    }
+    pin_json(ctx, "stable_tag", || decide_stable_tag(cfg))
+}
+
+fn decide_stable_tag(cfg: &Config) -> Result<StableTag> {
     let g = git_state(cfg)?;
     let mut candidates: Vec<String> = g
         .tags
@@ -439,68 +467,78 @@ fn stable_tag(ctx: &Context, cfg: &Config) -> Result<StableTag> {
         candidates,
         head_before: format!("{} ({})", sha12(&g.head_sha), g.head_name),
     };
-    kv_set(ctx, "stable", &t)?;
     Ok(t)
 }
 
+/// Level 3's choices, decided once for the incident: the newest tarball
+/// and memory database backup when the incident starts (a backup taken
+/// while it runs must not become the one a second run restores), and
+/// where the failed tree goes (the first run's name, so that a second run
+/// finds it moved aside already). The version the extracted backup
+/// declares is this run's observation, kept next to it.
 fn restore_choice(ctx: &Context, cfg: &Config) -> Result<Restore> {
-    if let Some(r) = kv_get::<Restore>(ctx, "restore")? {
-        return Ok(r);
+    let mut r = pin_json(ctx, "restore", || {
+        Ok(Restore {
+            backup: app_backup(cfg)?,
+            memory_backup: memory_backup(cfg)?,
+            failed_path: format!(
+                "{}/{}-failed-{}",
+                cfg.failed_dir(),
+                file_name(&cfg.app_dir),
+                run_stamp(ctx)?
+            ),
+            pkg_version: None,
+        })
+    })?;
+    // Paths named in the config are the operator's choice, read afresh.
+    if cfg.app_backup.is_some() {
+        r.backup = cfg.app_backup.clone();
     }
-    let r = Restore {
-        backup: app_backup(cfg)?,
-        memory_backup: memory_backup(cfg)?,
-        failed_path: format!(
-            "{}/{}-failed-{}",
-            cfg.failed_dir(),
-            file_name(&cfg.app_dir),
-            run_stamp(ctx)?
-        ),
-        pkg_version: None,
-    };
-    kv_set(ctx, "restore", &r)?;
+    if cfg.memory_backup.is_some() {
+        r.memory_backup = cfg.memory_backup.clone();
+    }
+    r.pkg_version = kv_get(ctx, "pkg_version")?;
     Ok(r)
 }
 
+/// Level 1's choice. Features named in the config (`disable`) are the
+/// operator's choice, read afresh; the failing ones found in the log are
+/// decided once for the incident: once they are off, the log no longer
+/// says which ones failed.
 fn chosen_features(ctx: &Context, cfg: &Config) -> Result<(Vec<Feature>, String)> {
-    let d = match kv_get::<Disable>(ctx, "disable")? {
-        Some(d) => d,
-        None => {
-            let d = match cfg.features_to_disable_names()? {
-                Some(names) if cfg.disable.trim() == "all" => Disable {
-                    names,
-                    why: "all feature flags (Level 1 of the runbook)".into(),
-                },
-                Some(names) => Disable {
-                    why: format!("the features named by disable = {:?}", cfg.disable),
-                    names,
-                },
-                None => {
-                    let text = read_opt(&cfg.log_file)?.unwrap_or_default();
-                    let (crit, _, _) = log_windows(cfg, &text, now_ms());
-                    let failing = failing_features(cfg, &crit);
-                    if failing.is_empty() {
-                        Disable {
-                            names: cfg.features.iter().map(|f| f.name.clone()).collect(),
-                            why: "no single feature is failing in the log, so all of them".into(),
-                        }
-                    } else {
-                        Disable {
-                            why: format!(
-                                "only the failing feature{} (failure rate above {}% in the last {})",
-                                if failing.len() == 1 { "" } else { "s" },
-                                num(cfg.partial_failure_pct),
-                                minutes(cfg.critical_window_s)
-                            ),
-                            names: failing,
-                        }
-                    }
+    let d = match cfg.features_to_disable_names()? {
+        Some(names) if cfg.disable.trim() == "all" => Disable {
+            names,
+            why: "all feature flags (Level 1 of the runbook)".into(),
+        },
+        Some(names) => Disable {
+            why: format!("the features named by disable = {:?}", cfg.disable),
+            names,
+        },
+        None => pin_json(ctx, "disable", || {
+            let text = read_opt(&cfg.log_file)?.unwrap_or_default();
+            let (crit, _, _) = log_windows(cfg, &text, now_ms());
+            let failing = failing_features(cfg, &crit);
+            Ok(if failing.is_empty() {
+                Disable {
+                    names: cfg.features.iter().map(|f| f.name.clone()).collect(),
+                    why: "no single feature is failing in the log, so all of them".into(),
                 }
-            };
-            kv_set(ctx, "disable", &d)?;
-            d
-        }
+            } else {
+                Disable {
+                    why: format!(
+                        "only the failing feature{} (failure rate above {}% in the last {})",
+                        if failing.len() == 1 { "" } else { "s" },
+                        num(cfg.partial_failure_pct),
+                        minutes(cfg.critical_window_s)
+                    ),
+                    names: failing,
+                }
+            })
+        })?,
     };
+    // What this run disables, for its incident record.
+    kv_set(ctx, "disable", &d)?;
     let feats = cfg
         .features
         .iter()
@@ -1202,9 +1240,13 @@ fn step_identify(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
 
 fn step_move_aside(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let r = restore_choice(ctx, cfg)?;
+    // The path is pinned for the incident and named by its first run's
+    // stamp: when it exists, this incident moved the failed tree there
+    // already (a resumed or second run), and what is in app_dir now is
+    // what the restore extracted.
     if exists(&r.failed_path)? {
-        return Ok(StepOutcome::failed(format!(
-            "{} already exists; not moving {} onto it",
+        return Ok(StepOutcome::ok(format!(
+            "the failed tree was moved to {} already; {} is left as it is",
             r.failed_path, cfg.app_dir
         )));
     }
@@ -1246,7 +1288,7 @@ fn step_extract(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let entries = storage::list_dir(&cfg.app_dir, false)?.len();
     if ctx.executes() {
         r.pkg_version = pkg.clone();
-        kv_set(ctx, "restore", &r)?;
+        kv_set(ctx, "pkg_version", &pkg)?;
         Ok(StepOutcome::ok(format!(
             "extracted {backup} into {}: {entries} entries; package.json version {}",
             cfg.app_dir,
@@ -1876,7 +1918,7 @@ fn write_incident(
         1 => "None (features disabled, system on its current code)".to_string(),
         2 => "In-memory data only (cleared on restart)".to_string(),
         _ => {
-            let r = kv_get::<Restore>(ctx, "restore")?.unwrap_or_default();
+            let r = pinned_json::<Restore>(ctx, "restore")?.unwrap_or_default();
             format!(
                 "All changes since the backup {} (memory database {}); the failed tree is kept at {}",
                 r.backup.as_deref().unwrap_or("?"),
@@ -1891,7 +1933,7 @@ fn write_incident(
         "1. Monitor: `pm2 logs app --lines 100` ({})\n",
         cfg.log_file
     ));
-    if let Some(t) = kv_get::<StableTag>(ctx, "stable")? {
+    if let Some(t) = pinned_json::<StableTag>(ctx, "stable_tag")? {
         md.push_str(&format!(
             "2. Review deployment differences: `git diff {} {}`\n",
             t.tag,
@@ -1927,7 +1969,9 @@ impl Plugin for FeatureFlags {
                 level_name(1),
                 "Set the feature flags to false in .env, restart, confirm the sequential fallbacks in the log",
             )
-            .rto_ms(2 * 60_000),
+            .rto_ms(2 * 60_000)
+            // The restart.
+            .effect(Effect::Disruptive),
         )
         .level(
             LevelInfo::new(
@@ -1935,7 +1979,9 @@ impl Plugin for FeatureFlags {
                 level_name(2),
                 "Archive the tree, check out the last *-stable tag, reinstall, rebuild, reload",
             )
-            .rto_ms(15 * 60_000),
+            .rto_ms(15 * 60_000)
+            // The reload; the checkout is reversible.
+            .effect(Effect::Disruptive),
         )
         .level(
             LevelInfo::new(
@@ -1943,7 +1989,9 @@ impl Plugin for FeatureFlags {
                 level_name(3),
                 "Stop, move the failed tree aside, extract the pre-deployment backup, restore the memory database, reinstall, start",
             )
-            .rto_ms(45 * 60_000),
+            .rto_ms(45 * 60_000)
+            // The memory database restored over the live one.
+            .effect(Effect::Destructive),
         )
         .needs(cfg.needs()))
     }
@@ -2076,7 +2124,9 @@ impl Plugin for FeatureFlags {
             "status",
             "Verify application started (pm2 status)",
             format!("Run `{}` in {app}", cfg.cmd(&cfg.status_cmd).display()),
-        );
+        )
+        .observe()
+        .repeatable();
         let health = Step::auto(
             "health",
             "Check health",
@@ -2086,7 +2136,9 @@ impl Plugin for FeatureFlags {
                 cfg.probe_interval_ms,
                 human_ms(cfg.wait_ms(ctx.level))
             ),
-        );
+        )
+                    .observe()
+                    .repeatable();
         match ctx.level {
             1 => {
                 let (feats, why) = chosen_features(ctx, &cfg)?;
@@ -2114,7 +2166,11 @@ impl Plugin for FeatureFlags {
                             edits.join("; "),
                             rw.untouched
                         ),
-                    ),
+                    )
+                    // The old .env is snapshotted first; a file that has the
+                    // flags off already is left as it is.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "restart",
                         "Restart application",
@@ -2124,7 +2180,10 @@ impl Plugin for FeatureFlags {
                             cfg.cmd(&cfg.restart_cmd).display(),
                             markers.join(", ")
                         ),
-                    ),
+                    )
+                    // A second restart is a restart.
+                    .disruptive()
+                    .repeatable(),
                     status,
                     health,
                 ])
@@ -2147,7 +2206,9 @@ impl Plugin for FeatureFlags {
                             t.tag,
                             t.candidates.join(", ")
                         ),
-                    ),
+                    )
+                    .observe()
+                    .repeatable(),
                     Step::auto(
                         "backup",
                         "Create backup of current state",
@@ -2155,7 +2216,11 @@ impl Plugin for FeatureFlags {
                             "Run `{} -czf {archive} .` in {app}, then `tar -tzf` it to check it reads back",
                             cfg.tar
                         ),
-                    ),
+                    )
+                    // Reads the tree; the archive is named by the run's stamp, so
+                    // a second try writes the same archive again.
+                    .observe()
+                    .repeatable(),
                 ];
                 if !cfg.git_remote.is_empty() {
                     steps.push(Step::auto(
@@ -2165,7 +2230,10 @@ impl Plugin for FeatureFlags {
                             "Run `git fetch {}` in {app} (an unreachable remote is reported; the local tag {} is used)",
                             cfg.git_remote, t.tag
                         ),
-                    ));
+                    )
+                    // Updates remote-tracking refs only, not the checkout.
+                    .observe()
+                    .repeatable());
                 }
                 steps.extend([
                     Step::auto(
@@ -2176,7 +2244,12 @@ impl Plugin for FeatureFlags {
                             t.tag,
                             sha12(&t.sha)
                         ),
-                    ),
+                    )
+                    // The tree was archived first (backup) and git refuses to
+                    // overwrite local changes; checking out the tag HEAD is at
+                    // changes nothing.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "reinstall",
                         "Clean and reinstall dependencies",
@@ -2185,7 +2258,11 @@ impl Plugin for FeatureFlags {
                             cfg.clean_paths.join(", "),
                             cfg.cmd(&cfg.install_cmd).display()
                         ),
-                    ),
+                    )
+                    // node_modules is derived from the lock file (and in the
+                    // archive); removing and installing again ends the same.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "build",
                         "Rebuild application",
@@ -2193,7 +2270,10 @@ impl Plugin for FeatureFlags {
                             "Run `NODE_ENV=production {}` in {app}",
                             cfg.cmd(&cfg.build_cmd).display()
                         ),
-                    ),
+                    )
+                    // Build output follows the checked-out source.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "reload",
                         "Restart with zero-downtime",
@@ -2202,7 +2282,10 @@ impl Plugin for FeatureFlags {
                             cfg.log_file,
                             cfg.cmd(&cfg.reload_cmd).display()
                         ),
-                    ),
+                    )
+                    // pm2 reload cycles the workers; a second reload is a reload.
+                    .disruptive()
+                    .repeatable(),
                     status,
                     health,
                 ]);
@@ -2230,17 +2313,26 @@ impl Plugin for FeatureFlags {
                             "Check the pre-deployment backup exists, then run `{}` in {app}",
                             cfg.cmd(&cfg.stop_cmd).display()
                         ),
-                    ),
+                    )
+                    // Stopping a stopped app changes nothing.
+                    .disruptive()
+                    .repeatable(),
                     Step::auto(
                         "identify",
                         "Identify pre-deployment backup",
                         format!("Newest backup: {backup}; memory database backup: {memory}"),
-                    ),
+                    )
+                    .observe()
+                    .repeatable(),
                     Step::auto(
                         "move-aside",
                         "Move current directory (safety)",
                         format!("Rename {app} to {}", r.failed_path),
-                    ),
+                    )
+                    // A rename, put back by renaming; the path is pinned, and a
+                    // tree moved there already is left where it is.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "extract",
                         "Extract backup",
@@ -2249,7 +2341,11 @@ impl Plugin for FeatureFlags {
                             cfg.tar,
                             r.backup.as_deref().unwrap_or("<none>")
                         ),
-                    ),
+                    )
+                    // Into the empty directory left by move-aside (the failed
+                    // tree is kept); extracting again writes the same files.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "restore-db",
                         "Restore the SQLite memory database",
@@ -2265,7 +2361,14 @@ impl Plugin for FeatureFlags {
                                 cfg.memory_backups_dir
                             ),
                         },
-                    ),
+                    )
+                    // The live memory database is replaced by an older backup:
+                    // what was written since is gone from the service (a copy
+                    // is kept as .rollback-backup). Repeatable: the copy is
+                    // taken from the moved-aside tree, and the pinned backup
+                    // copied again ends the same.
+                    .effect(Effect::Destructive)
+                    .repeatable(),
                     Step::auto(
                         "check-env",
                         "Verify environment configuration",
@@ -2273,12 +2376,16 @@ impl Plugin for FeatureFlags {
                             "Check {} exists and report its feature flags",
                             cfg.env_file()
                         ),
-                    ),
+                    )
+                    .observe()
+                    .repeatable(),
                     Step::auto(
                         "install",
                         "Reinstall dependencies",
                         format!("Run `{}` in {app}", cfg.cmd(&cfg.install_cmd).display()),
-                    ),
+                    )
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "build",
                         "Verify build artifacts",
@@ -2288,7 +2395,10 @@ impl Plugin for FeatureFlags {
                             cfg.build_marker,
                             cfg.cmd(&cfg.build_cmd).display()
                         ),
-                    ),
+                    )
+                    // Build output follows the checked-out source.
+                    .reversible()
+                    .repeatable(),
                     Step::auto(
                         "start",
                         "Restart application",
@@ -2297,7 +2407,11 @@ impl Plugin for FeatureFlags {
                             cfg.log_file,
                             cfg.cmd(&cfg.start_cmd).display()
                         ),
-                    ),
+                    )
+                    // Not repeatable: a start cut short may have started the
+                    // app, and a second `pm2 start` of a script can start a
+                    // second copy.
+                    .disruptive(),
                     status,
                     health,
                 ])

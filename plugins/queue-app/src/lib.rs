@@ -38,12 +38,12 @@ use steps::*;
 
 fn levels() -> Vec<LevelInfo> {
     vec![
-        LevelInfo::new(1, "feature flag", "Single feature broken: disable it with its feature flag and fix forward").rto_ms(60 * 60_000),
-        LevelInfo::new(2, "cache", "4.3 Cache/Redis rollback: flush all or delete keys by pattern, restart Redis if needed, PING, warm").rto_ms(60 * 60_000),
-        LevelInfo::new(3, "queue workers", "4.2 Queue system rollback: stop workers, drain, pause, clean, revert the queue code, rebuild, restart workers, resume gradually").rto_ms(30 * 60_000),
-        LevelInfo::new(4, "application code", "4.1 Application code rollback: pause queues, drain, checkout stable, install, build, restart, health, smoke tests, resume queues one at a time").rto_ms(15 * 60_000),
-        LevelInfo::new(5, "database schema", "5.1 Method 1: stop writes, pause queues, pg_dump backup, down migration, verify schema and row counts").rto_ms(60 * 60_000),
-        LevelInfo::new(6, "database restore", "5.1 Method 2: stop writes, pause queues, pg_dump backup, dropdb, createdb, restore from backup, verify").rto_ms(60 * 60_000),
+        LevelInfo::new(1, "feature flag", "Single feature broken: disable it with its feature flag and fix forward").rto_ms(60 * 60_000).effect(Effect::Reversible),
+        LevelInfo::new(2, "cache", "4.3 Cache/Redis rollback: flush all or delete keys by pattern, restart Redis if needed, PING, warm").rto_ms(60 * 60_000).effect(Effect::Destructive),
+        LevelInfo::new(3, "queue workers", "4.2 Queue system rollback: stop workers, drain, pause, clean, revert the queue code, rebuild, restart workers, resume gradually").rto_ms(30 * 60_000).effect(Effect::Destructive),
+        LevelInfo::new(4, "application code", "4.1 Application code rollback: pause queues, drain, checkout stable, install, build, restart, health, smoke tests, resume queues one at a time").rto_ms(15 * 60_000).effect(Effect::Disruptive),
+        LevelInfo::new(5, "database schema", "5.1 Method 1: stop writes, pause queues, pg_dump backup, down migration, verify schema and row counts").rto_ms(60 * 60_000).effect(Effect::Destructive),
+        LevelInfo::new(6, "database restore", "5.1 Method 2: stop writes, pause queues, pg_dump backup, dropdb, createdb, restore from backup, verify").rto_ms(60 * 60_000).effect(Effect::Destructive),
     ]
 }
 
@@ -71,6 +71,9 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                 cfg.url(&cfg.pause_all_path)
             ),
         )
+        // Pausing a paused queue changes nothing.
+        .disruptive()
+        .repeatable()
     };
     let drain = || {
         Step::auto(
@@ -83,6 +86,8 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                 fmt_ms(cfg.drain_timeout_ms)
             ),
         )
+        .observe()
+        .repeatable()
     };
     let resumes = |v: &mut Vec<Step>| {
         for q in &cfg.queues {
@@ -96,8 +101,30 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                     fmt_ms(cfg.resume_monitor_ms),
                     cfg.queue_failure_percent
                 ),
-            ));
+            )
+            // Undoes the pause; resuming a running queue changes nothing,
+            // and the watch after it only reads.
+            .reversible()
+            .repeatable());
         }
+    };
+    let build = |title: &str| {
+        Step::auto("build", title, cmd(&cfg.build_command))
+            // dist/ follows the checked-out source: rebuilt at the other
+            // commit it is back; building twice builds once.
+            .reversible()
+            .repeatable()
+    };
+    // The stable commit pinned for the incident (resolved and pinned here
+    // when the run executes, before any step moved HEAD).
+    let stable = match if matches!(ctx.level, QUEUE | CODE) {
+        target(ctx, cfg)
+    } else {
+        Ok(None)
+    } {
+        Ok(Some(t)) => short(&t).to_string(),
+        Ok(None) => format!("<{}>", cfg.stable_ref),
+        Err(e) => format!("<{}> ({})", cfg.stable_ref, e.into_message()),
     };
     let head_now = head(cfg)
         .map(|h| short(&h).to_string())
@@ -106,18 +133,19 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
     let mut v = Vec::new();
     match ctx.level {
         FLAG => {
-            let flagged: Vec<String> = match storage::get_json(&ctx.run_key("to_flag"))? {
-                Some(v) => v,
-                None => {
-                    let b: Vec<String> = broken_features(cfg)?
-                        .into_iter()
-                        .filter(|(_, f, _)| *f)
-                        .map(|(n, _, _)| n)
-                        .collect();
-                    storage::set_json(&ctx.run_key("to_flag"), &b)?;
-                    b
-                }
-            };
+            // Which features to disable is decided once for the incident:
+            // a flagged feature no longer fails the way it did, so a
+            // second run deciding afresh would find nothing to flag.
+            let pinned = ctx.pin("features_to_flag", || {
+                let b: Vec<String> = broken_features(cfg)?
+                    .into_iter()
+                    .filter(|(_, f, _)| *f)
+                    .map(|(n, _, _)| n)
+                    .collect();
+                Ok(serde_json::to_string(&b)?)
+            })?;
+            let flagged: Vec<String> =
+                serde_json::from_str(&pinned).context("the pinned features_to_flag")?;
             if flagged.is_empty() {
                 bail!(
                     "level 1 disables a broken feature with its flag, and no feature with a flag_path fails now"
@@ -129,26 +157,36 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                     .iter()
                     .find(|f| f.name == *n)
                     .ok_or("feature gone")?;
-                v.push(Step::auto(
-                    format!("flag-{n}"),
-                    format!("Disable feature {n}"),
-                    format!(
-                        "{} {} with {} (use feature flag, fix forward)",
-                        f.flag_method,
-                        cfg.url(f.flag_path.as_deref().unwrap_or_default()),
-                        f.flag_body
-                    ),
-                ));
+                v.push(
+                    Step::auto(
+                        format!("flag-{n}"),
+                        format!("Disable feature {n}"),
+                        format!(
+                            "{} {} with {} (use feature flag, fix forward)",
+                            f.flag_method,
+                            cfg.url(f.flag_path.as_deref().unwrap_or_default()),
+                            f.flag_body
+                        ),
+                    )
+                    // The flag is put back by enabling it; setting it off
+                    // twice is setting it off once.
+                    .reversible()
+                    .repeatable(),
+                );
             }
-            v.push(Step::auto(
-                "health",
-                "Verify health",
-                format!(
-                    "Wait for GET {} (200-399), up to {}",
-                    cfg.url(&cfg.health_path),
-                    fmt_ms(cfg.health_timeout_ms)
-                ),
-            ));
+            v.push(
+                Step::auto(
+                    "health",
+                    "Verify health",
+                    format!(
+                        "Wait for GET {} (200-399), up to {}",
+                        cfg.url(&cfg.health_path),
+                        fmt_ms(cfg.health_timeout_ms)
+                    ),
+                )
+                .observe()
+                .repeatable(),
+            );
         }
         CACHE => {
             v.push(Step::auto(
@@ -164,7 +202,12 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                         cfg.del_batch
                     )
                 },
-            ));
+            )
+            // Cache entries are gone for good (the app rebuilds them).
+            // Flushing again after an interruption deletes what matches
+            // now, which is what the step is for.
+            .effect(Effect::Destructive)
+            .repeatable());
             v.push(Step::auto(
                 "restart-redis",
                 "Restart Redis if needed",
@@ -173,45 +216,81 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                     cfg.cache_max_memory_mb,
                     cmd(&cfg.redis_restart_command)
                 ),
-            ));
-            v.push(Step::auto(
-                "ping",
-                "Verify Redis health",
-                format!("`{}` must answer PONG", cfg.redis(&["PING"]).display()),
-            ));
-            v.push(Step::auto(
-                "warm",
-                "Warm the cache",
-                format!("POST {}", cfg.url(&cfg.cache_warm_path)),
-            ));
+            )
+            // It checks before it acts: a Redis that answers and fits is
+            // left running.
+            .disruptive()
+            .repeatable());
+            v.push(
+                Step::auto(
+                    "ping",
+                    "Verify Redis health",
+                    format!("`{}` must answer PONG", cfg.redis(&["PING"]).display()),
+                )
+                .observe()
+                .repeatable(),
+            );
+            v.push(
+                Step::auto(
+                    "warm",
+                    "Warm the cache",
+                    format!("POST {}", cfg.url(&cfg.cache_warm_path)),
+                )
+                // Fills a cache that can be flushed again; warming twice
+                // warms once.
+                .reversible()
+                .repeatable(),
+            );
         }
         QUEUE => {
-            v.push(Step::auto(
-                "stop-workers",
-                "Stop all workers",
-                cmd(&cfg.worker_stop_command),
-            ));
+            v.push(
+                Step::auto(
+                    "stop-workers",
+                    "Stop all workers",
+                    cmd(&cfg.worker_stop_command),
+                )
+                // `pm2 stop` of a stopped worker changes nothing.
+                .disruptive()
+                .repeatable(),
+            );
             v.push(drain());
             v.push(pause());
-            v.push(Step::auto(
-                "clean",
-                "Clean failed jobs",
-                format!("POST {}", cfg.url(&cfg.clean_all_path)),
-            ));
+            v.push(
+                Step::auto(
+                    "clean",
+                    "Clean failed jobs",
+                    format!("POST {}", cfg.url(&cfg.clean_all_path)),
+                )
+                // The failed jobs' records are deleted. With the workers
+                // stopped no new job fails, so cleaning again cleans nothing
+                // more than the first did.
+                .effect(Effect::Destructive)
+                .repeatable(),
+            );
             v.push(Step::auto(
                 "revert-queue-code",
                 "Roll back the queue code only",
                 format!(
-                    "`git checkout {} -- {}` in {} (HEAD {head_now} stays)",
-                    cfg.stable_ref, cfg.queue_code_path, cfg.app_dir
+                    "`git checkout {stable} -- {}` in {} (HEAD {head_now} stays; nothing when the path is there already)",
+                    cfg.queue_code_path, cfg.app_dir
                 ),
-            ));
-            v.push(Step::auto("build", "Rebuild", cmd(&cfg.build_command)));
-            v.push(Step::auto(
-                "restart-workers",
-                "Restart workers",
-                cmd(&cfg.worker_restart_command),
-            ));
+            )
+            // HEAD keeps what it replaces (`git checkout HEAD -- <path>`
+            // puts it back) and it refuses to overwrite uncommitted work;
+            // a path at the pinned commit already is left as it is.
+            .reversible()
+            .repeatable());
+            v.push(build("Rebuild"));
+            v.push(
+                Step::auto(
+                    "restart-workers",
+                    "Restart workers",
+                    cmd(&cfg.worker_restart_command),
+                )
+                // A second restart is a restart.
+                .disruptive()
+                .repeatable(),
+            );
             resumes(&mut v);
         }
         CODE => {
@@ -219,54 +298,75 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                 "identify",
                 "Identify the last stable commit",
                 format!(
-                    "`git rev-parse {}` and `git log --oneline -5` in {} (HEAD is {head_now})",
+                    "`git rev-parse {}` (pinned for the incident: {stable}) and `git log --oneline -5` in {} (HEAD is {head_now})",
                     cfg.stable_ref, cfg.app_dir
                 ),
-            ));
+            )
+            // Reads git and pins the commit: a second run gets the pinned
+            // answer, not HEAD~1 of a HEAD already moved back.
+            .observe()
+            .repeatable());
             v.push(pause());
             v.push(drain());
             v.push(Step::auto(
                 "checkout",
                 "Check out the stable version",
-                format!("`git checkout <{}>` in {}", cfg.stable_ref, cfg.app_dir),
-            ));
-            v.push(Step::auto(
-                "install",
-                "Install dependencies",
-                cmd(&cfg.install_command),
-            ));
-            v.push(Step::auto(
-                "build",
-                "Build the application",
-                cmd(&cfg.build_command),
-            ));
-            v.push(Step::auto(
-                "restart",
-                "Restart services",
-                cmd(&cfg.restart_command),
-            ));
-            v.push(Step::auto(
-                "health",
-                "Verify health",
                 format!(
-                    "Wait for GET {} (200-399), up to {} (the runbook's sleep 10)",
-                    cfg.url(&cfg.health_path),
-                    fmt_ms(cfg.health_timeout_ms)
+                    "`git checkout {}` in {} (the pinned stable commit; nothing when HEAD is there already)",
+                    stable, cfg.app_dir
                 ),
-            ));
-            v.push(Step::auto(
-                "smoke",
-                "Run smoke tests",
-                cmd(&cfg.smoke_command),
-            ));
+            )
+            // The commit left is pinned (rolled_back_from) and git refuses
+            // to overwrite uncommitted changes; HEAD at the target already
+            // is left as it is.
+            .reversible()
+            .repeatable());
+            v.push(
+                Step::auto("install", "Install dependencies", cmd(&cfg.install_command))
+                    // node_modules follows the checked-out lock file: put
+                    // back by installing at the other commit; installing
+                    // twice installs once.
+                    .reversible()
+                    .repeatable(),
+            );
+            v.push(build("Build the application"));
+            v.push(
+                Step::auto("restart", "Restart services", cmd(&cfg.restart_command))
+                    .disruptive()
+                    .repeatable(),
+            );
+            v.push(
+                Step::auto(
+                    "health",
+                    "Verify health",
+                    format!(
+                        "Wait for GET {} (200-399), up to {} (the runbook's sleep 10)",
+                        cfg.url(&cfg.health_path),
+                        fmt_ms(cfg.health_timeout_ms)
+                    ),
+                )
+                .observe()
+                .repeatable(),
+            );
+            v.push(
+                Step::auto("smoke", "Run smoke tests", cmd(&cfg.smoke_command))
+                    // The runbook's smoke tests read (/health, /api/projects).
+                    .observe()
+                    .repeatable(),
+            );
             resumes(&mut v);
         }
         SCHEMA | RESTORE => {
-            v.push(Step::auto(
-                "maintenance-on",
-                "Stop all writes",
-                format!("POST {}", cfg.url(&cfg.maintenance_enable_path)),
-            ));
+            v.push(
+                Step::auto(
+                    "maintenance-on",
+                    "Stop all writes",
+                    format!("POST {}", cfg.url(&cfg.maintenance_enable_path)),
+                )
+                // Users cannot write; switching it on twice is once.
+                .disruptive()
+                .repeatable(),
+            );
             v.push(pause());
             v.push(drain());
             v.push(Step::auto(
@@ -276,13 +376,27 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                     "`{} {db} -f {}/{}<timestamp>.sql`, then keep the newest {} of those backups",
                     cfg.pg_dump, cfg.backup_dir, OWN_PREFIX, cfg.keep_backups
                 ),
-            ));
+            )
+            // The dump only reads the database, but the runbook's
+            // retention deletes the older backups past the newest N. The
+            // file is named by the run's stamp: a second try writes the
+            // same file again and prunes the same set.
+            .effect(Effect::Destructive)
+            .repeatable());
             if ctx.level == SCHEMA {
-                v.push(Step::auto(
-                    "migrate-down",
-                    "Apply the down migration",
-                    cmd(&cfg.migrate_down_command),
-                ));
+                v.push(
+                    Step::auto(
+                        "migrate-down",
+                        "Apply the down migration",
+                        cmd(&cfg.migrate_down_command),
+                    )
+                    // Drops what the migration added, data with it. Not
+                    // repeatable: whether the configured down migration can
+                    // run twice is the migration's business (the runbook's
+                    // uses IF EXISTS, others may not), so a cut-short one goes
+                    // to a person.
+                    .effect(Effect::Destructive),
+                );
                 v.push(Step::auto(
                     "verify-schema",
                     "Verify schema and row counts",
@@ -291,9 +405,11 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                         if cfg.stable_schema.is_empty() { "no table (stable_schema is empty)".into() } else { cfg.stable_schema.keys().cloned().collect::<Vec<_>>().join(", ") },
                         cfg.count_tables.join(", ")
                     ),
-                ));
+                )
+                .observe()
+                .repeatable());
             } else {
-                let file = restore_file(cfg).unwrap_or_else(|e| e.into_message());
+                let file = restore_choice(ctx, cfg).unwrap_or_else(|e| e.into_message());
                 v.push(Step::auto(
                     "restore",
                     "Restore from backup",
@@ -301,18 +417,31 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                         "`{} --force` and `{}` of the database in {db}, then `{} {db} -f {file}`",
                         cfg.dropdb, cfg.createdb, cfg.psql
                     ),
-                ));
+                )
+                // Drops the live database. Repeatable: the backup is
+                // pinned and writes are off (maintenance-on), so a restore
+                // cut short is dropped and loaded again from the same file,
+                // ending where one whole restore would.
+                .effect(Effect::Destructive)
+                .repeatable());
                 v.push(Step::auto(
                     "verify-data",
                     "Verify the restoration",
                     format!("Row counts of {} above 0, schema against stable_schema, the integrity queries return 0", cfg.count_tables.join(", ")),
-                ));
+                )
+                .observe()
+                .repeatable());
             }
-            v.push(Step::auto(
-                "maintenance-off",
-                "Allow writes again",
-                format!("POST {}", cfg.url(&cfg.maintenance_disable_path)),
-            ));
+            v.push(
+                Step::auto(
+                    "maintenance-off",
+                    "Allow writes again",
+                    format!("POST {}", cfg.url(&cfg.maintenance_disable_path)),
+                )
+                // Undoes maintenance-on; twice is once.
+                .reversible()
+                .repeatable(),
+            );
             resumes(&mut v);
         }
         other => bail!("the queue-app plugin has levels 1-6; level {other} was asked for"),
@@ -557,7 +686,7 @@ impl Plugin for QueueApp {
                 }
             }
             QUEUE => {
-                if let Some(t) = storage::get(&ctx.run_key("target"))? {
+                if let Some(t) = ctx.pinned(STABLE_COMMIT)? {
                     let out = cfg
                         .git(&["diff", "--quiet", &t, "--", &cfg.queue_code_path])
                         .run()?;
@@ -576,7 +705,7 @@ impl Plugin for QueueApp {
                 }
             }
             CODE => {
-                if let Some(t) = storage::get(&ctx.run_key("target"))? {
+                if let Some(t) = ctx.pinned(STABLE_COMMIT)? {
                     f.push(Finding::equals("git HEAD", short(&head(cfg)?), short(&t)));
                 }
                 let v = HttpProbe::get(cfg.url(&cfg.version_path))

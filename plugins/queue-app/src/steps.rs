@@ -336,9 +336,14 @@ pub fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
-/// The stable commit: remembered for the run, or `git rev-parse`.
+/// The stable commit this incident goes back to: `git rev-parse` of
+/// `stable_ref`, decided once and pinned (`Context::pin`). `stable_ref` is
+/// relative (`HEAD~1`): computed again after the checkout it would name
+/// the commit below the stable one, so a resumed run, or a second run of
+/// the same incident, would walk one more commit back. `None` when git
+/// cannot run (a dry run) and nothing was pinned before.
 pub fn target(ctx: &Context, cfg: &Config) -> Result<Option<String>> {
-    if let Some(t) = storage::get(&ctx.run_key("target"))? {
+    if let Some(t) = ctx.pinned(STABLE_COMMIT)? {
         return Ok(Some(t));
     }
     let spec = format!("{}^{{commit}}", cfg.stable_ref);
@@ -354,17 +359,32 @@ pub fn target(ctx: &Context, cfg: &Config) -> Result<Option<String>> {
         );
     }
     let sha = out.stdout.trim().to_string();
-    storage::set(&ctx.run_key("target"), &sha)?;
-    Ok(Some(sha))
+    Ok(Some(ctx.pin(STABLE_COMMIT, || Ok(sha))?))
 }
 
+/// The pin key of the stable commit.
+pub const STABLE_COMMIT: &str = "stable_commit";
+
+/// Resolve and pin the stable commit, and pin the commit the rollback
+/// leaves (the broken release, for whoever wants to go forward again).
+/// Reads only, so a second run does what the first did: both answers are
+/// the pinned ones.
 pub fn identify(ctx: &Context, cfg: &Config) -> Out {
     let now = head(cfg)?;
     let log = cfg.git(&["log", "--oneline", "-5"]).run()?;
     let t = target(ctx, cfg)?;
-    storage::set(&ctx.run_key("from"), &now)?;
+    let from = if ctx.executes() {
+        ctx.pin("rolled_back_from", || Ok(now.clone()))?
+    } else {
+        now.clone()
+    };
     let recent = one_line(&log.stdout.replace('\n', " | "), 300);
     Ok(StepOutcome::ok(match t {
+        Some(t) if t == now && from != now => format!(
+            "HEAD {} is the stable commit already (pinned for this incident; the rollback left {}); recent: {recent}",
+            short(&now),
+            short(&from)
+        ),
         Some(t) => format!(
             "HEAD {} -> stable {} ({}); recent: {recent}",
             short(&now),
@@ -379,8 +399,48 @@ pub fn identify(ctx: &Context, cfg: &Config) -> Out {
     }))
 }
 
+/// `git checkout <stable>`, or with `path` `git checkout <stable> --
+/// <path>` (HEAD stays). Repeatable: when HEAD (or the path) is at the
+/// pinned commit already, nothing is done. For a path, uncommitted changes
+/// under it are not overwritten: the step fails and says so (HEAD still
+/// holds what the checkout replaces, which is what makes it reversible).
 pub fn checkout(ctx: &Context, cfg: &Config, path: Option<&str>) -> Out {
     let t = target(ctx, cfg)?.unwrap_or_else(|| cfg.stable_ref.clone());
+    if ctx.executes() {
+        match path {
+            None if head(cfg)? == t => {
+                return Ok(StepOutcome::ok(format!(
+                    "HEAD is {} already (the pinned stable commit): nothing to check out",
+                    short(&t)
+                )));
+            }
+            None => {}
+            Some(p) => {
+                let same = cfg.git(&["diff", "--quiet", &t, "--", p]).run()?;
+                if same.exit_code == Some(0) {
+                    return Ok(StepOutcome::ok(format!(
+                        "{p} is at {} already (the pinned stable commit): nothing to check out",
+                        short(&t)
+                    )));
+                }
+                // A file that differs from HEAD and from the target is
+                // someone's uncommitted work; one that differs from HEAD
+                // only is ours, from a checkout cut short.
+                let vs_head = changed_files(cfg, "HEAD", p)?;
+                let foreign: Vec<String> = changed_files(cfg, &t, p)?
+                    .into_iter()
+                    .filter(|f| vs_head.contains(f))
+                    .collect();
+                if !foreign.is_empty() {
+                    return Ok(StepOutcome::failed(format!(
+                        "uncommitted changes in {} that `git checkout {} -- {p}` would overwrite; commit or stash them and run again",
+                        foreign.join(", "),
+                        short(&t),
+                    )));
+                }
+            }
+        }
+    }
     let mut args = vec!["checkout", t.as_str()];
     if let Some(p) = path {
         args.extend(["--", p]);
@@ -402,6 +462,20 @@ pub fn checkout(ctx: &Context, cfg: &Config, path: Option<&str>) -> Out {
         }
         Err(e) => StepOutcome::failed(e),
     })
+}
+
+/// Files under `path` whose working copy differs from `commit`.
+fn changed_files(cfg: &Config, commit: &str, path: &str) -> Result<Vec<String>> {
+    let out = cfg
+        .git(&["diff", "--name-only", commit, "--", path])
+        .run()?;
+    if out.exit_code != Some(0) {
+        bail!(
+            "`git diff --name-only {commit} -- {path}`: {}",
+            one_line(&out.stderr, 200)
+        );
+    }
+    Ok(out.stdout.lines().map(str::to_string).collect())
 }
 
 /// The app log's size when the services were restarted: "No errors in
@@ -587,7 +661,9 @@ pub fn counts(cfg: &Config) -> Result<std::result::Result<Vec<(String, i64)>, St
 /// `pg_dump $DATABASE_URL > backup_before_rollback_<stamp>.sql`, then keep
 /// the newest `keep_backups` of them.
 pub fn backup(ctx: &Context, cfg: &Config) -> Out {
-    let file = cfg.backup_path(&format!("{OWN_PREFIX}{}.sql", stamp()));
+    // The run's stamp, not the clock's: a resumed backup writes the same
+    // file again instead of a second one (and prunes the same set).
+    let file = cfg.backup_path(&format!("{OWN_PREFIX}{}.sql", ctx.run_stamp(stamp)?));
     storage::make_dir(&cfg.backup_dir)?;
     let dump = Cmd::new(&cfg.pg_dump)
         .arg(cfg.db_url()?)
@@ -759,6 +835,18 @@ pub fn verify_data(ctx: &Context, cfg: &Config) -> Out {
     ))
 }
 
+/// The backup this incident restores: `restore_from` when the operator
+/// named one (their choice, read afresh so that naming another one after
+/// a failed load takes effect), else the newest `<restore_prefix>*.sql`,
+/// decided once and pinned: a backup written while the incident runs
+/// (another deploy's) must not become the one a second run restores.
+pub fn restore_choice(ctx: &Context, cfg: &Config) -> Result<String> {
+    if !cfg.restore_from.is_empty() {
+        return restore_file(cfg);
+    }
+    ctx.pin("restore_file", || restore_file(cfg))
+}
+
 /// The backup to restore: `restore_from`, or the newest
 /// `<restore_prefix>*` in the backup dir.
 pub fn restore_file(cfg: &Config) -> Result<String> {
@@ -862,7 +950,7 @@ fn check_dump_loads(
 /// `psql $DATABASE_URL < backup`: the live database is dropped only for a
 /// backup that is known to load.
 pub fn restore(ctx: &Context, cfg: &Config) -> Out {
-    let file = restore_file(cfg)?;
+    let file = restore_choice(ctx, cfg)?;
     let url = cfg.db_url()?;
     let Some((db, maint)) = db_name_and_maintenance(&url) else {
         bail!("cannot read the database name from {url}");
@@ -874,7 +962,12 @@ pub fn restore(ctx: &Context, cfg: &Config) -> Out {
             Ok(m) => said.push(m),
             Err(e) => {
                 return Ok(StepOutcome::failed(format!(
-                    "{e}: the backup does not load, so {db} was not dropped; choose another backup (restore_from) and run again"
+                    "{e}: the backup does not load, so {db} was not dropped; choose another backup (restore_from) and run again{}",
+                    if cfg.restore_from.is_empty() {
+                        " (this incident pinned it: or run again with --redecide)"
+                    } else {
+                        ""
+                    }
                 ))
                 .with_findings(vec![Finding::new("backup loads", "no", "yes", true)]));
             }
@@ -930,7 +1023,9 @@ pub fn flag(ctx: &Context, cfg: &Config, name: &str) -> Out {
         )));
     }
     let mut flagged: Vec<String> = storage::get_json(&ctx.run_key("flagged"))?.unwrap_or_default();
-    flagged.push(name.to_string());
+    if !flagged.iter().any(|f| f == name) {
+        flagged.push(name.to_string());
+    }
     storage::set_json(&ctx.run_key("flagged"), &flagged)?;
     Ok(StepOutcome::ok(format!(
         "{} {url} -> {}: {name} disabled, fix forward",

@@ -53,7 +53,8 @@ impl Plugin for Hostile {
             "nothing",
             "misbehaves on purpose",
         )
-        .level(LevelInfo::new(1, "level 1", "does nothing")))
+        // It plans no step, so its level touches nothing.
+        .level(LevelInfo::new(1, "level 1", "does nothing").effect(Effect::Observe)))
     }
 
     fn assess(ctx: &Context) -> Result<Assessment> {
