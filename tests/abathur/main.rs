@@ -15,6 +15,8 @@
 //! The example's `[[drill]]` scenarios (`rewind drill`, injected with
 //! `examples/abathur/standin/inject.py`) run the same way.
 
+#[path = "../support/cli.rs"]
+mod cli;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -318,7 +320,7 @@ impl Stand {
     /// The real CLI on the example runbook, pointed at this stand-in.
     fn rewind(&self, args: &[&str]) -> Output {
         let mut c = Command::new(REWIND);
-        c.args(args)
+        c.args(cli::approving(args))
             .arg(example())
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.root()).join("locks"))

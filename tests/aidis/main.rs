@@ -9,6 +9,8 @@
 //! `[[drill]]` scenarios run against the same stand-in and are timed
 //! against the runbook's RTO table.
 
+#[path = "../support/cli.rs"]
+mod cli;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -112,7 +114,7 @@ fn example(s: &StandIn, args: &[&str]) -> std::process::Output {
     let db_status = c["db_status_command"].clone();
     let db_restart = c["db_restart_command"].clone();
     Command::new(REWIND)
-        .args(args)
+        .args(cli::approving(args))
         .arg(&runbook)
         .env("REWIND_CACHE_DIR", cache_dir())
         .env("REWIND_LOCK_DIR", Path::new(&s.root_str()).join("locks"))

@@ -762,7 +762,7 @@ impl StandIn {
     /// Run the CLI with `args` and then the runbook path.
     pub fn rewind(&self, runbook: &Path, args: &[&str]) -> std::process::Output {
         Command::new(REWIND)
-            .args(args)
+            .args(crate::cli::approving(args))
             .arg(runbook)
             .current_dir(self.dir.path())
             .env("REWIND_CACHE_DIR", cache_dir())

@@ -10,6 +10,8 @@
 //! and runs the real `rewind` binary on `examples/aivillage/rewind.toml`
 //! pointed at the stand-in.
 
+#[path = "../support/cli.rs"]
+mod cli;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -320,7 +322,7 @@ impl Village {
     fn rewind(&self, args: &[&str]) -> Output {
         let runbook = example_dir().join("rewind.toml");
         let mut cmd = Command::new(REWIND);
-        cmd.args(args)
+        cmd.args(cli::approving(args))
             .arg(&runbook)
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.base()).join("locks"))

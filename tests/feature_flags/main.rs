@@ -8,6 +8,8 @@
 //! `[[drill]]` scenarios deploy the release onto a stand-in still running
 //! the stable version and are timed against each level's RTO.
 
+#[path = "../support/cli.rs"]
+mod cli;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;

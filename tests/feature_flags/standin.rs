@@ -499,7 +499,7 @@ impl Stand {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags/rewind.toml");
         let s = |p: PathBuf| p.display().to_string();
         let mut cmd = Command::new(util::REWIND);
-        cmd.args(args)
+        cmd.args(crate::cli::approving(args))
             .arg(&runbook)
             .current_dir(self.sb.path())
             .env("REWIND_CACHE_DIR", util::cache_dir())

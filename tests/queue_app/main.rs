@@ -10,6 +10,8 @@
 //! breaks it the way the runbook's triggers describe and runs the real
 //! `rewind` binary on `examples/queue-app/rewind.toml` pointed at it.
 
+#[path = "../support/cli.rs"]
+mod cli;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -246,7 +248,7 @@ impl Stand {
     /// The CLI on examples/queue-app/rewind.toml, pointed at this stand-in.
     fn rewind(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(REWIND);
-        cmd.args(args)
+        cmd.args(cli::approving(args))
             .arg(example_dir().join("rewind.toml"))
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.base()).join("locks"))
