@@ -1070,6 +1070,7 @@ fn bench_drill_vs_bash(
         scenario: Some(DRILL_SCENARIO.into()),
         reload: false,
         approve_manual: false,
+        approve: Vec::new(),
         live: false,
     };
     site.expect_version("1.0.0", "before the drills");

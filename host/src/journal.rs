@@ -235,6 +235,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detected: Option<bool>,
     },
+    /// A `[[notify]]` target was told (or could not be).
+    Notified {
+        target: String,
+        /// The event the target was told of.
+        about: String,
+        ok: bool,
+        attempts: u32,
+        result: String,
+    },
     RunEnd {
         outcome: String,
         duration_ms: u64,

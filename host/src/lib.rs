@@ -7,6 +7,7 @@ pub mod drill;
 pub mod imports;
 pub mod journal;
 pub mod lock;
+pub mod notify;
 pub mod policy;
 pub mod redact;
 pub mod reload;

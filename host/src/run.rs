@@ -821,6 +821,9 @@ pub(crate) fn run_plugin(
                 plugin: name.clone(),
                 assessment: ar.clone(),
             });
+            if a.rollback {
+                s.saw_severity(a.severity);
+            }
             live(
                 opts,
                 format!(
@@ -1234,6 +1237,12 @@ pub(crate) fn run_plugin(
             );
             if status == StepStatus::Failed {
                 failed = Some(format!("step {} failed: {message}", st.id));
+                s.notify(
+                    "step-failed",
+                    format!("[{name}] step {} failed: {message}", st.id),
+                    serde_json::json!({"plugin": name, "level": level, "step": st.id}),
+                    false,
+                );
             }
             lr.steps
                 .push(step_report(p, st, status, message, elapsed, actions, fnd));
@@ -1313,6 +1322,16 @@ pub(crate) fn run_plugin(
                 to: level + 1,
                 reason: v.summary.clone(),
             });
+            s.notify(
+                "escalate",
+                format!(
+                    "[{name}] level {level} did not verify ({}); escalating to level {}",
+                    v.summary,
+                    level + 1
+                ),
+                serde_json::json!({"plugin": name, "from": level, "to": level + 1}),
+                false,
+            );
             live(
                 opts,
                 format!(
@@ -1455,6 +1474,17 @@ fn gate(
         limit: limit.as_str().into(),
         detail: what.to_string(),
     });
+    s.notify(
+        "approval-needed",
+        format!(
+            "[{name}] needs a person: {what} ({}); `rewind approve {}` or `rewind deny {}`",
+            harm.as_str(),
+            s.run_id,
+            s.run_id
+        ),
+        serde_json::json!({"plugin": name, "level": level, "step": gate_id, "effect": harm.as_str()}),
+        false,
+    );
     if std::io::stdin().is_terminal() {
         crate::errln!(
             "\n[{name}] APPROVAL NEEDED: {what}\n  effect {}, past what the policy runs unattended ({})",

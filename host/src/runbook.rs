@@ -39,6 +39,8 @@ struct RawRunbook {
     drill: Vec<Spanned<RawDrill>>,
     #[serde(default)]
     policy: crate::policy::RawPolicy,
+    #[serde(default)]
+    notify: Vec<Spanned<crate::notify::NotifySpec>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +197,8 @@ pub struct Runbook {
     /// SHA-256 of the runbook as run, after `${...}` substitution: a
     /// resumed run checks it has not changed since the run started.
     pub sha256: String,
+    /// `[[notify]]`: who is told what.
+    pub notify: Vec<crate::notify::NotifySpec>,
 }
 
 /// One `[[plugin]]` entry.
@@ -437,6 +441,13 @@ impl Runbook {
             initial_delay: w.initial_delay.unwrap_or(wd.initial_delay),
             cooldown: w.cooldown.unwrap_or(wd.cooldown),
         };
+        let mut notify = Vec::new();
+        for n in raw.notify {
+            let at = n.span().start;
+            let n = n.into_inner();
+            n.check().map_err(|m| error_at(path, &text, at, m))?;
+            notify.push(n);
+        }
         let mut drills: Vec<DrillSpec> = Vec::new();
         for d in raw.drill {
             let span = d.span();
@@ -532,6 +543,7 @@ impl Runbook {
                 snapshot_time: raw.limits.snapshot_time.unwrap_or(defaults.snapshot_time),
             },
             protected: Vec::new(),
+            notify,
             sha256: {
                 use sha2::Digest as _;
                 hex::encode(sha2::Sha256::digest(text.as_bytes()))

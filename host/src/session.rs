@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bindings::rollback::{Assessment, PluginInfo, Step, StepOutcome, Verification};
-use crate::bindings::types::{Context, Mode};
+use crate::bindings::types::{Context, Mode, Severity};
 use crate::journal::{Event, Journal};
 use crate::lock::{RunLock, ServiceLock};
+use crate::notify::{Notice, Notifier};
 use crate::run::{StartError, new_run_id};
 use crate::runbook::{PluginSpec, Runbook};
 use crate::runtime::{CallError, LoadedPlugin, Runtime};
@@ -60,6 +61,10 @@ pub struct Session<'r> {
     started: Instant,
     _run_lock: Option<RunLock>,
     _service_locks: Vec<ServiceLock>,
+    /// `[[notify]]`: who is told what, in the background.
+    pub notifier: Notifier,
+    /// The worst severity an assessment of this run found.
+    severity: std::sync::Mutex<Severity>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -108,12 +113,23 @@ impl<'r> Session<'r> {
                 Journal::create(&state.runs(), &run_id).map_err(state_err(state.runs()))?,
             )),
         };
+        let notifier = Notifier::new(
+            if matches!(kind, Kind::Plan) || !mode.executes() && !matches!(kind, Kind::Probe) {
+                // Plans and dry runs change nothing: nobody is paged.
+                Vec::new()
+            } else {
+                runbook.notify.clone()
+            },
+            journal.clone(),
+        );
         let mut session = Self {
             runbook,
             rt,
             run_id,
             mode,
             kind: kind.clone(),
+            notifier,
+            severity: std::sync::Mutex::new(Severity::None),
             journal,
             started_at,
             started,
@@ -131,6 +147,19 @@ impl<'r> Session<'r> {
                 session.record(session.run_start(only, None, Some(scenario.clone())))
             }
             Kind::Plan | Kind::Probe => {}
+        }
+        if journaled {
+            let what = match &session.kind {
+                Kind::Resume { .. } => "resumed",
+                Kind::Drill { .. } => "drill started",
+                _ => "rollback started",
+            };
+            session.notify(
+                "run-start",
+                format!("{what} on {}", crate::policy::Who::me().host),
+                serde_json::Value::Null,
+                false,
+            );
         }
         let prepared = match session.prepare(only) {
             Ok(p) => p,
@@ -310,7 +339,8 @@ impl<'r> Session<'r> {
         self.started.elapsed()
     }
 
-    /// Journal the end of the run; returns its duration.
+    /// Journal the end of the run and tell the `[[notify]]` targets (up
+    /// to 10 s for the last notices to go out); returns its duration.
     pub fn end(
         &self,
         outcome: &str,
@@ -318,13 +348,65 @@ impl<'r> Session<'r> {
         drill: Option<serde_json::Value>,
     ) -> Duration {
         let d = self.started.elapsed();
+        let event = if matches!(self.kind, Kind::Drill { .. }) {
+            "drill-end"
+        } else {
+            "run-end"
+        };
+        let summary = match &error {
+            Some(e) => format!("{outcome}: {e}"),
+            None => format!("{outcome} in {}", crate::run::fmt_duration(d)),
+        };
+        self.notify(
+            event,
+            summary,
+            serde_json::json!({"outcome": outcome, "duration_ms": d.as_millis() as u64, "drill": drill}),
+            matches!(outcome, "rolled-back" | "healthy"),
+        );
         self.record(Event::RunEnd {
             outcome: outcome.to_string(),
             duration_ms: d.as_millis() as u64,
             error,
             drill,
         });
+        self.notifier.flush(Duration::from_secs(10));
         d
+    }
+
+    /// Raise the run's severity to an assessment's, for notices.
+    pub fn saw_severity(&self, s: Severity) {
+        let mut worst = self.severity.lock().unwrap();
+        if rank(s) > rank(*worst) {
+            *worst = s;
+        }
+    }
+
+    /// Tell the `[[notify]]` targets that want `event` (in the background).
+    pub fn notify(
+        &self,
+        event: &'static str,
+        summary: String,
+        details: serde_json::Value,
+        resolved: bool,
+    ) {
+        self.notifier.send(Notice {
+            event,
+            run_id: self.run_id.clone(),
+            runbook: self.runbook.name.clone(),
+            severity: self.severity.lock().unwrap().as_str().to_string(),
+            summary,
+            details,
+            resolved,
+        });
+    }
+}
+
+fn rank(s: Severity) -> u8 {
+    match s {
+        Severity::None => 0,
+        Severity::Minor => 1,
+        Severity::Major => 2,
+        Severity::Critical => 3,
     }
 }
 

@@ -174,6 +174,15 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
             return Ok(stopped(&out, round));
         }
         if action == "rollback" {
+            probe.notify(
+                "watch-triggered",
+                format!(
+                    "{failures} failed rounds in a row: {}; rolling back",
+                    problems.join("; ")
+                ),
+                json!({"round": round, "problems": problems}),
+                false,
+            );
             // Unattended: an interrupted earlier run is resumed by a
             // person, not started over by watch (the refusal says so).
             let ropts = RunOptions {

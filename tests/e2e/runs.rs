@@ -786,3 +786,137 @@ fn destructive_steps_wait_for_a_person_under_the_default_policy() {
     let out = sb4.rewind(&["resume", "--approve", "2"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// `[[notify]]`: a generic webhook, a Slack incoming webhook and PagerDuty
+/// Events v2 are each told the events they asked for, on a real HTTP
+/// receiver on loopback; a secret routing key reaches PagerDuty and never
+/// the journal; a target that does not answer fails nothing.
+#[test]
+fn people_are_told_through_a_webhook_slack_and_pagerduty() {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    // The receiver answers as requests come, as a real one does.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            req.as_reader().read_to_string(&mut body).unwrap();
+            let url = req.url().to_string();
+            let _ = req.respond(tiny_http::Response::empty(202));
+            if tx.send((url, body)).is_err() {
+                break;
+            }
+        }
+    });
+    let dead = free_port();
+    let sb = Sandbox::new();
+    let config = json!({"steps": [
+        {"id": "drop", "effect": "destructive", "op": {"call": "log", "args": {"level": "Info", "message": "dropped"}}},
+    ]});
+    sb.runbook(&format!(
+        r#"{}
+[policy]
+approval_timeout = "0s"
+
+[[notify]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{port}/hook"
+
+[[notify]]
+name = "slack"
+kind = "slack"
+url = "http://127.0.0.1:{port}/slack"
+events = ["approval-needed"]
+
+[[notify]]
+name = "pager"
+kind = "pagerduty"
+url = "http://127.0.0.1:{port}/pd"
+routing_key = "${{secret:PD_KEY}}"
+events = ["run-end"]
+min_severity = "major"
+
+[[notify]]
+name = "nobody"
+kind = "webhook"
+url = "http://127.0.0.1:{dead}/"
+events = ["run-end"]
+timeout = "1s"
+"#,
+        fixture_runbook(&config, &json!({}))
+    ));
+    let out = Command::new(REWIND)
+        .args(["run"])
+        .current_dir(sb.path())
+        .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .env("PD_KEY", "pd-routing-key-1234567890")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // Nobody approved within 0 s: stopped before the step, resumable.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    let mut got: Vec<(String, serde_json::Value)> = Vec::new();
+    // run-start, approval-needed, run-end to the hook; approval-needed to
+    // Slack; run-end to PagerDuty.
+    while got.len() < 5 {
+        let Ok((url, body)) = rx.recv_timeout(PATIENCE) else {
+            panic!("only {} notices arrived: {got:?}", got.len());
+        };
+        got.push((url, serde_json::from_str(&body).unwrap()));
+    }
+    let to = |path: &str| -> Vec<&serde_json::Value> {
+        got.iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b)
+            .collect()
+    };
+    // Each notice goes out on its own thread: they may arrive in any order.
+    let mut hook: Vec<&str> = to("/hook")
+        .iter()
+        .map(|b| b["event"].as_str().unwrap())
+        .collect();
+    hook.sort_unstable();
+    assert_eq!(hook, ["approval-needed", "run-end", "run-start"], "{got:?}");
+    let asked = to("/hook")
+        .into_iter()
+        .find(|b| b["event"] == "approval-needed")
+        .unwrap();
+    assert_eq!(asked["severity"], "critical");
+    assert!(
+        asked["summary"]
+            .as_str()
+            .unwrap()
+            .contains("rewind approve")
+    );
+    let slack = to("/slack");
+    assert_eq!(slack.len(), 1, "{got:?}");
+    assert!(
+        slack[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("approval-needed")
+    );
+    let pd = to("/pd");
+    assert_eq!(pd.len(), 1, "{got:?}");
+    assert_eq!(pd[0]["routing_key"], "pd-routing-key-1234567890");
+    assert_eq!(
+        pd[0]["event_action"], "trigger",
+        "an aborted run is not resolved"
+    );
+    assert_eq!(pd[0]["payload"]["severity"], "critical");
+    assert!(pd[0]["dedup_key"].as_str().unwrap().starts_with("rewind-"));
+
+    let j = journal_text(&sb);
+    assert!(
+        !j.contains("pd-routing-key"),
+        "the secret never reaches the journal"
+    );
+    assert!(j.contains("\"event\":\"notified\""), "{j}");
+    assert!(
+        j.contains("\"ok\":false") && j.contains("\"target\":\"nobody\""),
+        "the dead target is journaled as failed: {j}"
+    );
+}
