@@ -545,26 +545,9 @@ fn resume_cmd(
     };
     let run = match id {
         Some(id) => {
-            let paths = crate::resume::find(&state, id).map_err(read_err)?;
-            let path = match paths.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err((
-                        exit::USAGE,
-                        format!(
-                            "no run {id:?} in {}; `rewind history` lists them",
-                            state.runs().display()
-                        ),
-                    ));
-                }
-                many => {
-                    return Err((
-                        exit::USAGE,
-                        format!("{id:?} matches {} runs; give more of the id", many.len()),
-                    ));
-                }
-            };
-            crate::resume::Interrupted::read(&path)
+            let runs = list_runs(&state).map_err(read_err)?;
+            let (_, path) = one_run(&state, &runs, id)?;
+            crate::resume::Interrupted::read(path)
                 .map_err(read_err)?
                 .ok_or_else(|| {
                     (
@@ -995,33 +978,7 @@ fn show(cli: &Cli, state: &StateDir, id: &str) -> CliResult {
             format!("cannot read {}: {e}", state.runs().display()),
         )
     })?;
-    let matches: Vec<_> = runs
-        .iter()
-        .filter(|(r, _)| r.run_id.starts_with(id))
-        .collect();
-    let (summary, path) = match matches.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err((
-                exit::USAGE,
-                format!(
-                    "no run {id:?} in {}; `rewind history` lists them",
-                    state.runs().display()
-                ),
-            ));
-        }
-        many => {
-            let ids: Vec<&str> = many.iter().map(|(r, _)| r.run_id.as_str()).collect();
-            return Err((
-                exit::USAGE,
-                format!(
-                    "{id:?} matches {} runs ({}); give more of the id",
-                    ids.len(),
-                    ids.join(", ")
-                ),
-            ));
-        }
-    };
+    let (summary, path) = one_run(state, &runs, id)?;
     let events = crate::journal::read(path)
         .map_err(|e| (exit::FAILED, format!("cannot read {}: {e}", path.display())))?;
     if cli.json {
@@ -1053,6 +1010,39 @@ fn show(cli: &Cli, state: &StateDir, id: &str) -> CliResult {
 
 fn parse_ts(v: &Value) -> Option<std::time::SystemTime> {
     humantime::parse_rfc3339(v.as_str()?).ok()
+}
+
+/// The run a (prefix of a) run id names, among `runs`.
+fn one_run<'a>(
+    state: &StateDir,
+    runs: &'a [(RunSummary, PathBuf)],
+    id: &str,
+) -> Result<(&'a RunSummary, &'a PathBuf), (i32, String)> {
+    let matches: Vec<_> = runs
+        .iter()
+        .filter(|(r, _)| r.run_id.starts_with(id))
+        .collect();
+    match matches.as_slice() {
+        [(summary, path)] => Ok((summary, path)),
+        [] => Err((
+            exit::USAGE,
+            format!(
+                "no run {id:?} in {}; `rewind history` lists them",
+                state.runs().display()
+            ),
+        )),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|(r, _)| r.run_id.as_str()).collect();
+            Err((
+                exit::USAGE,
+                format!(
+                    "{id:?} matches {} runs ({}); give more of the id",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// One line for a journal event.

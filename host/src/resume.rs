@@ -250,24 +250,3 @@ pub fn last_interrupted(state: &StateDir) -> std::io::Result<Option<Interrupted>
     }
     Ok(newest.filter(Interrupted::resumable))
 }
-
-/// A run by id (or unique prefix) in a state dir.
-pub fn find(state: &StateDir, id: &str) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(state.runs()) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        if path.extension().is_some_and(|e| e == "jsonl") && stem.starts_with(id) {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
-}

@@ -1085,88 +1085,60 @@ pub(crate) fn run_plugin(
                 }
                 Err(reason) => Some(reason),
             };
-            if let Some(reason) = reason {
+            // Why this step does not start, and whether the run stays
+            // resumable: a stop (a signal, a broken journal, nobody decided
+            // on the step in flight or answered the gate) is; a denial is
+            // a person's decision and ends it.
+            let mut halt: Option<(String, bool)> = reason.map(|r| (r, true));
+            // Past the policy, a person decides (a manual step is a
+            // person's act already).
+            let harm = Harm::from_name(&st.effect);
+            let limit = p.spec.policy.unattended;
+            let covered = approved_upto.is_some_and(|(l, e)| l == level && harm <= e);
+            if halt.is_none() && !st.manual && harm > limit && !covered {
+                let what = format!("step {} ({}): {}", st.id, st.title, st.detail);
+                match gate(
+                    s,
+                    p,
+                    level,
+                    &st.id,
+                    &what,
+                    harm,
+                    limit,
+                    &last_findings,
+                    opts,
+                ) {
+                    Gate::Go => {}
+                    Gate::Denied(why) => halt = Some((why, false)),
+                    Gate::Wait(why) => halt = Some((why, true)),
+                }
+            }
+            if let Some((why, resumable)) = halt {
                 s.record(Event::StepSkipped {
                     plugin: name.clone(),
                     step: st.id.clone(),
-                    reason: Some(reason.clone()),
+                    reason: Some(why.clone()),
                 });
                 live(
                     opts,
-                    format!("[{name}] stopping before step {}: {reason}", st.id),
+                    format!("[{name}] stopping before step {}: {why}", st.id),
                 );
-                aborted = Some(format!("stopped before step {}: {reason}", st.id));
-                failed = aborted.clone();
+                if resumable {
+                    aborted = Some(format!("stopped before step {}: {why}", st.id));
+                    failed = aborted.clone();
+                } else {
+                    failed = Some(why.clone());
+                }
                 lr.steps.push(step_report(
                     p,
                     st,
                     StepStatus::Skipped,
-                    reason,
+                    why,
                     Duration::ZERO,
                     Vec::new(),
                     Vec::new(),
                 ));
                 continue;
-            }
-            // Past the policy, a person decides (a manual step is a
-            // person's act already).
-            if !st.manual {
-                let harm = Harm::from_name(&st.effect);
-                let limit = p.spec.policy.unattended;
-                let covered = approved_upto.is_some_and(|(l, e)| l == level && harm <= e);
-                if harm > limit && !covered {
-                    let what = format!("step {} ({}): {}", st.id, st.title, st.detail);
-                    match gate(
-                        s,
-                        p,
-                        level,
-                        &st.id,
-                        &what,
-                        harm,
-                        limit,
-                        &last_findings,
-                        opts,
-                    ) {
-                        Gate::Go => {}
-                        Gate::Denied(why) => {
-                            s.record(Event::StepSkipped {
-                                plugin: name.clone(),
-                                step: st.id.clone(),
-                                reason: Some(why.clone()),
-                            });
-                            failed = Some(why.clone());
-                            lr.steps.push(step_report(
-                                p,
-                                st,
-                                StepStatus::Skipped,
-                                why,
-                                Duration::ZERO,
-                                Vec::new(),
-                                Vec::new(),
-                            ));
-                            continue;
-                        }
-                        Gate::Wait(why) => {
-                            s.record(Event::StepSkipped {
-                                plugin: name.clone(),
-                                step: st.id.clone(),
-                                reason: Some(why.clone()),
-                            });
-                            aborted = Some(format!("stopped before step {}: {why}", st.id));
-                            failed = aborted.clone();
-                            lr.steps.push(step_report(
-                                p,
-                                st,
-                                StepStatus::Skipped,
-                                why,
-                                Duration::ZERO,
-                                Vec::new(),
-                                Vec::new(),
-                            ));
-                            continue;
-                        }
-                    }
-                }
             }
             hooks.before_step(s, p, &step_of(st));
             *p.env.current_step.lock().unwrap() = Some(st.id.clone());

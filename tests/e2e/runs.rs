@@ -564,16 +564,7 @@ fn a_killed_run_is_resumed_from_its_journal_and_the_step_in_flight_goes_to_a_per
     };
     let grants = json!({"tcp": [format!("127.0.0.1:{gate}")]});
     sb.runbook(&fixture_runbook(&steps(false), &grants));
-    let mut run = Proc::spawn(
-        Command::new(REWIND)
-            .args(["run", "-q"])
-            .current_dir(sb.path())
-            .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
-            .env("REWIND_CACHE_DIR", cache_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let mut run = sb.spawn(&["run", "-q"]);
     assert!(wait_until(PATIENCE, || journal_text(&sb).contains(
         "\"event\":\"step-start\",\"plugin\":\"fx\",\"level\":1,\"step\":\"b\""
     ) || journal_text(&sb)
@@ -661,18 +652,6 @@ fn destructive_steps_wait_for_a_person_under_the_default_policy() {
         {"id": "drop", "effect": "destructive", "op": {"call": "log", "args": {"level": "Info", "message": "dropped"}}},
     ]});
     sb.runbook(&fixture_runbook(&config, &json!({})));
-    let spawn = |args: &[&str]| {
-        Proc::spawn(
-            Command::new(REWIND)
-                .args(args)
-                .current_dir(sb.path())
-                .env("REWIND_LOCK_DIR", sb.path().join("state/locks"))
-                .env("REWIND_CACHE_DIR", cache_dir())
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        )
-    };
     let waiting = || {
         std::fs::read_dir(sb.join("state/approvals"))
             .map(|d| {
@@ -691,7 +670,7 @@ fn destructive_steps_wait_for_a_person_under_the_default_policy() {
     );
 
     // Approved from another shell.
-    let mut run = spawn(&["run", "--json"]);
+    let mut run = sb.spawn(&["run", "--json"]);
     assert!(wait_until(PATIENCE, waiting), "the run waits for a person");
     assert!(!journal_text(&sb).contains("\"message\":\"dropped\""));
     let out = sb.rewind(&["approve", "--step", "drop"]);
@@ -711,16 +690,7 @@ fn destructive_steps_wait_for_a_person_under_the_default_policy() {
     // Denied: the step does not run and the run ends.
     let sb2 = Sandbox::new();
     sb2.runbook(&fixture_runbook(&config, &json!({})));
-    let mut run = Proc::spawn(
-        Command::new(REWIND)
-            .args(["run", "--json"])
-            .current_dir(sb2.path())
-            .env("REWIND_LOCK_DIR", sb2.path().join("state/locks"))
-            .env("REWIND_CACHE_DIR", cache_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
+    let mut run = sb2.spawn(&["run", "--json"]);
     assert!(wait_until(PATIENCE, || sb2
         .join("state/approvals")
         .read_dir()

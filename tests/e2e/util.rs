@@ -67,6 +67,23 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// The real CLI started in the background (stdin closed: no terminal),
+    /// stdout piped, stderr dropped.
+    #[allow(dead_code)] // used by the e2e tests only
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        Proc::spawn(
+            Command::new(REWIND)
+                .args(args)
+                .current_dir(self.path())
+                .env("REWIND_CACHE_DIR", cache_dir())
+                .env("REWIND_LOCK_DIR", self.path().join("state/locks"))
+                .env_remove("REWIND_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )
+    }
+
     /// `rewind run --json` (plus args); returns the exit code and report.
     pub fn run_json(&self, args: &[&str]) -> (i32, Value, String) {
         let mut all = vec!["run", "--json"];
