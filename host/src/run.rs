@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bindings::rollback::{Assessment, Effect, Step, StepKind, StepOutcome, Verification};
+use crate::bindings::rollback::{
+    Assessment, Effect, Escalation, Step, StepKind, StepOutcome, Verification,
+};
 use crate::bindings::types::{Finding, Mode};
 use crate::imports::storage::kv::Pin;
 use crate::journal::{Event, PlannedStep};
@@ -1287,31 +1289,59 @@ pub(crate) fn run_plugin(
             end(&mut report, Outcome::RolledBack, None, Some(level));
             return report;
         }
-        if level < max_level {
+        // Where to go from a failed verification: the plugin's judgement
+        // (the next level, a given one, or stop and hand over).
+        let next = match &v.escalation {
+            Escalation::Stop(why) => {
+                let error = format!(
+                    "verification failed at level {level}: {}; the plugin says not to escalate: {why}; a person decides what comes next",
+                    v.summary
+                );
+                s.notify(
+                    "step-failed",
+                    format!("[{name}] {error}"),
+                    serde_json::json!({"plugin": name, "level": level, "stop": why}),
+                    false,
+                );
+                end(&mut report, Outcome::Failed, Some(error), Some(level));
+                return report;
+            }
+            Escalation::To(to) if *to > level && *to <= max_level => Some(*to),
+            Escalation::To(to) => {
+                end(
+                    &mut report,
+                    Outcome::Failed,
+                    Some(format!(
+                        "verification failed at level {level}: {}; the plugin asks for level {to}, which is not above {level} and at most {max_level}",
+                        v.summary
+                    )),
+                    Some(level),
+                );
+                return report;
+            }
+            Escalation::Next => (level < max_level).then_some(level + 1),
+        };
+        if let Some(to) = next {
             s.record(Event::Escalate {
                 plugin: name.clone(),
                 from: level,
-                to: level + 1,
+                to,
                 reason: v.summary.clone(),
             });
             s.notify(
                 "escalate",
                 format!(
-                    "[{name}] level {level} did not verify ({}); escalating to level {}",
-                    v.summary,
-                    level + 1
+                    "[{name}] level {level} did not verify ({}); escalating to level {to}",
+                    v.summary
                 ),
-                serde_json::json!({"plugin": name, "from": level, "to": level + 1}),
+                serde_json::json!({"plugin": name, "from": level, "to": to}),
                 false,
             );
             live(
                 opts,
-                format!(
-                    "[{name}] level {level} did not verify; escalating to level {}",
-                    level + 1
-                ),
+                format!("[{name}] level {level} did not verify; escalating to level {to}"),
             );
-            level += 1;
+            level = to;
             escalated = true;
             continue;
         }

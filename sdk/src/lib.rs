@@ -95,7 +95,8 @@ use std::fmt;
 
 use bindings::exports::rewind::plugin::rollback as wit_rollback;
 pub use bindings::exports::rewind::plugin::rollback::{
-    Assessment, Effect, LevelInfo, Needs, PluginInfo, Step, StepKind, StepOutcome, Verification,
+    Assessment, Effect, Escalation, LevelInfo, Needs, PluginInfo, Step, StepKind, StepOutcome,
+    Verification,
 };
 pub use bindings::rewind::plugin::types::{Context, Denial, Finding, Millis, Mode, Severity};
 pub use health::{HttpProbe, TcpProbe, WaitPolicy};

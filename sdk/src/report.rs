@@ -13,8 +13,8 @@
 use std::fmt::Display;
 
 use crate::{
-    Assessment, Effect, Finding, LevelInfo, Millis, Needs, PluginInfo, Severity, Step, StepKind,
-    StepOutcome, Verification,
+    Assessment, Effect, Escalation, Finding, LevelInfo, Millis, Needs, PluginInfo, Severity, Step,
+    StepKind, StepOutcome, Verification,
 };
 
 /// A number without noise: `3000`, `12.5`, `0.33`.
@@ -237,7 +237,22 @@ impl Verification {
             healthy: bad.is_empty(),
             summary,
             findings,
+            escalation: Escalation::Next,
         }
+    }
+
+    /// When it fails: stop here and hand over to a person, with why (a
+    /// higher level would not help, or would do harm).
+    pub fn or_stop(mut self, why: impl Into<String>) -> Self {
+        self.escalation = Escalation::Stop(why.into());
+        self
+    }
+
+    /// When it fails: go to this level (the one that addresses what
+    /// failed), not simply the next.
+    pub fn or_escalate_to(mut self, level: u8) -> Self {
+        self.escalation = Escalation::To(level);
+        self
     }
 }
 

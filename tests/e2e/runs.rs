@@ -238,6 +238,32 @@ fn a_level_that_does_not_verify_escalates_to_the_next() {
             .unwrap()
             .contains("verification failed after level 2")
     );
+
+    // The plugin's judgement: go straight to level 3, or stop and hand
+    // over (a higher level would do harm).
+    let config = json!({
+        "levels": [1, 2, 3],
+        "steps": [{"id": "toggle", "level": 1}, {"id": "code", "level": 2}, {"id": "restore", "level": 3}],
+        "verify": {"by_level": {"1": false, "3": true}, "escalation": "3"},
+    });
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(level_numbers(&report), [1, 3], "{report}");
+    let config = json!({
+        "levels": [1, 2],
+        "steps": [{"id": "toggle", "level": 1}, {"id": "prune", "level": 2}],
+        "verify": {"healthy": false, "escalation": "stop: the restore failed; pruning now would lose the last good backup"},
+    });
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let (code, report, _) = sb.run_json(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(level_numbers(&report), [1], "never escalated: {report}");
+    let error = report["plugins"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("says not to escalate") && error.contains("pruning now"),
+        "{error}"
+    );
 }
 
 #[test]

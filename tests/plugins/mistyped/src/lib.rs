@@ -9,7 +9,7 @@ mod bindings {
 }
 
 use bindings::exports::rewind::plugin::rollback::{
-    Context, Guest, PluginInfo, Step, StepOutcome, Verification,
+    Context, Escalation, Guest, PluginInfo, Step, StepOutcome, Verification,
 };
 
 struct Mistyped;
@@ -56,6 +56,7 @@ impl Guest for Mistyped {
             healthy: true,
             summary: String::new(),
             findings: Vec::new(),
+            escalation: Escalation::Next,
         })
     }
 }
