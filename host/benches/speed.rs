@@ -272,32 +272,32 @@ fn bench_calls(table: &mut Table, scratch: &Path, cache: &Path) {
     rows.push((
         "describe",
         time_calls(|| {
-            rt.call(&p.plugin, &p.env, "describe", |s, b| {
-                b.rewind_plugin_rollback().call_describe(s, &ctx0)
+            rt.call(&p.plugin, &p.env, "describe", async |s, b| {
+                b.rewind_plugin_rollback().call_describe(s, &ctx0).await
             })
         }),
     ));
     rows.push((
         "assess",
         time_calls(|| {
-            rt.call(&p.plugin, &p.env, "assess", |s, b| {
-                b.rewind_plugin_rollback().call_assess(s, &ctx0)
+            rt.call(&p.plugin, &p.env, "assess", async |s, b| {
+                b.rewind_plugin_rollback().call_assess(s, &ctx0).await
             })
         }),
     ));
     rows.push((
         "plan",
         time_calls(|| {
-            rt.call(&p.plugin, &p.env, "plan", |s, b| {
-                b.rewind_plugin_rollback().call_plan(s, &ctx1)
+            rt.call(&p.plugin, &p.env, "plan", async |s, b| {
+                b.rewind_plugin_rollback().call_plan(s, &ctx1).await
             })
         }),
     ));
     rows.push((
         "verify",
         time_calls(|| {
-            rt.call(&p.plugin, &p.env, "verify", |s, b| {
-                b.rewind_plugin_rollback().call_verify(s, &ctx1)
+            rt.call(&p.plugin, &p.env, "verify", async |s, b| {
+                b.rewind_plugin_rollback().call_verify(s, &ctx1).await
             })
         }),
     ));

@@ -1,12 +1,21 @@
 //! The WebAssembly side of the host: one `Engine` (pooling allocator, epoch
 //! interruption), the `Linker` with every import, loading and validating
 //! components (with an on-disk cache of compiled code), and calling a
-//! plugin's exports, each call in a fresh instance under a CPU budget and a
-//! memory cap.
+//! plugin's exports, each call in a fresh instance under a CPU budget, a
+//! memory cap and a wall-clock deadline.
+//!
+//! Calls are async underneath: the engine has async support, each export
+//! runs on a wasmtime fiber polled by the tokio runtime the `Runtime` owns,
+//! and every host import is an `async fn`. The typed calls (`describe`,
+//! `assess`, ...) stay synchronous for their callers and block on that
+//! runtime. A call is a future: its deadline (`[limits] call_time`) and
+//! [`cancel_calls`] end it by dropping it, which drops whatever it was
+//! waiting on (a WASI sleep, a command, a request) where it is.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -210,6 +219,10 @@ pub enum CallError {
     Trap { export: String, message: String },
     #[error("plugin returned an error from `{export}`: {message}")]
     Plugin { export: String, message: String },
+    #[error(
+        "`{export}` was cancelled by a second SIGINT/SIGTERM and stopped (its commands were killed)"
+    )]
+    Cancelled { export: String },
 }
 
 /// Raised from the epoch callback when the CPU budget is spent.
@@ -217,12 +230,47 @@ pub enum CallError {
 #[error("cpu budget exhausted")]
 struct CpuExhausted;
 
-/// Raised from the epoch callback when the call's wall-clock time is spent.
-#[derive(Debug, thiserror::Error)]
-#[error("wall-clock deadline passed")]
-struct WallExhausted;
+/// Bumped by [`cancel_calls`]: every call in flight watches it and ends
+/// when it changes. A generation rather than a flag, so a call started
+/// after a cancel runs normally (the CLI exits right after cancelling; a
+/// long-lived embedder need not reset anything).
+static CANCEL: LazyLock<tokio::sync::watch::Sender<u64>> =
+    LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// Export calls in flight in this process, for [`cancel_calls`]'s count.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counted in `IN_FLIGHT` while alive.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// End every export call in flight in this process, at once, with
+/// [`CallError::Cancelled`] (for a second SIGINT/SIGTERM). Each call's
+/// future is dropped where it waits: a WASI sleep stops, an HTTP request is
+/// abandoned, and the process group of each `process.run` command the call
+/// started is killed (no child is left orphaned). Calls that start later
+/// are not affected. Returns how many calls were in flight.
+pub fn cancel_calls() -> usize {
+    let n = IN_FLIGHT.load(Ordering::SeqCst);
+    CANCEL.send_modify(|g| *g = g.wrapping_add(1));
+    n
+}
 
 pub struct Runtime {
+    /// Polls the calls (see `Runtime::new` for why this flavour).
+    tokio: tokio::runtime::Runtime,
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
@@ -252,10 +300,11 @@ impl Runtime {
             .total_core_instances(256)
             .total_memories(64)
             .total_tables(256)
-            // Calls are synchronous: no async fiber stacks are ever taken
-            // from the pool, and the default 1,000 cost ~45% of a short
-            // command's CPU to map, protect and unmap.
-            .total_stacks(1)
+            // Each call (and each load's type check) runs on a fiber whose
+            // stack comes from the pool: a few at once at most. The default
+            // 1,000 cost ~45% of a short command's CPU to map, protect and
+            // unmap.
+            .total_stacks(16)
             .max_memory_size(limits.memory.max(1 << 20));
         let mut config = Config::new();
         config
@@ -263,6 +312,19 @@ impl Runtime {
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
+        // Multi-thread, 2 workers: a typed call blocks its caller's thread
+        // in `block_on`, which polls the call (the guest's fiber) on that
+        // thread; the workers drive the timers, sockets and child-process
+        // reaping the imports wait on, and run their spawned tasks, so a
+        // call's I/O progresses even while its thread is busy in the guest,
+        // and callers on several threads (a run and a reload check) do not
+        // take turns at one driver. Imports that can only block (files,
+        // SQLite, /proc) go to the blocking pool.
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rewind-io")
+            .enable_all()
+            .build()?;
         let mut linker = Linker::new(&engine);
         crate::imports::add_to_linker(&mut linker)?;
 
@@ -282,6 +344,7 @@ impl Runtime {
                 }
             })?;
         Ok(Self {
+            tokio,
             engine,
             linker,
             cache_dir,
@@ -480,9 +543,9 @@ impl Runtime {
         };
         // Instantiating can fail for reasons of this machine (memory, file
         // limits), not only of the component: not reported as a mismatch.
-        let instance = pre
-            .instance_pre()
-            .instantiate(&mut store)
+        let instance = self
+            .tokio
+            .block_on(pre.instance_pre().instantiate_async(&mut store))
             .map_err(|e| LoadError::Link {
                 path: path.into(),
                 reason: format!("it cannot be instantiated: {}", chain_without_backtrace(&e)),
@@ -542,7 +605,8 @@ impl Runtime {
         // functions above.
         drop(store);
         let mut store = self.store(env);
-        pre.instantiate(&mut store)
+        self.tokio
+            .block_on(pre.instantiate_async(&mut store))
             .map(drop)
             .map_err(|e| mistyped(chain_without_backtrace(&e)))
     }
@@ -554,39 +618,74 @@ impl Runtime {
         );
         store.limiter(|s| &mut s.limits);
         let budget = self.limits.cpu;
-        let wall = self.limits.call_time;
-        env.set_call_deadline(Instant::now() + wall);
+        env.set_call_deadline(Instant::now() + self.limits.call_time);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |ctx| {
             if ctx.data().guest_time() > budget {
                 Err(CpuExhausted.into())
-            } else if ctx.data().call_started.elapsed() > wall {
-                // A plugin looping on host calls spends little guest time;
-                // the wall clock stops it.
-                Err(WallExhausted.into())
             } else {
-                Ok(UpdateDeadline::Continue(1))
+                // Back to tokio every tick: a guest spinning without host
+                // calls still lets the call's deadline and cancellation
+                // (which race the call's future) be seen.
+                Ok(UpdateDeadline::Yield(1))
             }
         });
         store
+    }
+
+    /// Call one export in a fresh instance, blocking until it is over (see
+    /// [`Runtime::call_async`]).
+    pub fn call<T: Bounded>(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        export: &str,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        self.tokio.block_on(self.call_async(plugin, env, export, f))
     }
 
     /// Call one export in a fresh instance. `f` gets the store and the
     /// bindings; the result is the export's own `Result<T, String>`.
     /// Results are bounded (`Bounded`) before they reach the journal and
     /// the terminal.
-    pub fn call<T: Bounded>(
+    ///
+    /// The call is raced against its wall-clock deadline (`[limits]
+    /// call_time`) and against [`cancel_calls`]; the loser is dropped, so
+    /// whatever the call waits on stops with it. Must be polled by this
+    /// `Runtime`'s tokio runtime (the imports use its timers and reactor).
+    pub async fn call_async<T: Bounded>(
         &self,
         plugin: &LoadedPlugin,
         env: &Arc<PluginEnv>,
         export: &str,
-        f: impl FnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
+        let _in_flight = InFlight::new();
+        // Subscribed before the call starts: a cancel from now on ends it.
+        let mut cancel = CANCEL.subscribe();
         let mut store = self.store(env);
-        let result = plugin
-            .pre
-            .instantiate(&mut store)
-            .and_then(|bindings| f(&mut store, &bindings));
+        let wall = self.limits.call_time;
+        let call = async {
+            let bindings = plugin.pre.instantiate_async(&mut store).await?;
+            f(&mut store, &bindings).await
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(wall, call) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(CallError::Wall {
+                        export: export.into(),
+                        limit: wall,
+                    });
+                }
+            },
+            _ = cancel.changed() => {
+                return Err(CallError::Cancelled {
+                    export: export.into(),
+                });
+            }
+        };
         match result {
             Ok(Ok(mut v)) => {
                 v.bound(&self.limits);
@@ -610,8 +709,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<PluginInfo, CallError> {
-        self.call(plugin, env, "describe", |s, b| {
-            b.rewind_plugin_rollback().call_describe(s, ctx)
+        self.call(plugin, env, "describe", async |s, b| {
+            b.rewind_plugin_rollback().call_describe(s, ctx).await
         })
     }
 
@@ -622,8 +721,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<Assessment, CallError> {
-        self.call(plugin, env, "assess", |s, b| {
-            b.rewind_plugin_rollback().call_assess(s, ctx)
+        self.call(plugin, env, "assess", async |s, b| {
+            b.rewind_plugin_rollback().call_assess(s, ctx).await
         })
     }
 
@@ -634,8 +733,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<Vec<Step>, CallError> {
-        self.call(plugin, env, "plan", |s, b| {
-            b.rewind_plugin_rollback().call_plan(s, ctx)
+        self.call(plugin, env, "plan", async |s, b| {
+            b.rewind_plugin_rollback().call_plan(s, ctx).await
         })
     }
 
@@ -647,8 +746,8 @@ impl Runtime {
         ctx: &Context,
         step: &str,
     ) -> Result<StepOutcome, CallError> {
-        self.call(plugin, env, "run-step", |s, b| {
-            b.rewind_plugin_rollback().call_run_step(s, ctx, step)
+        self.call(plugin, env, "run-step", async |s, b| {
+            b.rewind_plugin_rollback().call_run_step(s, ctx, step).await
         })
     }
 
@@ -659,8 +758,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<Verification, CallError> {
-        self.call(plugin, env, "verify", |s, b| {
-            b.rewind_plugin_rollback().call_verify(s, ctx)
+        self.call(plugin, env, "verify", async |s, b| {
+            b.rewind_plugin_rollback().call_verify(s, ctx).await
         })
     }
 
@@ -670,12 +769,6 @@ impl Runtime {
             return CallError::Cpu {
                 export,
                 limit: self.limits.cpu,
-            };
-        }
-        if e.chain().any(|c| c.is::<WallExhausted>()) {
-            return CallError::Wall {
-                export,
-                limit: self.limits.call_time,
             };
         }
         let text = format!("{e:#}");

@@ -298,16 +298,55 @@ impl HostState {
         }
     }
 
-    /// Run a host import, counting its time as host time (not guest CPU).
+    /// Run a host import that cannot wait long (in memory, a log line),
+    /// counting its time as host time (not guest CPU).
     pub fn timed<R>(&mut self, f: impl FnOnce(&PluginEnv) -> R) -> R {
         let start = Instant::now();
         let env = self.env.clone();
         let r = f(&env);
+        self.count_host_time(start);
+        r
+    }
+
+    /// Run an async host import, counting its time as host time. Dropping
+    /// the future (the call's deadline, a cancel) drops the import's work.
+    pub async fn timed_async<R, F: Future<Output = R>>(
+        &mut self,
+        f: impl FnOnce(Arc<PluginEnv>) -> F,
+    ) -> R {
+        let start = Instant::now();
+        let r = f(self.env.clone()).await;
+        self.count_host_time(start);
+        r
+    }
+
+    /// Run a host import that can only block (files, SQLite, /proc) on
+    /// tokio's blocking pool, counting its time as host time. The call's
+    /// future waits for it there and so can still be dropped at its
+    /// deadline or on a cancel; the blocking work itself then finishes on
+    /// its own, within its own bounds (snapshot time, SQLite's timeouts),
+    /// as nothing can interrupt a thread in a system call.
+    pub async fn blocking<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&PluginEnv) -> R + Send + 'static,
+    ) -> R {
+        self.timed_async(|env| async move {
+            match tokio::task::spawn_blocking(move || f(&env)).await {
+                Ok(r) => r,
+                // The import panicked: panic here, as it would have inline.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("a blocking host call was lost: {e}"),
+            }
+        })
+        .await
+    }
+
+    fn count_host_time(&mut self, start: Instant) {
         let spent = start.elapsed();
         self.host_time += spent;
-        env.host_nanos
+        self.env
+            .host_nanos
             .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
-        r
     }
 
     /// The plugin's stderr so far, lossily decoded (for trap reports).

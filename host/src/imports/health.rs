@@ -27,33 +27,39 @@ const DEFAULT_PROBE_TIMEOUT_MS: u64 = 1000;
 const DEFAULT_STATUS: StatusRange = StatusRange { min: 200, max: 399 };
 
 impl Host for HostState {
-    fn http_probe(&mut self, probe: HttpCheck) -> Result<ProbeResult, Error> {
-        self.timed(|env| http_probe(env, probe))
+    async fn http_probe(&mut self, probe: HttpCheck) -> Result<ProbeResult, Error> {
+        self.blocking(move |env| http_probe(env, probe)).await
     }
 
-    fn tcp_probe(
+    async fn tcp_probe(
         &mut self,
         host: String,
         port: u16,
         timeout_ms: u64,
     ) -> Result<ProbeResult, Error> {
-        self.timed(|env| tcp_probe(env, &host, port, timeout_ms))
+        self.blocking(move |env| tcp_probe(env, &host, port, timeout_ms))
+            .await
     }
 
-    fn wait_healthy(&mut self, target: Target, policy: WaitPolicy) -> Result<WaitResult, Error> {
-        self.timed(|env| wait_healthy(env, target, policy))
+    async fn wait_healthy(
+        &mut self,
+        target: Target,
+        policy: WaitPolicy,
+    ) -> Result<WaitResult, Error> {
+        self.blocking(move |env| wait_healthy(env, target, policy))
+            .await
     }
 
-    fn system(&mut self) -> SystemStats {
-        self.timed(|_env| system())
+    async fn system(&mut self) -> SystemStats {
+        self.blocking(move |_env| system()).await
     }
 
-    fn processes(&mut self, pattern: String) -> Result<ProcessStats, Error> {
-        self.timed(|_env| processes(&pattern))
+    async fn processes(&mut self, pattern: String) -> Result<ProcessStats, Error> {
+        self.blocking(move |_env| processes(&pattern)).await
     }
 
-    fn disk(&mut self, path: String) -> Result<DiskStats, Error> {
-        self.timed(|env| disk(env, &path))
+    async fn disk(&mut self, path: String) -> Result<DiskStats, Error> {
+        self.blocking(move |env| disk(env, &path)).await
     }
 }
 

@@ -11,8 +11,8 @@ use crate::state::{HostState, PluginEnv};
 pub const BODY_CAP: usize = 1 << 20;
 
 impl Host for HostState {
-    fn request(&mut self, req: Request) -> Result<Response, Error> {
-        self.timed(|env| request(env, req))
+    async fn request(&mut self, req: Request) -> Result<Response, Error> {
+        self.blocking(move |env| request(env, req)).await
     }
 }
 
