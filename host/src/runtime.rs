@@ -661,9 +661,10 @@ impl Runtime {
         export: &str,
         f: impl AsyncFnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
-        let _in_flight = InFlight::new();
-        // Subscribed before the call starts: a cancel from now on ends it.
+        // Subscribed before the call counts as in flight: a cancel that
+        // sees it in `IN_FLIGHT` ends it.
         let mut cancel = CANCEL.subscribe();
+        let _in_flight = InFlight::new();
         let mut store = self.store(env);
         let wall = self.limits.call_time;
         let call = async {
@@ -1130,6 +1131,139 @@ mod tests {
         assert!(compatible("1.4.0", "1.0.0"));
         assert!(!compatible("2.0.0", "1.0.0"));
         assert!(!compatible("x", "0.1.0"));
+    }
+
+    /// A runbook of one plugin with `config`, `grants` and a call deadline
+    /// of an hour (so only a cancel can end the calls below), loaded.
+    fn one_plugin(
+        dir: &Path,
+        component: &str,
+        config: serde_json::Value,
+        grants: serde_json::Value,
+    ) -> crate::runbook::Runbook {
+        let doc = serde_json::json!({
+            "name": "cancel",
+            "state_dir": "state",
+            "limits": {"call_time": "1h", "cpu": "60s"},
+            "plugin": [{"name": "p", "component": component, "config": config, "grants": grants}],
+        });
+        let path = dir.join("rewind.toml");
+        std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+        crate::runbook::Runbook::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait for `cond`, at most a minute (a failure bound, not a pause).
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still waiting for {what}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Pids of the live (not zombie) processes of a process group.
+    fn group_members(pgid: u32) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.len() > 2 && !matches!(f[0], "Z" | "X" | "x") && f[2] == pgid.to_string()
+            })
+            .collect()
+    }
+
+    /// Run `assess` of the runbook's plugin on a thread, `cancel_calls`
+    /// once `ready` says the call is where it should be, and return the
+    /// call's result.
+    fn cancel_assess(
+        runbook: &crate::runbook::Runbook,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<Assessment, CallError> {
+        let rt = Runtime::new(runbook.limits, None).unwrap();
+        let spec = &runbook.plugins[0];
+        let plugin = rt.load(&spec.component).unwrap();
+        let env = Arc::new(
+            PluginEnv::new(
+                spec.name.clone(),
+                spec.sandbox(runbook).unwrap(),
+                crate::bindings::types::Mode::Execute,
+                None,
+                runbook.state(),
+                reqwest::blocking::Client::new(),
+            )
+            .with_limits(runbook.limits),
+        );
+        let ctx = crate::run::context("cancel", spec, crate::bindings::types::Mode::Execute, 0);
+        std::thread::scope(|s| {
+            let call = s.spawn(|| rt.assess(&plugin, &env, &ctx));
+            wait_for("the call to start", || IN_FLIGHT.load(Ordering::SeqCst) > 0);
+            wait_for("the call to get where it is cancelled", &mut ready);
+            assert!(cancel_calls() >= 1);
+            call.join().unwrap()
+        })
+    }
+
+    /// `cancel_calls` ends a call blocked in a WASI sleep of an hour, and
+    /// one blocked in a `process.run` of a long command, whose whole
+    /// process group is then gone. (One test: a cancel ends every call in
+    /// the process, so the two must not overlap.)
+    #[test]
+    fn cancel_calls_ends_sleeps_and_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let runbook = one_plugin(
+            dir.path(),
+            rewind_test_artifacts::HOSTILE,
+            serde_json::json!({"assess": "sleep", "n": 3_600_000}),
+            serde_json::json!({}),
+        );
+        // Cancelled at once or in its sleep, the call ends the same way; a
+        // call that was not cancelled would take an hour.
+        match cancel_assess(&runbook, || true) {
+            Err(CallError::Cancelled { export }) => assert_eq!(export, "assess"),
+            other => panic!("expected a cancel: {other:?}"),
+        }
+
+        let marker = crate::imports::health::tests::unique_marker("cancel");
+        let cmd = serde_json::json!({
+            "program": "/bin/sh",
+            // `sleep` is a grandchild in the child's group: both must go.
+            "args": ["-c", "sleep 3600; true", &marker],
+            "env": [],
+            "timeout_ms": 0,
+        });
+        let runbook = one_plugin(
+            dir.path(),
+            rewind_test_artifacts::FIXTURE,
+            serde_json::json!({"assess": {"op": {"call": "run", "args": {"cmd": cmd}}}}),
+            serde_json::json!({"exec": ["/bin/sh"]}),
+        );
+        let mut pgid = None;
+        let result = cancel_assess(&runbook, || {
+            // The shell, and the sleep it started in its group.
+            pgid = crate::imports::health::matching_pids(&marker)
+                .first()
+                .copied();
+            pgid.is_some_and(|g| group_members(g).len() >= 2)
+        });
+        match result {
+            Err(CallError::Cancelled { export }) => assert_eq!(export, "assess"),
+            other => panic!("expected a cancel: {other:?}"),
+        }
+        let pgid = pgid.unwrap();
+        wait_for("the command's process group to be gone", || {
+            group_members(pgid).is_empty()
+        });
     }
 
     #[test]
