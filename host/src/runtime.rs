@@ -271,6 +271,9 @@ pub fn cancel_calls() -> usize {
 pub struct Runtime {
     /// Polls the calls (see `Runtime::new` for why this flavour).
     tokio: tokio::runtime::Runtime,
+    /// The imports' HTTP client, one per tokio runtime (its pooled
+    /// connections are registered with that runtime's reactor).
+    http: reqwest::Client,
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
@@ -325,6 +328,14 @@ impl Runtime {
             .thread_name("rewind-io")
             .enable_all()
             .build()?;
+        // Rollbacks talk to services on this machine or its network: a
+        // proxy from the environment would only be in the way. Redirects
+        // are not followed, so a grant's URL prefix is the only place a
+        // request can go. (As `run::prepare`'s client.)
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()?;
         let mut linker = Linker::new(&engine);
         crate::imports::add_to_linker(&mut linker)?;
 
@@ -345,6 +356,7 @@ impl Runtime {
             })?;
         Ok(Self {
             tokio,
+            http,
             engine,
             linker,
             cache_dir,
@@ -614,7 +626,7 @@ impl Runtime {
     fn store(&self, env: &Arc<PluginEnv>) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
-            HostState::new(env.clone(), self.limits.memory),
+            HostState::new(env.clone(), self.limits.memory, self.http.clone()),
         );
         store.limiter(|s| &mut s.limits);
         let budget = self.limits.cpu;

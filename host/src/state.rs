@@ -86,6 +86,10 @@ pub struct PluginEnv {
     pub journal: Option<Arc<Journal>>,
     pub state: StateDir,
     pub storage: StorageState,
+    /// Not used by the imports any more: since calls are async, probes and
+    /// requests go through the `Runtime`'s async client (same policy: no
+    /// proxy, no redirects). Kept so `PluginEnv::new`'s callers are
+    /// unchanged; to be dropped with that parameter.
     pub http: reqwest::blocking::Client,
     actions: Mutex<Vec<Action>>,
     /// The step being run, for the journal (set by the runner).
@@ -275,10 +279,13 @@ pub struct HostState {
     /// counts only the rest (time in the guest).
     pub(crate) host_time: Duration,
     pub(crate) call_started: Instant,
+    /// The runtime's HTTP client for the probes and requests: its
+    /// connections belong to the tokio runtime that polls the call.
+    pub(crate) http: reqwest::Client,
 }
 
 impl HostState {
-    pub fn new(env: Arc<PluginEnv>, memory_limit: usize) -> Self {
+    pub fn new(env: Arc<PluginEnv>, memory_limit: usize, http: reqwest::Client) -> Self {
         // Plugins get WASI for their own runtime needs (clocks, random,
         // stdio to nowhere) but no files, sockets or environment: every
         // effect goes through the rewind imports and their grants.
@@ -295,6 +302,7 @@ impl HostState {
                 .build(),
             host_time: Duration::ZERO,
             call_started: Instant::now(),
+            http,
         }
     }
 
