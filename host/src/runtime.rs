@@ -269,8 +269,9 @@ pub fn cancel_calls() -> usize {
 }
 
 pub struct Runtime {
-    /// Polls the calls (see `Runtime::new` for why this flavour).
-    tokio: tokio::runtime::Runtime,
+    /// Polls the calls (see `Runtime::new` for why this flavour). Only
+    /// `None` while dropped.
+    tokio: Option<tokio::runtime::Runtime>,
     /// The imports' HTTP client, one per tokio runtime (its pooled
     /// connections are registered with that runtime's reactor).
     http: reqwest::Client,
@@ -289,6 +290,17 @@ impl std::fmt::Debug for Runtime {
             .field("cache_dir", &self.cache_dir)
             .field("limits", &self.limits)
             .finish()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Without waiting for blocking imports a call stopped waiting for
+        // at its deadline (they end on their own bounds): dropping the
+        // runtime (rewind exiting) should not wait out a snapshot.
+        if let Some(rt) = self.tokio.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -355,7 +367,7 @@ impl Runtime {
                 }
             })?;
         Ok(Self {
-            tokio,
+            tokio: Some(tokio),
             http,
             engine,
             linker,
@@ -364,6 +376,12 @@ impl Runtime {
             engine_hash,
             probe_env: std::sync::OnceLock::new(),
         })
+    }
+
+    fn tokio(&self) -> &tokio::runtime::Runtime {
+        self.tokio
+            .as_ref()
+            .expect("the tokio runtime lives as long as the Runtime")
     }
 
     pub fn limits(&self) -> Limits {
@@ -556,7 +574,7 @@ impl Runtime {
         // Instantiating can fail for reasons of this machine (memory, file
         // limits), not only of the component: not reported as a mismatch.
         let instance = self
-            .tokio
+            .tokio()
             .block_on(pre.instance_pre().instantiate_async(&mut store))
             .map_err(|e| LoadError::Link {
                 path: path.into(),
@@ -617,7 +635,7 @@ impl Runtime {
         // functions above.
         drop(store);
         let mut store = self.store(env);
-        self.tokio
+        self.tokio()
             .block_on(pre.instantiate_async(&mut store))
             .map(drop)
             .map_err(|e| mistyped(chain_without_backtrace(&e)))
@@ -654,7 +672,8 @@ impl Runtime {
         export: &str,
         f: impl AsyncFnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
-        self.tokio.block_on(self.call_async(plugin, env, export, f))
+        self.tokio()
+            .block_on(self.call_async(plugin, env, export, f))
     }
 
     /// Call one export in a fresh instance. `f` gets the store and the
