@@ -3,6 +3,12 @@
 wasmtime::component::bindgen!({
     world: "procedure",
     path: "../wit",
+    // Every import is an `async fn` on the host: a call runs on a wasmtime
+    // fiber polled by tokio, so a host call that waits (a command, a probe,
+    // a grace period) waits on a future, and dropping the call's future (its
+    // deadline, `cancel_calls`) stops the wait where it is.
+    imports: { default: async },
+    exports: { default: async },
 });
 
 pub use self::exports::rewind::plugin::rollback;

@@ -355,7 +355,10 @@ pub fn stop_on_signals() -> std::io::Result<()> {
                         "rewind: {name}: finishing the current step, then stopping (send it again to stop now and kill the step's commands)"
                     );
                 } else {
+                    // The commands in flight first (counted for the
+                    // message), then every call in flight ends now.
                     let n = crate::imports::process::kill_running_children();
+                    crate::runtime::cancel_calls();
                     crate::errln!(
                         "rewind: {name} again: stopped now; killed {n} running command(s); the run's journal ends here (interrupted): `rewind resume` carries it on"
                     );

@@ -151,6 +151,8 @@ struct RawLimits {
     actions: Option<u64>,
     #[serde(default, deserialize_with = "de_duration_opt")]
     call_time: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration_opt")]
+    step_time: Option<Duration>,
     #[serde(default, deserialize_with = "de_bytes_opt")]
     snapshot_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration_opt")]
@@ -536,6 +538,7 @@ impl Runbook {
                     .unwrap_or(defaults.component_bytes),
                 actions: raw.limits.actions.unwrap_or(defaults.actions),
                 call_time: raw.limits.call_time.unwrap_or(defaults.call_time),
+                step_time: raw.limits.step_time,
                 snapshot_bytes: raw
                     .limits
                     .snapshot_bytes

@@ -1,12 +1,21 @@
 //! The WebAssembly side of the host: one `Engine` (pooling allocator, epoch
 //! interruption), the `Linker` with every import, loading and validating
 //! components (with an on-disk cache of compiled code), and calling a
-//! plugin's exports, each call in a fresh instance under a CPU budget and a
-//! memory cap.
+//! plugin's exports, each call in a fresh instance under a CPU budget, a
+//! memory cap and a wall-clock deadline.
+//!
+//! Calls are async underneath: the engine has async support, each export
+//! runs on a wasmtime fiber polled by the tokio runtime the `Runtime` owns,
+//! and every host import is an `async fn`. The typed calls (`describe`,
+//! `assess`, ...) stay synchronous for their callers and block on that
+//! runtime. A call is a future: its deadline (`[limits] call_time`) and
+//! [`cancel_calls`] end it by dropping it, which drops whatever it was
+//! waiting on (a WASI sleep, a command, a request) where it is.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -56,6 +65,10 @@ pub struct Limits {
     /// past it the call is stopped, and every timeout or wait a plugin
     /// asks of the host is cut to what is left of it.
     pub call_time: Duration,
+    /// Wall-clock time one step (its `run-step` call) may take; none: twice
+    /// the RTO of the step's level (or of the runbook), else `call_time`.
+    /// Never more than `call_time`.
+    pub step_time: Option<Duration>,
     /// Bytes of file content one snapshot may hold.
     pub snapshot_bytes: u64,
     /// Time one snapshot may take.
@@ -77,6 +90,7 @@ impl Default for Limits {
             component_bytes: 256 << 20,
             actions: 10_000,
             call_time: Duration::from_secs(3600),
+            step_time: None,
             snapshot_bytes: 2 << 30,
             snapshot_time: Duration::from_secs(600),
         }
@@ -183,7 +197,7 @@ pub enum CallError {
     )]
     Cpu { export: String, limit: Duration },
     #[error(
-        "plugin ran longer than {limit:?} (wall clock, host calls included) in `{export}` and was stopped (raise [limits] call_time in the runbook if that is expected)"
+        "plugin ran longer than {limit:?} (wall clock, host calls included) in `{export}` and was stopped (raise [limits] call_time, or step_time for a step, in the runbook if that is expected)"
     )]
     Wall { export: String, limit: Duration },
     #[error(
@@ -210,6 +224,10 @@ pub enum CallError {
     Trap { export: String, message: String },
     #[error("plugin returned an error from `{export}`: {message}")]
     Plugin { export: String, message: String },
+    #[error(
+        "`{export}` was cancelled by a second SIGINT/SIGTERM and stopped (its commands were killed)"
+    )]
+    Cancelled { export: String },
 }
 
 /// Raised from the epoch callback when the CPU budget is spent.
@@ -217,12 +235,51 @@ pub enum CallError {
 #[error("cpu budget exhausted")]
 struct CpuExhausted;
 
-/// Raised from the epoch callback when the call's wall-clock time is spent.
-#[derive(Debug, thiserror::Error)]
-#[error("wall-clock deadline passed")]
-struct WallExhausted;
+/// Bumped by [`cancel_calls`]: every call in flight watches it and ends
+/// when it changes. A generation rather than a flag, so a call started
+/// after a cancel runs normally (the CLI exits right after cancelling; a
+/// long-lived embedder need not reset anything).
+static CANCEL: LazyLock<tokio::sync::watch::Sender<u64>> =
+    LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// Export calls in flight in this process, for [`cancel_calls`]'s count.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counted in `IN_FLIGHT` while alive.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// End every export call in flight in this process, at once, with
+/// [`CallError::Cancelled`] (for a second SIGINT/SIGTERM). Each call's
+/// future is dropped where it waits: a WASI sleep stops, an HTTP request is
+/// abandoned, and the process group of each `process.run` command the call
+/// started is killed (no child is left orphaned). Calls that start later
+/// are not affected. Returns how many calls were in flight.
+pub fn cancel_calls() -> usize {
+    let n = IN_FLIGHT.load(Ordering::SeqCst);
+    CANCEL.send_modify(|g| *g = g.wrapping_add(1));
+    n
+}
 
 pub struct Runtime {
+    /// Polls the calls (see `Runtime::new` for why this flavour). Only
+    /// `None` while dropped.
+    tokio: Option<tokio::runtime::Runtime>,
+    /// The imports' HTTP client, one per tokio runtime (its pooled
+    /// connections are registered with that runtime's reactor).
+    http: reqwest::Client,
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
@@ -241,6 +298,17 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Without waiting for blocking imports a call stopped waiting for
+        // at its deadline (they end on their own bounds): dropping the
+        // runtime (rewind exiting) should not wait out a snapshot.
+        if let Some(rt) = self.tokio.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Runtime {
     /// Build the engine and linker. `cache_dir` holds compiled components;
     /// `None` compiles every time.
@@ -252,10 +320,11 @@ impl Runtime {
             .total_core_instances(256)
             .total_memories(64)
             .total_tables(256)
-            // Calls are synchronous: no async fiber stacks are ever taken
-            // from the pool, and the default 1,000 cost ~45% of a short
-            // command's CPU to map, protect and unmap.
-            .total_stacks(1)
+            // Each call (and each load's type check) runs on a fiber whose
+            // stack comes from the pool: a few at once at most. The default
+            // 1,000 cost ~45% of a short command's CPU to map, protect and
+            // unmap.
+            .total_stacks(16)
             .max_memory_size(limits.memory.max(1 << 20));
         let mut config = Config::new();
         config
@@ -263,6 +332,27 @@ impl Runtime {
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
+        // Multi-thread, 2 workers: a typed call blocks its caller's thread
+        // in `block_on`, which polls the call (the guest's fiber) on that
+        // thread; the workers drive the timers, sockets and child-process
+        // reaping the imports wait on, and run their spawned tasks, so a
+        // call's I/O progresses even while its thread is busy in the guest,
+        // and callers on several threads (a run and a reload check) do not
+        // take turns at one driver. Imports that can only block (files,
+        // SQLite, /proc) go to the blocking pool.
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rewind-io")
+            .enable_all()
+            .build()?;
+        // Rollbacks talk to services on this machine or its network: a
+        // proxy from the environment would only be in the way. Redirects
+        // are not followed, so a grant's URL prefix is the only place a
+        // request can go. (As `run::prepare`'s client.)
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()?;
         let mut linker = Linker::new(&engine);
         crate::imports::add_to_linker(&mut linker)?;
 
@@ -282,6 +372,8 @@ impl Runtime {
                 }
             })?;
         Ok(Self {
+            tokio: Some(tokio),
+            http,
             engine,
             linker,
             cache_dir,
@@ -289,6 +381,12 @@ impl Runtime {
             engine_hash,
             probe_env: std::sync::OnceLock::new(),
         })
+    }
+
+    fn tokio(&self) -> &tokio::runtime::Runtime {
+        self.tokio
+            .as_ref()
+            .expect("the tokio runtime lives as long as the Runtime")
     }
 
     pub fn limits(&self) -> Limits {
@@ -473,16 +571,16 @@ impl Runtime {
     /// the same CPU and memory limits as a call.
     fn check_types(&self, path: &Path, pre: &ProcedurePre<HostState>) -> Result<(), LoadError> {
         let env = self.probe_env.get_or_init(|| Arc::new(probe_env()));
-        let mut store = self.store(env);
+        let mut store = self.store(env, self.limits.call_time);
         let mistyped = |reason: String| LoadError::Mistyped {
             path: path.into(),
             reason,
         };
         // Instantiating can fail for reasons of this machine (memory, file
         // limits), not only of the component: not reported as a mismatch.
-        let instance = pre
-            .instance_pre()
-            .instantiate(&mut store)
+        let instance = self
+            .tokio()
+            .block_on(pre.instance_pre().instantiate_async(&mut store))
             .map_err(|e| LoadError::Link {
                 path: path.into(),
                 reason: format!("it cannot be instantiated: {}", chain_without_backtrace(&e)),
@@ -541,52 +639,94 @@ impl Runtime {
         // And as the calls will: whatever the bindings check beyond the
         // functions above.
         drop(store);
-        let mut store = self.store(env);
-        pre.instantiate(&mut store)
+        let mut store = self.store(env, self.limits.call_time);
+        self.tokio()
+            .block_on(pre.instantiate_async(&mut store))
             .map(drop)
             .map_err(|e| mistyped(chain_without_backtrace(&e)))
     }
 
-    fn store(&self, env: &Arc<PluginEnv>) -> Store<HostState> {
+    fn store(&self, env: &Arc<PluginEnv>, wall: Duration) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
-            HostState::new(env.clone(), self.limits.memory),
+            HostState::new(env.clone(), self.limits.memory, self.http.clone()),
         );
         store.limiter(|s| &mut s.limits);
         let budget = self.limits.cpu;
-        let wall = self.limits.call_time;
         env.set_call_deadline(Instant::now() + wall);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |ctx| {
             if ctx.data().guest_time() > budget {
                 Err(CpuExhausted.into())
-            } else if ctx.data().call_started.elapsed() > wall {
-                // A plugin looping on host calls spends little guest time;
-                // the wall clock stops it.
-                Err(WallExhausted.into())
             } else {
-                Ok(UpdateDeadline::Continue(1))
+                // Back to tokio every tick: a guest spinning without host
+                // calls still lets the call's deadline and cancellation
+                // (which race the call's future) be seen.
+                Ok(UpdateDeadline::Yield(1))
             }
         });
         store
+    }
+
+    /// Call one export in a fresh instance, blocking until it is over (see
+    /// [`Runtime::call_async`]).
+    pub fn call<T: Bounded>(
+        &self,
+        plugin: &LoadedPlugin,
+        env: &Arc<PluginEnv>,
+        export: &str,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, CallError> {
+        self.tokio()
+            .block_on(self.call_async(plugin, env, export, f))
     }
 
     /// Call one export in a fresh instance. `f` gets the store and the
     /// bindings; the result is the export's own `Result<T, String>`.
     /// Results are bounded (`Bounded`) before they reach the journal and
     /// the terminal.
-    pub fn call<T: Bounded>(
+    ///
+    /// The call is raced against its wall-clock deadline (`[limits]
+    /// call_time`) and against [`cancel_calls`]; the loser is dropped, so
+    /// whatever the call waits on stops with it. Must be polled by this
+    /// `Runtime`'s tokio runtime (the imports use its timers and reactor).
+    pub async fn call_async<T: Bounded>(
         &self,
         plugin: &LoadedPlugin,
         env: &Arc<PluginEnv>,
         export: &str,
-        f: impl FnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
+        f: impl AsyncFnOnce(&mut Store<HostState>, &Procedure) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, CallError> {
-        let mut store = self.store(env);
-        let result = plugin
-            .pre
-            .instantiate(&mut store)
-            .and_then(|bindings| f(&mut store, &bindings));
+        // Subscribed before the call counts as in flight: a cancel that
+        // sees it in `IN_FLIGHT` ends it.
+        let mut cancel = CANCEL.subscribe();
+        let _in_flight = InFlight::new();
+        // A step's own deadline, when the session set one, within the
+        // call's.
+        let wall = env
+            .step_limit()
+            .map_or(self.limits.call_time, |l| l.min(self.limits.call_time));
+        let mut store = self.store(env, wall);
+        let call = async {
+            let bindings = plugin.pre.instantiate_async(&mut store).await?;
+            f(&mut store, &bindings).await
+        };
+        let result = tokio::select! {
+            r = tokio::time::timeout(wall, call) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(CallError::Wall {
+                        export: export.into(),
+                        limit: wall,
+                    });
+                }
+            },
+            _ = cancel.changed() => {
+                return Err(CallError::Cancelled {
+                    export: export.into(),
+                });
+            }
+        };
         match result {
             Ok(Ok(mut v)) => {
                 v.bound(&self.limits);
@@ -616,8 +756,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<PluginInfo, CallError> {
-        self.call(plugin, env, "describe", |s, b| {
-            b.rewind_plugin_rollback().call_describe(s, ctx)
+        self.call(plugin, env, "describe", async |s, b| {
+            b.rewind_plugin_rollback().call_describe(s, ctx).await
         })
     }
 
@@ -628,8 +768,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<Assessment, CallError> {
-        self.call(plugin, env, "assess", |s, b| {
-            b.rewind_plugin_rollback().call_assess(s, ctx)
+        self.call(plugin, env, "assess", async |s, b| {
+            b.rewind_plugin_rollback().call_assess(s, ctx).await
         })
     }
 
@@ -640,8 +780,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<Vec<Step>, CallError> {
-        self.call(plugin, env, "plan", |s, b| {
-            b.rewind_plugin_rollback().call_plan(s, ctx)
+        self.call(plugin, env, "plan", async |s, b| {
+            b.rewind_plugin_rollback().call_plan(s, ctx).await
         })
     }
 
@@ -653,8 +793,8 @@ impl Runtime {
         ctx: &Context,
         step: &str,
     ) -> Result<StepOutcome, CallError> {
-        self.call(plugin, env, "run-step", |s, b| {
-            b.rewind_plugin_rollback().call_run_step(s, ctx, step)
+        self.call(plugin, env, "run-step", async |s, b| {
+            b.rewind_plugin_rollback().call_run_step(s, ctx, step).await
         })
     }
 
@@ -665,8 +805,8 @@ impl Runtime {
         env: &Arc<PluginEnv>,
         ctx: &Context,
     ) -> Result<Verification, CallError> {
-        self.call(plugin, env, "verify", |s, b| {
-            b.rewind_plugin_rollback().call_verify(s, ctx)
+        self.call(plugin, env, "verify", async |s, b| {
+            b.rewind_plugin_rollback().call_verify(s, ctx).await
         })
     }
 
@@ -676,12 +816,6 @@ impl Runtime {
             return CallError::Cpu {
                 export,
                 limit: self.limits.cpu,
-            };
-        }
-        if e.chain().any(|c| c.is::<WallExhausted>()) {
-            return CallError::Wall {
-                export,
-                limit: self.limits.call_time,
             };
         }
         let text = format!("{e:#}");
@@ -1043,6 +1177,139 @@ mod tests {
         assert!(compatible("1.4.0", "1.0.0"));
         assert!(!compatible("2.0.0", "1.0.0"));
         assert!(!compatible("x", "0.1.0"));
+    }
+
+    /// A runbook of one plugin with `config`, `grants` and a call deadline
+    /// of an hour (so only a cancel can end the calls below), loaded.
+    fn one_plugin(
+        dir: &Path,
+        component: &str,
+        config: serde_json::Value,
+        grants: serde_json::Value,
+    ) -> crate::runbook::Runbook {
+        let doc = serde_json::json!({
+            "name": "cancel",
+            "state_dir": "state",
+            "limits": {"call_time": "1h", "cpu": "60s"},
+            "plugin": [{"name": "p", "component": component, "config": config, "grants": grants}],
+        });
+        let path = dir.join("rewind.toml");
+        std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+        crate::runbook::Runbook::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait for `cond`, at most a minute (a failure bound, not a pause).
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "still waiting for {what}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Pids of the live (not zombie) processes of a process group.
+    fn group_members(pgid: u32) -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.len() > 2 && !matches!(f[0], "Z" | "X" | "x") && f[2] == pgid.to_string()
+            })
+            .collect()
+    }
+
+    /// Run `assess` of the runbook's plugin on a thread, `cancel_calls`
+    /// once `ready` says the call is where it should be, and return the
+    /// call's result.
+    fn cancel_assess(
+        runbook: &crate::runbook::Runbook,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<Assessment, CallError> {
+        let rt = Runtime::new(runbook.limits, None).unwrap();
+        let spec = &runbook.plugins[0];
+        let plugin = rt.load(&spec.component).unwrap();
+        let env = Arc::new(
+            PluginEnv::new(
+                spec.name.clone(),
+                spec.sandbox(runbook).unwrap(),
+                crate::bindings::types::Mode::Execute,
+                None,
+                runbook.state(),
+                reqwest::blocking::Client::new(),
+            )
+            .with_limits(runbook.limits),
+        );
+        let ctx = crate::run::context("cancel", spec, crate::bindings::types::Mode::Execute, 0);
+        std::thread::scope(|s| {
+            let call = s.spawn(|| rt.assess(&plugin, &env, &ctx));
+            wait_for("the call to start", || IN_FLIGHT.load(Ordering::SeqCst) > 0);
+            wait_for("the call to get where it is cancelled", &mut ready);
+            assert!(cancel_calls() >= 1);
+            call.join().unwrap()
+        })
+    }
+
+    /// `cancel_calls` ends a call blocked in a WASI sleep of an hour, and
+    /// one blocked in a `process.run` of a long command, whose whole
+    /// process group is then gone. (One test: a cancel ends every call in
+    /// the process, so the two must not overlap.)
+    #[test]
+    fn cancel_calls_ends_sleeps_and_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let runbook = one_plugin(
+            dir.path(),
+            rewind_test_artifacts::HOSTILE,
+            serde_json::json!({"assess": "sleep", "n": 3_600_000}),
+            serde_json::json!({}),
+        );
+        // Cancelled at once or in its sleep, the call ends the same way; a
+        // call that was not cancelled would take an hour.
+        match cancel_assess(&runbook, || true) {
+            Err(CallError::Cancelled { export }) => assert_eq!(export, "assess"),
+            other => panic!("expected a cancel: {other:?}"),
+        }
+
+        let marker = crate::imports::health::tests::unique_marker("cancel");
+        let cmd = serde_json::json!({
+            "program": "/bin/sh",
+            // `sleep` is a grandchild in the child's group: both must go.
+            "args": ["-c", "sleep 3600; true", &marker],
+            "env": [],
+            "timeout_ms": 0,
+        });
+        let runbook = one_plugin(
+            dir.path(),
+            rewind_test_artifacts::FIXTURE,
+            serde_json::json!({"assess": {"op": {"call": "run", "args": {"cmd": cmd}}}}),
+            serde_json::json!({"exec": ["/bin/sh"]}),
+        );
+        let mut pgid = None;
+        let result = cancel_assess(&runbook, || {
+            // The shell, and the sleep it started in its group.
+            pgid = crate::imports::health::matching_pids(&marker)
+                .first()
+                .copied();
+            pgid.is_some_and(|g| group_members(g).len() >= 2)
+        });
+        match result {
+            Err(CallError::Cancelled { export }) => assert_eq!(export, "assess"),
+            other => panic!("expected a cancel: {other:?}"),
+        }
+        let pgid = pgid.unwrap();
+        wait_for("the command's process group to be gone", || {
+            group_members(pgid).is_empty()
+        });
     }
 
     #[test]

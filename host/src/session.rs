@@ -327,8 +327,33 @@ impl<'r> Session<'r> {
         level: u8,
         step: &str,
     ) -> Result<StepOutcome, CallError> {
-        self.rt
-            .run_step(&p.plugin, &p.env, &self.context(p, level), step)
+        p.env.set_step_limit(Some(self.step_time(p, level)));
+        let r = self
+            .rt
+            .run_step(&p.plugin, &p.env, &self.context(p, level), step);
+        p.env.set_step_limit(None);
+        r
+    }
+
+    /// How long one step of `level` may take: `[limits] step_time`, else
+    /// twice the level's RTO (or the runbook's), else `call_time`. A step
+    /// still running at twice its RTO has missed it long since, and one
+    /// that hangs must not hold the rollback (and the on-call) forever.
+    pub fn step_time(&self, p: &Prepared<'_>, level: u8) -> Duration {
+        let limits = &self.runbook.limits;
+        let rto = p
+            .info
+            .levels
+            .iter()
+            .find(|l| l.level == level)
+            .and_then(|l| l.rto_ms)
+            .map(Duration::from_millis)
+            .or(self.runbook.rto);
+        limits
+            .step_time
+            .or(rto.map(|r| r * 2))
+            .unwrap_or(limits.call_time)
+            .min(limits.call_time)
     }
 
     pub fn verify(&self, p: &Prepared<'_>, level: u8) -> Result<Verification, CallError> {

@@ -86,6 +86,10 @@ pub struct PluginEnv {
     pub journal: Option<Arc<Journal>>,
     pub state: StateDir,
     pub storage: StorageState,
+    /// Not used by the imports any more: since calls are async, probes and
+    /// requests go through the `Runtime`'s async client (same policy: no
+    /// proxy, no redirects). Kept so `PluginEnv::new`'s callers are
+    /// unchanged; to be dropped with that parameter.
     pub http: reqwest::blocking::Client,
     actions: Mutex<Vec<Action>>,
     /// The step being run, for the journal (set by the runner).
@@ -103,6 +107,9 @@ pub struct PluginEnv {
     /// When the export call under way must be over (`[limits] call_time`):
     /// every wait a host call makes for the plugin is cut at it.
     call_deadline: Mutex<Option<Instant>>,
+    /// The deadline of the step under way, set by the session around a
+    /// `run-step` call (see `Limits::step_time`).
+    step_limit: Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Debug for PluginEnv {
@@ -139,6 +146,7 @@ impl PluginEnv {
             log_bytes: AtomicU64::new(0),
             action_count: AtomicU64::new(0),
             call_deadline: Mutex::new(None),
+            step_limit: Mutex::new(None),
         }
     }
 
@@ -149,6 +157,15 @@ impl PluginEnv {
     }
 
     /// Start an export call that must be over by `deadline`.
+    /// The deadline of the calls to come (a step's), or none.
+    pub fn set_step_limit(&self, limit: Option<Duration>) {
+        *self.step_limit.lock().unwrap() = limit;
+    }
+
+    pub fn step_limit(&self) -> Option<Duration> {
+        *self.step_limit.lock().unwrap()
+    }
+
     pub fn set_call_deadline(&self, deadline: Instant) {
         *self.call_deadline.lock().unwrap() = Some(deadline);
     }
@@ -276,10 +293,13 @@ pub struct HostState {
     /// counts only the rest (time in the guest).
     pub(crate) host_time: Duration,
     pub(crate) call_started: Instant,
+    /// The runtime's HTTP client for the probes and requests: its
+    /// connections belong to the tokio runtime that polls the call.
+    pub(crate) http: reqwest::Client,
 }
 
 impl HostState {
-    pub fn new(env: Arc<PluginEnv>, memory_limit: usize) -> Self {
+    pub fn new(env: Arc<PluginEnv>, memory_limit: usize, http: reqwest::Client) -> Self {
         // Plugins get WASI for their own runtime needs (clocks, random,
         // stdio to nowhere) but no files, sockets or environment: every
         // effect goes through the rewind imports and their grants.
@@ -296,19 +316,59 @@ impl HostState {
                 .build(),
             host_time: Duration::ZERO,
             call_started: Instant::now(),
+            http,
         }
     }
 
-    /// Run a host import, counting its time as host time (not guest CPU).
+    /// Run a host import that cannot wait long (in memory, a log line),
+    /// counting its time as host time (not guest CPU).
     pub fn timed<R>(&mut self, f: impl FnOnce(&PluginEnv) -> R) -> R {
         let start = Instant::now();
         let env = self.env.clone();
         let r = f(&env);
+        self.count_host_time(start);
+        r
+    }
+
+    /// Run an async host import, counting its time as host time. Dropping
+    /// the future (the call's deadline, a cancel) drops the import's work.
+    pub async fn timed_async<R, F: Future<Output = R>>(
+        &mut self,
+        f: impl FnOnce(Arc<PluginEnv>) -> F,
+    ) -> R {
+        let start = Instant::now();
+        let r = f(self.env.clone()).await;
+        self.count_host_time(start);
+        r
+    }
+
+    /// Run a host import that can only block (files, SQLite, /proc) on
+    /// tokio's blocking pool, counting its time as host time. The call's
+    /// future waits for it there and so can still be dropped at its
+    /// deadline or on a cancel; the blocking work itself then finishes on
+    /// its own, within its own bounds (snapshot time, SQLite's timeouts),
+    /// as nothing can interrupt a thread in a system call.
+    pub async fn blocking<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&PluginEnv) -> R + Send + 'static,
+    ) -> R {
+        self.timed_async(|env| async move {
+            match tokio::task::spawn_blocking(move || f(&env)).await {
+                Ok(r) => r,
+                // The import panicked: panic here, as it would have inline.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("a blocking host call was lost: {e}"),
+            }
+        })
+        .await
+    }
+
+    fn count_host_time(&mut self, start: Instant) {
         let spent = start.elapsed();
         self.host_time += spent;
-        env.host_nanos
+        self.env
+            .host_nanos
             .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
-        r
     }
 
     /// The plugin's stderr so far, lossily decoded (for trap reports).

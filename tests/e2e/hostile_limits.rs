@@ -592,7 +592,8 @@ fn snapshots_are_bounded_in_size_and_time_and_leave_no_temp_files() {
 
 /// No plugin holds rewind past `[limits] call_time`: not one that loops on
 /// cheap host calls (little guest time, so the CPU budget never trips),
-/// not one that asks the host to wait an hour.
+/// not one that asks the host to wait an hour, not one that sleeps an hour
+/// (a WASI poll, which only the call's deadline can cut).
 #[test]
 fn no_plugin_holds_rewind_past_the_call_deadline() {
     for (assess, grants) in [
@@ -601,6 +602,7 @@ fn no_plugin_holds_rewind_past_the_call_deadline() {
             json!({"assess": "wait", "n": 3_600_000}),
             json!({"tcp": ["127.0.0.1:9"]}),
         ),
+        (json!({"assess": "sleep", "n": 3_600_000}), json!({})),
     ] {
         let sb = Sandbox::new();
         sb.runbook(&runbook(
@@ -636,8 +638,9 @@ fn no_plugin_holds_rewind_past_the_call_deadline() {
             text.contains("[limits] call_time") || text.contains("waited"),
             "{assess}: {text}"
         );
-        if assess["assess"] == "host-loop" {
-            assert!(text.contains("[limits] call_time"), "{text}");
+        if assess["assess"] != "wait" {
+            assert!(text.contains("[limits] call_time"), "{assess}: {text}");
+            assert!(!text.contains("slept"), "{text}");
         } else if let Some(w) = report["plugins"][0]["assessment"]["summary"].as_str() {
             // The wait was cut to the deadline, far short of the hour asked.
             let ms: u64 = w

@@ -916,3 +916,58 @@ timeout = "1s"
         "the dead target is journaled as failed: {j}"
     );
 }
+
+/// A command a step runs dies with rewind, even when rewind is killed
+/// with SIGKILL (nothing it could catch): no orphan keeps running.
+#[test]
+fn a_command_dies_with_a_killed_rewind() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let sb = Sandbox::new();
+    let pidfile = sb.join("child.pid");
+    let cmd = json!({"program": "sh", "args": ["-c", format!("echo $$ > {}.tmp && mv {}.tmp {}; exec sleep 300", pidfile.display(), pidfile.display(), pidfile.display())], "timeout_ms": 600000});
+    let config = json!({"steps": [{"id": "long", "op": {"call": "run", "args": {"cmd": cmd}}}]});
+    sb.runbook(&fixture_runbook(&config, &json!({"exec": ["sh"]})));
+    let mut run = sb.spawn(&["run", "-q"]);
+    assert!(wait_until(PATIENCE, || pidfile.exists()));
+    let child: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(child));
+    kill(Pid::from_raw(run.pid() as i32), Signal::SIGKILL).unwrap();
+    let _ = run.output();
+    assert!(
+        wait_until(PATIENCE, || !alive(child)),
+        "the command died with rewind"
+    );
+    // The run is resumable; its step was in flight.
+    let out = sb.rewind(&["run"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+}
+
+/// A step is cut at its deadline, `[limits] step_time` (by default twice
+/// its level's RTO), whatever it does: here it spins without a host call.
+#[test]
+fn a_step_is_stopped_at_its_deadline() {
+    let sb = Sandbox::new();
+    let config = json!({"steps": [
+        {"id": "spin", "op": {"call": "loop"}},
+        {"id": "after"},
+    ]});
+    sb.runbook(
+        &fixture_runbook(&config, &json!({}))
+            .replace("[limits]\n", "[limits]\nstep_time = \"1s\"\n"),
+    );
+    let (code, report, stderr) = sb.run_json(&[]);
+    assert_eq!(code, 1, "{report} {stderr}");
+    let steps = &report["plugins"][0]["levels"][0]["steps"];
+    assert_eq!(steps[0]["status"], "failed", "{report}");
+    let message = steps[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("longer than 1s") && message.contains("step_time"),
+        "{message}"
+    );
+    assert_eq!(steps[1]["status"], "skipped", "{report}");
+}

@@ -4,7 +4,6 @@
 //! (memory, CPU, processes, disks) need no grant: they expose only counts
 //! and sizes.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,33 +26,45 @@ const DEFAULT_PROBE_TIMEOUT_MS: u64 = 1000;
 const DEFAULT_STATUS: StatusRange = StatusRange { min: 200, max: 399 };
 
 impl Host for HostState {
-    fn http_probe(&mut self, probe: HttpCheck) -> Result<ProbeResult, Error> {
-        self.timed(|env| http_probe(env, probe))
+    async fn http_probe(&mut self, probe: HttpCheck) -> Result<ProbeResult, Error> {
+        let client = self.http.clone();
+        self.timed_async(|env| async move { http_probe(&env, &client, probe).await })
+            .await
     }
 
-    fn tcp_probe(
+    async fn tcp_probe(
         &mut self,
         host: String,
         port: u16,
         timeout_ms: u64,
     ) -> Result<ProbeResult, Error> {
-        self.timed(|env| tcp_probe(env, &host, port, timeout_ms))
+        let client = self.http.clone();
+        self.timed_async(
+            |env| async move { tcp_probe(&env, &client, &host, port, timeout_ms).await },
+        )
+        .await
     }
 
-    fn wait_healthy(&mut self, target: Target, policy: WaitPolicy) -> Result<WaitResult, Error> {
-        self.timed(|env| wait_healthy(env, target, policy))
+    async fn wait_healthy(
+        &mut self,
+        target: Target,
+        policy: WaitPolicy,
+    ) -> Result<WaitResult, Error> {
+        let client = self.http.clone();
+        self.timed_async(|env| async move { wait_healthy(&env, &client, target, policy).await })
+            .await
     }
 
-    fn system(&mut self) -> SystemStats {
-        self.timed(|_env| system())
+    async fn system(&mut self) -> SystemStats {
+        self.blocking(move |_env| system()).await
     }
 
-    fn processes(&mut self, pattern: String) -> Result<ProcessStats, Error> {
-        self.timed(|_env| processes(&pattern))
+    async fn processes(&mut self, pattern: String) -> Result<ProcessStats, Error> {
+        self.blocking(move |_env| processes(&pattern)).await
     }
 
-    fn disk(&mut self, path: String) -> Result<DiskStats, Error> {
-        self.timed(|env| disk(env, &path))
+    async fn disk(&mut self, path: String) -> Result<DiskStats, Error> {
+        self.blocking(move |env| disk(env, &path)).await
     }
 }
 
@@ -147,31 +158,40 @@ fn prepare_tcp(env: &PluginEnv, host: &str, port: u16, timeout_ms: u64) -> Resul
     })
 }
 
-fn http_probe(env: &PluginEnv, probe: HttpCheck) -> Result<ProbeResult, Error> {
+async fn http_probe(
+    env: &PluginEnv,
+    client: &reqwest::Client,
+    probe: HttpCheck,
+) -> Result<ProbeResult, Error> {
     let prepared = prepare_http(env, probe)?;
-    Ok(send_http(env, &prepared, prepared.timeout))
+    Ok(send_http(client, &prepared, prepared.timeout).await)
 }
 
-fn tcp_probe(
+async fn tcp_probe(
     env: &PluginEnv,
+    client: &reqwest::Client,
     host: &str,
     port: u16,
     timeout_ms: u64,
 ) -> Result<ProbeResult, Error> {
     let prepared = prepare_tcp(env, host, port, timeout_ms)?;
-    Ok(run_probe(env, &prepared, None))
+    Ok(run_probe(client, &prepared, None).await)
 }
 
 /// Send a prepared probe, its timeout capped at `cap` when given.
-fn run_probe(env: &PluginEnv, probe: &Prepared, cap: Option<Duration>) -> ProbeResult {
+async fn run_probe(
+    client: &reqwest::Client,
+    probe: &Prepared,
+    cap: Option<Duration>,
+) -> ProbeResult {
     let capped = |t: Duration| cap.map_or(t, |c| t.min(c).max(Duration::from_millis(1)));
     match probe {
-        Prepared::Http(p) => send_http(env, p, capped(p.timeout)),
+        Prepared::Http(p) => send_http(client, p, capped(p.timeout)).await,
         Prepared::Tcp {
             host,
             port,
             timeout,
-        } => connect_tcp(host, *port, capped(*timeout)),
+        } => connect_tcp(host, *port, capped(*timeout)).await,
     }
 }
 
@@ -189,14 +209,14 @@ fn micros(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-fn send_http(env: &PluginEnv, p: &PreparedHttp, timeout: Duration) -> ProbeResult {
+async fn send_http(client: &reqwest::Client, p: &PreparedHttp, timeout: Duration) -> ProbeResult {
     let start = Instant::now();
-    let resp = env
-        .http
+    let resp = client
         .request(p.method.clone(), p.url.clone())
         .headers(p.headers.clone())
         .timeout(timeout)
-        .send();
+        .send()
+        .await;
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
@@ -214,7 +234,7 @@ fn send_http(env: &PluginEnv, p: &PreparedHttp, timeout: Duration) -> ProbeResul
         }
     };
     let status = resp.status().as_u16();
-    let body = read_capped(resp, PROBE_BODY_CAP).unwrap_or_default();
+    let body = read_capped(resp, PROBE_BODY_CAP).await;
     let latency_us = micros(start);
     let range = format!("{}-{}", p.expect.min, p.expect.max);
     let detail = if !(p.expect.min..=p.expect.max).contains(&status) {
@@ -259,9 +279,9 @@ fn error_message(e: Error) -> String {
     }
 }
 
-fn connect_tcp(host: &str, port: u16, timeout: Duration) -> ProbeResult {
+async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> ProbeResult {
     let start = Instant::now();
-    let addrs: Vec<_> = match (host, port).to_socket_addrs() {
+    let addrs: Vec<_> = match tokio::net::lookup_host((host, port)).await {
         Ok(a) => a.collect(),
         Err(e) => {
             return unhealthy(
@@ -287,7 +307,9 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> ProbeResult {
         if left.is_zero() {
             break;
         }
-        match TcpStream::connect_timeout(&addr, left) {
+        let connect = tokio::time::timeout(left, tokio::net::TcpStream::connect(addr)).await;
+        let connect = connect.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        match connect {
             Ok(_stream) => {
                 return ProbeResult {
                     healthy: true,
@@ -314,7 +336,12 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> ProbeResult {
     unhealthy(None, start, String::new(), last)
 }
 
-fn wait_healthy(env: &PluginEnv, target: Target, policy: WaitPolicy) -> Result<WaitResult, Error> {
+async fn wait_healthy(
+    env: &PluginEnv,
+    client: &reqwest::Client,
+    target: Target,
+    policy: WaitPolicy,
+) -> Result<WaitResult, Error> {
     // Grants and arguments are checked once, before the first probe.
     let probe = match target {
         Target::Http(p) => Prepared::Http(Box::new(prepare_http(env, p)?)),
@@ -335,7 +362,7 @@ fn wait_healthy(env: &PluginEnv, target: Target, policy: WaitPolicy) -> Result<W
         // A probe never runs past the overall deadline (a timeout of 0 still
         // gets one attempt with the probe's own timeout).
         let cap = (policy.timeout_ms > 0).then(|| deadline.saturating_duration_since(probe_start));
-        let last = run_probe(env, &probe, cap);
+        let last = run_probe(client, &probe, cap).await;
         attempts += 1;
         if last.healthy {
             oks += 1;
@@ -355,10 +382,10 @@ fn wait_healthy(env: &PluginEnv, target: Target, policy: WaitPolicy) -> Result<W
             // wait, not an early "unhealthy" it would poll again at once.
             let next = probe_start + interval;
             if next >= deadline {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
                 Some(false)
             } else {
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
                 None
             }
         };
@@ -497,6 +524,42 @@ pub(crate) mod tests {
     use crate::bindings::types::Mode;
     use crate::sandbox::{GrantOrigin, GrantsSpec, Sandbox};
     use crate::state::StateDir;
+
+    /// The async imports, driven to their end from a plain test, each on a
+    /// runtime and client of its own (as a `Runtime` has).
+    fn block_on<F: Future>(f: impl FnOnce(reqwest::Client) -> F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        rt.block_on(f(client))
+    }
+
+    fn http_probe(env: &PluginEnv, probe: HttpCheck) -> Result<ProbeResult, Error> {
+        block_on(|c| async move { super::http_probe(env, &c, probe).await })
+    }
+
+    fn tcp_probe(
+        env: &PluginEnv,
+        host: &str,
+        port: u16,
+        timeout_ms: u64,
+    ) -> Result<ProbeResult, Error> {
+        block_on(|c| async move { super::tcp_probe(env, &c, host, port, timeout_ms).await })
+    }
+
+    fn wait_healthy(
+        env: &PluginEnv,
+        target: Target,
+        policy: WaitPolicy,
+    ) -> Result<WaitResult, Error> {
+        block_on(|c| async move { super::wait_healthy(env, &c, target, policy).await })
+    }
 
     /// A plugin environment over a temporary directory (the runbook's
     /// directory and the state directory), with the given grants.

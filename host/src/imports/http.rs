@@ -11,12 +11,20 @@ use crate::state::{HostState, PluginEnv};
 pub const BODY_CAP: usize = 1 << 20;
 
 impl Host for HostState {
-    fn request(&mut self, req: Request) -> Result<Response, Error> {
-        self.timed(|env| request(env, req))
+    async fn request(&mut self, req: Request) -> Result<Response, Error> {
+        let client = self.http.clone();
+        self.timed_async(|env| async move { request(&env, &client, req).await })
+            .await
     }
 }
 
-fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
+/// Send a request; dropping the future (the call's deadline, a cancel)
+/// abandons it and closes its connection.
+async fn request(
+    env: &PluginEnv,
+    client: &reqwest::Client,
+    req: Request,
+) -> Result<Response, Error> {
     let url = env.sandbox.check_http(&req.url)?;
     let method = if req.method.is_empty() {
         "GET".to_string()
@@ -41,10 +49,7 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
     } else {
         req.timeout_ms
     }));
-    let mut builder = env
-        .http
-        .request(method.clone(), url.clone())
-        .timeout(timeout);
+    let mut builder = client.request(method.clone(), url.clone()).timeout(timeout);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }
@@ -54,6 +59,7 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
     let start = Instant::now();
     let resp = builder
         .send()
+        .await
         .map_err(|e| describe_error(&method, &url, timeout, &e))?;
     let status = resp.status().as_u16();
     let headers = resp
@@ -66,8 +72,7 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
             )
         })
         .collect();
-    let body =
-        read_capped(resp, BODY_CAP).map_err(|e| describe_error(&method, &url, timeout, &e))?;
+    let body = read_capped(resp, BODY_CAP).await;
     Ok(Response {
         status,
         headers,
@@ -77,16 +82,21 @@ fn request(env: &PluginEnv, req: Request) -> Result<Response, Error> {
     })
 }
 
-/// Read at most `cap` bytes of a body, lossily decoded.
-pub fn read_capped(
-    resp: reqwest::blocking::Response,
-    cap: usize,
-) -> Result<String, reqwest::Error> {
-    use std::io::Read;
+/// Read at most `cap` bytes of a body, lossily decoded; the rest is not
+/// read (dropping the response closes the connection).
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
     let mut buf = Vec::new();
     // A body that errors midway keeps what arrived; the status is what counts.
-    let _ = resp.take(cap as u64).read_to_end(&mut buf);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    while buf.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let keep = chunk.len().min(cap - buf.len());
+                buf.extend_from_slice(&chunk[..keep]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Turn a reqwest error into a call error that says what happened.

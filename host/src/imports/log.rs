@@ -4,7 +4,7 @@ use crate::bindings::log::{Host, Level};
 use crate::state::HostState;
 
 impl Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+    async fn log(&mut self, level: Level, message: String) {
         let level = match level {
             Level::Trace => "trace",
             Level::Debug => "debug",

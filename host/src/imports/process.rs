@@ -3,13 +3,14 @@
 //! the grants, recorded through `PluginEnv::side_effect`, and only carried
 //! out when that says so (never in dry runs and checks).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command as StdCommand, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal as NixSignal, kill, killpg};
@@ -33,27 +34,30 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 
 impl Host for HostState {
-    fn run(&mut self, cmd: Command) -> Result<Output, Error> {
-        self.timed(|env| run(env, cmd))
+    async fn run(&mut self, cmd: Command) -> Result<Output, Error> {
+        self.timed_async(|env| async move { run_async(&env, cmd).await })
+            .await
     }
 
-    fn spawn(&mut self, cmd: Command, log_path: String) -> Result<u32, Error> {
-        self.timed(|env| spawn(env, cmd, &log_path))
+    async fn spawn(&mut self, cmd: Command, log_path: String) -> Result<u32, Error> {
+        self.blocking(move |env| spawn(env, cmd, &log_path)).await
     }
 
-    fn signal(&mut self, pid: u32, sig: SignalKind) -> Result<(), Error> {
-        self.timed(|env| signal(env, pid, sig))
+    async fn signal(&mut self, pid: u32, sig: SignalKind) -> Result<(), Error> {
+        self.blocking(move |env| signal(env, pid, sig)).await
     }
 
-    fn stop(&mut self, pid: u32, grace_ms: u64) -> Result<bool, Error> {
-        self.timed(|env| stop(env, pid, grace_ms))
+    async fn stop(&mut self, pid: u32, grace_ms: u64) -> Result<bool, Error> {
+        self.timed_async(|env| async move { stop(&env, pid, grace_ms).await })
+            .await
     }
 
-    fn stop_matching(&mut self, pattern: String, grace_ms: u64) -> Result<u32, Error> {
-        self.timed(|env| stop_matching(env, &pattern, grace_ms))
+    async fn stop_matching(&mut self, pattern: String, grace_ms: u64) -> Result<u32, Error> {
+        self.timed_async(|env| async move { stop_matching(&env, &pattern, grace_ms).await })
+            .await
     }
 
-    fn env(&mut self, name: String) -> Result<Option<String>, Error> {
+    async fn env(&mut self, name: String) -> Result<Option<String>, Error> {
         self.timed(|env| env_var(env, &name))
     }
 }
@@ -431,45 +435,23 @@ struct Captured {
     truncated: bool,
 }
 
-/// Read a pipe to its end in a thread, keeping the first `OUTPUT_CAP` bytes
+/// Read a pipe to its end, keeping the first `OUTPUT_CAP` bytes in `buf`
 /// and discarding the rest (so the child never blocks on a full pipe). The
-/// thread drops `done` when the pipe closes.
-fn capture(
-    src: Option<impl Read + Send + 'static>,
-    done: mpsc::Sender<()>,
-) -> Arc<Mutex<Captured>> {
-    let buf = Arc::new(Mutex::new(Captured::default()));
-    if let Some(mut src) = src {
-        let buf = buf.clone();
-        std::thread::spawn(move || {
-            let _done = done;
-            let mut chunk = vec![0u8; 64 << 10];
-            loop {
-                match src.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let mut c = buf.lock().unwrap();
-                        let keep = n.min(OUTPUT_CAP - c.data.len());
-                        c.data.extend_from_slice(&chunk[..keep]);
-                        c.truncated |= keep < n;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-        });
-    }
-    buf
-}
-
-/// Wait until every capture thread is done (all senders dropped), at most
-/// until `deadline`. Returns whether they are done.
-fn wait_captures(done: &mpsc::Receiver<()>, deadline: Instant) -> bool {
+/// bytes go to `buf` as they arrive, so what came before a give-up is kept.
+async fn capture(src: Option<impl AsyncRead + Unpin>, buf: Arc<Mutex<Captured>>) {
+    let Some(mut src) = src else { return };
+    let mut chunk = vec![0u8; 64 << 10];
     loop {
-        match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Disconnected) => return true,
-            Err(RecvTimeoutError::Timeout) => return false,
-            Ok(()) => {}
+        match src.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => {
+                let mut c = buf.lock().unwrap();
+                let keep = n.min(OUTPUT_CAP - c.data.len());
+                c.data.extend_from_slice(&chunk[..keep]);
+                c.truncated |= keep < n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
     }
 }
@@ -504,8 +486,16 @@ pub fn kill_running_children() -> usize {
     groups.len()
 }
 
-/// Listed in `running_groups` while alive.
-struct Running(u32);
+/// A `process.run` child's group, listed in `running_groups` while alive.
+/// Dropped before `finish` (the call's future dropped at its deadline or
+/// by `cancel_calls`, or a panic), it kills the group: a call that ends
+/// leaves no command of it running. The child itself is not reaped yet
+/// then (tokio reaps it after `kill_on_drop`), so its pid, the group id,
+/// cannot have been reused.
+struct Running {
+    pid: u32,
+    finished: bool,
+}
 
 impl Running {
     fn new(pid: u32) -> Self {
@@ -513,7 +503,15 @@ impl Running {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(pid);
-        Self(pid)
+        Self {
+            pid,
+            finished: false,
+        }
+    }
+
+    /// The command ran its course: what it left in its group stays.
+    fn finish(mut self) {
+        self.finished = true;
     }
 }
 
@@ -522,7 +520,10 @@ impl Drop for Running {
         running_groups()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+            .remove(&self.pid);
+        if !self.finished {
+            kill_group(self.pid);
+        }
     }
 }
 
@@ -533,7 +534,20 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// `run` for a caller outside the call runtime (drills' injections): the
+/// same command on a runtime of its own. Not for async code (it blocks).
 pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start a runtime for {:?}: {e}", cmd.program)))?
+        .block_on(run_async(env, cmd))
+}
+
+/// Run a command to its end or its timeout (cut to the call's deadline),
+/// capturing its output. Dropping the future kills the command's process
+/// group (see `Running`).
+pub(crate) async fn run_async(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
     let p = prepare(env, &cmd)?;
     if !env.side_effect(format!("run {} (in {})", p.shown, p.cwd.display()))? {
         return Ok(Output {
@@ -552,39 +566,81 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
         cmd.timeout_ms
     }));
     let timeout_ms = timeout.as_millis() as u64;
-    let mut c = base_command(env, &p, &cmd);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut c = tokio::process::Command::from(base_command(env, &p, &cmd));
+    // A command a step runs dies with rewind, however rewind dies (SIGKILL
+    // too): nothing is left running that no journal knows of. (A `spawn`ed
+    // daemon is detached on purpose and gets no such signal.)
+    let rewind = std::process::id();
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec; prctl and getppid are
+    // async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            // rewind may have died before the prctl took effect.
+            if nix::unistd::getppid().as_raw() as u32 != rewind {
+                return Err(std::io::Error::other(
+                    "rewind exited before the command started",
+                ));
+            }
+            Ok(())
+        });
+    }
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // The direct child, should the future be dropped; `Running` takes
+        // care of the rest of its group.
+        .kill_on_drop(true);
     let start = Instant::now();
-    let deadline = start + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut child = c
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {:?}: {e}", cmd.program)))?;
-    let pid = child.id();
-    let _running = Running::new(pid);
-    feed_stdin(&mut child, cmd.stdin);
-    let (done_tx, done_rx) = mpsc::channel();
-    let stdout = capture(child.stdout.take(), done_tx.clone());
-    let stderr = capture(child.stderr.take(), done_tx);
-    // The child is waited for in a thread, so the host can wait with a
-    // deadline and still reap it after killing its group.
-    let (status_tx, status_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = status_tx.send(child.wait());
-    });
-    let status = match status_rx.recv_timeout(timeout) {
+    let Some(pid) = child.id() else {
+        return Err(Error::failed(format!("lost track of {}", p.shown)));
+    };
+    let running = Running::new(pid);
+    // Fed by a task of its own, so a child that does not read its stdin
+    // cannot hold the host; closing it ends the child's input. The task
+    // ends when the child does (a broken pipe).
+    if let (Some(input), Some(mut stdin)) = (cmd.stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = stdin.write_all(input.as_bytes()).await;
+        });
+    }
+    let stdout = Arc::new(Mutex::new(Captured::default()));
+    let stderr = Arc::new(Mutex::new(Captured::default()));
+    let captures = {
+        let (o, e) = (child.stdout.take(), child.stderr.take());
+        let (so, se) = (stdout.clone(), stderr.clone());
+        async move {
+            tokio::join!(capture(o, so), capture(e, se));
+        }
+    };
+    tokio::pin!(captures);
+    // The pipes are drained while the child is waited for (a child blocked
+    // on a full pipe would never exit).
+    let mut captured = false;
+    let status = loop {
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, child.wait()) => break r,
+            () = &mut captures, if !captured => captured = true,
+        }
+    };
+    let status = match status {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => {
             kill_group(pid);
             return Err(Error::failed(format!("cannot wait for {}: {e}", p.shown)));
         }
-        Err(RecvTimeoutError::Disconnected) => {
+        Err(_) => {
             kill_group(pid);
-            return Err(Error::failed(format!("lost track of {}", p.shown)));
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            kill_group(pid);
-            let _ = status_rx.recv();
-            wait_captures(&done_rx, Instant::now() + KILL_WAIT);
+            let _ = child.wait().await;
+            if !captured {
+                let _ = tokio::time::timeout(KILL_WAIT, &mut captures).await;
+            }
+            running.finish();
             return Err(Error::timeout(format!(
                 "{} did not finish within {timeout_ms} ms; killed it and its process group",
                 p.shown
@@ -593,10 +649,15 @@ pub(crate) fn run(env: &PluginEnv, cmd: Command) -> Result<Output, Error> {
     };
     // Processes the child left in its group may hold the pipes open: they
     // get until the deadline, like the child, then the group is killed.
-    if !wait_captures(&done_rx, deadline) {
+    if !captured
+        && tokio::time::timeout_at(deadline, &mut captures)
+            .await
+            .is_err()
+    {
         kill_group(pid);
-        wait_captures(&done_rx, Instant::now() + KILL_WAIT);
+        let _ = tokio::time::timeout(KILL_WAIT, &mut captures).await;
     }
+    running.finish();
     let duration_ms = millis(start.elapsed());
     let (stdout, out_cut) = take_captured(&stdout);
     let (stderr, err_cut) = take_captured(&stderr);
@@ -720,8 +781,8 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Wait until none of `pids` is alive, at most `within`; returns those
-/// still alive.
-fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
+/// still alive. Sleeps on tokio's timer, so a dropped call stops waiting.
+async fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
     let deadline = Instant::now() + within;
     let mut left = pids.to_vec();
     loop {
@@ -730,7 +791,7 @@ fn wait_gone(pids: &[u32], within: Duration) -> Vec<u32> {
         if left.is_empty() || now >= deadline {
             return left;
         }
-        std::thread::sleep(POLL.min(deadline - now));
+        tokio::time::sleep(POLL.min(deadline - now)).await;
     }
 }
 
@@ -754,7 +815,7 @@ fn signal(env: &PluginEnv, pid: u32, sig: SignalKind) -> Result<(), Error> {
     send(pid, npid, sig)
 }
 
-fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
+async fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
     let (npid, shown) = check_pid(env, pid)?;
     if !alive(pid) {
         return Err(Error::failed(format!("no process with pid {pid}")));
@@ -768,7 +829,10 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
         Err(_) => send(pid, npid, NixSignal::SIGTERM)?,
         Ok(()) => {}
     }
-    if wait_gone(&[pid], env.cap(Duration::from_millis(grace_ms))).is_empty() {
+    if wait_gone(&[pid], env.cap(Duration::from_millis(grace_ms)))
+        .await
+        .is_empty()
+    {
         return Ok(false);
     }
     match kill(npid, NixSignal::SIGKILL) {
@@ -776,7 +840,7 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
         Err(_) => send(pid, npid, NixSignal::SIGKILL)?,
         Ok(()) => {}
     }
-    if !wait_gone(&[pid], KILL_WAIT).is_empty() {
+    if !wait_gone(&[pid], KILL_WAIT).await.is_empty() {
         return Err(Error::failed(format!(
             "pid {pid} ({shown}) is still alive {} s after KILL",
             KILL_WAIT.as_secs()
@@ -785,7 +849,7 @@ fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
     Ok(true)
 }
 
-fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, Error> {
+async fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, Error> {
     if pattern.trim().is_empty() {
         return Err(Error::invalid(
             "empty process pattern: it would match every process",
@@ -824,9 +888,9 @@ fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, E
         sent
     };
     let termed = signal_all(&pids, NixSignal::SIGTERM);
-    let left = wait_gone(&termed, env.cap(Duration::from_millis(grace_ms)));
+    let left = wait_gone(&termed, env.cap(Duration::from_millis(grace_ms))).await;
     let killed = signal_all(&left, NixSignal::SIGKILL);
-    for pid in wait_gone(&killed, KILL_WAIT) {
+    for pid in wait_gone(&killed, KILL_WAIT).await {
         problems.push(format!(
             "pid {pid} is still alive {} s after KILL",
             KILL_WAIT.as_secs()
@@ -855,6 +919,23 @@ mod tests {
     use crate::bindings::types::Mode;
     use crate::imports::health::tests::{test_env, unique_marker};
     use crate::sandbox::GrantsSpec;
+
+    /// The async imports, driven to their end from a plain test.
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn stop(env: &PluginEnv, pid: u32, grace_ms: u64) -> Result<bool, Error> {
+        block_on(super::stop(env, pid, grace_ms))
+    }
+
+    fn stop_matching(env: &PluginEnv, pattern: &str, grace_ms: u64) -> Result<u32, Error> {
+        block_on(super::stop_matching(env, pattern, grace_ms))
+    }
 
     fn command(program: &str, args: &[&str]) -> Command {
         Command {

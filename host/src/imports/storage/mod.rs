@@ -61,105 +61,115 @@ impl StorageState {
 }
 
 impl Host for HostState {
-    fn get(&mut self, key: String) -> Result<Option<String>, Error> {
-        self.timed(|env| kv::get(env, &key))
+    async fn get(&mut self, key: String) -> Result<Option<String>, Error> {
+        self.blocking(move |env| kv::get(env, &key)).await
     }
 
-    fn set(&mut self, key: String, value: String) -> Result<(), Error> {
-        self.timed(|env| kv::set(env, &key, &value))
+    async fn set(&mut self, key: String, value: String) -> Result<(), Error> {
+        self.blocking(move |env| kv::set(env, &key, &value)).await
     }
 
-    fn delete(&mut self, key: String) -> Result<bool, Error> {
-        self.timed(|env| kv::delete(env, &key))
+    async fn delete(&mut self, key: String) -> Result<bool, Error> {
+        self.blocking(move |env| kv::delete(env, &key)).await
     }
 
-    fn keys(&mut self, prefix: String) -> Result<Vec<String>, Error> {
-        self.timed(|env| kv::keys(env, &prefix))
+    async fn keys(&mut self, prefix: String) -> Result<Vec<String>, Error> {
+        self.blocking(move |env| kv::keys(env, &prefix)).await
     }
 
-    fn pin(&mut self, key: String, value: String) -> Result<String, Error> {
-        self.timed(|env| kv::pin(env, &key, &value))
+    async fn pin(&mut self, key: String, value: String) -> Result<String, Error> {
+        self.blocking(move |env| kv::pin(env, &key, &value)).await
     }
 
-    fn pinned(&mut self, key: String) -> Result<Option<String>, Error> {
-        self.timed(|env| kv::pinned(env, &key))
+    async fn pinned(&mut self, key: String) -> Result<Option<String>, Error> {
+        self.blocking(move |env| kv::pinned(env, &key)).await
     }
 
-    fn snapshot(&mut self, label: String, paths: Vec<String>) -> Result<SnapshotInfo, Error> {
-        self.timed(|env| snapshot::snapshot(env, &label, &paths))
+    async fn snapshot(&mut self, label: String, paths: Vec<String>) -> Result<SnapshotInfo, Error> {
+        self.blocking(move |env| snapshot::snapshot(env, &label, &paths))
+            .await
     }
 
-    fn verify(&mut self, id: String) -> Result<SnapshotInfo, Error> {
-        self.timed(|env| snapshot::verify(env, &id))
+    async fn verify(&mut self, id: String) -> Result<SnapshotInfo, Error> {
+        self.blocking(move |env| snapshot::verify(env, &id)).await
     }
 
-    fn restore(&mut self, id: String) -> Result<RestoreReport, Error> {
-        self.timed(|env| snapshot::restore(env, &id))
+    async fn restore(&mut self, id: String) -> Result<RestoreReport, Error> {
+        self.blocking(move |env| snapshot::restore(env, &id)).await
     }
 
-    fn list_snapshots(&mut self, label_prefix: String) -> Result<Vec<SnapshotInfo>, Error> {
-        self.timed(|env| snapshot::list_snapshots(env, &label_prefix))
+    async fn list_snapshots(&mut self, label_prefix: String) -> Result<Vec<SnapshotInfo>, Error> {
+        self.blocking(move |env| snapshot::list_snapshots(env, &label_prefix))
+            .await
     }
 
-    fn prune(&mut self, label_prefix: String, keep: u32) -> Result<u32, Error> {
-        self.timed(|env| snapshot::prune(env, &label_prefix, keep))
+    async fn prune(&mut self, label_prefix: String, keep: u32) -> Result<u32, Error> {
+        self.blocking(move |env| snapshot::prune(env, &label_prefix, keep))
+            .await
     }
 
-    fn read_file(&mut self, path: String) -> Result<Vec<u8>, Error> {
-        self.timed(|env| files::read_file(env, &path))
+    async fn read_file(&mut self, path: String) -> Result<Vec<u8>, Error> {
+        self.blocking(move |env| files::read_file(env, &path)).await
     }
 
-    fn write_file(&mut self, path: String, contents: Vec<u8>) -> Result<(), Error> {
-        self.timed(|env| files::write_file(env, &path, &contents))
+    async fn write_file(&mut self, path: String, contents: Vec<u8>) -> Result<(), Error> {
+        self.blocking(move |env| files::write_file(env, &path, &contents))
+            .await
     }
 
-    fn copy(&mut self, source: String, target: String) -> Result<u64, Error> {
-        self.timed(|env| files::copy(env, &source, &target))
+    async fn copy(&mut self, source: String, target: String) -> Result<u64, Error> {
+        self.blocking(move |env| files::copy(env, &source, &target))
+            .await
     }
 
-    fn rename(&mut self, source: String, target: String) -> Result<(), Error> {
-        self.timed(|env| files::rename(env, &source, &target))
+    async fn rename(&mut self, source: String, target: String) -> Result<(), Error> {
+        self.blocking(move |env| files::rename(env, &source, &target))
+            .await
     }
 
-    fn remove(&mut self, path: String) -> Result<(), Error> {
-        self.timed(|env| files::remove(env, &path))
+    async fn remove(&mut self, path: String) -> Result<(), Error> {
+        self.blocking(move |env| files::remove(env, &path)).await
     }
 
-    fn make_dir(&mut self, path: String) -> Result<(), Error> {
-        self.timed(|env| files::make_dir(env, &path))
+    async fn make_dir(&mut self, path: String) -> Result<(), Error> {
+        self.blocking(move |env| files::make_dir(env, &path)).await
     }
 
-    fn list_dir(&mut self, path: String, recursive: bool) -> Result<Vec<DirEntry>, Error> {
-        self.timed(|env| files::list_dir(env, &path, recursive))
+    async fn list_dir(&mut self, path: String, recursive: bool) -> Result<Vec<DirEntry>, Error> {
+        self.blocking(move |env| files::list_dir(env, &path, recursive))
+            .await
     }
 
-    fn stat(&mut self, path: String) -> Result<Option<DirEntry>, Error> {
-        self.timed(|env| files::stat(env, &path))
+    async fn stat(&mut self, path: String) -> Result<Option<DirEntry>, Error> {
+        self.blocking(move |env| files::stat(env, &path)).await
     }
 
-    fn symlink(&mut self, target: String, link: String) -> Result<(), Error> {
-        self.timed(|env| files::symlink(env, &target, &link))
+    async fn symlink(&mut self, target: String, link: String) -> Result<(), Error> {
+        self.blocking(move |env| files::symlink(env, &target, &link))
+            .await
     }
 
-    fn read_link(&mut self, path: String) -> Result<String, Error> {
-        self.timed(|env| files::read_link(env, &path))
+    async fn read_link(&mut self, path: String) -> Result<String, Error> {
+        self.blocking(move |env| files::read_link(env, &path)).await
     }
 
-    fn sqlite_query(
+    async fn sqlite_query(
         &mut self,
         db: String,
         sql: String,
         params: Vec<SqlValue>,
     ) -> Result<Rows, Error> {
-        self.timed(|env| sqlite::query(env, &db, &sql, params))
+        self.blocking(move |env| sqlite::query(env, &db, &sql, params))
+            .await
     }
 
-    fn sqlite_exec(&mut self, db: String, sql: String) -> Result<u64, Error> {
-        self.timed(|env| sqlite::exec(env, &db, &sql))
+    async fn sqlite_exec(&mut self, db: String, sql: String) -> Result<u64, Error> {
+        self.blocking(move |env| sqlite::exec(env, &db, &sql)).await
     }
 
-    fn sqlite_backup(&mut self, db: String, target: String) -> Result<u64, Error> {
-        self.timed(|env| sqlite::backup(env, &db, &target))
+    async fn sqlite_backup(&mut self, db: String, target: String) -> Result<u64, Error> {
+        self.blocking(move |env| sqlite::backup(env, &db, &target))
+            .await
     }
 }
 

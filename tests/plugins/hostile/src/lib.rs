@@ -15,6 +15,8 @@
 //!                                        // calls: little guest time)
 //! {"assess": "wait", "n": 3600000}       // ask the host to wait n ms for a
 //!                                        // port that never opens
+//! {"assess": "sleep", "n": 3600000}      // std::thread::sleep n ms (a WASI
+//!                                        // clock subscription and poll)
 //! ```
 //!
 //! `describe`, `plan`, `run-step` and `verify` behave.
@@ -86,6 +88,10 @@ impl Plugin for Hostile {
                 let w = rewind_sdk::health::TcpProbe::new("127.0.0.1", 9)
                     .wait(WaitPolicy::every(1000).timeout_ms(cfg.n))?;
                 Ok(Assessment::healthy(format!("waited {} ms", w.elapsed_ms)))
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(cfg.n));
+                Ok(Assessment::healthy(format!("slept {} ms", cfg.n)))
             }
             other => bail!("hostile: unknown assess {other:?}"),
         }
