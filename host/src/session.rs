@@ -336,9 +336,12 @@ impl<'r> Session<'r> {
     }
 
     /// How long one step of `level` may take: `[limits] step_time`, else
-    /// twice the level's RTO (or the runbook's), else `call_time`. A step
-    /// still running at twice its RTO has missed it long since, and one
-    /// that hangs must not hold the rollback (and the on-call) forever.
+    /// twice the level's RTO (or the runbook's) but at least 10 minutes,
+    /// else `call_time`. A step still running at twice its RTO has missed
+    /// it long since, and one that hangs must not hold the rollback (and
+    /// the on-call) forever; below 10 minutes a slow restore is likelier
+    /// than a hang, and cutting it would leave the system half-way (a
+    /// drill timed against a tight RTO must see the real recovery time).
     pub fn step_time(&self, p: &Prepared<'_>, level: u8) -> Duration {
         let limits = &self.runbook.limits;
         let rto = p
@@ -351,7 +354,7 @@ impl<'r> Session<'r> {
             .or(self.runbook.rto);
         limits
             .step_time
-            .or(rto.map(|r| r * 2))
+            .or(rto.map(|r| (r * 2).max(MIN_STEP_TIME)))
             .unwrap_or(limits.call_time)
             .min(limits.call_time)
     }
@@ -434,6 +437,9 @@ fn rank(s: Severity) -> u8 {
         Severity::Critical => 3,
     }
 }
+
+/// The least a step gets by default (see `Session::step_time`).
+const MIN_STEP_TIME: Duration = Duration::from_secs(600);
 
 pub fn context(run_id: &str, spec: &PluginSpec, mode: Mode, level: u8) -> Context {
     Context {

@@ -1745,10 +1745,29 @@ impl Plugin for Abathur {
             ],
             l => bail!("level {l} does not exist"),
         };
+        let mut health_check = None;
         if let Some((hf, _)) = health_finding(&cfg)? {
+            health_check = Some(hf.check.clone());
             f.push(hf);
         }
-        Ok(Verification::from_findings(f))
+        let only_health = f.iter().any(|x| x.breached)
+            && f.iter()
+                .filter(|x| x.breached)
+                .all(|x| Some(&x.check) == health_check.as_ref());
+        let v = Verification::from_findings(f);
+        // Where a failure leads, as the runbook would have it: the next
+        // level drops or restores data, which does not fix an API that is
+        // down while the database checks pass; and after a restore that
+        // did not verify, pruning backups could lose the last good one.
+        Ok(match ctx.level {
+            L_PROD => v.or_stop(
+                "the restore did not verify; the next level prunes backups, which could lose the last good one: escalate to the database specialist",
+            ),
+            _ if only_health => v.or_stop(
+                "only the API health check failed and the database checks passed; the next level changes data, which would not bring the API back: look at the API",
+            ),
+            _ => v,
+        })
     }
 }
 
