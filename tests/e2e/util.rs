@@ -56,15 +56,20 @@ impl Sandbox {
 
     /// Run the real CLI with the shared compiled cache.
     pub fn rewind(&self, args: &[&str]) -> Output {
-        Command::new(REWIND)
-            .args(args)
+        self.command(args).output().unwrap()
+    }
+
+    /// The CLI in this sandbox: the shared compiled cache, the sandbox's
+    /// own lock dir, no terminal on stdin.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(REWIND);
+        c.args(args)
             .current_dir(self.path())
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", self.path().join("state/locks"))
             .env_remove("REWIND_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        c
     }
 
     /// The real CLI started in the background (stdin closed: no terminal),
@@ -72,13 +77,7 @@ impl Sandbox {
     #[allow(dead_code)] // used by the e2e tests only
     pub fn spawn(&self, args: &[&str]) -> Proc {
         Proc::spawn(
-            Command::new(REWIND)
-                .args(args)
-                .current_dir(self.path())
-                .env("REWIND_CACHE_DIR", cache_dir())
-                .env("REWIND_LOCK_DIR", self.path().join("state/locks"))
-                .env_remove("REWIND_LOG")
-                .stdin(Stdio::null())
+            self.command(args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null()),
         )
