@@ -205,10 +205,7 @@ pub fn run(
         None => runbook.drills.iter().collect(),
     };
     if scenarios.is_empty() {
-        return Err(StartError::NoSuchScenario {
-            name: "(any)".into(),
-            known: String::new(),
-        });
+        return Err(StartError::NoDrills);
     }
     scenarios
         .into_iter()

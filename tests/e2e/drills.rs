@@ -306,3 +306,14 @@ fn a_drill_over_its_rto_fails_and_names_the_slow_phase() {
         text(&out)
     );
 }
+
+/// A runbook without a `[[drill]]` says so and how to add one.
+#[test]
+fn a_runbook_without_drills_says_how_to_add_one() {
+    let sb = Sandbox::new();
+    sb.runbook(&fixture_runbook(&json!({}), &json!({})));
+    let out = sb.rewind(&["drill"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("has no [[drill]] scenarios"), "{t}");
+}
