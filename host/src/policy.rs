@@ -49,6 +49,31 @@ impl Effect {
     }
 }
 
+/// The contract's effect and this one are the same four words; this one
+/// is ordered and serializable.
+impl From<crate::bindings::rollback::Effect> for Effect {
+    fn from(e: crate::bindings::rollback::Effect) -> Self {
+        use crate::bindings::rollback::Effect as Wit;
+        match e {
+            Wit::Observe => Self::Observe,
+            Wit::Reversible => Self::Reversible,
+            Wit::Disruptive => Self::Disruptive,
+            Wit::Destructive => Self::Destructive,
+        }
+    }
+}
+
+impl From<Effect> for crate::bindings::rollback::Effect {
+    fn from(e: Effect) -> Self {
+        match e {
+            Effect::Observe => Self::Observe,
+            Effect::Reversible => Self::Reversible,
+            Effect::Disruptive => Self::Disruptive,
+            Effect::Destructive => Self::Destructive,
+        }
+    }
+}
+
 /// `[policy]`, or a plugin's `[plugin.policy]` over it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -234,8 +259,8 @@ pub enum Waited {
 
 /// Wait for `rewind approve`/`deny` of `gate` in run `run_id`, up to
 /// `timeout`, waking on a signal. The answer file is consumed: the next
-/// gate needs an answer of its own. An answer for another gate is left
-/// for it... and refused loudly, since it answers nothing now.
+/// gate needs an answer of its own. An answer naming another gate answers
+/// nothing now: it is removed, with a warning.
 pub fn wait_for_answer(
     state: &StateDir,
     run_id: &str,

@@ -55,25 +55,37 @@ pub struct Interrupted {
 
 impl Interrupted {
     pub fn read(path: &Path) -> std::io::Result<Option<Self>> {
-        let events = crate::journal::read_events(path)?;
+        // One read: the raw lines give the run id and start time (on every
+        // line), the typed events the rest.
+        let raw = crate::journal::read(path)?;
+        let Some(first) = raw.first() else {
+            return Ok(None);
+        };
+        let (run_id, started) = (
+            first["run"].as_str().unwrap_or_default().to_string(),
+            first["ts"].as_str().unwrap_or_default().to_string(),
+        );
         let mut run: Option<Self> = None;
-        for (_, e) in events {
+        for v in raw {
+            let Ok(e) = serde_json::from_value::<Event>(v) else {
+                continue;
+            };
             if let Event::RunStart {
                 mode,
                 plugin,
                 runbook_sha256,
                 configs,
                 ..
-            } = &e
+            } = e
             {
                 run = Some(Self {
-                    run_id: String::new(),
+                    run_id: run_id.clone(),
                     path: path.to_path_buf(),
-                    started: String::new(),
-                    mode: mode.clone(),
-                    only: plugin.clone(),
-                    runbook_sha256: runbook_sha256.clone(),
-                    configs: configs.clone(),
+                    started: started.clone(),
+                    mode,
+                    only: plugin,
+                    runbook_sha256,
+                    configs,
                     components: BTreeMap::new(),
                     outcome: None,
                     plugins: BTreeMap::new(),
@@ -81,15 +93,8 @@ impl Interrupted {
                 });
                 continue;
             }
-            let Some(r) = run.as_mut() else { continue };
-            r.apply(e);
-        }
-        // The id and start time are on every line; take them from the file.
-        if let Some(r) = run.as_mut() {
-            let raw = crate::journal::read(path)?;
-            if let Some(first) = raw.first() {
-                r.run_id = first["run"].as_str().unwrap_or_default().to_string();
-                r.started = first["ts"].as_str().unwrap_or_default().to_string();
+            if let Some(r) = run.as_mut() {
+                r.apply(e);
             }
         }
         Ok(run)
@@ -222,31 +227,37 @@ impl Interrupted {
 
 /// The newest real run of a state dir, if it was interrupted; a process
 /// that still holds the lock is running, not interrupted (the caller holds
-/// the lock itself when it asks).
+/// the lock itself when it asks). Every `rewind run` asks, so it does not
+/// read the whole history: run ids begin with their UTC start time, so
+/// journals are taken newest first by name, and only the first line of
+/// each until the newest real run (not a drill, not a dry run) is found.
 pub fn last_interrupted(state: &StateDir) -> std::io::Result<Option<Interrupted>> {
-    let mut newest: Option<Interrupted> = None;
     let entries = match std::fs::read_dir(state.runs()) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "jsonl") {
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    paths.sort_unstable_by(|a, b| b.cmp(a));
+    for path in paths {
+        if first_mode(&path).as_deref() != Some("execute") {
             continue;
         }
-        let Some(run) = Interrupted::read(&path)? else {
-            continue;
-        };
-        if run.mode != "execute" {
-            continue;
-        }
-        if newest
-            .as_ref()
-            .is_none_or(|n| (&run.started, &run.run_id) > (&n.started, &n.run_id))
-        {
-            newest = Some(run);
-        }
+        return Ok(Interrupted::read(&path)?.filter(Interrupted::resumable));
     }
-    Ok(newest.filter(Interrupted::resumable))
+    Ok(None)
+}
+
+/// The mode in a journal's first line (its `run-start`).
+fn first_mode(path: &Path) -> Option<String> {
+    use std::io::BufRead as _;
+    let mut line = Vec::new();
+    std::io::BufReader::new(std::fs::File::open(path).ok()?)
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&line).ok()?;
+    (v["event"] == "run-start").then(|| v["mode"].as_str().map(String::from))?
 }

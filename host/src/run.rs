@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::bindings::rollback::{
-    Assessment, Effect, Escalation, Step, StepKind, StepOutcome, Verification,
+    Assessment, Escalation, Step, StepKind, StepOutcome, Verification,
 };
 use crate::bindings::types::{Finding, Mode};
 use crate::imports::storage::kv::Pin;
@@ -1368,7 +1368,7 @@ fn planned(st: &Step) -> PlannedStep {
         title: st.title.clone(),
         manual: st.kind == StepKind::Manual,
         detail: st.detail.clone(),
-        effect: effect_name(st.effect).into(),
+        effect: Harm::from(st.effect).as_str().into(),
         repeatable: st.repeatable,
     }
 }
@@ -1384,27 +1384,8 @@ fn step_of(st: &PlannedStep) -> Step {
             StepKind::Auto
         },
         detail: st.detail.clone(),
-        effect: effect_from_name(&st.effect),
+        effect: Harm::from_name(&st.effect).into(),
         repeatable: st.repeatable,
-    }
-}
-
-pub fn effect_name(e: Effect) -> &'static str {
-    match e {
-        Effect::Observe => "observe",
-        Effect::Reversible => "reversible",
-        Effect::Disruptive => "disruptive",
-        Effect::Destructive => "destructive",
-    }
-}
-
-fn effect_from_name(name: &str) -> Effect {
-    match name {
-        "observe" => Effect::Observe,
-        "reversible" => Effect::Reversible,
-        "disruptive" => Effect::Disruptive,
-        // Unknown (an older journal): assume the worst.
-        _ => Effect::Destructive,
     }
 }
 

@@ -114,7 +114,7 @@ impl<'r> Session<'r> {
             )),
         };
         let notifier = Notifier::new(
-            if matches!(kind, Kind::Plan) || !mode.executes() && !matches!(kind, Kind::Probe) {
+            if matches!(kind, Kind::Plan) || !mode.executes() {
                 // Plans and dry runs change nothing: nobody is paged.
                 Vec::new()
             } else {

@@ -971,3 +971,75 @@ fn a_step_is_stopped_at_its_deadline() {
     );
     assert_eq!(steps[1]["status"], "skipped", "{report}");
 }
+
+/// A decision a plugin pins holds for later runs of the incident until the
+/// service is verified back; `--redecide` forgets it.
+#[test]
+fn pinned_decisions_hold_across_runs_until_redecide() {
+    let sb = Sandbox::new();
+    let pin = |value: &str| {
+        json!({
+            "steps": [{"id": "decide", "op": {"call": "pin", "args": {"key": "target", "value": value}}}],
+            // Never verified back: the incident goes on, its decisions too.
+            "verify": {"healthy": false},
+        })
+    };
+    let decided = |report: &serde_json::Value| {
+        report["plugins"][0]["levels"][0]["steps"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    sb.runbook(&fixture_runbook(&pin("1.0.0"), &json!({})));
+    let (_, report, _) = sb.run_json(&[]);
+    assert_eq!(decided(&report), r#"{"Ok":"1.0.0"}"#, "{report}");
+    sb.runbook(&fixture_runbook(&pin("0.9.0"), &json!({})));
+    let (_, report, _) = sb.run_json(&[]);
+    assert_eq!(decided(&report), r#"{"Ok":"1.0.0"}"#, "kept: {report}");
+    let j = journal_text(&sb);
+    assert!(j.contains("\"event\":\"decisions-kept\""), "{j}");
+    let (_, report, _) = sb.run_json(&["--redecide"]);
+    assert_eq!(
+        decided(&report),
+        r#"{"Ok":"0.9.0"}"#,
+        "decided again: {report}"
+    );
+}
+
+/// Two runbooks with their own state dirs that roll back the same service
+/// cannot run at once: the service is locked machine-wide.
+#[test]
+fn two_runbooks_cannot_roll_back_one_service_at_once() {
+    let locks = tempfile::tempdir().unwrap();
+    let gate = free_port();
+    let policy = json!({"interval_ms": 50, "timeout_ms": 120000, "success_threshold": 1, "failure_threshold": 0});
+    let config = json!({"steps": [{"id": "wait", "op": {"call": "wait-healthy", "args": {
+        "target": {"Tcp": ["127.0.0.1", gate, 5000]}, "policy": policy}}}]});
+    let grants = json!({"tcp": [format!("127.0.0.1:{gate}")]});
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    a.runbook(&fixture_runbook(&config, &grants));
+    b.runbook(&fixture_runbook(&config, &grants));
+    let cmd = |sb: &Sandbox| {
+        let mut c = Command::new(REWIND);
+        c.args(["run", "-q"])
+            .current_dir(sb.path())
+            .env("REWIND_CACHE_DIR", cache_dir())
+            .env("REWIND_LOCK_DIR", locks.path())
+            .stdin(Stdio::null());
+        c
+    };
+    let mut first = Proc::spawn(cmd(&a).stdout(Stdio::null()).stderr(Stdio::null()));
+    assert!(wait_until(PATIENCE, || journal_text(&a)
+        .contains("\"step\":\"wait\",\"title\"")));
+    let out = cmd(&b).output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{t}");
+    assert!(
+        t.contains("being rolled back by another runbook's run"),
+        "{t}"
+    );
+    let _open = std::net::TcpListener::bind(("127.0.0.1", gate)).unwrap();
+    assert!(first.0.wait().unwrap().success());
+    let out = cmd(&b).output().unwrap();
+    assert!(out.status.success(), "free again: {}", text(&out));
+}
