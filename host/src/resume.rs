@@ -228,36 +228,43 @@ impl Interrupted {
 /// The newest real run of a state dir, if it was interrupted; a process
 /// that still holds the lock is running, not interrupted (the caller holds
 /// the lock itself when it asks). Every `rewind run` asks, so it does not
-/// read the whole history: run ids begin with their UTC start time, so
-/// journals are taken newest first by name, and only the first line of
-/// each until the newest real run (not a drill, not a dry run) is found.
+/// parse the whole history: it reads the first line of each journal (its
+/// `run-start`: mode and start time, to the millisecond; run ids alone
+/// order runs only to the second) and then only the newest real run's
+/// journal (not a drill, not a dry run).
 pub fn last_interrupted(state: &StateDir) -> std::io::Result<Option<Interrupted>> {
     let entries = match std::fs::read_dir(state.runs()) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut paths: Vec<PathBuf> = entries
+    let newest = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    paths.sort_unstable_by(|a, b| b.cmp(a));
-    for path in paths {
-        if first_mode(&path).as_deref() != Some("execute") {
-            continue;
-        }
-        return Ok(Interrupted::read(&path)?.filter(Interrupted::resumable));
+        .filter_map(|p| {
+            let (mode, ts) = first_line(&p)?;
+            (mode == "execute").then_some((ts, p))
+        })
+        .max();
+    match newest {
+        Some((_, path)) => Ok(Interrupted::read(&path)?.filter(Interrupted::resumable)),
+        None => Ok(None),
     }
-    Ok(None)
 }
 
-/// The mode in a journal's first line (its `run-start`).
-fn first_mode(path: &Path) -> Option<String> {
+/// The mode and start time in a journal's first line (its `run-start`).
+fn first_line(path: &Path) -> Option<(String, String)> {
     use std::io::BufRead as _;
     let mut line = Vec::new();
     std::io::BufReader::new(std::fs::File::open(path).ok()?)
         .read_until(b'\n', &mut line)
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&line).ok()?;
-    (v["event"] == "run-start").then(|| v["mode"].as_str().map(String::from))?
+    if v["event"] != "run-start" {
+        return None;
+    }
+    Some((
+        v["mode"].as_str()?.to_string(),
+        v["ts"].as_str()?.to_string(),
+    ))
 }
