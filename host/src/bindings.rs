@@ -28,6 +28,16 @@ impl types::Error {
     pub fn timeout(msg: impl std::fmt::Display) -> Self {
         Self::Timeout(msg.to_string())
     }
+    /// The message inside, for people (bindgen's `Display` is `Debug`).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Timeout(m) | Self::Failed(m) | Self::Invalid(m) => m.clone(),
+            Self::Denied(d) => format!(
+                "{} {:?} is not granted ({})",
+                d.capability, d.resource, d.hint
+            ),
+        }
+    }
 }
 
 impl From<crate::sandbox::Denied> for types::Error {

@@ -141,6 +141,30 @@ enum Command {
         #[arg(long)]
         step: Option<String>,
     },
+    /// List the snapshots the runbook's plugins took (newest first): what
+    /// `rewind restore` can put back.
+    Snapshots {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Only this plugin's.
+        #[arg(long)]
+        plugin: Option<String>,
+    },
+    /// Put back the files a snapshot holds (its id, or a unique prefix):
+    /// shows what would change, asks as [policy] says for a destructive
+    /// step, saves the live files first (so the restore can be undone),
+    /// and checks the result against the snapshot.
+    Restore {
+        snapshot: String,
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Approve up front (`destructive`, or the snapshot id).
+        #[arg(long, value_name = "EFFECT|SNAPSHOT")]
+        approve: Vec<String>,
+    },
     /// List past runs from the journal.
     History {
         #[arg(default_value = "rewind.toml")]
@@ -308,6 +332,26 @@ fn dispatch(cli: &Cli) -> CliResult {
         }
         Command::Approve { args, step } => answer_cmd(args, step.as_deref(), true),
         Command::Deny { args, step } => answer_cmd(args, step.as_deref(), false),
+        Command::Snapshots { runbook, plugin } => snapshots_cmd(cli, runbook, plugin.as_deref()),
+        Command::Restore {
+            snapshot,
+            runbook,
+            dry_run,
+            approve,
+        } => restore_cmd(
+            cli,
+            runbook,
+            &crate::restore::RestoreOptions {
+                id: snapshot.clone(),
+                mode: if *dry_run {
+                    Mode::DryRun
+                } else {
+                    Mode::Execute
+                },
+                approve: pre_approvals(approve),
+                live: !cli.quiet && !cli.json,
+            },
+        ),
         Command::History { runbook, state_dir } => {
             history(cli, &state_for(cli, runbook, state_dir.as_deref())?)
         }
@@ -424,6 +468,66 @@ fn pre_approvals(list: &[String]) -> Vec<crate::policy::PreApproval> {
     list.iter()
         .map(|a| crate::policy::PreApproval::parse(a))
         .collect()
+}
+
+fn snapshots_cmd(cli: &Cli, path: &Path, plugin: Option<&str>) -> CliResult {
+    let runbook = load_runbook(cli, path)?;
+    let list =
+        crate::restore::list(&runbook, plugin).map_err(|e| (e.exit_code(), e.to_string()))?;
+    if cli.json {
+        crate::outln!("{}", crate::redact::json_string(&list, true));
+        return Ok(exit::OK);
+    }
+    if list.is_empty() {
+        crate::outln!(
+            "no snapshots yet in {}",
+            runbook.state().path().join("snapshots").display()
+        );
+        return Ok(exit::OK);
+    }
+    crate::outln!(
+        "{:<44} {:<14} {:<20} {:<32} {:>6} {:>10}  PATHS",
+        "SNAPSHOT",
+        "PLUGIN",
+        "TAKEN",
+        "RUN",
+        "FILES",
+        "BYTES"
+    );
+    for f in &list {
+        let m = &f.manifest;
+        crate::outln!(
+            "{:<44} {:<14} {:<20} {:<32} {:>6} {:>10}  {}",
+            m.id,
+            f.plugin,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(m.created_ms)
+            )
+            .to_string(),
+            if m.run.is_empty() {
+                "-"
+            } else {
+                m.run.as_str()
+            },
+            m.files.len(),
+            m.bytes,
+            m.paths.join(", ")
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn restore_cmd(cli: &Cli, path: &Path, opts: &crate::restore::RestoreOptions) -> CliResult {
+    let runbook = load_runbook(cli, path)?;
+    let rt = runtime(cli, &runbook)?;
+    let report =
+        crate::restore::restore(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    if cli.json {
+        crate::outln!("{}", crate::redact::json_string(&report, true));
+    } else if let Some(e) = &report.error {
+        crate::errln!("error: {e}");
+    }
+    Ok(report.exit_code())
 }
 
 /// `rewind approve` / `rewind deny`: answer the gate a run waits on. Only a

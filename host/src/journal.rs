@@ -55,6 +55,9 @@ pub enum Event {
         level: Option<u8>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         drill: Option<String>,
+        /// `rewind restore`: the snapshot put back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restore: Option<String>,
         pid: u32,
         host_version: String,
         /// SHA-256 of the runbook as run (after `${env:...}` substitution,

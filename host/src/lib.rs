@@ -11,6 +11,7 @@ pub mod notify;
 pub mod policy;
 pub mod redact;
 pub mod reload;
+pub mod restore;
 pub mod resume;
 pub mod run;
 pub mod runbook;

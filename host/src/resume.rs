@@ -75,9 +75,16 @@ impl Interrupted {
                 plugin,
                 runbook_sha256,
                 configs,
+                restore,
                 ..
             } = e
             {
+                // A restore is journaled like a run, never resumed as one.
+                let mode = if restore.is_some() {
+                    "restore".to_string()
+                } else {
+                    mode
+                };
                 run = Some(Self {
                     run_id: run_id.clone(),
                     path: path.to_path_buf(),
@@ -260,7 +267,8 @@ fn first_line(path: &Path) -> Option<(String, String)> {
         .read_until(b'\n', &mut line)
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&line).ok()?;
-    if v["event"] != "run-start" {
+    // A restore is journaled like a run and never resumed as one.
+    if v["event"] != "run-start" || !v["restore"].is_null() {
         return None;
     }
     Some((

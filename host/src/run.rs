@@ -721,7 +721,7 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn live(opts: &RunOptions, line: impl AsRef<str>) {
+pub(crate) fn live(opts: &RunOptions, line: impl AsRef<str>) {
     if opts.live {
         crate::errln!("{}", line.as_ref());
     }
@@ -1400,7 +1400,7 @@ pub fn worst_effect(steps: &[PlannedStep]) -> &'static str {
 }
 
 /// How a gate ended.
-enum Gate {
+pub(crate) enum Gate {
     /// Approved (or within the policy): go on.
     Go,
     /// A person said no: stop here, the run ends.
@@ -1413,7 +1413,7 @@ enum Gate {
 /// the terminal, or waited for from another shell (`rewind approve`).
 /// Every answer is journaled with who gave it.
 #[allow(clippy::too_many_arguments)]
-fn gate(
+pub(crate) fn gate(
     s: &Session<'_>,
     p: &Prepared<'_>,
     level: u8,

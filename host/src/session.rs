@@ -32,6 +32,9 @@ pub enum Kind {
     Run { level: Option<u8> },
     /// `rewind drill` of one scenario.
     Drill { scenario: String },
+    /// `rewind restore` of one snapshot: journaled like a run, never
+    /// resumed as one.
+    Restore { snapshot: String },
     /// `rewind resume`: the same run id, its journal carried on.
     Resume {
         run_id: String,
@@ -94,6 +97,7 @@ impl<'r> Session<'r> {
             Kind::Plan | Kind::Run { .. } => new_run_id(),
             Kind::Probe => "watch".to_string(),
             Kind::Drill { .. } => format!("{}-drill", new_run_id()),
+            Kind::Restore { .. } => format!("{}-restore", new_run_id()),
             Kind::Resume { run_id, .. } => run_id.clone(),
         };
         let state = runbook.state();
@@ -142,9 +146,12 @@ impl<'r> Session<'r> {
                 host_version: env!("CARGO_PKG_VERSION").into(),
                 forced: forced.clone(),
             }),
-            Kind::Run { level } => session.record(session.run_start(only, *level, None)),
+            Kind::Run { level } => session.record(session.run_start(only, *level, None, None)),
             Kind::Drill { scenario } => {
-                session.record(session.run_start(only, None, Some(scenario.clone())))
+                session.record(session.run_start(only, None, Some(scenario.clone()), None))
+            }
+            Kind::Restore { snapshot } => {
+                session.record(session.run_start(only, None, None, Some(snapshot.clone())))
             }
             Kind::Plan | Kind::Probe => {}
         }
@@ -152,6 +159,7 @@ impl<'r> Session<'r> {
             let what = match &session.kind {
                 Kind::Resume { .. } => "resumed",
                 Kind::Drill { .. } => "drill started",
+                Kind::Restore { .. } => "snapshot restore started",
                 _ => "rollback started",
             };
             session.notify(
@@ -201,7 +209,13 @@ impl<'r> Session<'r> {
         Ok((session, prepared))
     }
 
-    fn run_start(&self, only: Option<&str>, level: Option<u8>, drill: Option<String>) -> Event {
+    fn run_start(
+        &self,
+        only: Option<&str>,
+        level: Option<u8>,
+        drill: Option<String>,
+        restore: Option<String>,
+    ) -> Event {
         use sha2::Digest as _;
         let configs: BTreeMap<String, String> = self
             .runbook
@@ -221,6 +235,7 @@ impl<'r> Session<'r> {
             plugin: only.map(String::from),
             level,
             drill,
+            restore,
             pid: std::process::id(),
             host_version: env!("CARGO_PKG_VERSION").into(),
             runbook_sha256: self.runbook.sha256.clone(),

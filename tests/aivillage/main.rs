@@ -702,6 +702,29 @@ fn a_critical_failure_gets_the_full_rollback_in_order() {
     );
     assert!(r["snapshot"].is_string(), "{r:#}");
     assert_eq!(r["timeline"].as_array().unwrap().len(), 13);
+
+    // The pre-rollback snapshot is listed, and a person can put back what
+    // the rollback replaced (here: the release it rolled back from).
+    let id = r["snapshot"].as_str().unwrap();
+    let out = v.rewind(&["--json", "snapshots"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.as_array().unwrap().iter().any(|s| s["id"] == id),
+        "{list:#}"
+    );
+    let out = v.rewind(&["--json", "restore", id, "--approve", "destructive"]);
+    let restored: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(restored["outcome"], "restored", "{restored:#}");
+    assert_eq!(v.file("config/.env"), v.env_file("2.0.0", 2));
+    for c in COMPONENTS {
+        assert_eq!(v.file(module(c)), broken_module(c), "{c}");
+    }
+    assert!(
+        v.root()
+            .join("packages/core/legacy/error_handling.py")
+            .exists()
+    );
 }
 
 /// Isolation first; when the restarted component is still broken (a file

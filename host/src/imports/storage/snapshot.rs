@@ -54,6 +54,10 @@ pub struct Manifest {
     pub id: String,
     pub plugin: String,
     pub label: String,
+    /// The run that took it (empty for snapshots taken outside a run, and
+    /// for manifests written before runs were recorded).
+    #[serde(default)]
+    pub run: String,
     pub created_ms: u64,
     /// Nanoseconds since the epoch, to order snapshots taken in the same ms.
     #[serde(default)]
@@ -619,6 +623,11 @@ pub fn snapshot(env: &PluginEnv, label: &str, paths: &[String]) -> Result<Snapsh
             id: String::new(),
             plugin: env.storage.plugin.clone(),
             label: label.to_string(),
+            run: env
+                .journal
+                .as_ref()
+                .map(|j| j.run_id().to_string())
+                .unwrap_or_default(),
             created_ms: millis(now),
             created_ns: now
                 .duration_since(UNIX_EPOCH)
@@ -1435,4 +1444,111 @@ pub fn prune(env: &PluginEnv, label_prefix: &str, keep: u32) -> Result<u32, Erro
     }
     let _ = fsync_dir(dir);
     Ok(n)
+}
+
+/// What restoring a snapshot would change, path by path: shown before
+/// `rewind restore` acts (and as all of `--dry-run`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Changes {
+    /// In the snapshot and different now (content, mode, kind or link
+    /// target): put back as they were.
+    pub changed: Vec<String>,
+    /// In the snapshot and gone now: recreated.
+    pub missing: Vec<String>,
+    /// Here now and not in the snapshot: removed by the restore.
+    pub extra: Vec<String>,
+    /// Entries that are already as the snapshot has them.
+    pub unchanged: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Compare the live paths with a snapshot's manifest, reading only: each
+/// root must be readable under the plugin's grants. Links are compared,
+/// never followed.
+pub fn compare(env: &PluginEnv, m: &Manifest) -> Result<Changes, Error> {
+    enum Want<'a> {
+        File(&'a FileRecord),
+        Dir(u32),
+        Link(&'a str),
+    }
+    let mut want: HashMap<&str, Want<'_>> = HashMap::new();
+    for f in &m.files {
+        want.insert(&f.path, Want::File(f));
+    }
+    for d in &m.dirs {
+        want.insert(&d.path, Want::Dir(d.mode));
+    }
+    for l in &m.symlinks {
+        want.insert(&l.path, Want::Link(&l.target));
+    }
+    let mut out = Changes::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    fn same_file(path: &Path, f: &FileRecord, md: &Metadata) -> io::Result<bool> {
+        if md.len() != f.size || md.mode() & 0o7777 != f.mode {
+            return Ok(false);
+        }
+        let mut h = Sha256::new();
+        io::copy(&mut File::open(path)?, &mut h)?;
+        Ok(hex::encode(h.finalize()) == f.sha256)
+    }
+    let mut stack: Vec<PathBuf> = Vec::new();
+    for root in &m.paths {
+        env.sandbox.check_read_entry(root)?;
+        stack.push(PathBuf::from(root));
+    }
+    while let Some(path) = stack.pop() {
+        let md = match fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_failed("read", &path, &e)),
+        };
+        let s = utf8(&path)?.to_string();
+        let ft = md.file_type();
+        let same = match want.get(s.as_str()) {
+            None => {
+                out.extra.push(s.clone());
+                // A directory the snapshot does not have goes whole.
+                seen.insert(s);
+                continue;
+            }
+            Some(Want::File(f)) => {
+                ft.is_file()
+                    && same_file(&path, f, &md).map_err(|e| io_failed("read", &path, &e))?
+            }
+            Some(Want::Dir(mode)) => ft.is_dir() && md.mode() & 0o7777 == *mode,
+            Some(Want::Link(target)) => {
+                ft.is_symlink()
+                    && fs::read_link(&path).is_ok_and(|t| t.as_os_str() == OsStr::new(target))
+            }
+        };
+        if same {
+            out.unchanged += 1;
+        } else {
+            out.changed.push(s.clone());
+        }
+        if ft.is_dir() {
+            let names = fs::read_dir(&path)
+                .and_then(|d| {
+                    d.map(|e| e.map(|e| e.file_name()))
+                        .collect::<io::Result<Vec<_>>>()
+                })
+                .map_err(|e| io_failed("read directory", &path, &e))?;
+            stack.extend(names.into_iter().map(|n| path.join(n)));
+        }
+        seen.insert(s);
+    }
+    out.missing = want
+        .keys()
+        .filter(|p| !seen.contains(**p))
+        .map(|p| p.to_string())
+        .collect();
+    out.changed.sort();
+    out.missing.sort();
+    out.extra.sort();
+    Ok(out)
 }
