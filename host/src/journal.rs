@@ -6,15 +6,17 @@
 //! It is written ahead: a step's start is recorded before the step runs,
 //! every side effect (`action`) and every decision a plugin pins before it
 //! happens, and a step's end after it. Durability costs one `fdatasync`
-//! (~0.3 ms on a disk, more when it is busy), so it is paid where a crash
-//! would otherwise lose what resume needs: before every side effect and
-//! decision, at the end of each step (so a finished step is never taken
-//! for one in flight), for a manual approval, and at the end of a run.
-//! Other events are appended without a sync of their own and become
-//! durable with the next synced one, since a sync covers all earlier
-//! writes of the file. After a crash the journal therefore holds every
-//! side effect that may have happened, in order, and every step that
-//! finished.
+//! (~0.3 ms on a disk, more when it is busy), so it is paid once per side
+//! effect, where a crash would otherwise lose what resume needs: the
+//! intent record before every side effect and decision, a manual
+//! approval, and the end of each plugin and of the run. Observations cost
+//! no sync, and neither do step boundaries: they ride on the next sync,
+//! since a sync covers all earlier writes of the file. After a crash (a
+//! power cut; a killed process loses nothing it wrote) the journal
+//! therefore holds every side effect that may have happened, in order; a
+//! step whose end was not yet synced reads as in flight, with its side
+//! effects, and `rewind resume` runs it again only if the plugin marks it
+//! repeatable, else asks a person, as for any step cut short.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -269,7 +271,6 @@ impl Event {
                 | Self::ManualApproved { .. }
                 | Self::ApprovalNeeded { .. }
                 | Self::Approval { .. }
-                | Self::StepEnd { .. }
                 | Self::PluginEnd { .. }
                 | Self::RunEnd { .. }
                 | Self::Resume { .. }
