@@ -97,6 +97,10 @@ enum Command {
         /// number, or a step id. Repeatable.
         #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
         approve: Vec<String>,
+        /// Also write the report as JUnit XML to FILE (one test case per
+        /// step and per verification), for CI and incident tools.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Carry on an interrupted run (the last one, or RUN_ID) under its own
     /// id: completed steps are not run again; the step that was in flight
@@ -123,6 +127,10 @@ enum Command {
         /// As `rewind run --approve`.
         #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
         approve: Vec<String>,
+        /// Also write the report as JUnit XML to FILE (one test case per
+        /// step and per verification), for CI and incident tools.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Approve the step (or escalation) a run is waiting on, from another
     /// shell: `[RUN_ID] [RUNBOOK]`, as for resume.
@@ -198,6 +206,10 @@ enum Command {
         /// As `rewind run --approve`.
         #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
         approve: Vec<String>,
+        /// Also write the drill reports as JUnit XML to FILE: a suite per
+        /// scenario, whose result is the drill's verdict against its RTO.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// List past drills with their recovery times against the RTO.
     Drills {
@@ -284,7 +296,7 @@ fn dispatch(cli: &Cli) -> CliResult {
                 live: !cli.quiet && !cli.json,
                 ..RunOptions::default()
             };
-            run_cmd(cli, runbook, &opts)
+            run_cmd(cli, runbook, &opts, None)
         }
         Command::Run {
             runbook,
@@ -295,6 +307,7 @@ fn dispatch(cli: &Cli) -> CliResult {
             fresh,
             redecide,
             approve,
+            junit,
         } => {
             let opts = RunOptions {
                 mode: if *dry_run {
@@ -311,7 +324,7 @@ fn dispatch(cli: &Cli) -> CliResult {
                 approve: pre_approvals(approve),
                 ..RunOptions::default()
             };
-            run_cmd(cli, runbook, &opts)
+            run_cmd(cli, runbook, &opts, junit.as_deref())
         }
         Command::Resume {
             args,
@@ -319,6 +332,7 @@ fn dispatch(cli: &Cli) -> CliResult {
             in_flight,
             approve_manual,
             approve,
+            junit,
         } => {
             let opts = RunOptions {
                 approve_manual: *approve_manual,
@@ -328,7 +342,14 @@ fn dispatch(cli: &Cli) -> CliResult {
                 ..RunOptions::default()
             };
             let (runbook, run_id) = resume_args(args)?;
-            resume_cmd(cli, &runbook, run_id.as_deref(), *force, &opts)
+            resume_cmd(
+                cli,
+                &runbook,
+                run_id.as_deref(),
+                *force,
+                &opts,
+                junit.as_deref(),
+            )
         }
         Command::Approve { args, step } => answer_cmd(args, step.as_deref(), true),
         Command::Deny { args, step } => answer_cmd(args, step.as_deref(), false),
@@ -366,9 +387,11 @@ fn dispatch(cli: &Cli) -> CliResult {
             reload,
             approve_manual,
             approve,
+            junit,
         } => drill_cmd(
             cli,
             runbook,
+            junit.as_deref(),
             &crate::drill::DrillOptions {
                 scenario: scenario.clone(),
                 reload: *reload,
@@ -437,14 +460,14 @@ fn state_for(
     }
 }
 
-fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions) -> CliResult {
+fn run_cmd(cli: &Cli, path: &Path, opts: &RunOptions, junit: Option<&Path>) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = runtime(cli, &runbook)?;
     if !opts.plan_only {
         handle_signals()?;
     }
     let report = run::execute(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
-    finish_run(cli, &report, opts.plan_only)
+    finish_run(cli, &report, opts.plan_only, junit)
 }
 
 /// SIGINT/SIGTERM stop a run between steps (see `run::stop_on_signals`).
@@ -452,7 +475,15 @@ fn handle_signals() -> Result<(), (i32, String)> {
     run::stop_on_signals().map_err(|e| (exit::FAILED, format!("cannot handle signals: {e}")))
 }
 
-fn finish_run(cli: &Cli, report: &RunReport, plan_only: bool) -> CliResult {
+fn finish_run(cli: &Cli, report: &RunReport, plan_only: bool, junit: Option<&Path>) -> CliResult {
+    // The JUnit file is written before anything is printed: a reader that
+    // closed stdout must not cost the CI its report. Failing to write it
+    // is said, and changes nothing of what the run did or its exit code.
+    if let Some(path) = junit
+        && let Err(e) = crate::junit::write(&crate::junit::run_report(report), path)
+    {
+        crate::errln!("error: {e}");
+    }
     if cli.json {
         crate::outln!("{}", crate::redact::json_string(report, true));
     } else {
@@ -638,6 +669,7 @@ fn resume_cmd(
     id: Option<&str>,
     force: bool,
     opts: &RunOptions,
+    junit: Option<&Path>,
 ) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let state = runbook.state();
@@ -680,7 +712,7 @@ fn resume_cmd(
     handle_signals()?;
     let report = run::resume(&runbook, &rt, opts, &run, force)
         .map_err(|e| (e.exit_code(), e.to_string()))?;
-    finish_run(cli, &report, false)
+    finish_run(cli, &report, false, junit)
 }
 
 fn print_report(r: &RunReport, plan_only: bool) {
@@ -1280,12 +1312,23 @@ fn append_findings(line: &mut String, findings: &Value) {
     }
 }
 
-fn drill_cmd(cli: &Cli, path: &Path, opts: &crate::drill::DrillOptions) -> CliResult {
+fn drill_cmd(
+    cli: &Cli,
+    path: &Path,
+    junit: Option<&Path>,
+    opts: &crate::drill::DrillOptions,
+) -> CliResult {
     let runbook = load_runbook(cli, path)?;
     let rt = std::sync::Arc::new(runtime(cli, &runbook)?);
     handle_signals()?;
     let reports =
         crate::drill::run(&runbook, &rt, opts).map_err(|e| (e.exit_code(), e.to_string()))?;
+    if let Some(path) = junit
+        && let Err(e) =
+            crate::junit::write(&crate::junit::drill_report(&runbook.name, &reports), path)
+    {
+        crate::errln!("error: {e}");
+    }
     if cli.json {
         crate::outln!("{}", crate::redact::json_string(&reports, true));
     } else {

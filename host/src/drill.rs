@@ -80,6 +80,9 @@ pub struct StepTiming {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillReport {
+    /// `run::REPORT_SCHEMA` (0: a report written before it was recorded).
+    #[serde(default)]
+    pub schema_version: u32,
     pub id: String,
     pub runbook: String,
     pub scenario: String,
@@ -472,6 +475,7 @@ fn run_one(
         plugin_versions.push(r.to.clone());
     }
     let drill = DrillReport {
+        schema_version: crate::run::REPORT_SCHEMA,
         id: run_id.clone(),
         runbook: runbook.name.clone(),
         scenario: d.name.clone(),

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod drill;
 pub mod imports;
 pub mod journal;
+pub mod junit;
 pub mod lock;
 pub mod notify;
 pub mod policy;

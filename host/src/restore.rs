@@ -133,6 +133,7 @@ pub struct RestoreOptions {
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
+    pub schema_version: u32,
     pub run_id: String,
     pub plugin: String,
     pub snapshot: String,
@@ -199,6 +200,7 @@ pub fn restore(
         ..RunOptions::default()
     };
     let mut report = RestoreReport {
+        schema_version: crate::run::REPORT_SCHEMA,
         run_id: s.run_id.clone(),
         plugin: name.clone(),
         snapshot: id.clone(),

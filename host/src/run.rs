@@ -232,8 +232,14 @@ pub struct PluginReport {
     pub host_calls_ms: f64,
 }
 
+/// The version of the `--json` reports' shape (run, plan, resume, drill,
+/// restore): raised when a field changes meaning or goes away; new fields
+/// may appear within a version. See docs/runbook.md.
+pub const REPORT_SCHEMA: u32 = 1;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    pub schema_version: u32,
     pub run_id: String,
     pub runbook: String,
     pub mode: String,
@@ -650,6 +656,7 @@ fn run_plugins(
     };
     let duration = session.end(outcome.journal_name(), None, None);
     RunReport {
+        schema_version: REPORT_SCHEMA,
         run_id: session.run_id.clone(),
         runbook: session.runbook.name.clone(),
         mode: if opts.plan_only {

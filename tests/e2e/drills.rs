@@ -289,7 +289,23 @@ fn a_drill_over_its_rto_fails_and_names_the_slow_phase() {
         .unwrap();
     assert_eq!(d["slowest_phase"], slowest, "{d}");
     // `rewind drills` lists it, and a second one, for the trend.
-    assert_eq!(sb.rewind(&["drill", "-q"]).status.code(), Some(1));
+    let out = sb.rewind(&["drill", "-q", "--junit", "drill.xml"]);
+    assert_eq!(out.status.code(), Some(1));
+    // As JUnit: the suite's result is the verdict against the RTO.
+    let xml = std::fs::read_to_string(sb.join("drill.xml")).unwrap();
+    let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let suite = &junit.test_suites[0];
+    assert_eq!(suite.name.as_str(), "reload/scripted");
+    let rto = suite
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == "recovery within RTO")
+        .unwrap_or_else(|| panic!("{xml}"));
+    assert!(
+        matches!(&rto.status, quick_junit::TestCaseStatus::NonSuccess { message: Some(m), .. } if m.as_str().contains("over the RTO of 500 ms")),
+        "{xml}"
+    );
+    assert_eq!(suite.failures, 1, "{xml}");
     let out = sb.rewind(&["drills"]);
     let listing = text(&out);
     assert!(out.status.success(), "{listing}");

@@ -12,6 +12,7 @@ mod hostile_output;
 mod hostile_paths;
 mod imports;
 mod limits;
+mod reports;
 mod restore;
 mod runs;
 mod sandbox;
