@@ -173,6 +173,13 @@ enum Command {
         #[arg(long, value_name = "EFFECT|SNAPSHOT")]
         approve: Vec<String>,
     },
+    /// What rewind is doing for the runbook now: a run (its step), a run
+    /// waiting for a person, a watch (its last round), an interrupted run
+    /// to resume, and the last run's outcome. Takes no lock.
+    Status {
+        #[arg(default_value = "rewind.toml")]
+        runbook: PathBuf,
+    },
     /// List past runs from the journal.
     History {
         #[arg(default_value = "rewind.toml")]
@@ -373,6 +380,7 @@ fn dispatch(cli: &Cli) -> CliResult {
                 live: !cli.quiet && !cli.json,
             },
         ),
+        Command::Status { runbook } => status_cmd(cli, runbook),
         Command::History { runbook, state_dir } => {
             history(cli, &state_for(cli, runbook, state_dir.as_deref())?)
         }
@@ -499,6 +507,26 @@ fn pre_approvals(list: &[String]) -> Vec<crate::policy::PreApproval> {
     list.iter()
         .map(|a| crate::policy::PreApproval::parse(a))
         .collect()
+}
+
+fn status_cmd(cli: &Cli, path: &Path) -> CliResult {
+    let runbook = load_runbook(cli, path)?;
+    let state = runbook.state();
+    let s = crate::status::read(&runbook.name, &state).map_err(|e| {
+        (
+            exit::FAILED,
+            format!(
+                "cannot read the state directory {}: {e}",
+                state.path().display()
+            ),
+        )
+    })?;
+    if cli.json {
+        crate::outln!("{}", crate::redact::json_string(&s, true));
+    } else {
+        crate::redact::stdout_text(&crate::status::text(&s));
+    }
+    Ok(exit::OK)
 }
 
 fn snapshots_cmd(cli: &Cli, path: &Path, plugin: Option<&str>) -> CliResult {

@@ -20,4 +20,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod session;
 pub mod state;
+pub mod status;
 pub mod watch;

@@ -30,6 +30,38 @@ impl RunLock {
     }
 }
 
+/// The lock a `rewind watch` holds on its state directory for as long as
+/// it watches: two watches of one runbook would both roll it back, and
+/// `rewind status` reads who holds it.
+#[derive(Debug)]
+pub struct WatchLock {
+    _file: File,
+}
+
+impl WatchLock {
+    pub fn acquire(state: &StateDir) -> Result<Self, StartError> {
+        let path = state.watch_lock_file();
+        crate::state::create_private_dir(state.path()).map_err(|source| StartError::State {
+            path: path.clone(),
+            source,
+        })?;
+        match lock_file(&path, "watch") {
+            Ok(file) => Ok(Self { _file: file }),
+            Err(StartError::Locked { path, holder }) => {
+                Err(StartError::WatchRunning { path, holder })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Who holds a lock file now, if its holder is alive (read, not tested
+/// by locking, so looking never gets in a starting run's way).
+pub fn live_holder(path: &Path) -> Option<Holder> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Holder::parse(&text).filter(Holder::alive)
+}
+
 /// The lock on one service, whatever runbook rolls it back.
 #[derive(Debug)]
 pub struct ServiceLock {

@@ -281,6 +281,10 @@ pub enum StartError {
         "the last run, {run_id}, was interrupted ({at}); `rewind resume` carries it on from there, `rewind run --fresh` starts a new run instead (the decisions it pinned still hold; --redecide forgets them)"
     )]
     Interrupted { run_id: String, at: String },
+    #[error(
+        "a rewind watch already watches this runbook: {holder} (lock {path}); two watches would both roll it back: stop that one first"
+    )]
+    WatchRunning { path: PathBuf, holder: String },
     #[error("run {run_id} cannot be resumed: {why}")]
     NotResumable { run_id: String, why: String },
     #[error(
@@ -319,7 +323,9 @@ pub enum StartError {
 impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Locked { .. } | Self::ServiceLocked { .. } => exit::LOCKED,
+            Self::Locked { .. } | Self::ServiceLocked { .. } | Self::WatchRunning { .. } => {
+                exit::LOCKED
+            }
             Self::Interrupted { .. } => exit::RESUMABLE,
             Self::NotResumable { .. } | Self::Changed { .. } | Self::NoSuchRun(_) => exit::USAGE,
             Self::Load { .. } | Self::Describe { .. } => exit::PLUGIN,

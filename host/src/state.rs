@@ -41,6 +41,13 @@ impl StateDir {
     pub fn snapshots(&self, plugin: &str) -> PathBuf {
         self.root.join("snapshots").join(plugin)
     }
+    pub fn watch_lock_file(&self) -> PathBuf {
+        self.root.join("watch.lock")
+    }
+    /// What a running `rewind watch` last saw (`watch::WatchStatus`).
+    pub fn watch_status(&self) -> PathBuf {
+        self.root.join("watch.json")
+    }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }

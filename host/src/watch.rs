@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::bindings::types::Mode;
@@ -29,6 +30,49 @@ pub struct WatchOptions {
     pub approve: Vec<crate::policy::PreApproval>,
 }
 
+/// What a running watch last saw, rewritten after every round (and before
+/// a rollback) as `<state_dir>/watch.json`, for `rewind status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WatchStatus {
+    pub pid: u32,
+    pub started: String,
+    pub period_ms: u64,
+    pub failure_threshold: u32,
+    pub rounds: u64,
+    /// When the last round ended.
+    pub last_round: Option<String>,
+    pub healthy: bool,
+    pub consecutive_failures: u32,
+    /// The last round's problems, when it was not healthy.
+    pub problems: Vec<String>,
+    /// When a round last found everything healthy.
+    pub last_healthy: Option<String>,
+    pub rollbacks_started: u64,
+    pub rollbacks_succeeded: u64,
+    pub rollbacks_failed: u64,
+    /// The last rollback: run id, outcome (or why it could not start).
+    pub last_rollback: Option<(String, String)>,
+    pub reloads: u64,
+}
+
+impl WatchStatus {
+    /// Replace the status file whole (temporary file, rename); a status
+    /// that cannot be written is a warning, never a reason to stop
+    /// watching.
+    fn write(&self, state: &crate::state::StateDir) {
+        let path = state.watch_status();
+        let result = (|| -> std::io::Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(state.path())?;
+            serde_json::to_writer(&mut tmp, self)?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!("cannot write the watch status {}: {e}", path.display());
+        }
+    }
+}
+
 /// Watch until a signal (or `max_rounds`). Returns the exit code.
 pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Result<i32, StartError> {
     run::stop_on_signals().map_err(|source| StartError::State {
@@ -38,6 +82,16 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
     let w = &runbook.watch;
     // Validate everything up front, as a run does; assessments need no lock.
     let (probe, mut prepared) = Session::open(runbook, rt, Kind::Probe, Mode::Execute, None)?;
+    let state = runbook.state();
+    let _watching = crate::lock::WatchLock::acquire(&state)?;
+    let mut status = WatchStatus {
+        pid: std::process::id(),
+        started: crate::journal::now_rfc3339(),
+        period_ms: w.period.as_millis() as u64,
+        failure_threshold: w.failure_threshold,
+        ..WatchStatus::default()
+    };
+    status.write(&state);
     // Plugins rebuilt while watching are picked up between rounds (and a
     // rollback loads the files afresh anyway).
     let current = prepared
@@ -88,6 +142,7 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
                     ..
                 } => {
                     if let Some(p) = prepared.iter_mut().find(|p| p.spec.component == path) {
+                        status.reloads += 1;
                         let from = p.plugin.short_hash().to_string();
                         p.plugin = *plugin;
                         out(
@@ -141,6 +196,15 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
             failures += 1;
             successes = 0;
         }
+        status.rounds = round;
+        status.last_round = Some(crate::journal::now_rfc3339());
+        status.healthy = healthy;
+        status.consecutive_failures = failures;
+        status.problems = problems.clone();
+        if healthy {
+            status.last_healthy = status.last_round.clone();
+        }
+        status.write(&state);
         let mut action = "none";
         if failures >= w.failure_threshold {
             let cooling = last_rollback.is_some_and(|t| t.elapsed() < w.cooldown);
@@ -191,7 +255,19 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
                 live: !opts.json,
                 ..RunOptions::default()
             };
-            match run::execute(runbook, rt, &ropts) {
+            status.rollbacks_started += 1;
+            status.write(&state);
+            let result = run::execute(runbook, rt, &ropts);
+            match &result {
+                Ok(r) if r.exit_code() == run::exit::OK => status.rollbacks_succeeded += 1,
+                _ => status.rollbacks_failed += 1,
+            }
+            status.last_rollback = Some(match &result {
+                Ok(r) => (r.run_id.clone(), r.outcome.journal_name().to_string()),
+                Err(e) => (String::new(), format!("could not start: {e}")),
+            });
+            status.write(&state);
+            match result {
                 Ok(r) => out(
                     json!({"event": "rollback", "run_id": r.run_id, "outcome": r.outcome, "duration_ms": r.duration_ms}),
                     format!(

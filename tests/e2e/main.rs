@@ -16,4 +16,5 @@ mod reports;
 mod restore;
 mod runs;
 mod sandbox;
+mod status;
 mod watch;
