@@ -254,7 +254,7 @@ pub fn prune(
 /// A WAL's size and the frames in it (each a page written by a committed
 /// or uncommitted transaction not yet checkpointed into the database):
 /// `(bytes, frames)`.
-pub fn wal_info(cfg: &Config, db: &str) -> Result<(u64, u64)> {
+pub fn wal_info(db: &str) -> Result<(u64, u64)> {
     let bytes = st::stat(&format!("{db}-wal"))?.map(|e| e.size).unwrap_or(0);
     if bytes <= 32 {
         return Ok((bytes, 0));
@@ -263,7 +263,6 @@ pub fn wal_info(cfg: &Config, db: &str) -> Result<(u64, u64)> {
         .ok()
         .filter(|p| *p >= 512)
         .unwrap_or(4096) as u64;
-    let _ = cfg;
     Ok((bytes, (bytes - 32) / (24 + page)))
 }
 

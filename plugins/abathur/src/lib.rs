@@ -566,7 +566,7 @@ fn restore_from(cfg: &Config, gz: &str, wal_kept: &str) -> Result<String> {
         st::remove(&tmp)?;
         bail!("the restored bytes of {gz} fail integrity_check: {line}");
     }
-    let (wal_bytes, frames) = backup::wal_info(cfg, &cfg.db_path)?;
+    let (wal_bytes, frames) = backup::wal_info(&cfg.db_path)?;
     for side in [cfg.wal(), cfg.shm()] {
         if st::exists(&side)? {
             st::remove(&side)?;
@@ -577,9 +577,14 @@ fn restore_from(cfg: &Config, gz: &str, wal_kept: &str) -> Result<String> {
         String::new()
     } else {
         format!(
-            "; the failed database's WAL, {}, was discarded from {} ({wal_kept})",
+            "; the failed database's WAL, {}, was discarded from {}{}",
             backup::wal_line(wal_bytes, frames),
-            cfg.db_dir()
+            cfg.db_dir(),
+            if wal_kept.is_empty() {
+                String::new()
+            } else {
+                format!(" ({wal_kept})")
+            }
         )
     };
     Ok(format!(
@@ -1175,7 +1180,7 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
             // The corrupted database's WAL goes aside with it: said, with
             // how much it holds (the salvage read through it; a restored
             // backup has none of it).
-            let (wal_bytes, frames) = backup::wal_info(cfg, &cfg.db_path)?;
+            let (wal_bytes, frames) = backup::wal_info(&cfg.db_path)?;
             let wal = if wal_bytes == 0 {
                 String::new()
             } else {
@@ -1261,7 +1266,7 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
             // it first (best effort), so the forensic copy has them in the
             // database file; otherwise copy the WAL beside it. Either way
             // the outcome says how much it held.
-            let (wal_bytes, frames) = backup::wal_info(cfg, &cfg.db_path)?;
+            let (wal_bytes, frames) = backup::wal_info(&cfg.db_path)?;
             let mut wal_note = String::new();
             if wal_bytes > 0 {
                 let wal = backup::wal_line(wal_bytes, frames);
