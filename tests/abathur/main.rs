@@ -1511,3 +1511,34 @@ fn a_restore_that_does_not_verify_never_goes_on_to_prune_backups() {
     assert!(out.contains("prunes backups"), "{out}");
     assert!(old.exists() && good.exists());
 }
+
+/// A `restore_backup` that does not verify is neither compared with nor
+/// fallen back on: level 3 stops before it swaps anything, saying which
+/// backup and what to set, and the corrupted database stays in place.
+#[test]
+fn a_restore_backup_that_does_not_verify_stops_level_3_before_the_swap() {
+    let mut s = Stand::new();
+    s.daily_backup("abathur_2025-10-10_02-00-00.db", Duration::from_secs(3600));
+    s.edit_runbook(|t| {
+        t.replace(
+            "retention_days = 30\n",
+            "retention_days = 30\nrestore_backup = \"abathur_2025-10-11_02-00-00.db.gz\"\n",
+        )
+    });
+    s.start_all();
+    s.corrupt_pages(2);
+    let corrupted = std::fs::read(s.db()).unwrap();
+
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    let (_, status, msg) = steps(&report)
+        .into_iter()
+        .find(|(id, _, _)| id == "verify-recovered")
+        .unwrap();
+    assert_eq!(status, "failed", "{out}");
+    assert!(
+        msg.contains("abathur_2025-10-11_02-00-00.db.gz") && msg.contains("set restore_backup"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(s.db()).unwrap(), corrupted);
+}

@@ -1133,12 +1133,26 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                     lost
                 }
                 Err(why) => {
+                    // A backup was chosen (restore_backup, or pinned) but
+                    // cannot be used: nothing to compare with, and nothing
+                    // to fall back on; a person decides. With no backup
+                    // that verifies at all, the salvage is the best there
+                    // is (verify then checks its unreadable rows).
+                    let chosen = cfg.restore_backup_path().is_some()
+                        || ctx.pinned(RESTORE_BACKUP)?.is_some();
                     f.push(Finding::new(
                         "rows against a verified backup",
-                        format!("not compared: no backup verifies ({why})"),
+                        format!("not compared: {why}"),
                         "none lost",
-                        false,
+                        chosen,
                     ));
+                    if chosen {
+                        ctx_set(ctx, "recovered", "no")?;
+                        return Ok(StepOutcome::failed(format!(
+                            "{rec} cannot be compared with the chosen backup: {why}"
+                        ))
+                        .with_findings(f));
+                    }
                     Vec::new()
                 }
             };
