@@ -29,7 +29,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use util::{PATIENCE, REWIND, alive, cache_dir, free_port, kill_pid, text, tree, wait_until};
+use util::{
+    PATIENCE, Proc, REWIND, alive, cache_dir, free_port, kill_pid, level_numbers, text, tree,
+    wait_until,
+};
 
 const CORE: [&str; 6] = [
     "tasks",
@@ -111,6 +114,8 @@ struct Stand {
     dir: tempfile::TempDir,
     port: u16,
     env: Vec<(String, String)>,
+    /// A runbook of this test's (the example, edited), else the example.
+    runbook: Option<PathBuf>,
 }
 
 impl Stand {
@@ -123,6 +128,7 @@ impl Stand {
             dir,
             port: free_port(),
             env: Vec::new(),
+            runbook: None,
         };
         for d in ["var/lib/abathur", "backups/abathur", "app"] {
             std::fs::create_dir_all(s.root().join(d)).unwrap();
@@ -317,11 +323,26 @@ impl Stand {
         self.env.push((k.into(), v.into()));
     }
 
+    /// Run on a copy of the example runbook, edited by `edit` (as an
+    /// operator would write their own), written into the stand-in with
+    /// the example's relative paths made absolute.
+    fn edit_runbook(&mut self, edit: impl FnOnce(String) -> String) {
+        let here = example().parent().unwrap().canonicalize().unwrap();
+        let repo = here.join("../..").canonicalize().unwrap();
+        let text = std::fs::read_to_string(example())
+            .unwrap()
+            .replace("\"standin/", &format!("\"{}/standin/", here.display()))
+            .replace("\"../../target/", &format!("\"{}/target/", repo.display()));
+        let path = self.root().join("rewind.toml");
+        std::fs::write(&path, edit(text)).unwrap();
+        self.runbook = Some(path);
+    }
+
     /// The real CLI on the example runbook, pointed at this stand-in.
     fn rewind(&self, args: &[&str]) -> Output {
         let mut c = Command::new(REWIND);
         c.args(cli::approving(args))
-            .arg(example())
+            .arg(self.runbook.clone().unwrap_or_else(example))
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.root()).join("locks"))
             .env_remove("REWIND_LOG")
@@ -360,6 +381,27 @@ impl Stand {
         let gz = PathBuf::from(format!("{}.gz", copy.display()));
         set_age(&gz, age);
         gz
+    }
+
+    /// Rows written after a backup: every table's rows copied once more
+    /// (new keys), so each table holds twice what it did.
+    fn write_more_rows(&self) {
+        self.conn()
+            .execute_batch(
+                "BEGIN;
+                 INSERT INTO agents(name, specialty, created_at) SELECT name || '-late', specialty, created_at FROM agents;
+                 INSERT INTO tasks(agent_id, status, priority, payload, created_at, updated_at) SELECT agent_id, status, priority, payload, created_at, updated_at FROM tasks;
+                 INSERT INTO audit(task_id, action, detail, at) SELECT task_id, action, detail, at FROM audit;
+                 INSERT INTO checkpoints(task_id, iteration, data, at) SELECT task_id, iteration, data, at FROM checkpoints;
+                 INSERT INTO state SELECT key || '-late', value, updated_at FROM state;
+                 INSERT INTO metrics(name, value, at) SELECT name, value, at FROM metrics;
+                 INSERT INTO sessions SELECT id || '-late', app_name, user_id, project_id, status, created_at, updated_at FROM sessions;
+                 INSERT INTO memory_entries(namespace, key, value, memory_type, version, created_by, session_id, is_deleted, created_at, updated_at) SELECT namespace, key || '-late', value, memory_type, version, created_by, session_id, is_deleted, created_at, updated_at FROM memory_entries;
+                 INSERT INTO document_index(file_path, title, document_type, content_hash, sync_status, embedding_blob, metadata, updated_at) SELECT file_path, title, document_type, content_hash, sync_status, embedding_blob, metadata, updated_at FROM document_index;
+                 COMMIT;
+                 PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
     }
 
     /// Overwrite `n` pages in the middle of the database file (not the
@@ -449,12 +491,23 @@ fn message(report: &Value, id: &str) -> String {
         .2
 }
 
+/// The daily backups (`abathur_*.db.gz`).
 fn backups_in(dir: &Path) -> Vec<String> {
+    prefixed_in(dir, "abathur_")
+}
+
+/// The backups the plugin takes before it changes anything: the runbook's
+/// manual backups, `manual_<YYYYmmdd_HHMMSS>.db.gz`.
+fn manual_backups_in(dir: &Path) -> Vec<String> {
+    prefixed_in(dir, "manual_")
+}
+
+fn prefixed_in(dir: &Path, prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("abathur_") && n.ends_with(".db.gz"))
+        .filter(|n| n.starts_with(prefix) && n.ends_with(".db.gz"))
         .collect();
     v.sort();
     v
@@ -537,9 +590,15 @@ fn healthy_database_needs_nothing() {
     );
 }
 
+/// The salvage is used when it holds at least every row of the newest
+/// daily backup (it loses less than the restore would): rows were written
+/// after the backup, and two overwritten pages lose a few dozen of them.
 #[test]
 fn corrupted_pages_are_recovered_into_a_new_database_and_swapped_in() {
     let s = Stand::new();
+    let gz = s.daily_backup("abathur_2025-10-10_02-00-00.db", Duration::from_secs(3600));
+    let at_backup = s.counts(&s.db(), &ALL);
+    s.write_more_rows();
     let before = s.counts(&s.db(), &ALL);
     s.start_all();
     s.corrupt_pages(2);
@@ -566,6 +625,15 @@ fn corrupted_pages_are_recovered_into_a_new_database_and_swapped_in() {
     }
     // Two 4 KiB pages hold at most a few dozen of these rows.
     assert!(lost < 100, "lost {lost} rows: {before:?} -> {after:?}");
+    // No table holds fewer rows than the backup: nothing it has was lost.
+    for ((t, b), (_, n)) in at_backup.iter().zip(after.iter()) {
+        assert!(n >= b, "{t}: {n} < {b} in the backup");
+    }
+    assert!(
+        message(&report, "verify-recovered").contains("holds every row of the reference backup"),
+        "{out}"
+    );
+    assert!(gz.exists());
     assert_eq!(s.names("table").len(), 9);
     assert!(s.names("index").len() >= 33);
     let kept: Vec<String> = std::fs::read_dir(s.root().join("var/lib/abathur"))
@@ -665,8 +733,10 @@ fn failed_memory_milestone_is_rolled_back_to_the_core_schema() {
         && !i.starts_with("idx_document")));
     assert_eq!(s.counts(&s.db(), &CORE), core_before);
     assert_eq!(s.integrity(&s.db()), "ok");
-    // The backup taken first holds the memory tables as they were.
-    let b = backups_in(&s.backups());
+    // The backup taken first holds the memory tables as they were; it is a
+    // manual backup, not a daily one.
+    assert_eq!(backups_in(&s.backups()), Vec::<String>::new());
+    let b = manual_backups_in(&s.backups());
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!(gunzip_counts(&s.backups().join(&b[0]), &MEMORY), mem_before);
     assert_eq!(gunzip_counts(&s.backups().join(&b[0]), &CORE), core_before);
@@ -732,7 +802,7 @@ fn failed_vector_search_is_rolled_back() {
     .unwrap();
     assert_eq!(flags["semantic_search_enabled"], false);
     assert_eq!(flags["embedding_generation"], false);
-    assert_eq!(backups_in(&s.backups()).len(), 1);
+    assert_eq!(manual_backups_in(&s.backups()).len(), 1);
 }
 
 #[test]
@@ -1090,4 +1160,385 @@ fn a_recovery_that_lost_rows_the_backup_has_restores_the_backup_instead() {
         "{verified}\n{out}"
     );
     assert_level_3_restored_the_backup(&s, &report, &out, &gz, &at_backup);
+}
+
+/// A salvage that could not read every row, with no verified backup to
+/// compare it with, is the best there is, but not a recovery: the
+/// checklist's "No data loss detected" fails, so verification fails and
+/// stops there (the next level would restore a backup there is none of).
+/// (Before: swapped in, `verify: healthy`, exit 0, rows gone.)
+#[test]
+fn a_salvage_that_lost_rows_with_no_backup_to_compare_does_not_verify() {
+    let s = Stand::new();
+    s.start_all();
+    let before = s.counts(&s.db(), &ALL);
+    let pages = std::fs::metadata(s.db()).unwrap().len() / 4096;
+    s.corrupt_pages(pages / 3);
+    assert_ne!(s.integrity(&s.db()), "ok");
+
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(report["plugins"][0]["outcome"], "failed", "{out}");
+    assert_eq!(level_numbers(&report), [3], "{out}");
+    let v = &report["plugins"][0]["levels"][0]["verification"];
+    assert_eq!(v["healthy"], false, "{out}");
+    let summary = v["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("rows unreadable in the salvage") && summary.contains("unreadable ranges"),
+        "{summary}\n{out}"
+    );
+    // The salvage is what the database holds now, short of rows; the
+    // corrupted file is kept beside it.
+    let after = s.counts(&s.db(), &ALL);
+    assert!(
+        before.iter().zip(&after).any(|((_, b), (_, a))| a < b),
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(s.integrity(&s.db()), "ok");
+}
+
+/// The backups the plugin takes before changing anything are the runbook's
+/// manual backups (`manual_*`), not daily ones: a later restore takes the
+/// last good daily backup, not the copy of the failing database. (Before:
+/// the pre-rollback copy was `abathur_<date>.db.gz`, the newest "daily",
+/// and level 4 restored the half-deployed milestone it had rolled back.)
+#[test]
+fn a_pre_rollback_backup_is_never_the_last_good_backup() {
+    let s = Stand::new();
+    let daily = s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    let at_daily = s.counts(&s.db(), &ALL);
+    // A half-deployed memory system: level 2 backs the database up, then
+    // rolls it back to the core schema.
+    s.conn()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF; DROP INDEX idx_memory_updated_at;
+             INSERT INTO memory_entries (namespace, key, value, version, session_id) VALUES ('ns', 'orphan', 'v', 1, 'no-such-session');",
+        )
+        .unwrap();
+    s.start_all();
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(assessment(&report)["level"], 2, "{out}");
+    let manual = manual_backups_in(&s.backups());
+    assert_eq!(manual.len(), 1, "{manual:?}\n{out}");
+    assert!(message(&report, "backup").contains(&manual[0]), "{out}");
+    assert_eq!(
+        backups_in(&s.backups()),
+        ["abathur_2025-10-09_02-00-00.db.gz"]
+    );
+
+    // Then a core table is lost: level 4 restores the daily backup.
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(assessment(&report)["level"], 4, "{out}");
+    let restore = message(&report, "restore");
+    assert!(
+        restore.contains("abathur_2025-10-09_02-00-00.db.gz") && !restore.contains("manual_"),
+        "{out}"
+    );
+    assert_eq!(s.counts(&s.db(), &ALL), at_daily);
+    assert!(daily.exists());
+    assert!(s.backups().join(&manual[0]).exists());
+}
+
+/// `restore_backup` picks the backup to restore (an older daily one here,
+/// though a newer one verifies), and it is pinned for the incident: a
+/// later run with another `restore_backup` says what is pinned and how to
+/// choose again, and changes nothing.
+#[test]
+fn restore_backup_picks_the_backup_and_it_stays_pinned() {
+    let mut s = Stand::new();
+    let older = s.daily_backup(
+        "abathur_2025-10-08_02-00-00.db",
+        Duration::from_secs(26 * 3600),
+    );
+    let at_older = s.counts(&s.db(), &ALL);
+    s.write_more_rows();
+    s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    s.edit_runbook(|t| {
+        t.replace(
+            "retention_days = 30\n",
+            "retention_days = 30\nrestore_backup = \"abathur_2025-10-08_02-00-00.db.gz\"\n",
+        )
+    });
+    s.start_all();
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    // The first run restores it, but the API gets no time to come up.
+    s.set("ABATHUR_HEALTH_TIMEOUT_MS", "1");
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    let restore = message(&report, "restore");
+    assert!(
+        restore.contains("abathur_2025-10-08_02-00-00.db.gz") && restore.contains("restore_backup"),
+        "{out}"
+    );
+    assert_eq!(s.counts(&s.db(), &ALL), at_older);
+    assert!(older.exists());
+
+    // Another restore_backup while the first is pinned: refused, with what
+    // to do.
+    s.set("ABATHUR_HEALTH_TIMEOUT_MS", "30000");
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    let text = std::fs::read_to_string(s.runbook.as_ref().unwrap()).unwrap();
+    std::fs::write(
+        s.runbook.as_ref().unwrap(),
+        text.replace("2025-10-08_02-00-00", "2025-10-09_02-00-00"),
+    )
+    .unwrap();
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    let restore = message(&report, "restore");
+    assert!(
+        restore.contains("pinned") && restore.contains("--redecide"),
+        "{out}"
+    );
+}
+
+/// The failed database's WAL is not dropped silently: when the database
+/// reads intact, the forensic copy gets the WAL checkpointed into it, and
+/// the outcome says how much it held (bytes, frames).
+#[test]
+fn the_failed_databases_wal_is_checkpointed_into_the_forensic_copy_and_reported() {
+    let s = Stand::new();
+    s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    s.start_all();
+    // Written after the backup and still only in the WAL: a connection
+    // with autocheckpoint off, open while rewind runs.
+    let holder = s.conn();
+    holder.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    holder
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF; DROP TABLE agents;
+             INSERT INTO state VALUES ('after-backup', 'in the WAL', 'now');",
+        )
+        .unwrap();
+    let wal = PathBuf::from(format!("{}-wal", s.db().display()));
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(assessment(&report)["level"], 4, "{out}");
+    let forensics = message(&report, "forensics");
+    assert!(
+        forensics.contains("frames") && forensics.contains("checkpointed into it"),
+        "{out}"
+    );
+    // The forensic copy holds the row without its WAL.
+    let copy = std::fs::read_dir(s.backups())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("failed_production_") && n.ends_with(".db")
+        })
+        .unwrap();
+    let only = tempfile::tempdir().unwrap();
+    let alone = only.path().join("copy.db");
+    std::fs::copy(&copy, &alone).unwrap();
+    let n: i64 = Connection::open(&alone)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM state WHERE key = 'after-backup'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(holder);
+}
+
+/// `process_pattern = "abathur"` (the runbook's `ps aux | grep abathur`,
+/// no `{service}`): the stop checks the stopped services' own processes;
+/// another process whose command line contains "abathur" is left alone,
+/// named, and does not fail the step. (Before: level 4's first step
+/// failed on it.) The services' own processes are the pids in their pid
+/// files, read before they are stopped.
+#[test]
+fn an_unrelated_process_named_abathur_does_not_fail_the_stop() {
+    let mut s = Stand::new();
+    s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    // The services' pid files (systemd's PIDFile=; the stand-in's svc
+    // writes them): other stand-ins' services run on this machine too.
+    s.edit_runbook(|t| {
+        let start = t.find("process_pattern = ").unwrap();
+        let end = start + t[start..].find('\n').unwrap();
+        format!(
+            "{}process_pattern = \"abathur\"\npid_file = \"${{ABATHUR_STANDIN:-/tmp/abathur-standin}}/run/{{service}}.pid\"{}",
+            &t[..start],
+            &t[end..]
+        )
+        .replace(
+            "sqlite = [\n",
+            "read = [\"${ABATHUR_STANDIN:-/tmp/abathur-standin}/run\"]\nsqlite = [\n",
+        )
+    });
+    s.start_all();
+    let other = Proc::spawn(Command::new("python3").args([
+        "-c",
+        "import time\nwhile True: time.sleep(1)",
+        "tail-abathur-logs",
+    ]));
+    assert!(wait_until(PATIENCE, || util::pids_with_arg(
+        "tail-abathur-logs"
+    )
+    .contains(&other.pid())));
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    let stop = message(&report, "stop");
+    assert!(stop.contains("left alone"), "{out}");
+    assert!(stop.contains(&other.pid().to_string()), "{out}");
+    assert!(alive(other.pid()));
+    assert!(s.pid("abathur-api").is_some() && s.health() == Some(200));
+}
+
+/// A smaller installation (20 indexes, not the runbook's 33): without
+/// `min_indexes` the restore is checked against the backup's own schema
+/// and the API comes back; with `min_indexes = 33` the validation fails and
+/// says which key, its value, the backup's count and what to set. (Before:
+/// the default 33 failed the validation and left the API stopped.)
+#[test]
+fn a_smaller_schema_is_validated_against_its_backup_not_33_indexes() {
+    let mut s = Stand::new();
+    s.conn()
+        .execute_batch(
+            "DROP INDEX idx_tasks_created; DROP INDEX idx_tasks_updated; DROP INDEX idx_agents_name;
+             DROP INDEX idx_agents_specialty; DROP INDEX idx_audit_action; DROP INDEX idx_audit_at;
+             DROP INDEX idx_checkpoints_at; DROP INDEX idx_state_updated; DROP INDEX idx_metrics_at;
+             DROP INDEX idx_metrics_name_at; DROP INDEX idx_agents_created; DROP INDEX idx_tasks_priority;
+             DROP INDEX idx_metrics_name;",
+        )
+        .unwrap();
+    let indexes = s.names("index").len();
+    assert!(indexes < 33, "{indexes}");
+    s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    let at_backup = s.counts(&s.db(), &ALL);
+    let no_minimums = |t: String| {
+        t.replace("min_tables = 9\n", "")
+            .replace("min_indexes = 33\n", "")
+    };
+    s.edit_runbook(no_minimums);
+    s.start_all();
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    let (code, report, out) = s.run_json(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["plugins"][0]["outcome"], "rolled-back", "{out}");
+    assert_eq!(s.counts(&s.db(), &ALL), at_backup);
+    assert_eq!(s.names("index").len(), indexes);
+    assert_eq!(s.health(), Some(200));
+
+    // The runbook's 33, set explicitly on this installation: a clear failure.
+    s.edit_runbook(|t| t);
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    let validate = steps(&report)
+        .into_iter()
+        .find(|(id, _, _)| id == "validate")
+        .unwrap();
+    assert_eq!(validate.1, "failed", "{out}");
+    assert!(
+        out.contains("min_indexes = 33")
+            && out.contains(&format!("has {indexes}"))
+            && out.contains("set min_indexes"),
+        "{out}"
+    );
+}
+
+/// A level 4 restore that does not verify stops there: the next level
+/// prunes backups, which could lose the last good one. Here the
+/// post-rollback validation (a smoke test gone wrong) drops a core table
+/// after the restore's own checks passed.
+#[test]
+fn a_restore_that_does_not_verify_never_goes_on_to_prune_backups() {
+    let mut s = Stand::new();
+    let old = s.daily_backup(
+        "abathur_2025-08-01_02-00-00.db",
+        Duration::from_secs(40 * 86_400),
+    );
+    let good = s.daily_backup(
+        "abathur_2025-10-09_02-00-00.db",
+        Duration::from_secs(2 * 3600),
+    );
+    s.edit_runbook(|t| {
+        let start = t.find("validation_commands = [").unwrap();
+        let end = start + t[start..].find("\n]\n").unwrap() + 3;
+        format!(
+            "{}validation_commands = [[\"sqlite3\", \"${{ABATHUR_STANDIN:-/tmp/abathur-standin}}/var/lib/abathur/abathur.db\", \"PRAGMA foreign_keys = OFF; DROP TABLE metrics;\"]]\n{}",
+            &t[..start],
+            &t[end..]
+        )
+    });
+    s.start_all();
+    s.conn()
+        .execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE agents")
+        .unwrap();
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(level_numbers(&report), [4], "{out}");
+    let v = &report["plugins"][0]["levels"][0]["verification"];
+    assert_eq!(v["healthy"], false, "{out}");
+    assert!(out.contains("prunes backups"), "{out}");
+    assert!(old.exists() && good.exists());
+}
+
+/// A `restore_backup` that does not verify is neither compared with nor
+/// fallen back on: level 3 stops before it swaps anything, saying which
+/// backup and what to set, and the corrupted database stays in place.
+#[test]
+fn a_restore_backup_that_does_not_verify_stops_level_3_before_the_swap() {
+    let mut s = Stand::new();
+    s.daily_backup("abathur_2025-10-10_02-00-00.db", Duration::from_secs(3600));
+    s.edit_runbook(|t| {
+        t.replace(
+            "retention_days = 30\n",
+            "retention_days = 30\nrestore_backup = \"abathur_2025-10-11_02-00-00.db.gz\"\n",
+        )
+    });
+    s.start_all();
+    s.corrupt_pages(2);
+    let corrupted = std::fs::read(s.db()).unwrap();
+
+    let (code, report, out) = s.run_json(&[]);
+    assert_ne!(code, 0, "{out}");
+    let (_, status, msg) = steps(&report)
+        .into_iter()
+        .find(|(id, _, _)| id == "verify-recovered")
+        .unwrap();
+    assert_eq!(status, "failed", "{out}");
+    assert!(
+        msg.contains("abathur_2025-10-11_02-00-00.db.gz") && msg.contains("set restore_backup"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(s.db()).unwrap(), corrupted);
 }

@@ -21,11 +21,6 @@ fn at(ms: u64) -> clock::Timestamp {
     clock::at_ms(i64::try_from(ms).unwrap_or(0))
 }
 
-/// `2025-10-10_02-00-00` (the daily script's `date +%Y-%m-%d_%H-%M-%S`).
-pub fn stamp_dashed(ms: u64) -> String {
-    clock::format(at(ms), "%Y-%m-%d_%H-%M-%S")
-}
-
 /// `20251010_020000` (`date +%Y%m%d_%H%M%S`).
 pub fn stamp_compact(ms: u64) -> String {
     clock::format(at(ms), "%Y%m%d_%H%M%S")
@@ -78,8 +73,8 @@ pub struct Backup {
     pub modified_ms: u64,
 }
 
-/// `<prefix>*.db.gz` in the backup directory, newest first.
-pub fn list(cfg: &Config) -> Result<Vec<Backup>> {
+/// `<prefix>*.db.gz` in the backup directory, newest first (`ls -t`).
+fn list_prefixed(cfg: &Config, prefix: &str) -> Result<Vec<Backup>> {
     if !st::exists(&cfg.backup_dir)? {
         return Ok(Vec::new());
     }
@@ -88,7 +83,7 @@ pub fn list(cfg: &Config) -> Result<Vec<Backup>> {
         .filter(|e| e.kind == EntryKind::File)
         .filter(|e| {
             let n = file_name(&e.path);
-            n.starts_with(&cfg.backup_prefix) && n.ends_with(".db.gz")
+            n.starts_with(prefix) && n.ends_with(".db.gz")
         })
         .map(|e| Backup {
             path: e.path,
@@ -102,6 +97,17 @@ pub fn list(cfg: &Config) -> Result<Vec<Backup>> {
             .then_with(|| b.path.cmp(&a.path))
     });
     Ok(out)
+}
+
+/// The daily backups (`<backup_prefix>*.db.gz`), newest first.
+pub fn list(cfg: &Config) -> Result<Vec<Backup>> {
+    list_prefixed(cfg, &cfg.backup_prefix)
+}
+
+/// The manual (pre-rollback) backups (`<manual_backup_prefix>*.db.gz`),
+/// newest first.
+pub fn list_manual(cfg: &Config) -> Result<Vec<Backup>> {
+    list_prefixed(cfg, &cfg.manual_backup_prefix)
 }
 
 /// Decompress a `.gz` into `target` (a `.db` path): copy it to
@@ -126,8 +132,8 @@ pub fn decompress(cfg: &Config, gz: &str, target: &str) -> Result<()> {
 }
 
 /// "Verify backup integrity": decompress to a temporary file, run
-/// `PRAGMA integrity_check` on it, count the rows of every table, remove
-/// it. What verified, or why it does not.
+/// `PRAGMA integrity_check` on it, read its schema and count the rows of
+/// every table, remove it. What verified, or why it does not.
 pub fn verify(cfg: &Config, gz: &str) -> Result<std::result::Result<Verified, String>> {
     let tmp = cfg.verify_tmp();
     if let Err(e) = decompress(cfg, gz, &tmp) {
@@ -135,6 +141,7 @@ pub fn verify(cfg: &Config, gz: &str) -> Result<std::result::Result<Verified, St
     }
     let line = db::integrity_line(&tmp);
     let tables = db::objects(&tmp, "table").unwrap_or_default();
+    let indexes = db::objects(&tmp, "index").unwrap_or_default();
     let counts = db::row_counts(&tmp, &tables)
         .into_iter()
         .filter_map(|(t, n)| Some((t, n.ok()?)))
@@ -142,7 +149,9 @@ pub fn verify(cfg: &Config, gz: &str) -> Result<std::result::Result<Verified, St
     st::remove(&tmp)?;
     if line == "ok" {
         Ok(Ok(Verified {
-            tables: tables.len(),
+            backup: gz.to_string(),
+            tables,
+            indexes,
             counts,
         }))
     } else {
@@ -150,33 +159,54 @@ pub fn verify(cfg: &Config, gz: &str) -> Result<std::result::Result<Verified, St
     }
 }
 
-/// A backup that verified.
+/// A backup that verified: its schema and rows, the reference a rollback's
+/// result is checked against ("No data loss", "all expected tables and
+/// indexes exist").
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Verified {
-    pub tables: usize,
+    pub backup: String,
+    pub tables: Vec<String>,
+    pub indexes: Vec<String>,
     /// Rows per table (tables that cannot be counted are left out).
     pub counts: Vec<(String, i64)>,
 }
 
 impl std::fmt::Display for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "integrity ok, {} tables", self.tables)
+        write!(
+            f,
+            "integrity ok, {} tables, {} indexes",
+            self.tables.len(),
+            self.indexes.len()
+        )
     }
 }
 
-/// A backup and what verified of it.
-pub type VerifiedBackup = (Backup, Verified);
-
-/// The newest backup that verifies (with what verified), and the ones
-/// that did not.
-pub fn latest_verified(cfg: &Config) -> Result<(Option<VerifiedBackup>, Vec<String>)> {
-    let mut rejected = Vec::new();
+/// The backup a restore would use, when none is configured: the newest
+/// daily backup that verifies; a manual (pre-rollback) one only when no
+/// daily backup verifies, and then said so. `notes` names what was skipped.
+pub fn latest_verified(cfg: &Config) -> Result<(Option<Verified>, Vec<String>)> {
+    let mut notes = Vec::new();
     for b in list(cfg)? {
         match verify(cfg, &b.path)? {
-            Ok(v) => return Ok((Some((b, v)), rejected)),
-            Err(why) => rejected.push(format!("{}: {why}", file_name(&b.path))),
+            Ok(v) => return Ok((Some(v), notes)),
+            Err(why) => notes.push(format!("skipped {}: {why}", file_name(&b.path))),
         }
     }
-    Ok((None, rejected))
+    for b in list_manual(cfg)? {
+        match verify(cfg, &b.path)? {
+            Ok(v) => {
+                notes.push(format!(
+                    "no daily {}*.db.gz verifies: using the manual backup {} (taken before a rollback, of the database as it was then)",
+                    cfg.backup_prefix,
+                    file_name(&b.path)
+                ));
+                return Ok((Some(v), notes));
+            }
+            Err(why) => notes.push(format!("skipped {}: {why}", file_name(&b.path))),
+        }
+    }
+    Ok((None, notes))
 }
 
 /// Tables with fewer rows in `db` than in a verified backup's counts
@@ -193,16 +223,25 @@ pub fn rows_lost(db: &str, backup_counts: &[(String, i64)]) -> Vec<(String, i64,
         .collect()
 }
 
-/// Delete backups older than `days`, always keeping the newest one (and
-/// those in `keep`: the one just taken, the one the incident restores).
+/// Delete daily backups (and manual ones when `with_manual`) older than
+/// `days`, always keeping the newest of each kind (and those in `keep`:
+/// the one just taken, the one the incident restores).
 /// Returns (deleted paths, bytes freed).
-pub fn prune(cfg: &Config, days: u64, keep: &[&str]) -> Result<(Vec<String>, u64)> {
+pub fn prune(
+    cfg: &Config,
+    days: u64,
+    keep: &[&str],
+    with_manual: bool,
+) -> Result<(Vec<String>, u64)> {
     let cutoff = now_ms().saturating_sub(days * 86_400_000);
-    let all = list(cfg)?;
+    let mut all: Vec<(usize, Backup)> = list(cfg)?.into_iter().enumerate().collect();
+    if with_manual {
+        all.extend(list_manual(cfg)?.into_iter().enumerate());
+    }
     let mut deleted = Vec::new();
     let mut freed = 0;
-    for (i, b) in all.iter().enumerate() {
-        if i == 0 || keep.contains(&b.path.as_str()) || b.modified_ms >= cutoff {
+    for (i, b) in &all {
+        if *i == 0 || keep.contains(&b.path.as_str()) || b.modified_ms >= cutoff {
             continue;
         }
         st::remove(&b.path)?;
@@ -210,6 +249,26 @@ pub fn prune(cfg: &Config, days: u64, keep: &[&str]) -> Result<(Vec<String>, u64
         deleted.push(b.path.clone());
     }
     Ok((deleted, freed))
+}
+
+/// A WAL's size and the frames in it (each a page written by a committed
+/// or uncommitted transaction not yet checkpointed into the database):
+/// `(bytes, frames)`.
+pub fn wal_info(db: &str) -> Result<(u64, u64)> {
+    let bytes = st::stat(&format!("{db}-wal"))?.map(|e| e.size).unwrap_or(0);
+    if bytes <= 32 {
+        return Ok((bytes, 0));
+    }
+    let page = db::count(db, "PRAGMA page_size")
+        .ok()
+        .filter(|p| *p >= 512)
+        .unwrap_or(4096) as u64;
+    Ok((bytes, (bytes - 32) / (24 + page)))
+}
+
+/// `WAL 123456 bytes (30 frames)`.
+pub fn wal_line(bytes: u64, frames: u64) -> String {
+    format!("{bytes} bytes ({frames} frames)")
 }
 
 /// Bring a WAL's content into the database file and truncate the WAL
@@ -226,14 +285,21 @@ pub fn checkpoint(cfg: &Config) -> Result<(u64, u64)> {
     Ok((before, size(&cfg.wal())?))
 }
 
-/// The whole backup procedure. Returns a one-line report.
+/// The runbook's "Manual Backup Procedure" ("before critical
+/// operations"): checkpoint, copy to `<manual_backup_prefix><YYYYmmdd_HHMMSS>.db`,
+/// gzip, verify. Unlike the daily script it prunes nothing. It is a copy of the failing database, so it is named as a manual
+/// backup: no restore takes it for the last good daily one.
 pub fn take(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let ms = now_ms();
     let (wal_before, wal_after) = checkpoint(cfg).within("checkpointing the WAL")?;
     if ctx.executes() {
         st::make_dir(&cfg.backup_dir)?;
     }
-    let base = cfg.in_backup_dir(&format!("{}{}", cfg.backup_prefix, stamp_dashed(ms)));
+    let base = cfg.in_backup_dir(&format!(
+        "{}{}",
+        cfg.manual_backup_prefix,
+        stamp_compact(ms)
+    ));
     let db_copy = fresh(&base, ".db")?;
     let db_copy = if st::exists(&format!("{db_copy}.gz"))? {
         fresh(&format!("{base}_b"), ".db")?
@@ -246,8 +312,8 @@ pub fn take(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let gz = format!("{db_copy}.gz");
     if !ctx.executes() {
         return Ok(StepOutcome::ok(format!(
-            "would checkpoint the WAL ({wal_before} bytes), back up {} ({bytes} bytes) to {db_copy}, run `{compress}`, verify {gz} (integrity check on the decompressed copy) and prune backups older than {} days",
-            cfg.db_path, cfg.retention_days
+            "would checkpoint the WAL ({wal_before} bytes), back up {} ({bytes} bytes) to {db_copy}, run `{compress}`, verify {gz} (integrity check on the decompressed copy)",
+            cfg.db_path
         )));
     }
     let gz_size = st::stat(&gz)?
@@ -255,17 +321,9 @@ pub fn take(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         .ok_or_else(|| Failure::new(format!("`{compress}` did not produce {gz}")))?;
     match verify(cfg, &gz)? {
         Ok(what) => {
-            // Never the backup this incident restores (pinned by a
-            // restore of an earlier run of it).
-            let pinned = ctx.pinned("restore_backup")?;
-            let mut keep = vec![gz.as_str()];
-            keep.extend(pinned.as_deref());
-            let (pruned, freed) = prune(cfg, cfg.retention_days, &keep)?;
             ctx_set(ctx, "backup", &gz)?;
             Ok(StepOutcome::ok(format!(
-                "WAL checkpointed ({wal_before} -> {wal_after} bytes); backup {gz} ({bytes} bytes, {gz_size} compressed) verified: {what}; pruned {} backups older than {} days ({freed} bytes)",
-                pruned.len(),
-                cfg.retention_days
+                "WAL checkpointed ({wal_before} -> {wal_after} bytes); manual backup {gz} ({bytes} bytes, {gz_size} compressed) verified: {what}"
             ))
             .with_findings(vec![Finding::equals(
                 "backup integrity_check (decompressed copy)",
@@ -316,8 +374,7 @@ mod tests {
     fn stamps() {
         // 2025-10-10 02:00:00 UTC
         let ms = 1_760_061_600_000;
-        assert_eq!(stamp_dashed(ms), "2025-10-10_02-00-00");
         assert_eq!(stamp_compact(ms + 61_000), "20251010_020101");
-        assert_eq!(stamp_dashed(951_782_400_000), "2000-02-29_00-00-00");
+        assert_eq!(stamp_compact(951_782_400_000), "20000229_000000");
     }
 }

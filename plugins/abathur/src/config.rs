@@ -19,6 +19,18 @@ pub struct Config {
     pub backup_dir: String,
     /// Backups are `<backup_prefix><YYYY-MM-DD_HH-MM-SS>.db.gz` (the daily script's names).
     pub backup_prefix: String,
+    /// The backups the plugin takes before it changes anything are
+    /// `<manual_backup_prefix><YYYYmmdd_HHMMSS>.db.gz` (the runbook's
+    /// "Manual Backup Procedure"): taken of the failing database, they are
+    /// never "the last good backup" while a daily one verifies.
+    pub manual_backup_prefix: String,
+    /// The backup to restore (and to compare a salvage with): a file name
+    /// in `backup_dir` or a path; `""`: the newest daily backup that verifies.
+    pub restore_backup: String,
+    /// Where a service's pid is written (`{service}`), e.g.
+    /// `/run/abathur/{service}.pid`; `""`: none. Those pids are the
+    /// service's own processes when checking that it stopped.
+    pub pid_file: String,
     /// Backups older than this are pruned after a new one is verified (`RETENTION_DAYS=30`).
     pub retention_days: u64,
     /// The disk-full procedure prunes backups older than this (`-mtime +7`).
@@ -60,9 +72,11 @@ pub struct Config {
     pub memory_tables: Vec<String>,
     pub memory_indexes: Vec<String>,
     pub vector_tables: Vec<String>,
-    /// "Expected: 9 tables" and "33+ indexes" after a production restore.
-    pub min_tables: u64,
-    pub min_indexes: u64,
+    /// "Expected: 9 tables" and "33+ indexes" after a restore. Unset: every
+    /// table and index of the reference schema (the backup restored, or the
+    /// database before the rollback) must be there, whatever their number.
+    pub min_tables: Option<u64>,
+    pub min_indexes: Option<u64>,
     /// Free space on the database's filesystem below this is "disk full".
     pub min_free_bytes: u64,
     /// A WAL larger than this is "disk full" too (checkpoints are not keeping up).
@@ -81,6 +95,9 @@ impl Default for Config {
             db_path: s("/var/lib/abathur/abathur.db"),
             backup_dir: s("/backups/abathur"),
             backup_prefix: s("abathur_"),
+            manual_backup_prefix: s("manual_"),
+            restore_backup: String::new(),
+            pid_file: String::new(),
             retention_days: 30,
             disk_retention_days: 7,
             compress_command: sv(&["gzip", "{file}"]),
@@ -145,8 +162,8 @@ impl Default for Config {
                 "idx_document_updated",
             ]),
             vector_tables: sv(&["document_embeddings", "document_embeddings_data"]),
-            min_tables: 9,
-            min_indexes: 33,
+            min_tables: None,
+            min_indexes: None,
             min_free_bytes: 1 << 30,
             max_wal_bytes: 64 << 20,
             max_failed_sync_percent: 10.0,
@@ -167,6 +184,16 @@ impl Config {
         }
         if c.db_path.is_empty() || c.backup_dir.is_empty() {
             bail!("db_path and backup_dir must not be empty");
+        }
+        if c.manual_backup_prefix.is_empty()
+            || c.backup_prefix.starts_with(&c.manual_backup_prefix)
+            || c.manual_backup_prefix.starts_with(&c.backup_prefix)
+        {
+            bail!(
+                "manual_backup_prefix {:?} must differ from backup_prefix {:?} (neither a prefix of the other): the plugin's own backups of the failing database must not pass for daily ones",
+                c.manual_backup_prefix,
+                c.backup_prefix
+            );
         }
         Ok(c)
     }
@@ -210,6 +237,15 @@ impl Config {
     /// A backup is decompressed here to be verified.
     pub fn verify_tmp(&self) -> String {
         self.in_backup_dir(&format!(".{}_verify.db", self.db_stem()))
+    }
+
+    /// The configured `restore_backup` as a path (a bare name is in `backup_dir`).
+    pub fn restore_backup_path(&self) -> Option<String> {
+        match self.restore_backup.as_str() {
+            "" => None,
+            p if p.contains('/') => Some(p.to_string()),
+            name => Some(self.in_backup_dir(name)),
+        }
     }
 
     /// A configured command with its placeholders filled in.

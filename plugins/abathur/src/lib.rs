@@ -388,45 +388,102 @@ fn commands_detail(cfg: &Config, template: &[String], list: &[String]) -> String
     }
 }
 
+/// The pids in a service's `pid_file`, if one is configured and there (a
+/// stopped service has none); a file that cannot be read is an error.
+fn pidfile_pids(cfg: &Config, service: &str) -> Result<Vec<u32>> {
+    if cfg.pid_file.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = cfg.pid_file.replace("{service}", service);
+    if !st::exists(&path).context(format!("pid_file {path}"))? {
+        return Ok(Vec::new());
+    }
+    let text = st::read_to_string(&path).context(format!("reading pid_file {path}"))?;
+    Ok(text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// Stop the services, then "verify all services stopped" (`ps aux | grep
+/// abathur`) for the services' own processes only: the pids in their
+/// `pid_file`, else the processes matching `process_pattern` per service
+/// (`{service}` in it), else those matching both `process_pattern` and
+/// the service's name. Other processes matching the pattern (a log tail,
+/// an editor, another tool named abathur-something) are left alone and
+/// named, never a failure.
 fn stop_step(ctx: &Context, cfg: &Config, list: &[String]) -> Result<StepOutcome> {
+    let own: Vec<Vec<u32>> = list
+        .iter()
+        .map(|s| pidfile_pids(cfg, s))
+        .collect::<Result<_>>()?;
     let ran = services(cfg, &cfg.stop_command, list, "stop")?;
     if !ctx.executes() || cfg.process_pattern.is_empty() || list.is_empty() {
         return Ok(StepOutcome::ok(ran));
     }
-    // "Verify all services stopped" (ps aux | grep abathur): per stopped
-    // service when the pattern names one, else (the runbook's plain
-    // `grep abathur`) only after the production shutdown, which stops all.
-    let patterns: Vec<String> = if cfg.process_pattern.contains("{service}") {
-        list.iter()
-            .map(|s| cfg.process_pattern.replace("{service}", s))
-            .collect()
-    } else if ctx.level == L_PROD {
-        vec![cfg.process_pattern.clone()]
-    } else {
-        Vec::new()
-    };
+    let per_service = cfg.process_pattern.contains("{service}");
     let mut findings = Vec::new();
     let mut left = Vec::new();
-    for pat in &patterns {
-        let p = health::processes(pat)?;
+    let mut mine_all: Vec<u32> = Vec::new();
+    let mut matching_all: Vec<u32> = Vec::new();
+    for (s, own) in list.iter().zip(&own) {
+        let pat = cfg.process_pattern.replace("{service}", s);
+        let matching = health::processes(&pat)?.pids;
+        let (mine, how): (Vec<u32>, String) = if !own.is_empty() {
+            (
+                matching
+                    .iter()
+                    .copied()
+                    .filter(|p| own.contains(p))
+                    .collect(),
+                format!("pids {own:?} of {}", cfg.pid_file.replace("{service}", s)),
+            )
+        } else if per_service {
+            (matching.clone(), format!("matching {pat:?}"))
+        } else {
+            let named = health::processes(s)?.pids;
+            (
+                matching
+                    .iter()
+                    .copied()
+                    .filter(|p| named.contains(p))
+                    .collect(),
+                format!("matching {pat:?} and {s:?}"),
+            )
+        };
         findings.push(Finding::at_most(
-            format!("processes matching {pat:?}"),
-            p.count as f64,
+            format!("processes of {s} ({how}) still running"),
+            mine.len() as f64,
             0.0,
             "",
         ));
-        if p.count > 0 {
-            left.push(format!("pids {:?} match {pat:?}", p.pids));
+        if !mine.is_empty() {
+            left.push(format!("{s}: pids {mine:?}"));
         }
+        mine_all.extend(&mine);
+        matching_all.extend(matching);
     }
-    Ok(if left.is_empty() {
-        StepOutcome::ok(if patterns.is_empty() {
-            ran
-        } else {
-            format!("{ran}; no process left")
-        })
+    matching_all.sort_unstable();
+    matching_all.dedup();
+    let others: Vec<u32> = matching_all
+        .into_iter()
+        .filter(|p| !mine_all.contains(p))
+        .collect();
+    let others = if others.is_empty() {
+        String::new()
     } else {
-        StepOutcome::failed(format!("{ran}; still running: {}", left.join(", ")))
+        format!(
+            "; left alone: pids {others:?} match {:?} but are none of the stopped services' processes",
+            cfg.process_pattern
+        )
+    };
+    Ok(if left.is_empty() {
+        StepOutcome::ok(format!("{ran}; no process of theirs left{others}"))
+    } else {
+        StepOutcome::failed(format!(
+            "{ran}; still running: {}{others}; stop them (or fix stop_command), then resume",
+            left.join(", ")
+        ))
     }
     .with_findings(findings))
 }
@@ -498,8 +555,10 @@ fn set_aside(cfg: &Config, target: &str, copy: bool) -> Result<Vec<String>> {
 }
 
 /// Decompress a backup into the database directory, check it, and rename
-/// it over the database (the database's WAL and shm must be gone).
-fn restore_from(cfg: &Config, gz: &str) -> Result<String> {
+/// it over the database. The database's WAL and shm must go first (SQLite
+/// would apply the failed database's WAL to the restored file); what the
+/// WAL held is said, in bytes and frames, with where a copy of it is kept.
+fn restore_from(cfg: &Config, gz: &str, wal_kept: &str) -> Result<String> {
     let tmp = cfg.restore_tmp();
     backup::decompress(cfg, gz, &tmp)?;
     let line = db::integrity_line(&tmp);
@@ -507,87 +566,260 @@ fn restore_from(cfg: &Config, gz: &str) -> Result<String> {
         st::remove(&tmp)?;
         bail!("the restored bytes of {gz} fail integrity_check: {line}");
     }
+    let (wal_bytes, frames) = backup::wal_info(&cfg.db_path)?;
     for side in [cfg.wal(), cfg.shm()] {
         if st::exists(&side)? {
             st::remove(&side)?;
         }
     }
     st::rename(&tmp, &cfg.db_path)?;
-    Ok(format!("restored {gz} -> {} (integrity ok)", cfg.db_path))
+    let wal = if wal_bytes == 0 {
+        String::new()
+    } else {
+        format!(
+            "; the failed database's WAL, {}, was discarded from {}{}",
+            backup::wal_line(wal_bytes, frames),
+            cfg.db_dir(),
+            if wal_kept.is_empty() {
+                String::new()
+            } else {
+                format!(" ({wal_kept})")
+            }
+        )
+    };
+    Ok(format!(
+        "restored {gz} -> {} (integrity ok){wal}",
+        cfg.db_path
+    ))
+}
+
+/// Which backup a restore takes, for the plan.
+fn restore_source(cfg: &Config) -> String {
+    match cfg.restore_backup_path() {
+        Some(p) => format!("{p} (restore_backup), once it verifies"),
+        None => format!(
+            "the newest {}{}*.db.gz that verifies (a {}*.db.gz only when no daily one does), pinned for the incident",
+            cfg.in_backup_dir(""),
+            cfg.backup_prefix,
+            cfg.manual_backup_prefix
+        ),
+    }
 }
 
 /// The pin key of the backup this incident restores.
 const RESTORE_BACKUP: &str = "restore_backup";
 
-/// The backup this incident restores: the newest that verifies when a
-/// restore is first decided, pinned for the incident. Chosen again later
-/// it could be another: a backup taken meanwhile (of the database the
-/// rollback already changed), or an older one once the newest was pruned.
-/// A pinned backup is verified again before it is used. `Ok(Err(why))`
-/// when none verifies; `Ok(Ok((path, what was skipped)))` otherwise.
+/// The reference of this run: the backup restored or compared with, its
+/// schema and rows (run-scoped, so `verify` reads what the steps used).
+fn set_reference(ctx: &Context, v: &backup::Verified) -> Result<()> {
+    st::set_json(&ctx.run_key("reference"), v)?;
+    Ok(())
+}
+
+fn reference(ctx: &Context) -> Result<Option<backup::Verified>> {
+    Ok(st::get_json(&ctx.run_key("reference"))?)
+}
+
+/// The backup this incident restores, and the reference a salvage is
+/// compared with: `restore_backup` when configured, else the newest daily
+/// backup that verifies (a manual, pre-rollback one only when no daily one
+/// does), pinned for the incident. Chosen again later it could be another:
+/// a backup taken meanwhile (of the database the rollback already
+/// changed), or an older one once the newest was pruned. A pinned backup is
+/// verified again before it is used. `Ok(Err(why))` when none verifies;
+/// `Ok(Ok((what verified, notes)))` otherwise.
 fn restore_choice(
     ctx: &Context,
     cfg: &Config,
-) -> Result<std::result::Result<(String, String), String>> {
+) -> Result<std::result::Result<(backup::Verified, String), String>> {
+    let configured = cfg.restore_backup_path();
     if let Some(p) = ctx.pinned(RESTORE_BACKUP)? {
+        if let Some(c) = &configured
+            && *c != p
+        {
+            return Ok(Err(format!(
+                "{p} is pinned for this incident but restore_backup is {c}; run again with --redecide to use {c}"
+            )));
+        }
         return Ok(match backup::verify(cfg, &p)? {
-            Ok(_) => Ok((p, String::new())),
+            Ok(v) => {
+                set_reference(ctx, &v)?;
+                Ok((v, format!("; {} pinned for this incident", file_name(&p))))
+            }
             Err(why) => Err(format!(
-                "{p}, pinned for this incident, no longer verifies: {why}; check it, or run again with --redecide to choose the newest that verifies"
+                "{p}, pinned for this incident, no longer verifies: {why}; check it, or run again with --redecide to choose again"
             )),
         });
     }
-    let (b, rejected) = backup::latest_verified(cfg)?;
-    let Some((b, _)) = b else {
-        return Ok(Err(if rejected.is_empty() {
-            "none found".into()
-        } else {
-            rejected.join("; ")
-        }));
+    let (v, notes) = match &configured {
+        Some(c) => match backup::verify(cfg, c)? {
+            Ok(v) => (v, vec![format!("restore_backup = {c:?}")]),
+            Err(why) => {
+                return Ok(Err(format!(
+                    "restore_backup {c} does not verify: {why}; set restore_backup to a backup that does, or \"\" for the newest daily one"
+                )));
+            }
+        },
+        None => match backup::latest_verified(cfg)? {
+            (Some(v), notes) => (v, notes),
+            (None, notes) => {
+                return Ok(Err(if notes.is_empty() {
+                    format!(
+                        "no {}*.db.gz or {}*.db.gz in {}",
+                        cfg.backup_prefix, cfg.manual_backup_prefix, cfg.backup_dir
+                    )
+                } else {
+                    notes.join("; ")
+                }));
+            }
+        },
     };
-    let skipped = if rejected.is_empty() {
+    ctx.pin(RESTORE_BACKUP, || Ok(v.backup.clone()))?;
+    set_reference(ctx, &v)?;
+    let notes = if notes.is_empty() {
         String::new()
     } else {
-        format!("; skipped: {}", rejected.join("; "))
+        format!("; {}", notes.join("; "))
     };
-    Ok(Ok((
-        ctx.pin(RESTORE_BACKUP, || Ok(b.path.clone()))?,
-        skipped,
-    )))
+    Ok(Ok((v, notes)))
 }
 
-fn validate(cfg: &Config, o: &Observed, memory_expected: bool) -> Vec<Finding> {
+/// The checklist's "all expected tables and indexes exist" and "Table
+/// count ... Index count": against the reference schema when there is one
+/// (every table and index of the backup restored, or of the database
+/// before the rollback), and against `min_tables`/`min_indexes` when they
+/// are set; a breach names the key and what to set.
+fn schema_findings(cfg: &Config, o: &Observed, want: Option<&backup::Verified>) -> Vec<Finding> {
+    let mut f = Vec::new();
+    if let Some(r) = want {
+        for (kind, names, have) in [
+            ("tables", &r.tables, o.table_list()),
+            ("indexes", &r.indexes, &o.indexes[..]),
+        ] {
+            let miss = db::missing(names, have);
+            f.push(Finding::new(
+                format!("{kind} of {}", file_name(&r.backup)),
+                if miss.is_empty() {
+                    format!("all {} present", names.len())
+                } else {
+                    format!("missing {}", miss.join(", "))
+                },
+                format!("all {} present", names.len()),
+                !miss.is_empty(),
+            ));
+        }
+    }
+    for (key, min, have, kind) in [
+        ("min_tables", cfg.min_tables, o.table_list().len(), "table"),
+        ("min_indexes", cfg.min_indexes, o.indexes.len(), "index"),
+    ] {
+        let Some(min) = min else { continue };
+        let mut found = Finding::at_least(format!("{kind} count"), have as f64, min as f64, "");
+        if (have as u64) < min {
+            let theirs = want
+                .map(|r| {
+                    let n = if kind == "table" {
+                        r.tables.len()
+                    } else {
+                        r.indexes.len()
+                    };
+                    format!(" ({} has {n})", file_name(&r.backup))
+                })
+                .unwrap_or_default();
+            found.threshold = format!(
+                ">= {min} ({key} = {min}{theirs}: set {key} to this installation's count, or remove it to expect the reference schema's)"
+            );
+        }
+        f.push(found);
+    }
+    f
+}
+
+fn validate(
+    cfg: &Config,
+    o: &Observed,
+    memory_expected: bool,
+    want: Option<&backup::Verified>,
+) -> Vec<Finding> {
     let mut f = vec![
         o.integrity_finding(),
         o.fk_finding(),
         o.tables_finding("core tables (milestone 1)", &cfg.core_tables),
     ];
+    // The memory system is expected where the reference has it (a
+    // milestone 1 installation has none).
+    let memory_expected = memory_expected
+        && want.is_none_or(|r| cfg.memory_tables.iter().any(|t| r.tables.contains(t)));
     if memory_expected {
         f.push(o.tables_finding("memory tables (milestone 2)", &cfg.memory_tables));
-        f.push(Finding::at_least(
-            "table count",
-            o.table_list().len() as f64,
-            cfg.min_tables as f64,
-            "",
+    }
+    f.extend(schema_findings(cfg, o, want));
+    if o.table_list().iter().any(|t| t == "sessions") {
+        let n = db::count(&cfg.db_path, "SELECT count(*) FROM sessions");
+        f.push(Finding::check(
+            "SELECT COUNT(*) FROM sessions",
+            n.is_ok(),
+            n.map(|n| format!("{n} rows"))
+                .unwrap_or_else(|e| e.to_string()),
+            "answers",
         ));
-        f.push(Finding::at_least(
-            "index count",
-            o.indexes.len() as f64,
-            cfg.min_indexes as f64,
-            "",
-        ));
-        if o.table_list().iter().any(|t| t == "sessions") {
-            let n = db::count(&cfg.db_path, "SELECT count(*) FROM sessions");
-            f.push(Finding::check(
-                "SELECT COUNT(*) FROM sessions",
-                n.is_ok(),
-                n.map(|n| format!("{n} rows"))
-                    .unwrap_or_else(|e| e.to_string()),
-                "answers",
-            ));
-        }
     }
     f
+}
+
+/// Level 3 without a backup to compare with: rows the salvage could not
+/// read are data lost, and nothing says how much. Breached when rewind's
+/// reader skipped unreadable ranges or gave up on a table.
+fn salvage_loss_finding(ctx: &Context) -> Result<Finding> {
+    let salvaged: Vec<db::Salvaged> = if ctx_get(ctx, "source")?.as_deref() == Some("recovered") {
+        st::get_json(&ctx.run_key("salvaged"))?.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let lost: Vec<String> = salvaged
+        .iter()
+        .filter(|s| s.lost_ranges > 0 || s.error.is_some())
+        .map(|s| match &s.error {
+            Some(e) => format!("{} ({} rows read; {e})", s.table, s.rows),
+            None => format!(
+                "{} ({} rows read, {} unreadable ranges)",
+                s.table, s.rows, s.lost_ranges
+            ),
+        })
+        .collect();
+    Ok(Finding::new(
+        "rows unreadable in the salvage (no verified backup to compare with)",
+        if lost.is_empty() {
+            "none".to_string()
+        } else {
+            lost.join(", ")
+        },
+        "none",
+        !lost.is_empty(),
+    ))
+}
+
+/// "No data loss detected": every table of the reference backup holds at
+/// least its rows (what was written since the backup is Type 3's accepted
+/// loss; less than the backup is a recovery that lost data).
+fn rows_finding(db: &str, r: &backup::Verified) -> (Finding, Vec<(String, i64, i64)>) {
+    let lost = backup::rows_lost(db, &r.counts);
+    (
+        Finding::new(
+            format!("rows against the backup {}", file_name(&r.backup)),
+            if lost.is_empty() {
+                "none lost".to_string()
+            } else {
+                lost.iter()
+                    .map(|(t, have, want)| format!("{t} {have} < {want}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            "none lost",
+            !lost.is_empty(),
+        ),
+        lost,
+    )
 }
 
 /// A validation step: failed when a finding is breached, except in a dry
@@ -660,7 +892,7 @@ fn run_m3(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
         }
         "check" => {
             let o = Observed::measure(cfg)?;
-            let f = validate(cfg, &o, true);
+            let f = validate(cfg, &o, true, None);
             Ok(outcome(
                 ctx,
                 format!("integrity {}, {} tables", o.integrity, o.table_list().len()),
@@ -887,40 +1119,57 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                 ),
             ];
             // The checklist's "No data loss detected": every table must
-            // hold at least the rows the newest verified backup holds. A
-            // salvage that read nothing is intact and empty, not recovered.
-            let (latest, _) = backup::latest_verified(cfg)?;
-            let lost = match &latest {
-                Some((b, v)) => {
-                    let lost = backup::rows_lost(&rec, &v.counts);
-                    f.push(Finding::new(
-                        format!("rows against the backup {}", file_name(&b.path)),
-                        if lost.is_empty() {
-                            "none lost".to_string()
-                        } else {
-                            lost.iter()
-                                .map(|(t, have, want)| format!("{t} {have} < {want}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        },
-                        "none lost",
-                        !lost.is_empty(),
-                    ));
+            // hold at least the rows of the backup a restore would use (the
+            // newest daily one that verifies, or restore_backup; pinned, so
+            // the swap restores the same one). A salvage that read nothing
+            // is intact and empty, not recovered.
+            let lost = match restore_choice(ctx, cfg)? {
+                Ok((r, notes)) => {
+                    let (found, lost) = rows_finding(&rec, &r);
+                    f.push(found);
+                    if !notes.is_empty() {
+                        log::info(format_args!("reference backup {}{notes}", r.backup));
+                    }
                     lost
                 }
-                None => Vec::new(),
+                Err(why) => {
+                    // A backup was chosen (restore_backup, or pinned) but
+                    // cannot be used: nothing to compare with, and nothing
+                    // to fall back on; a person decides. With no backup
+                    // that verifies at all, the salvage is the best there
+                    // is (verify then checks its unreadable rows).
+                    let chosen = cfg.restore_backup_path().is_some()
+                        || ctx.pinned(RESTORE_BACKUP)?.is_some();
+                    f.push(Finding::new(
+                        "rows against a verified backup",
+                        format!("not compared: {why}"),
+                        "none lost",
+                        chosen,
+                    ));
+                    if chosen {
+                        ctx_set(ctx, "recovered", "no")?;
+                        return Ok(StepOutcome::failed(format!(
+                            "{rec} cannot be compared with the chosen backup: {why}"
+                        ))
+                        .with_findings(f));
+                    }
+                    Vec::new()
+                }
             };
             let good = line == "ok" && miss.is_empty() && lost.is_empty();
             ctx_set(ctx, "recovered", if good { "yes" } else { "no" })?;
             Ok(StepOutcome::ok(if good {
                 format!(
-                    "{rec} is intact ({} tables): it replaces the corrupted database",
+                    "{rec} is intact ({} tables) and holds every row of the reference backup: it replaces the corrupted database",
                     tables.len()
                 )
             } else if !lost.is_empty() {
                 format!(
-                    "{rec} lost rows that the latest verified backup has ({} tables short): the backup will be restored instead",
-                    lost.len()
+                    "{rec} lost rows that the latest verified backup has ({}): the backup will be restored instead",
+                    lost.iter()
+                        .map(|(t, have, want)| format!("{t} {have} < {want}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             } else {
                 format!("{rec} is not usable: the latest verified backup will be restored instead")
@@ -942,32 +1191,50 @@ fn run_corrupt(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                     cfg.recovered()
                 )));
             }
+            // The corrupted database's WAL goes aside with it: said, with
+            // how much it holds (the salvage read through it; a restored
+            // backup has none of it).
+            let (wal_bytes, frames) = backup::wal_info(&cfg.db_path)?;
+            let wal = if wal_bytes == 0 {
+                String::new()
+            } else {
+                format!(
+                    " (its WAL, {}, {})",
+                    backup::wal_line(wal_bytes, frames),
+                    if good {
+                        "was read by the recovery"
+                    } else {
+                        "is not in the backup"
+                    }
+                )
+            };
             if good {
                 let moved = set_aside(cfg, &aside, false)?;
                 st::rename(&cfg.recovered(), &cfg.db_path)?;
                 ctx_set(ctx, "source", "recovered")?;
                 Ok(StepOutcome::ok(format!(
-                    "corrupted database kept as {}; {} -> {}",
+                    "corrupted database kept as {}{wal}; {} -> {}",
                     moved.join(", "),
                     cfg.recovered(),
                     cfg.db_path
                 )))
             } else {
                 let b = match restore_choice(ctx, cfg)? {
-                    Ok((b, _)) => b,
+                    Ok((r, notes)) => (r.backup, notes),
                     Err(why) => {
                         return Ok(StepOutcome::failed(format!(
-                            "recovery failed and no backup in {} verifies ({why}); escalate to a database specialist",
+                            "recovery failed and no backup in {} verifies ({why}); the corrupted database is left in place: escalate to a database specialist",
                             cfg.backup_dir,
                         )));
                     }
                 };
                 let moved = set_aside(cfg, &aside, false)?;
-                let msg = restore_from(cfg, &b)?;
-                ctx_set(ctx, "source", &b)?;
+                let msg = restore_from(cfg, &b.0, "")?;
+                ctx_set(ctx, "source", &b.0)?;
                 Ok(StepOutcome::ok(format!(
-                    "recovery failed; corrupted database kept as {}; {msg}",
-                    moved.join(", ")
+                    "recovery failed; corrupted database kept as {}{wal}; {msg}{}",
+                    moved.join(", "),
+                    b.1
                 )))
             }
         }
@@ -1008,9 +1275,39 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                 &cfg.in_backup_dir(&format!("failed_production_{ts}")),
                 ".db",
             )?;
+            // The failed database's WAL holds the transactions since its
+            // last checkpoint. When the database reads intact, checkpoint
+            // it first (best effort), so the forensic copy has them in the
+            // database file; otherwise copy the WAL beside it. Either way
+            // the outcome says how much it held.
+            let (wal_bytes, frames) = backup::wal_info(&cfg.db_path)?;
+            let mut wal_note = String::new();
+            if wal_bytes > 0 {
+                let wal = backup::wal_line(wal_bytes, frames);
+                let intact = ctx_get(ctx, "severity")?.as_deref() == Some("HIGH")
+                    || db::integrity_line(&cfg.db_path) == "ok";
+                wal_note = if !ctx.executes() {
+                    format!("; would checkpoint its WAL ({wal}) first if the database reads intact")
+                } else if intact {
+                    match backup::checkpoint(cfg) {
+                        Ok((_, after)) => format!(
+                            "; its WAL ({wal}) was checkpointed into it first ({after} bytes left)"
+                        ),
+                        Err(e) => format!(
+                            "; warning: checkpointing its WAL ({wal}) failed ({}), copied beside it (best effort)",
+                            e.message()
+                        ),
+                    }
+                } else {
+                    format!(
+                        "; its WAL ({wal}) copied beside it, not checkpointed: the database fails integrity_check"
+                    )
+                };
+            }
             let kept = set_aside(cfg, &target, true)?;
+            ctx_set(ctx, "forensics", &target)?;
             Ok(StepOutcome::ok(format!(
-                "{}{}",
+                "{}{}{wal_note}",
                 if ctx.executes() {
                     "failed database kept for forensics: "
                 } else {
@@ -1031,38 +1328,29 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
                         cfg.db_path
                     )));
                 }
-                let all = backup::list(cfg)?;
-                return Ok(StepOutcome::ok(if all.is_empty() {
-                    format!(
-                        "would restore a backup, but there is none in {}",
-                        cfg.backup_dir
-                    )
-                } else {
-                    format!(
-                        "would restore into {} the newest of {} whose decompressed copy passes integrity_check",
-                        cfg.db_path,
-                        all.iter()
-                            .map(|b| file_name(&b.path))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }));
+                return Ok(StepOutcome::ok(format!(
+                    "would restore into {} {}",
+                    cfg.db_path,
+                    restore_source(cfg)
+                )));
             }
-            let (b, skipped) = match restore_choice(ctx, cfg)? {
+            let (r, notes) = match restore_choice(ctx, cfg)? {
                 Ok(c) => c,
                 Err(why) => {
                     return Ok(StepOutcome::failed(format!(
-                        "no backup {}{}*.db.gz verifies ({why})",
-                        cfg.in_backup_dir(""),
-                        cfg.backup_prefix,
+                        "no backup to restore: {why}; the failed database is left as it was"
                     )));
                 }
             };
             // Restoring the pinned backup again (a resumed run, services
             // still stopped) ends where one restore would.
-            let msg = restore_from(cfg, &b)?;
-            ctx_set(ctx, "source", &b)?;
-            Ok(StepOutcome::ok(format!("{msg}{skipped}")))
+            let kept = match ctx_get(ctx, "forensics")? {
+                Some(t) => format!("a copy is in {t}-wal"),
+                None => "no forensic copy was taken".into(),
+            };
+            let msg = restore_from(cfg, &r.backup, &kept)?;
+            ctx_set(ctx, "source", &r.backup)?;
+            Ok(StepOutcome::ok(format!("{msg}{notes}")))
         }
         "wal-recovery" => {
             if !st::exists(&cfg.wal())? {
@@ -1078,7 +1366,11 @@ fn run_prod(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
         }
         "validate" => {
             let o = Observed::measure(cfg)?;
-            let f = validate(cfg, &o, true);
+            let r = reference(ctx)?;
+            let mut f = validate(cfg, &o, true, r.as_ref());
+            if let Some(r) = &r {
+                f.push(rows_finding(&cfg.db_path, r).0);
+            }
             Ok(outcome(
                 ctx,
                 format!(
@@ -1139,7 +1431,7 @@ fn run_disk(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
             // Never the backup this incident restores.
             let keep = ctx.pinned(RESTORE_BACKUP)?;
             let keep: Vec<&str> = keep.as_deref().into_iter().collect();
-            let (deleted, freed) = backup::prune(cfg, cfg.disk_retention_days, &keep)?;
+            let (deleted, freed) = backup::prune(cfg, cfg.disk_retention_days, &keep, true)?;
             Ok(StepOutcome::ok(format!(
                 "{} {} backups older than {} days ({freed} bytes){}",
                 if ctx.executes() {
@@ -1211,6 +1503,25 @@ impl Plugin for Abathur {
         }
         if !cfg.workdir.is_empty() {
             needs = needs.read(&cfg.workdir);
+        }
+        if let Some(p) = cfg.restore_backup_path()
+            && !p.starts_with(&format!("{}/", cfg.backup_dir))
+        {
+            needs = needs.read(p);
+        }
+        if !cfg.pid_file.is_empty() {
+            for s in [
+                &cfg.milestone2_services,
+                &cfg.milestone3_services,
+                &cfg.production_stop_services,
+                &cfg.corruption_services,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let p = cfg.pid_file.replace("{service}", s);
+                needs = needs.read(p);
+            }
         }
         for p in cfg.programs() {
             needs = needs.exec(p);
@@ -1358,30 +1669,39 @@ impl Plugin for Abathur {
             s
         };
         let backup_detail = format!(
-            "PRAGMA wal_checkpoint(TRUNCATE) on {db}; online backup to {}/{}<date>.db; `{}`; verify: decompress to {} and PRAGMA integrity_check; prune {}*.db.gz older than {} days (the newest is always kept)",
+            "The runbook's manual backup: PRAGMA wal_checkpoint(TRUNCATE) on {db}; online backup to {}/{}<YYYYmmdd_HHMMSS>.db; `{}`; verify: decompress to {} and PRAGMA integrity_check. A copy of the failing database: never restored while a daily {}*.db.gz verifies",
             cfg.backup_dir,
-            cfg.backup_prefix,
+            cfg.manual_backup_prefix,
             cfg.cmd(&cfg.compress_command, &[("file", "<backup>.db")])
                 .map(|c| c.display())
                 .unwrap_or_default(),
             cfg.verify_tmp(),
             cfg.backup_prefix,
-            cfg.retention_days
         );
         let ps = if cfg.process_pattern.is_empty() {
             String::new()
         } else {
-            format!("; then no process may match {:?}", cfg.process_pattern)
+            format!(
+                "; then no process of theirs may be left ({}; other processes matching {:?} are left alone)",
+                if !cfg.pid_file.is_empty() {
+                    format!("the pids in {}", cfg.pid_file)
+                } else if cfg.process_pattern.contains("{service}") {
+                    "matching the pattern per service".to_string()
+                } else {
+                    "matching the pattern and the service's name".to_string()
+                },
+                cfg.process_pattern
+            )
         };
         let steps = match ctx.level {
             L_M3 => {
                 let mut v = vec![
                     Step::auto("backup", "Back up the database", backup_detail)
-                // The copy only reads the database, but the retention prune
-                // deletes old backups. A second try takes another verified
-                // backup under a fresh name (a cut-short one never verified,
-                // so no restore picks it).
-                .effect(Effect::Destructive)
+                // Reads the database (a checkpoint moves the WAL into it
+                // without changing its content) and adds a new file; it
+                // deletes nothing. A second try takes another verified
+                // backup under a fresh name (a cut-short one never verified).
+                .observe()
                 .repeatable(),
                     Step::auto(
                         "stop-embedding",
@@ -1429,11 +1749,11 @@ impl Plugin for Abathur {
                 .disruptive()
                 .repeatable(),
                 Step::auto("backup", "Checkpoint the WAL and back up", backup_detail)
-                // The copy only reads the database, but the retention prune
-                // deletes old backups. A second try takes another verified
-                // backup under a fresh name (a cut-short one never verified,
-                // so no restore picks it).
-                .effect(Effect::Destructive)
+                // Reads the database (a checkpoint moves the WAL into it
+                // without changing its content) and adds a new file; it
+                // deletes nothing. A second try takes another verified
+                // backup under a fresh name (a cut-short one never verified).
+                .observe()
                 .repeatable(),
                 Step::auto(
                     "drop-memory",
@@ -1508,8 +1828,9 @@ impl Plugin for Abathur {
                     "verify-recovered",
                     "Verify the recovered database",
                     format!(
-                        "PRAGMA integrity_check on {} and the core tables present",
-                        cfg.recovered()
+                        "PRAGMA integrity_check on {} and the core tables present; no table with fewer rows than {} (else that backup is restored instead)",
+                        cfg.recovered(),
+                        restore_source(&cfg)
                     ),
                 )
                 .observe()
@@ -1526,10 +1847,9 @@ impl Plugin for Abathur {
                     "swap",
                     "Swap in the recovered database",
                     format!(
-                        "Move {db} (with -wal, -shm) to {}_corrupted_<date>.db for forensics and the recovered database into its place; if recovery failed, restore the newest {}{}*.db.gz that verifies instead",
+                        "Move {db} (with -wal, -shm; the WAL's size reported) to {}_corrupted_<date>.db for forensics and the recovered database into its place; if recovery failed or lost rows, restore {} instead",
                         cfg.in_db_dir(&cfg.db_stem()),
-                        cfg.in_backup_dir(""),
-                        cfg.backup_prefix
+                        restore_source(&cfg)
                     ),
                 )
                 // The live database is replaced (the corrupted one is kept
@@ -1569,21 +1889,21 @@ impl Plugin for Abathur {
                     "forensics",
                     "Keep the failed database",
                     format!(
-                        "Copy {db} (and its -wal, -shm) to {}/failed_production_<date>.db",
+                        "Copy {db} (and its -wal, -shm) to {}/failed_production_<date>.db; when it reads intact, checkpoint its WAL into it first (best effort: a failed checkpoint is reported and the WAL copied beside it); the WAL's size and frames are reported",
                         cfg.backup_dir
                     ),
                 )
-                // Copies the database into the backups; a second try
-                // copies it again under a fresh name.
+                // Copies the database into the backups (a checkpoint moves
+                // the WAL into the database without changing its content);
+                // a second try copies it again under a fresh name.
                 .observe()
                 .repeatable(),
                 Step::auto(
                     "restore",
                     "Restore from the latest backup",
                     format!(
-                        "The newest {}{}*.db.gz whose decompressed copy passes integrity_check: `{}` into {}, integrity_check again, rename over {db}",
-                        cfg.in_backup_dir(""),
-                        cfg.backup_prefix,
+                        "{}: `{}` into {}, integrity_check again, remove the failed database's -wal, -shm (their size reported), rename over {db}",
+                        restore_source(&cfg),
                         cfg.cmd(
                             &cfg.decompress_command,
                             &[("file", &format!("{}.gz", cfg.restore_tmp()))]
@@ -1610,8 +1930,9 @@ impl Plugin for Abathur {
                     "validate",
                     "Validate restoration",
                     format!(
-                        "integrity_check ok, foreign_key_check empty, core and memory tables, >= {} tables, >= {} indexes, SELECT COUNT(*) FROM sessions",
-                        cfg.min_tables, cfg.min_indexes
+                        "integrity_check ok, foreign_key_check empty, core and memory tables, every table and index of the restored backup{}{}, no table with fewer rows than the backup, SELECT COUNT(*) FROM sessions",
+                        cfg.min_tables.map(|n| format!(", >= {n} tables")).unwrap_or_default(),
+                        cfg.min_indexes.map(|n| format!(", >= {n} indexes")).unwrap_or_default()
                     ),
                 )
                 .observe()
@@ -1713,7 +2034,7 @@ impl Plugin for Abathur {
         let o = Observed::measure(&cfg)?;
         let mut f = match ctx.level {
             L_M3 => {
-                let mut f = validate(&cfg, &o, true);
+                let mut f = validate(&cfg, &o, true, None);
                 f.push(o.absent_finding("vector tables", &cfg.vector_tables, o.table_list()));
                 if db::columns(&cfg.db_path, "document_index")
                     .unwrap_or_default()
@@ -1736,8 +2057,23 @@ impl Plugin for Abathur {
                 o.absent_finding("memory tables", &cfg.memory_tables, o.table_list()),
                 o.absent_finding("memory indexes", &cfg.memory_indexes, &o.indexes),
             ],
-            L_CORRUPT => validate(&cfg, &o, Memory::of(&cfg, &o).tables > 0),
-            L_PROD => validate(&cfg, &o, true),
+            L_CORRUPT => {
+                let r = reference(ctx)?;
+                let mut f = validate(&cfg, &o, Memory::of(&cfg, &o).tables > 0, r.as_ref());
+                match &r {
+                    Some(r) => f.push(rows_finding(&cfg.db_path, r).0),
+                    None => f.push(salvage_loss_finding(ctx)?),
+                }
+                f
+            }
+            L_PROD => {
+                let r = reference(ctx)?;
+                let mut f = validate(&cfg, &o, true, r.as_ref());
+                if let Some(r) = &r {
+                    f.push(rows_finding(&cfg.db_path, r).0);
+                }
+                f
+            }
             L_DISK => vec![
                 o.integrity_finding(),
                 o.wal_finding(&cfg),
@@ -1754,6 +2090,7 @@ impl Plugin for Abathur {
             && f.iter()
                 .filter(|x| x.breached)
                 .all(|x| Some(&x.check) == health_check.as_ref());
+        let lost_data = f.iter().any(|x| x.breached && x.check.starts_with("rows "));
         let v = Verification::from_findings(f);
         // Where a failure leads, as the runbook would have it: the next
         // level drops or restores data, which does not fix an API that is
@@ -1762,6 +2099,9 @@ impl Plugin for Abathur {
         Ok(match ctx.level {
             L_PROD => v.or_stop(
                 "the restore did not verify; the next level prunes backups, which could lose the last good one: escalate to the database specialist",
+            ),
+            L_CORRUPT if lost_data => v.or_stop(
+                "the database is back but rows are missing (see the rows finding), and no backup holds them: the corrupted database is kept beside it; a person must recover the rest (escalate to the database specialist)",
             ),
             _ if only_health => v.or_stop(
                 "only the API health check failed and the database checks passed; the next level changes data, which would not bring the API back: look at the API",
