@@ -55,6 +55,18 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// The jobs done since `base` (an earlier read of the same queue).
+    /// A counter below its base was reset (Bull's `clean` removes failed
+    /// jobs, and their count with them): all it holds is new.
+    pub fn since(&self, base: &QueueStats) -> QueueStats {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        QueueStats {
+            completed: d(self.completed, base.completed),
+            failed: d(self.failed, base.failed),
+            ..self.clone()
+        }
+    }
+
     pub fn failure_percent(&self) -> f64 {
         let done = self.completed + self.failed;
         if done == 0 {
