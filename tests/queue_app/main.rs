@@ -1576,3 +1576,54 @@ fn the_down_migration_is_read_before_the_checkout_and_a_failed_schema_rollback_s
         "{report:#}"
     );
 }
+
+/// The API dies while the drain watches it: the pause went through and
+/// the first stats showed jobs running, then the process is gone and every
+/// later poll is refused. At the code level the drain is best effort: the
+/// code is rolled back anyway (the emergency script does not drain at
+/// all), and the report says the drain was not watched to its end.
+#[test]
+fn an_api_that_dies_during_the_drain_is_still_rolled_back() {
+    let s = Stand::new(6, 10, 150);
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json("1.3.0", "2", json!({"healthy": false})),
+        )],
+        "release 1.3.0",
+    );
+    let pid = s.pid().unwrap();
+    let n = s.calls().len();
+    let (code, report, stderr) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Killed once a stats request after the pause has been answered.
+            assert!(wait_until(PATIENCE, || {
+                let calls = s.calls();
+                let Some(p) = calls[n..]
+                    .iter()
+                    .position(|c| c["p"] == "/api/queue/pause-all")
+                else {
+                    return false;
+                };
+                calls[n + p..]
+                    .iter()
+                    .any(|c| c["p"] == "/api/queue/stats" && c["active"] != 0)
+            }));
+            kill_pid(pid);
+        });
+        s.run_json(&[])
+    });
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(level_numbers(&report), [4]);
+    let st = steps(&report, 4);
+    all_ok(&st, &report);
+    let m = message(&st, "drain");
+    assert!(
+        m.starts_with("warning: cannot watch the drain (poll ") && m.contains("carrying on"),
+        "{m}"
+    );
+    assert!(!m.contains("(poll 1)"), "the first poll was answered: {m}");
+    assert_eq!(s.head(), s.v1);
+    assert_eq!(s.get("/api/version").unwrap().1, "1.0.0");
+    assert_eq!(verification(&report)["healthy"], true, "{report:#}");
+}

@@ -57,15 +57,18 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
     };
     // At the code level, pausing and draining are best effort (the
     // runbook's emergency rollback: `pause-all || echo "Warning: ..."`).
-    let best_effort = if ctx.level == CODE {
-        "; best effort: if the API cannot do it, say so and roll the code back anyway"
+    let (best_effort, marked) = if ctx.level == CODE {
+        (
+            "; best effort: if the API cannot do it, say so and roll the code back anyway",
+            " (best effort)",
+        )
     } else {
-        ""
+        ("", "")
     };
     let pause = || {
         Step::auto(
             "pause-queues",
-            "Pause all queues",
+            format!("Pause all queues{marked}"),
             format!(
                 "POST {} (prevent new jobs){best_effort}",
                 cfg.url(&cfg.pause_all_path)
@@ -78,9 +81,9 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
     let drain = || {
         Step::auto(
             "drain",
-            "Wait for active jobs to drain",
+            format!("Wait for active jobs to drain{marked}"),
             format!(
-                "Poll GET {} every {} until no queue has an active job; fail after {}{best_effort}",
+                "GET {} once every {} until no queue has an active job; fail after {}{best_effort}",
                 cfg.url(&cfg.queue_stats_path),
                 fmt_ms(cfg.drain_poll_ms),
                 fmt_ms(cfg.drain_timeout_ms)

@@ -839,4 +839,21 @@ mod tests {
         let b = parse_stats(r#"[{"name": "x", "active": "4"}]"#).unwrap();
         assert_eq!(b[0].active, 4);
     }
+
+    #[test]
+    fn failure_rate_since_a_baseline_leaves_out_the_history() {
+        let q = |completed, failed| QueueStats {
+            name: "q".into(),
+            completed,
+            failed,
+            ..Default::default()
+        };
+        // 60 of 460 failed before (13%); since then 50 done, none failed.
+        let d = q(450, 60).since(&q(400, 60));
+        assert_eq!((d.completed, d.failed), (50, 0));
+        assert_eq!(d.failure_percent(), 0.0);
+        // clean-all removed the failed jobs: the counter starts again.
+        let d = q(450, 2).since(&q(400, 60));
+        assert_eq!((d.completed, d.failed), (50, 2));
+    }
 }
