@@ -312,12 +312,13 @@ pub fn resume_queue(ctx: &Context, cfg: &Config, queue: &str) -> Out {
     .with_findings(f))
 }
 
-/// The queue's counters before its resume, kept for the run (a resumed
-/// run keeps the first): Bull's `completed` and `failed` count every job
+/// The queue's counters before its resume at this level, kept for the run
+/// (a resumed run keeps the first; a higher level after this one takes
+/// its own, so jobs that failed under a lower level do not count): Bull's `completed` and `failed` count every job
 /// since the queue was made, so the bad release's failures are in them.
 /// What the rollback is judged on is what happened after the resume.
 fn baseline(ctx: &Context, cfg: &Config, queue: &str) -> Result<()> {
-    let key = ctx.run_key(&format!("baseline-{queue}"));
+    let key = ctx.run_key(&format!("baseline-{}-{queue}", ctx.level));
     if storage::get(&key)?.is_some() {
         return Ok(());
     }
@@ -334,7 +335,7 @@ fn baseline(ctx: &Context, cfg: &Config, queue: &str) -> Result<()> {
 /// baseline could be read).
 pub fn since_resume(ctx: &Context, q: &QueueStats) -> Result<(QueueStats, String)> {
     let base: Option<QueueStats> =
-        storage::get_json(&ctx.run_key(&format!("baseline-{}", q.name)))?;
+        storage::get_json(&ctx.run_key(&format!("baseline-{}-{}", ctx.level, q.name)))?;
     Ok(match base {
         Some(b) => (q.since(&b), "since the resume".to_string()),
         None => (q.clone(), "in all (no count before the resume)".to_string()),
@@ -430,7 +431,7 @@ pub const STABLE_COMMIT: &str = "stable_commit";
 /// the pinned ones.
 pub fn identify(ctx: &Context, cfg: &Config) -> Out {
     let now = head(cfg)?;
-    keep_down_migration(ctx, cfg)?;
+    keep_down_migration(ctx, cfg, "read before the checkout")?;
     let log = cfg.git(&["log", "--oneline", "-5"]).run()?;
     let t = target(ctx, cfg)?;
     let from = if ctx.executes() {
@@ -468,7 +469,7 @@ pub fn checkout(ctx: &Context, cfg: &Config, path: Option<&str>) -> Out {
     let t = target(ctx, cfg)?.unwrap_or_else(|| cfg.stable_ref.clone());
     // The down migration comes with the release left behind: kept before
     // the tree moves, for a schema rollback after this one.
-    keep_down_migration(ctx, cfg)?;
+    keep_down_migration(ctx, cfg, "read before the checkout")?;
     if ctx.executes() {
         match path {
             None if head(cfg)? == t => {
@@ -896,14 +897,14 @@ const DOWN_FROM: &str = "down_migration_from";
 /// incident, when it is there and nothing is kept yet. Called before the
 /// code level checks out the stable commit: the file usually comes with
 /// the release being rolled back, and is gone from the tree after.
-pub fn keep_down_migration(ctx: &Context, cfg: &Config) -> Result<()> {
+pub fn keep_down_migration(ctx: &Context, cfg: &Config, when: &str) -> Result<()> {
     if cfg.down_migration.is_empty() || !ctx.executes() || ctx.pinned(DOWN_SQL)?.is_some() {
         return Ok(());
     }
     let path = cfg.app_path(&cfg.down_migration);
     if let Ok(sql) = storage::read_to_string(&path) {
         let at = head(cfg).map(|h| short(&h).to_string()).unwrap_or_default();
-        ctx.pin(DOWN_FROM, || Ok(format!("{path} at {at}")))?;
+        ctx.pin(DOWN_FROM, || Ok(format!("{path} at {at}, {when}")))?;
         ctx.pin(DOWN_SQL, || Ok(sql))?;
     }
     Ok(())
@@ -917,9 +918,9 @@ fn down_migration_sql(
     ctx: &Context,
     cfg: &Config,
 ) -> Result<std::result::Result<(String, String), String>> {
-    keep_down_migration(ctx, cfg)?;
+    keep_down_migration(ctx, cfg, "read from the working tree")?;
     if let (Some(sql), Some(from)) = (ctx.pinned(DOWN_SQL)?, ctx.pinned(DOWN_FROM)?) {
-        return Ok(Ok((sql, format!("{from}, read before the checkout"))));
+        return Ok(Ok((sql, from)));
     }
     let rel = cfg.down_migration.trim_start_matches("./");
     let mut tried = vec![format!("{} (not in the working tree)", cfg.app_path(rel))];
