@@ -100,7 +100,13 @@ pub fn parse_stats(body: &str) -> Option<Vec<QueueStats>> {
         active: num(c, "active"),
         completed: num(c, "completed"),
         failed: num(c, "failed"),
-        paused: c["paused"].as_bool().unwrap_or(false),
+        // A flag (`isPaused()`), or Bull's `getJobCounts()` count of jobs
+        // held in the paused list: some held means the queue is paused.
+        paused: match &c["paused"] {
+            Value::Bool(b) => *b,
+            Value::Number(_) | Value::String(_) => num(c, "paused") > 0,
+            _ => false,
+        },
     };
     match q {
         Value::Object(m) => Some(
@@ -838,6 +844,10 @@ mod tests {
         assert!((a[0].failure_percent() - 10.0).abs() < 1e-9);
         let b = parse_stats(r#"[{"name": "x", "active": "4"}]"#).unwrap();
         assert_eq!(b[0].active, 4);
+        // Bull's getJobCounts(): `paused` counts the jobs a pause holds.
+        let c = parse_stats(r#"{"a": {"waiting": 0, "active": 0, "completed": 12, "failed": 1, "delayed": 0, "paused": 7}, "b": {"completed": 3, "paused": 0}}"#).unwrap();
+        assert!(c[0].paused && !c[1].paused);
+        assert_eq!((c[0].completed, c[0].failed), (12, 1));
     }
 
     #[test]
