@@ -97,7 +97,8 @@ defaults! {
     d_pg_dump: String = s("pg_dump");
     d_dropdb: String = s("dropdb");
     d_createdb: String = s("createdb");
-    d_migrate_down: Vec<String> = argv(&["npm", "run", "migrate:down"]);
+    d_cache_patterns: Vec<String> = argv(&["*"]);
+    d_keep_prefixes: Vec<String> = argv(&["bull:"]);
     d_backup_dir: String = s("/backups/database");
     d_keep_backups: usize = 10;
     d_restore_prefix: String = s("backup_pre_deploy_");
@@ -196,8 +197,13 @@ pub struct Config {
     pub redis_host: String,
     #[serde(default = "d_redis_port")]
     pub redis_port: u16,
-    #[serde(default)]
+    /// What the cache level deletes (SCAN + DEL): `*` is every cache key.
+    #[serde(default = "d_cache_patterns")]
     pub cache_patterns: Vec<String>,
+    /// Keys that are never deleted, whatever the patterns: Bull keeps its
+    /// queues (waiting, active, delayed jobs) as `bull:*` in the same Redis.
+    #[serde(default = "d_keep_prefixes")]
+    pub keep_key_prefixes: Vec<String>,
     #[serde(default = "d_cache_max_mb")]
     pub cache_max_memory_mb: f64,
     #[serde(default = "d_del_batch")]
@@ -215,8 +221,16 @@ pub struct Config {
     pub dropdb: String,
     #[serde(default = "d_createdb")]
     pub createdb: String,
-    #[serde(default = "d_migrate_down")]
-    pub migrate_down_command: Vec<String>,
+    /// The command applying the down migration; `npm run migrate:down`
+    /// when neither this nor `down_migration` is set.
+    #[serde(default)]
+    pub migrate_down_command: Option<Vec<String>>,
+    /// A down-migration SQL file (relative to `app_dir`) applied with
+    /// `psql -1 -f`. Read before the code level checks out the stable
+    /// commit (the file usually comes with the release being rolled back)
+    /// and kept for the incident.
+    #[serde(default)]
+    pub down_migration: String,
     #[serde(default = "d_backup_dir")]
     pub backup_dir: String,
     #[serde(default = "d_keep_backups")]
@@ -264,12 +278,44 @@ impl Config {
                 bad(format!("table name {t:?} must be a plain SQL identifier"))?;
             }
         }
+        if c.cache_patterns.is_empty() {
+            bad(
+                "cache_patterns must name at least one pattern (\"*\" for every cache key)".into(),
+            )?;
+        }
         for p in &c.cache_patterns {
             if p.trim().is_empty() {
                 bad("cache_patterns must not hold an empty pattern".into())?;
             }
         }
+        if c.keep_key_prefixes.iter().any(|p| p.is_empty()) {
+            bad(
+                "keep_key_prefixes must not hold an empty prefix (it would keep every key)".into(),
+            )?;
+        }
+        if c.migrate_down_command.is_some() && !c.down_migration.is_empty() {
+            bad("set either migrate_down_command or down_migration, not both".into())?;
+        }
+        if c.drain_poll_ms == 0 {
+            bad("drain_poll_ms must be at least 1".into())?;
+        }
         Ok(c)
+    }
+
+    /// The command of the down migration when no `down_migration` file is
+    /// set (the runbook's default `npm run migrate:down`).
+    pub fn migrate_down_argv(&self) -> Vec<String> {
+        self.migrate_down_command
+            .clone()
+            .unwrap_or_else(|| argv(&["npm", "run", "migrate:down"]))
+    }
+
+    /// Whether a key may be deleted by the cache level.
+    pub fn deletable(&self, key: &str) -> bool {
+        !self
+            .keep_key_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
     }
 
     /// A path under the app's URL, or a full URL as written.
@@ -377,7 +423,12 @@ impl Config {
             &self.worker_stop_command,
             &self.worker_restart_command,
             &self.redis_restart_command,
-            &self.migrate_down_command,
+            // A down_migration file is applied with `psql`, listed above.
+            &if self.down_migration.is_empty() {
+                self.migrate_down_argv()
+            } else {
+                Vec::new()
+            },
         ] {
             if let Some(p) = a.first()
                 && !p.trim().is_empty()

@@ -10,8 +10,8 @@
 //! decision matrix and flowchart (P0-P3). The levels, lightest first:
 //!
 //! 1. feature flag: disable the one broken feature, fix forward;
-//! 2. cache: flush all or delete keys by pattern (SCAN), restart Redis if
-//!    needed, PING, warm;
+//! 2. cache: delete the cache keys by pattern (SCAN + DEL, never FLUSHALL
+//!    and never Bull's `bull:*` keys), restart Redis if needed, PING, warm;
 //! 3. queue workers (4.2): stop workers, drain, pause, clean failed jobs,
 //!    revert the queue code only, build, restart workers, resume gradually;
 //! 4. application code (4.1): pause queues, drain, check out the stable
@@ -39,7 +39,7 @@ use steps::*;
 fn levels() -> Vec<LevelInfo> {
     vec![
         LevelInfo::new(1, "feature flag", "Single feature broken: disable it with its feature flag and fix forward").rto_ms(60 * 60_000).effect(Effect::Reversible),
-        LevelInfo::new(2, "cache", "4.3 Cache/Redis rollback: flush all or delete keys by pattern, restart Redis if needed, PING, warm").rto_ms(60 * 60_000).effect(Effect::Destructive),
+        LevelInfo::new(2, "cache", "4.3 Cache/Redis rollback: delete the cache keys by pattern (SCAN + DEL; never FLUSHALL, never Bull's bull:* keys), restart Redis if needed, PING, warm").rto_ms(60 * 60_000).effect(Effect::Destructive),
         LevelInfo::new(3, "queue workers", "4.2 Queue system rollback: stop workers, drain, pause, clean, revert the queue code, rebuild, restart workers, resume gradually").rto_ms(30 * 60_000).effect(Effect::Destructive),
         LevelInfo::new(4, "application code", "4.1 Application code rollback: pause queues, drain, checkout stable, install, build, restart, health, smoke tests, resume queues one at a time").rto_ms(15 * 60_000).effect(Effect::Disruptive),
         LevelInfo::new(5, "database schema", "5.1 Method 1: stop writes, pause queues, pg_dump backup, down migration, verify schema and row counts").rto_ms(60 * 60_000).effect(Effect::Destructive),
@@ -57,15 +57,18 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
     };
     // At the code level, pausing and draining are best effort (the
     // runbook's emergency rollback: `pause-all || echo "Warning: ..."`).
-    let best_effort = if ctx.level == CODE {
-        "; best effort: if the API cannot do it, say so and roll the code back anyway"
+    let (best_effort, marked) = if ctx.level == CODE {
+        (
+            "; best effort: if the API cannot do it, say so and roll the code back anyway",
+            " (best effort)",
+        )
     } else {
-        ""
+        ("", "")
     };
     let pause = || {
         Step::auto(
             "pause-queues",
-            "Pause all queues",
+            format!("Pause all queues{marked}"),
             format!(
                 "POST {} (prevent new jobs){best_effort}",
                 cfg.url(&cfg.pause_all_path)
@@ -78,9 +81,9 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
     let drain = || {
         Step::auto(
             "drain",
-            "Wait for active jobs to drain",
+            format!("Wait for active jobs to drain{marked}"),
             format!(
-                "Poll GET {} every {} until no queue has an active job; fail after {}{best_effort}",
+                "GET {} once every {} until no queue has an active job; fail after {}{best_effort}",
                 cfg.url(&cfg.queue_stats_path),
                 fmt_ms(cfg.drain_poll_ms),
                 fmt_ms(cfg.drain_timeout_ms)
@@ -191,17 +194,14 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
         CACHE => {
             v.push(Step::auto(
                 "flush",
-                if cfg.cache_patterns.is_empty() { "Clear all cache" } else { "Clear cache keys by pattern" },
-                if cfg.cache_patterns.is_empty() {
-                    format!("`{}` (nuclear option)", cfg.redis(&["FLUSHALL"]).display())
-                } else {
-                    format!(
-                        "For each of {}: `{}` (SCAN, never KEYS), then DEL the keys in batches of {}",
-                        cfg.cache_patterns.join(", "),
-                        cfg.redis(&["--scan", "--pattern", "<pattern>"]).display(),
-                        cfg.del_batch
-                    )
-                },
+                "Clear the cache keys",
+                format!(
+                    "For each of {}: `{}` (SCAN, never KEYS or FLUSHALL), then DEL the keys in batches of {}, never a key starting with {} (Bull's queues share this Redis)",
+                    cfg.cache_patterns.join(", "),
+                    cfg.redis(&["--scan", "--pattern", "<pattern>"]).display(),
+                    cfg.del_batch,
+                    if cfg.keep_key_prefixes.is_empty() { "(nothing kept)".to_string() } else { cfg.keep_key_prefixes.join(" or ") }
+                ),
             )
             // Cache entries are gone for good (the app rebuilds them).
             // Flushing again after an interruption deletes what matches
@@ -388,7 +388,14 @@ fn step_list(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
                     Step::auto(
                         "migrate-down",
                         "Apply the down migration",
-                        cmd(&cfg.migrate_down_command),
+                        if cfg.down_migration.is_empty() {
+                            cmd(&cfg.migrate_down_argv())
+                        } else {
+                            format!(
+                                "`{} {db} -X -w -v ON_ERROR_STOP=1 -1 -f <copy>` of {} as read before any checkout (kept for the incident; else read from the working tree, else from the git history), the copy saved in {}",
+                                cfg.psql, cfg.down_migration, cfg.backup_dir
+                            )
+                        },
                     )
                     // Drops what the migration added, data with it. Not
                     // repeatable: whether the configured down migration can
@@ -560,7 +567,7 @@ impl Plugin for QueueApp {
             (_, "maintenance-on") => maintenance(ctx, cfg, true),
             (_, "maintenance-off") => maintenance(ctx, cfg, false),
             (_, "backup") => backup(ctx, cfg),
-            (_, "migrate-down") => migrate_down(cfg),
+            (_, "migrate-down") => migrate_down(ctx, cfg),
             (_, "verify-schema") => verify_schema(ctx, cfg),
             (_, "restore") => restore(ctx, cfg),
             (_, "verify-data") => verify_data(ctx, cfg),
@@ -649,18 +656,8 @@ impl Plugin for QueueApp {
             match queue_stats(cfg)? {
                 Ok(qs) => {
                     for q in qs.iter().filter(|q| cfg.queues.contains(&q.name)) {
-                        f.push(Finding::check(
-                            format!("queue {} running", q.name),
-                            !q.paused,
-                            if q.paused { "paused" } else { "running" },
-                            "running",
-                        ));
-                        f.push(Finding::at_most(
-                            format!("queue {}: failure rate", q.name),
-                            (q.failure_percent() * 10.0).round() / 10.0,
-                            cfg.queue_failure_percent,
-                            "%",
-                        ));
+                        let (d, since) = since_resume(ctx, q)?;
+                        f.extend(queue_findings(q, &d, &since, cfg));
                     }
                 }
                 Err(e) => f.push(Finding::new("queue stats", e, "JSON queue counts", true)),
@@ -676,12 +673,20 @@ impl Plugin for QueueApp {
                         "MB",
                     ));
                 }
+                // What the flush deleted, and what matches now: the warm
+                // (and the app) fill the cache again, so that is a record,
+                // not a check.
                 if let Some(n) = pattern_keys(cfg)? {
-                    f.push(Finding::at_most(
-                        format!("keys matching {}", cfg.cache_patterns.join(", ")),
-                        n as f64,
-                        0.0,
-                        "keys",
+                    let deleted =
+                        storage::get(&ctx.run_key("cache_deleted"))?.unwrap_or_else(|| "?".into());
+                    f.push(Finding::new(
+                        format!(
+                            "cache keys matching {} (the flush deleted {deleted})",
+                            cfg.cache_patterns.join(", ")
+                        ),
+                        format!("{n} keys now"),
+                        "refilled by the warm and the app",
+                        false,
                     ));
                 }
             }
@@ -722,7 +727,19 @@ impl Plugin for QueueApp {
             RESTORE if ctx.executes() => f.extend(db_checks(ctx, cfg, false)?),
             _ => {}
         }
-        Ok(Verification::from_findings(f))
+        let v = Verification::from_findings(f);
+        // Database rollbacks are "high-risk operations" (5.1): after one
+        // that did not bring the service back, the next step is a person's,
+        // not an automatic dropdb (level 6) or nothing higher.
+        Ok(match ctx.level {
+            SCHEMA => v.or_stop(
+                "the schema rollback (down migration) did not bring the service back; the next level drops the database and restores a backup (5.1 method 2, \"DANGEROUS\"): a person decides, after checking the backup and what the migration left",
+            ),
+            RESTORE => v.or_stop(
+                "the database was restored from the backup and the service is still not healthy: a person decides (check the restored data, the backup chosen, and the code running against it)",
+            ),
+            _ => v,
+        })
     }
 }
 

@@ -55,6 +55,18 @@ pub struct QueueStats {
 }
 
 impl QueueStats {
+    /// The jobs done since `base` (an earlier read of the same queue).
+    /// A counter below its base was reset (Bull's `clean` removes failed
+    /// jobs, and their count with them): all it holds is new.
+    pub fn since(&self, base: &QueueStats) -> QueueStats {
+        let d = |now: u64, then: u64| if now >= then { now - then } else { now };
+        QueueStats {
+            completed: d(self.completed, base.completed),
+            failed: d(self.failed, base.failed),
+            ..self.clone()
+        }
+    }
+
     pub fn failure_percent(&self) -> f64 {
         let done = self.completed + self.failed;
         if done == 0 {
@@ -88,7 +100,13 @@ pub fn parse_stats(body: &str) -> Option<Vec<QueueStats>> {
         active: num(c, "active"),
         completed: num(c, "completed"),
         failed: num(c, "failed"),
-        paused: c["paused"].as_bool().unwrap_or(false),
+        // A flag (`isPaused()`), or Bull's `getJobCounts()` count of jobs
+        // held in the paused list: some held means the queue is paused.
+        paused: match &c["paused"] {
+            Value::Bool(b) => *b,
+            Value::Number(_) | Value::String(_) => num(c, "paused") > 0,
+            _ => false,
+        },
     };
     match q {
         Value::Object(m) => Some(
@@ -826,5 +844,26 @@ mod tests {
         assert!((a[0].failure_percent() - 10.0).abs() < 1e-9);
         let b = parse_stats(r#"[{"name": "x", "active": "4"}]"#).unwrap();
         assert_eq!(b[0].active, 4);
+        // Bull's getJobCounts(): `paused` counts the jobs a pause holds.
+        let c = parse_stats(r#"{"a": {"waiting": 0, "active": 0, "completed": 12, "failed": 1, "delayed": 0, "paused": 7}, "b": {"completed": 3, "paused": 0}}"#).unwrap();
+        assert!(c[0].paused && !c[1].paused);
+        assert_eq!((c[0].completed, c[0].failed), (12, 1));
+    }
+
+    #[test]
+    fn failure_rate_since_a_baseline_leaves_out_the_history() {
+        let q = |completed, failed| QueueStats {
+            name: "q".into(),
+            completed,
+            failed,
+            ..Default::default()
+        };
+        // 60 of 460 failed before (13%); since then 50 done, none failed.
+        let d = q(450, 60).since(&q(400, 60));
+        assert_eq!((d.completed, d.failed), (50, 0));
+        assert_eq!(d.failure_percent(), 0.0);
+        // clean-all removed the failed jobs: the counter starts again.
+        let d = q(450, 2).since(&q(400, 60));
+        assert_eq!((d.completed, d.failed), (50, 2));
     }
 }

@@ -121,9 +121,15 @@ fn best_effort(failed: StepOutcome, what: &str) -> StepOutcome {
     .with_findings(vec![finding])
 }
 
-/// Wait, polled by the host, until no queue has an active job, for at most
-/// `drain_timeout_ms`. Each poll is a GET of the stats (a host-side wait on
-/// the stats URL of `drain_poll_ms`, whose last answer is read).
+/// Wait until no queue has an active job, for at most `drain_timeout_ms`:
+/// one GET of the stats every `drain_poll_ms`, and between two polls the
+/// plugin sleeps (a WASI sleep: no CPU, cut at the call's deadline).
+///
+/// At the code level the drain is best effort: the runbook's emergency
+/// rollback does not drain at all, and an API that cannot say how many
+/// jobs run (500, connection refused, at the first poll or a later one) or
+/// jobs that outlast the deadline must not leave the broken release
+/// serving. Elsewhere (queue code, schema, restore) it stops the level.
 pub fn drain(ctx: &Context, cfg: &Config) -> Out {
     let url = cfg.url(&cfg.queue_stats_path);
     if !ctx.executes() {
@@ -137,23 +143,23 @@ pub fn drain(ctx: &Context, cfg: &Config) -> Out {
             fmt_ms(cfg.drain_timeout_ms)
         )));
     }
+    let best = ctx.level == CODE;
     let start = now_ms();
     let mut seen = Vec::new();
     let mut polls = 0u32;
     loop {
-        let stats = match queue_stats(cfg)? {
+        let stats = queue_stats(cfg)?;
+        polls += 1;
+        let stats = match stats {
             Ok(s) => s,
-            // With the API down at the code level, no drain can be watched
-            // (and nothing new is served): roll the code back anyway.
-            Err(e) if ctx.level == CODE && polls == 0 => {
+            Err(e) if best => {
                 return Ok(best_effort(
-                    StepOutcome::failed(format!("cannot watch the drain: {e}")),
+                    StepOutcome::failed(format!("cannot watch the drain (poll {polls}): {e}")),
                     "active jobs drained",
                 ));
             }
             Err(e) => return Ok(StepOutcome::failed(format!("draining: {e}"))),
         };
-        polls += 1;
         let active: u64 = stats.iter().map(|q| q.active).sum();
         if seen.last() != Some(&active) {
             seen.push(active);
@@ -162,33 +168,39 @@ pub fn drain(ctx: &Context, cfg: &Config) -> Out {
         let finding = Finding::at_most("active jobs after the drain", active as f64, 0.0, "jobs");
         if active == 0 {
             return Ok(StepOutcome::ok(format!(
-                "drained: active jobs {} -> 0 in {} ({polls} polls)",
+                "drained: active jobs {} -> 0 in {} ({polls} polls, every {})",
                 seen.iter()
                     .map(|n| n.to_string())
                     .collect::<Vec<_>>()
                     .join(" -> "),
-                fmt_ms(elapsed)
+                fmt_ms(elapsed),
+                fmt_ms(cfg.drain_poll_ms)
             ))
             .with_findings(vec![finding]));
         }
         if elapsed >= cfg.drain_timeout_ms {
-            return Ok(StepOutcome::failed(format!(
-                "{active} jobs still active after {} (deadline {}): not rolling back under running jobs",
+            let msg = format!(
+                "{active} jobs still active after {} ({polls} polls, deadline {})",
                 fmt_ms(elapsed),
                 fmt_ms(cfg.drain_timeout_ms)
-            ))
-            .with_findings(vec![finding]));
+            );
+            return Ok(if best {
+                best_effort(StepOutcome::failed(msg), "active jobs drained")
+            } else {
+                StepOutcome::failed(format!("{msg}: not rolling back under running jobs"))
+                    .with_findings(vec![finding])
+            });
         }
-        let wait = cfg
-            .drain_poll_ms
-            .min(cfg.drain_timeout_ms.saturating_sub(elapsed))
-            .max(1);
-        // Never healthy (status 599 only): the host waits `wait` ms.
-        let _ = HttpProbe::get(&url)
-            .expect(599, 599)
-            .timeout_ms(cfg.probe_timeout_ms)
-            .wait(WaitPolicy::every(wait).timeout_ms(wait))?;
+        sleep_ms(cfg.drain_poll_ms.min(cfg.drain_timeout_ms - elapsed).max(1));
     }
+}
+
+/// Sleep between two polls. A WASI sleep: the host spends no CPU of the
+/// plugin's budget on it and cuts it at the call's deadline (`[limits]
+/// call_time`). Not for fixed waits before a check: those are host-polled
+/// waits (`wait_health`).
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
 }
 
 /// Wait until /health is healthy: the runbook's `sleep 10; curl /health`.
@@ -237,6 +249,9 @@ pub fn wait_health(ctx: &Context, cfg: &Config, successes: u32) -> Out {
 /// for `resume_monitor_ms` and the queue must be running and not failing.
 pub fn resume_queue(ctx: &Context, cfg: &Config, queue: &str) -> Out {
     let url = cfg.resume_url(queue);
+    if ctx.executes() {
+        baseline(ctx, cfg, queue)?;
+    }
     let said = match post(ctx, cfg, &url, &format!("resuming {queue}"))? {
         Ok(m) => m,
         Err(e) => return Ok(StepOutcome::failed(e)),
@@ -277,25 +292,16 @@ pub fn resume_queue(ctx: &Context, cfg: &Config, queue: &str) -> Out {
                 .with_findings(f),
         );
     };
-    f.push(Finding::check(
-        format!("queue {queue} running"),
-        !q.paused,
-        if q.paused { "paused" } else { "running" },
-        "running",
-    ));
-    f.push(Finding::at_most(
-        format!("queue {queue}: failure rate"),
-        (q.failure_percent() * 10.0).round() / 10.0,
-        cfg.queue_failure_percent,
-        "%",
-    ));
-    let ok = !q.paused && q.failure_percent() <= cfg.queue_failure_percent;
+    let (d, since) = since_resume(ctx, q)?;
+    f.extend(queue_findings(q, &d, &since, cfg));
+    let ok = !q.paused && d.failure_percent() <= cfg.queue_failure_percent;
     let msg = format!(
-        "{said}; healthy for {} probes; {queue}: {} active, {} waiting, {} failed{}",
+        "{said}; healthy for {} probes; {queue}: {} active, {} waiting, {} completed and {} failed {since}{}",
         w.attempts,
         q.active,
         q.waiting,
-        q.failed,
+        d.completed,
+        d.failed,
         if q.paused { ", still paused" } else { "" }
     );
     Ok(if ok {
@@ -304,6 +310,60 @@ pub fn resume_queue(ctx: &Context, cfg: &Config, queue: &str) -> Out {
         StepOutcome::failed(msg)
     }
     .with_findings(f))
+}
+
+/// The queue's counters before its resume at this level, kept for the run
+/// (a resumed run keeps the first; a higher level after this one takes
+/// its own, so jobs that failed under a lower level do not count): Bull's `completed` and `failed` count every job
+/// since the queue was made, so the bad release's failures are in them.
+/// What the rollback is judged on is what happened after the resume.
+fn baseline(ctx: &Context, cfg: &Config, queue: &str) -> Result<()> {
+    let key = ctx.run_key(&format!("baseline-{}-{queue}", ctx.level));
+    if storage::get(&key)?.is_some() {
+        return Ok(());
+    }
+    if let Ok(stats) = queue_stats(cfg)?
+        && let Some(q) = stats.into_iter().find(|q| q.name == queue)
+    {
+        storage::set_json(&key, &q)?;
+    }
+    Ok(())
+}
+
+/// The jobs a queue completed and failed since its baseline, and how that
+/// window reads ("since the resume", or the whole history when no
+/// baseline could be read).
+pub fn since_resume(ctx: &Context, q: &QueueStats) -> Result<(QueueStats, String)> {
+    let base: Option<QueueStats> =
+        storage::get_json(&ctx.run_key(&format!("baseline-{}-{}", ctx.level, q.name)))?;
+    Ok(match base {
+        Some(b) => (q.since(&b), "since the resume".to_string()),
+        None => (q.clone(), "in all (no count before the resume)".to_string()),
+    })
+}
+
+/// "Queue running" and "failure rate normal" of one queue, the rate over
+/// the jobs since its resume.
+pub fn queue_findings(q: &QueueStats, d: &QueueStats, since: &str, cfg: &Config) -> Vec<Finding> {
+    vec![
+        Finding::check(
+            format!("queue {} running", q.name),
+            !q.paused,
+            if q.paused { "paused" } else { "running" },
+            "running",
+        ),
+        Finding::at_most(
+            format!(
+                "queue {}: failure rate ({} failed of {} jobs done {since})",
+                q.name,
+                d.failed,
+                d.failed + d.completed
+            ),
+            (d.failure_percent() * 10.0).round() / 10.0,
+            cfg.queue_failure_percent,
+            "%",
+        ),
+    ]
 }
 
 // ----------------------------------------------------------------- git
@@ -371,6 +431,7 @@ pub const STABLE_COMMIT: &str = "stable_commit";
 /// the pinned ones.
 pub fn identify(ctx: &Context, cfg: &Config) -> Out {
     let now = head(cfg)?;
+    keep_down_migration(ctx, cfg, "read before the checkout")?;
     let log = cfg.git(&["log", "--oneline", "-5"]).run()?;
     let t = target(ctx, cfg)?;
     let from = if ctx.executes() {
@@ -406,6 +467,9 @@ pub fn identify(ctx: &Context, cfg: &Config) -> Out {
 /// holds what the checkout replaces, which is what makes it reversible).
 pub fn checkout(ctx: &Context, cfg: &Config, path: Option<&str>) -> Out {
     let t = target(ctx, cfg)?.unwrap_or_else(|| cfg.stable_ref.clone());
+    // The down migration comes with the release left behind: kept before
+    // the tree moves, for a schema rollback after this one.
+    keep_down_migration(ctx, cfg, "read before the checkout")?;
     if ctx.executes() {
         match path {
             None if head(cfg)? == t => {
@@ -495,25 +559,25 @@ pub fn restart(ctx: &Context, cfg: &Config, argv: &[String], what: &str) -> Out 
 
 // ---------------------------------------------------------------- cache
 
+/// The runbook's "clear specific patterns" (`KEYS "gemini:*" | xargs
+/// redis-cli DEL`) with SCAN instead of KEYS, for every pattern (`*`: every
+/// cache key). Never FLUSHALL, and never a key of `keep_key_prefixes`:
+/// Bull keeps its queues (waiting, active, delayed jobs) as `bull:*` in the
+/// same Redis, and flushing them would lose the jobs.
 pub fn flush(ctx: &Context, cfg: &Config) -> Out {
-    if cfg.cache_patterns.is_empty() {
-        let cmd = cfg.redis(&["FLUSHALL"]);
-        return Ok(match run_ok(&cmd, "clearing all cache")? {
-            Ok(m) => StepOutcome::ok(m),
-            Err(e) => StepOutcome::failed(e),
-        });
-    }
     let mut said = Vec::new();
-    let mut total = 0usize;
+    let mut kept_total = 0usize;
+    let mut deleted_total = 0u64;
     for p in &cfg.cache_patterns {
         // SCAN, never KEYS: redis-cli --scan iterates with the cursor.
         let scan = cfg.redis(&["--scan", "--pattern", p]);
         let out = scan.run()?;
         if out.simulated {
             said.push(format!(
-                "would run `{}` and DEL the keys in batches of {}",
+                "would run `{}` and DEL the keys in batches of {}, keeping {}",
                 scan.display(),
-                cfg.del_batch
+                cfg.del_batch,
+                cfg.keep_key_prefixes.join(", ")
             ));
             continue;
         }
@@ -527,6 +591,10 @@ pub fn flush(ctx: &Context, cfg: &Config) -> Out {
         let mut keys: Vec<&str> = out.stdout.lines().filter(|k| !k.is_empty()).collect();
         keys.sort_unstable();
         keys.dedup();
+        let found = keys.len();
+        keys.retain(|k| cfg.deletable(k));
+        let kept = found - keys.len();
+        kept_total += kept;
         let mut deleted = 0u64;
         for batch in keys.chunks(cfg.del_batch) {
             let mut args = vec!["DEL"];
@@ -542,16 +610,31 @@ pub fn flush(ctx: &Context, cfg: &Config) -> Out {
             }
             deleted += n;
         }
-        total += keys.len();
+        deleted_total += deleted;
         said.push(format!(
-            "{p}: {} keys found with SCAN, {deleted} deleted in {} DEL batches",
-            keys.len(),
-            keys.len().div_ceil(cfg.del_batch)
+            "{p}: {found} keys found with SCAN, {deleted} deleted in {} DEL batches{}",
+            keys.len().div_ceil(cfg.del_batch),
+            if kept > 0 {
+                format!(", {kept} kept ({})", cfg.keep_key_prefixes.join(", "))
+            } else {
+                String::new()
+            }
         ));
     }
-    let _ = total;
-    let _ = ctx;
-    Ok(StepOutcome::ok(said.join("; ")))
+    if ctx.executes() {
+        storage::set(&ctx.run_key("cache_deleted"), &deleted_total.to_string())?;
+    }
+    let f = if ctx.executes() {
+        vec![Finding::new(
+            format!("keys kept ({})", cfg.keep_key_prefixes.join(", ")),
+            kept_total,
+            "never deleted",
+            false,
+        )]
+    } else {
+        Vec::new()
+    };
+    Ok(StepOutcome::ok(said.join("; ")).with_findings(f))
 }
 
 /// "Restart Redis if needed": only when it does not answer or still uses
@@ -605,7 +688,11 @@ pub fn pattern_keys(cfg: &Config) -> Result<Option<usize>> {
         if out.simulated || out.exit_code != Some(0) {
             return Ok(None);
         }
-        n += out.stdout.lines().filter(|k| !k.is_empty()).count();
+        n += out
+            .stdout
+            .lines()
+            .filter(|k| !k.is_empty() && cfg.deletable(k))
+            .count();
     }
     Ok(Some(n))
 }
@@ -801,12 +888,127 @@ fn checks_outcome(ctx: &Context, f: Vec<Finding>, what: &str) -> StepOutcome {
     .with_findings(f)
 }
 
-pub fn migrate_down(cfg: &Config) -> Out {
-    command_step(
-        cfg,
-        &cfg.migrate_down_command,
-        "applying the down migration",
-    )
+/// The pin key of the down migration's SQL.
+const DOWN_SQL: &str = "down_migration";
+/// The pin key of where that SQL was read.
+const DOWN_FROM: &str = "down_migration_from";
+
+/// Read the down migration from the working tree and keep it for the
+/// incident, when it is there and nothing is kept yet. Called before the
+/// code level checks out the stable commit: the file usually comes with
+/// the release being rolled back, and is gone from the tree after.
+pub fn keep_down_migration(ctx: &Context, cfg: &Config, when: &str) -> Result<()> {
+    if cfg.down_migration.is_empty() || !ctx.executes() || ctx.pinned(DOWN_SQL)?.is_some() {
+        return Ok(());
+    }
+    let path = cfg.app_path(&cfg.down_migration);
+    if let Ok(sql) = storage::read_to_string(&path) {
+        let at = head(cfg).map(|h| short(&h).to_string()).unwrap_or_default();
+        ctx.pin(DOWN_FROM, || Ok(format!("{path} at {at}, {when}")))?;
+        ctx.pin(DOWN_SQL, || Ok(sql))?;
+    }
+    Ok(())
+}
+
+/// The down migration's SQL and where it was read: kept for the incident
+/// (read before a checkout), else the working tree, else the newest commit
+/// of any branch that wrote the file (the release rolled back from is
+/// still on its branch after a checkout of the stable commit).
+fn down_migration_sql(
+    ctx: &Context,
+    cfg: &Config,
+) -> Result<std::result::Result<(String, String), String>> {
+    keep_down_migration(ctx, cfg, "read from the working tree")?;
+    if let (Some(sql), Some(from)) = (ctx.pinned(DOWN_SQL)?, ctx.pinned(DOWN_FROM)?) {
+        return Ok(Ok((sql, from)));
+    }
+    let rel = cfg.down_migration.trim_start_matches("./");
+    let mut tried = vec![format!("{} (not in the working tree)", cfg.app_path(rel))];
+    let mut commits = Vec::new();
+    if let Some(c) = ctx.pinned("rolled_back_from")? {
+        commits.push(c);
+    }
+    let log = cfg
+        .git(&[
+            "log",
+            "--all",
+            "-1",
+            "--format=%H",
+            "--diff-filter=AM",
+            "--",
+            rel,
+        ])
+        .run()?;
+    if log.exit_code == Some(0) && !log.stdout.trim().is_empty() {
+        commits.push(log.stdout.trim().to_string());
+    }
+    for c in commits {
+        let out = cfg.git(&["show", &format!("{c}:{rel}")]).run()?;
+        if out.exit_code == Some(0) {
+            let from = format!("{rel} at commit {} (git history)", short(&c));
+            if ctx.executes() {
+                ctx.pin(DOWN_FROM, || Ok(from.clone()))?;
+                ctx.pin(DOWN_SQL, || Ok(out.stdout.clone()))?;
+            }
+            return Ok(Ok((out.stdout, from)));
+        }
+        tried.push(format!(
+            "{rel} at {}: {}",
+            short(&c),
+            one_line(&out.stderr, 120)
+        ));
+    }
+    if ctx.executes() {
+        Ok(Err(format!(
+            "no down migration to apply: {}; put the file back in {} (or set down_migration) and run again",
+            tried.join("; "),
+            cfg.app_dir
+        )))
+    } else {
+        Ok(Ok((
+            String::new(),
+            format!("{rel} (read when the step runs)"),
+        )))
+    }
+}
+
+/// Apply the down migration: `migrate_down_command`, or the kept copy of
+/// `down_migration` with `psql -1` (one transaction: all of it or none).
+pub fn migrate_down(ctx: &Context, cfg: &Config) -> Out {
+    if cfg.down_migration.is_empty() {
+        return command_step(cfg, &cfg.migrate_down_argv(), "applying the down migration");
+    }
+    let (sql, from) = match down_migration_sql(ctx, cfg)? {
+        Ok(x) => x,
+        Err(e) => return Ok(StepOutcome::failed(e)),
+    };
+    let name = cfg
+        .down_migration
+        .rsplit('/')
+        .next()
+        .unwrap_or("down.sql")
+        .to_string();
+    let copy = cfg.backup_path(&format!("applied_{}_{name}", ctx.run_stamp(stamp)?));
+    if ctx.executes() {
+        storage::make_dir(&cfg.backup_dir)?;
+        storage::write_string(&copy, &sql)?;
+    }
+    let cmd = Cmd::new(&cfg.psql)
+        .arg(cfg.db_url()?)
+        .args(["-X", "-w", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", &copy])
+        .timeout_ms(cfg.command_timeout_ms);
+    Ok(match run_ok(&cmd, "applying the down migration")? {
+        Ok(_) if !ctx.executes() => {
+            StepOutcome::ok(format!("would apply {from} with `{}`", cmd.display()))
+        }
+        Ok(_) => StepOutcome::ok(format!(
+            "applied {from} ({} bytes, copy {copy}) in one transaction",
+            sql.len()
+        )),
+        Err(e) => StepOutcome::failed(format!(
+            "{e} (the migration was {from}; nothing of it was committed)"
+        )),
+    })
 }
 
 pub fn verify_schema(ctx: &Context, cfg: &Config) -> Out {
