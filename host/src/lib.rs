@@ -8,6 +8,7 @@ pub mod imports;
 pub mod journal;
 pub mod junit;
 pub mod lock;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod redact;

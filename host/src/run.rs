@@ -285,6 +285,9 @@ pub enum StartError {
         "a rewind watch already watches this runbook: {holder} (lock {path}); two watches would both roll it back: stop that one first"
     )]
     WatchRunning { path: PathBuf, holder: String },
+    /// `[watch] metrics` cannot be served (the address is taken ...).
+    #[error("{0}")]
+    Metrics(String),
     #[error("run {run_id} cannot be resumed: {why}")]
     NotResumable { run_id: String, why: String },
     #[error(
@@ -333,7 +336,7 @@ impl StartError {
             | Self::NoSuchScenario { .. }
             | Self::NoDrills
             | Self::Runbook(_) => exit::USAGE,
-            Self::State { .. } => exit::FAILED,
+            Self::State { .. } | Self::Metrics(_) => exit::FAILED,
         }
     }
 }

@@ -56,6 +56,8 @@ struct RawWatch {
     initial_delay: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration_opt")]
     cooldown: Option<Duration>,
+    metrics: Option<std::net::SocketAddr>,
+    metrics_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +92,11 @@ pub struct WatchSpec {
     pub initial_delay: Duration,
     /// After a rollback, no other one for this long. Default 5 min.
     pub cooldown: Duration,
+    /// Serve Prometheus metrics on this address (`/metrics`). Off by default.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Rewrite this file with the metrics after every round (node_exporter's
+    /// textfile collector). Relative to the runbook's directory.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for WatchSpec {
@@ -101,6 +108,8 @@ impl Default for WatchSpec {
             success_threshold: 1,
             initial_delay: Duration::ZERO,
             cooldown: Duration::from_secs(300),
+            metrics: None,
+            metrics_file: None,
         }
     }
 }
@@ -442,6 +451,8 @@ impl Runbook {
             success_threshold: w.success_threshold.unwrap_or(wd.success_threshold).max(1),
             initial_delay: w.initial_delay.unwrap_or(wd.initial_delay),
             cooldown: w.cooldown.unwrap_or(wd.cooldown),
+            metrics: w.metrics,
+            metrics_file: w.metrics_file.as_deref().map(|f| dir.join(f)),
         };
         let mut notify = Vec::new();
         for n in raw.notify {

@@ -36,6 +36,8 @@ pub struct WatchOptions {
 pub struct WatchStatus {
     pub pid: u32,
     pub started: String,
+    #[serde(default)]
+    pub started_ms: u64,
     pub period_ms: u64,
     pub failure_threshold: u32,
     pub rounds: u64,
@@ -47,19 +49,38 @@ pub struct WatchStatus {
     pub problems: Vec<String>,
     /// When a round last found everything healthy.
     pub last_healthy: Option<String>,
+    #[serde(default)]
+    pub last_healthy_ms: Option<u64>,
+    /// Assessments that asked for a rollback or failed, by plugin.
+    #[serde(default)]
+    pub probe_failures: std::collections::BTreeMap<String, u64>,
     pub rollbacks_started: u64,
     pub rollbacks_succeeded: u64,
     pub rollbacks_failed: u64,
     /// The last rollback: run id, outcome (or why it could not start).
     pub last_rollback: Option<(String, String)>,
+    #[serde(default)]
+    pub last_rollback_ms: Option<u64>,
     pub reloads: u64,
 }
 
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl WatchStatus {
-    /// Replace the status file whole (temporary file, rename); a status
-    /// that cannot be written is a warning, never a reason to stop
-    /// watching.
-    fn write(&self, state: &crate::state::StateDir) {
+    /// Replace the status file whole (temporary file, rename), and the
+    /// metrics textfile when there is one; a file that cannot be written
+    /// is a warning, never a reason to stop watching.
+    fn write(&self, runbook: &Runbook, state: &crate::state::StateDir) {
+        if let Some(path) = &runbook.watch.metrics_file {
+            let text = crate::metrics::render(&runbook.name, state, self);
+            if let Err(e) = crate::metrics::write_file(path, &text) {
+                tracing::warn!("cannot write the metrics file {}: {e}", path.display());
+            }
+        }
         let path = state.watch_status();
         let result = (|| -> std::io::Result<()> {
             let mut tmp = tempfile::NamedTempFile::new_in(state.path())?;
@@ -84,14 +105,26 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
     let (probe, mut prepared) = Session::open(runbook, rt, Kind::Probe, Mode::Execute, None)?;
     let state = runbook.state();
     let _watching = crate::lock::WatchLock::acquire(&state)?;
-    let mut status = WatchStatus {
+    let shared = Arc::new(std::sync::Mutex::new(WatchStatus {
         pid: std::process::id(),
         started: crate::journal::now_rfc3339(),
+        started_ms: epoch_ms(),
         period_ms: w.period.as_millis() as u64,
         failure_threshold: w.failure_threshold,
         ..WatchStatus::default()
+    }));
+    if let Some(addr) = w.metrics {
+        crate::metrics::serve(addr, runbook.name.clone(), state.clone(), shared.clone())
+            .map_err(StartError::Metrics)?;
+    }
+    // Every change is published at once: watch.json, the metrics file,
+    // and (through `shared`) the metrics endpoint.
+    let update = |f: &dyn Fn(&mut WatchStatus)| {
+        let mut s = shared.lock().unwrap();
+        f(&mut s);
+        s.write(runbook, &state);
     };
-    status.write(&state);
+    update(&|_| {});
     // Plugins rebuilt while watching are picked up between rounds (and a
     // rollback loads the files afresh anyway).
     let current = prepared
@@ -142,7 +175,7 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
                     ..
                 } => {
                     if let Some(p) = prepared.iter_mut().find(|p| p.spec.component == path) {
-                        status.reloads += 1;
+                        update(&|s| s.reloads += 1);
                         let from = p.plugin.short_hash().to_string();
                         p.plugin = *plugin;
                         out(
@@ -167,13 +200,18 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
         }
         let started = Instant::now();
         let mut problems = Vec::new();
+        let mut failed_plugins = Vec::new();
         for p in &prepared {
             match probe.assess(p) {
                 Ok(a) if a.rollback => {
+                    failed_plugins.push(p.spec.name.clone());
                     problems.push(format!("{}: {} ({})", p.spec.name, a.scenario, a.summary))
                 }
                 Ok(_) => {}
-                Err(e) => problems.push(format!("{}: {e}", p.spec.name)),
+                Err(e) => {
+                    failed_plugins.push(p.spec.name.clone());
+                    problems.push(format!("{}: {e}", p.spec.name))
+                }
             }
             p.env.take_actions();
         }
@@ -196,15 +234,20 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
             failures += 1;
             successes = 0;
         }
-        status.rounds = round;
-        status.last_round = Some(crate::journal::now_rfc3339());
-        status.healthy = healthy;
-        status.consecutive_failures = failures;
-        status.problems = problems.clone();
-        if healthy {
-            status.last_healthy = status.last_round.clone();
-        }
-        status.write(&state);
+        update(&|s| {
+            s.rounds = round;
+            s.last_round = Some(crate::journal::now_rfc3339());
+            s.healthy = healthy;
+            s.consecutive_failures = failures;
+            s.problems = problems.clone();
+            for p in &failed_plugins {
+                *s.probe_failures.entry(p.clone()).or_default() += 1;
+            }
+            if healthy {
+                s.last_healthy = s.last_round.clone();
+                s.last_healthy_ms = Some(epoch_ms());
+            }
+        });
         let mut action = "none";
         if failures >= w.failure_threshold {
             let cooling = last_rollback.is_some_and(|t| t.elapsed() < w.cooldown);
@@ -255,18 +298,19 @@ pub fn watch(runbook: &Runbook, rt: &Arc<Runtime>, opts: &WatchOptions) -> Resul
                 live: !opts.json,
                 ..RunOptions::default()
             };
-            status.rollbacks_started += 1;
-            status.write(&state);
+            update(&|s| s.rollbacks_started += 1);
             let result = run::execute(runbook, rt, &ropts);
-            match &result {
-                Ok(r) if r.exit_code() == run::exit::OK => status.rollbacks_succeeded += 1,
-                _ => status.rollbacks_failed += 1,
-            }
-            status.last_rollback = Some(match &result {
-                Ok(r) => (r.run_id.clone(), r.outcome.journal_name().to_string()),
-                Err(e) => (String::new(), format!("could not start: {e}")),
+            update(&|s| {
+                match &result {
+                    Ok(r) if r.exit_code() == run::exit::OK => s.rollbacks_succeeded += 1,
+                    _ => s.rollbacks_failed += 1,
+                }
+                s.last_rollback = Some(match &result {
+                    Ok(r) => (r.run_id.clone(), r.outcome.journal_name().to_string()),
+                    Err(e) => (String::new(), format!("could not start: {e}")),
+                });
+                s.last_rollback_ms = result.as_ref().ok().map(|r| r.duration_ms);
             });
-            status.write(&state);
             match result {
                 Ok(r) => out(
                     json!({"event": "rollback", "run_id": r.run_id, "outcome": r.outcome, "duration_ms": r.duration_ms}),

@@ -132,3 +132,92 @@ fn a_watch_is_seen_by_status_and_a_second_watch_is_refused() {
     drop(watch);
     assert!(wait_until(PATIENCE, || status(&sb)["state"] == "idle"));
 }
+
+/// `[watch] metrics` and `metrics_file`: the endpoint is scraped over
+/// loopback and both are parsed as the Prometheus text format.
+#[test]
+fn a_watch_exposes_prometheus_metrics_on_an_endpoint_and_a_textfile() {
+    let sb = Sandbox::new();
+    let srv = Server::start();
+    srv.route("/healthz", Reply::status(500));
+    let port = free_port();
+    let config = json!({
+        "assess": {"op": {"call": "http-probe", "args": {"probe": {"url": srv.url("/healthz"), "timeout_ms": 30000}}}},
+        "steps": [{"id": "fix", "op": {"call": "request", "args": {"req": {"method": "POST", "url": srv.url("/rolled-back")}}}}],
+        "verify": {"healthy": true},
+    });
+    let doc = json!({
+        "name": "watched", "state_dir": "state",
+        "watch": {"period": "30ms", "timeout": "60s", "failure_threshold": 2, "success_threshold": 1,
+                  "cooldown": "0s", "metrics": format!("127.0.0.1:{port}"), "metrics_file": "textfile/rewind.prom"},
+        "plugin": [{"name": "fx", "component": FIXTURE, "config": config, "grants": {"http": [srv.url("/")]}}],
+    });
+    std::fs::create_dir_all(sb.join("textfile")).unwrap();
+    sb.runbook(&toml::to_string(&doc).unwrap());
+    let _watch = sb.spawn(&["watch", "--json"]);
+
+    let scrape = || -> Option<prometheus_parse::Scrape> {
+        let body = reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
+            .ok()?
+            .text()
+            .ok()?;
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).ok()
+    };
+    let value = |s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>| {
+        s.samples
+            .iter()
+            .find(|x| x.metric == name && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    // A failing service: two failed rounds start a rollback, which the
+    // fixture verifies; the counters say so.
+    assert!(wait_until(PATIENCE, || scrape().is_some_and(|s| value(
+        &s,
+        "rewind_watch_rollbacks_finished_total",
+        Some(("result", "succeeded"))
+    ) == Some(
+        1.0
+    ))));
+    let s = scrape().unwrap();
+    assert_eq!(value(&s, "rewind_watch_up", None), Some(1.0));
+    assert_eq!(
+        value(&s, "rewind_watch_rollbacks_started_total", None),
+        Some(1.0)
+    );
+    assert!(value(&s, "rewind_watch_rounds_total", None).unwrap() >= 2.0);
+    assert!(
+        value(
+            &s,
+            "rewind_watch_probe_failures_total",
+            Some(("plugin", "fx"))
+        )
+        .unwrap()
+            >= 2.0
+    );
+    assert!(value(&s, "rewind_watch_last_rollback_duration_seconds", None).unwrap() > 0.0);
+    assert_eq!(value(&s, "rewind_approvals_waiting", None), Some(0.0));
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "rewind_watch_up")
+        .unwrap();
+    assert_eq!(sample.labels.get("runbook"), Some("watched"));
+    // Anything else is not found.
+    let resp = reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // The textfile holds the same series, written whole.
+    let text = std::fs::read_to_string(sb.join("textfile/rewind.prom")).unwrap();
+    let file = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(value(&file, "rewind_watch_rounds_total", None).unwrap() >= 2.0);
+    assert_eq!(
+        std::fs::read_dir(sb.join("textfile")).unwrap().count(),
+        1,
+        "no temporary file left beside it"
+    );
+}
