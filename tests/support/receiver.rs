@@ -183,3 +183,68 @@ pub fn journal(state: &Path) -> String {
     }
     out
 }
+
+/// The journal's events, in order.
+pub fn events(state: &Path) -> Vec<Value> {
+    journal(state)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The steps that ended, in order, with their status.
+pub fn ended(state: &Path) -> Vec<(String, String)> {
+    events(state)
+        .iter()
+        .filter(|e| e["event"] == "step-end")
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap_or_default().to_string(),
+                e["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Whether any step with this id started.
+pub fn started(state: &Path, step: &str) -> bool {
+    events(state)
+        .iter()
+        .any(|e| e["event"] == "step-start" && e["step"] == step)
+}
+
+/// The levels the journal shows planned, in order.
+pub fn levels(state: &Path) -> Vec<u64> {
+    events(state)
+        .iter()
+        .filter(|e| e["event"] == "plan")
+        .filter_map(|e| e["level"].as_u64())
+        .collect()
+}
+
+/// `rewind approve|deny [--step STEP]` from another process: its output.
+pub fn answer(mut cmd: std::process::Command) -> std::process::Output {
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What an `approval-needed` notice must say: this run, this plugin, this
+/// gate, and how to answer.
+pub fn assert_asked(notice: &Value, run: &str, plugin: &str, gate: &str) {
+    assert_eq!(notice["event"], "approval-needed", "{notice:#}");
+    assert_eq!(notice["run_id"], run, "{notice:#}");
+    assert_eq!(notice["details"]["plugin"], plugin, "{notice:#}");
+    assert_eq!(notice["details"]["step"], gate, "{notice:#}");
+    assert_eq!(notice["details"]["effect"], "destructive", "{notice:#}");
+    let summary = notice["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("rewind approve {run}")) && summary.contains("rewind deny"),
+        "{notice:#}"
+    );
+}
