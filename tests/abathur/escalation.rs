@@ -8,6 +8,7 @@
 //! plugin says stop: the run ends with the plugin's reason and never
 //! escalates (a failed restore never leads to pruning backups).
 
+#[allow(dead_code)]
 #[path = "../support/receiver.rs"]
 mod receiver;
 
