@@ -100,3 +100,66 @@ fn a_schema_only_the_backup_fixes_waits_before_the_full_restore_until_approved()
     assert_eq!(end["run_id"], run_id);
     assert!(waiting(&state).is_none());
 }
+
+/// The code rollback brings the app back, but the stable release reports
+/// its version as `v1.0.0` where the plugin expects the tag's
+/// `1.0.0-stable`: only that finding fails. The plugin says stop (a full
+/// restore would not change a version label and would lose the data
+/// written since the backup); the run ends with that reason, tells the
+/// receiver, and never asks to escalate into level 3. (Before, level 2's
+/// failure escalated into the restore.)
+#[test]
+fn a_version_label_that_differs_after_the_code_rollback_stops_instead_of_restoring() {
+    let s = Stand::new(Breakage::Code);
+    // The stable tag, as its build tool writes the version.
+    s.git(&["checkout", "-q", crate::standin::STABLE]);
+    std::fs::write(s.app().join("VERSION"), "v1.0.0\n").unwrap();
+    s.git(&["commit", "-q", "-am", "VERSION as the release tool writes it"]);
+    s.git(&["tag", "-f", crate::standin::STABLE]);
+    s.git(&["push", "-q", "-f", "origin", "--tags"]);
+    s.git(&["checkout", "-q", "main"]);
+    let state = s.path("state");
+    let r = Receiver::start();
+    let runbook = runbook_copy(&example(), &s.path("run"), &r.notify_toml());
+    let mut run = Proc::spawn(
+        s.command(
+            &["run".into(), "--json".into()],
+            &runbook,
+            &[("FF_RESTART_TIMEOUT_MS", "3000")],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
+    );
+    // It ends on its own, or waits for a person: it must not wait.
+    let mut ended_on_its_own = false;
+    let end = std::time::Instant::now() + NOTICE_PATIENCE;
+    while std::time::Instant::now() < end {
+        if run.0.try_wait().unwrap().is_some() {
+            ended_on_its_own = true;
+            break;
+        }
+        if let Some(w) = waiting(&state) {
+            panic!("the run waits to escalate ({w:?}) instead of stopping");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ended_on_its_own, "the run neither ended nor waited");
+    let out = run.output();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("the plugin says not to escalate")
+            && t.contains("only the version it reports differs (v1.0.0, expected 1.0.0-stable)"),
+        "{t}"
+    );
+    assert_eq!(levels(&state), [1, 2]);
+    assert!(!started(&state, "restore-db"));
+    let stop = r.wait_for_where("step-failed", |n| !n["details"]["stop"].is_null());
+    assert_eq!(stop["details"]["plugin"], "feature-flags");
+    assert_eq!(stop["details"]["level"], 2);
+    assert!(!r.events().contains(&"approval-needed".to_string()));
+    // Level 3 never touched the tree nor the memory database.
+    assert_eq!(moved_aside(&s), 0);
+    assert_eq!(s.rows(&s.memory_db()), LIVE_ROWS);
+    assert_eq!(s.health().map(|(st, _)| st), Some(200), "back up on the stable tag");
+}
