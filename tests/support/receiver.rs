@@ -248,3 +248,22 @@ pub fn assert_asked(notice: &Value, run: &str, plugin: &str, gate: &str) {
         "{notice:#}"
     );
 }
+
+/// Wait for `run` to end on its own; a run that starts waiting for a
+/// person in `state` instead fails the test at once.
+pub fn ends_without_waiting(run: &mut std::process::Child, state: &Path) {
+    let end = Instant::now() + NOTICE_PATIENCE;
+    loop {
+        if run.try_wait().unwrap().is_some() {
+            return;
+        }
+        if let Some(w) = waiting(state) {
+            panic!("the run waits for a person ({w:?}) instead of stopping");
+        }
+        assert!(
+            Instant::now() < end,
+            "the run neither ended nor waited within {NOTICE_PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
