@@ -12,7 +12,7 @@
 #[path = "../support/receiver.rs"]
 mod receiver;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ impl Stand {
     }
 
     /// `rewind run` without `--approve`, in the background.
-    fn spawn_run(&self, runbook: &PathBuf) -> Proc {
+    fn spawn_run(&self, runbook: &Path) -> Proc {
         Proc::spawn(
             self.command(&["run".into(), "--json".into()], runbook)
                 .stdout(Stdio::piped())
@@ -42,7 +42,7 @@ impl Stand {
     }
 
     /// `rewind approve|deny` with `args`, from another process.
-    fn answer(&self, runbook: &PathBuf, args: &[&str]) -> String {
+    fn answer(&self, runbook: &Path, args: &[&str]) -> String {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let out = answer(self.command(&args, runbook));
         text(&out)
@@ -103,9 +103,7 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
     // turned off unattended (disruptive, reversible); the drop waits.
     assert_eq!(wait_for_gate_named(&s.state(), "drop-vector"), run_id);
     assert_asked(
-        &r.wait_for_where("approval-needed", |n| {
-            n["details"]["step"] == "drop-vector"
-        }),
+        &r.wait_for_where("approval-needed", |n| n["details"]["step"] == "drop-vector"),
         &run_id,
         "abathur",
         "drop-vector",
@@ -119,7 +117,10 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
             ("disable-features".into(), "ok".into()),
         ]
     );
-    assert!(s.names("table").contains(&"document_embeddings_data".into()));
+    assert!(
+        s.names("table")
+            .contains(&"document_embeddings_data".into())
+    );
     assert_eq!(s.counts(&s.db(), &ALL), before, "no row touched yet");
 
     let said = s.answer(&runbook, &["approve", "--step", "drop-vector"]);
@@ -129,7 +130,10 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
 
     // The drop ran: the vector tables are gone, documents pending.
     assert!(!s.started_level(2));
-    assert!(!s.names("table").contains(&"document_embeddings_data".into()));
+    assert!(
+        !s.names("table")
+            .contains(&"document_embeddings_data".into())
+    );
     let pending: i64 = s
         .conn()
         .query_row(
@@ -158,7 +162,11 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
             .contains("only the API health check failed"),
         "{failed:#}"
     );
-    assert!(!r.events().contains(&"escalate".to_string()), "{:?}", r.events());
+    assert!(
+        !r.events().contains(&"escalate".to_string()),
+        "{:?}",
+        r.events()
+    );
     assert!(!events(&s.state()).iter().any(|e| e["event"] == "escalate"));
     assert_eq!(levels(&s.state()), [1]);
     assert_eq!(s.counts(&s.db(), &MEMORY), before[6..].to_vec());
@@ -168,9 +176,11 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
         .filter(|e| e["event"] == "approval")
         .collect();
     assert_eq!(approvals.len(), 2, "{approvals:#?}");
-    assert!(approvals.iter().all(|a| a["approved"] == true
-        && a["by"] == "rewind approve"
-        && a["who"]["uid"].is_u64()));
+    assert!(
+        approvals.iter().all(|a| a["approved"] == true
+            && a["by"] == "rewind approve"
+            && a["who"]["uid"].is_u64())
+    );
 }
 
 /// A core table is lost: the emergency production rollback stops the
@@ -205,7 +215,12 @@ fn a_restore_that_does_not_verify_stops_and_never_prunes_backups() {
 
     let (run_id, gate) = wait_for_gate(&s.state());
     assert_eq!(gate, "restore");
-    assert_asked(&r.wait_for("approval-needed"), &run_id, "abathur", "restore");
+    assert_asked(
+        &r.wait_for("approval-needed"),
+        &run_id,
+        "abathur",
+        "restore",
+    );
     assert_eq!(levels(&s.state()), [4]);
     assert_eq!(
         ended(&s.state()),
@@ -243,7 +258,11 @@ fn a_restore_that_does_not_verify_stops_and_never_prunes_backups() {
     assert_eq!(levels(&s.state()), [4]);
     assert!(!started(&s.state(), "prune-backups"));
     assert!(old.exists() && good.exists(), "no backup pruned");
-    assert!(!r.events().contains(&"escalate".to_string()), "{:?}", r.events());
+    assert!(
+        !r.events().contains(&"escalate".to_string()),
+        "{:?}",
+        r.events()
+    );
     let end = r.wait_for("run-end");
     assert_eq!(end["run_id"], run_id);
 }
@@ -277,9 +296,13 @@ impl FlappingApi {
                 let (status, body) = if up {
                     (200, r#"{"status": "healthy"}"#)
                 } else {
-                    (503, r#"{"status": "unhealthy", "error": "no such table: agents"}"#)
+                    (
+                        503,
+                        r#"{"status": "unhealthy", "error": "no such table: agents"}"#,
+                    )
                 };
-                let _ = req.respond(tiny_http::Response::from_string(body).with_status_code(status));
+                let _ =
+                    req.respond(tiny_http::Response::from_string(body).with_status_code(status));
             }
         });
         Self {

@@ -106,12 +106,22 @@ fn a_phase_0_rollback_that_leaves_the_database_unreachable_waits_before_the_dba_
     let told = r.wait_for("escalate");
     assert_eq!(told["run_id"], run_id);
     assert_eq!(told["details"]["plugin"], "aidis");
-    assert_eq!((told["details"]["from"].as_u64(), told["details"]["to"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(
+        (
+            told["details"]["from"].as_u64(),
+            told["details"]["to"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
     assert!(!started(&state, "manual-intervention"));
     assert_eq!(s.db_counts(), counts);
 
     let out = answer(command(&s, &runbook, &["deny", &run_id]));
-    assert!(text(&out).contains("denied escalate-to-3"), "{}", text(&out));
+    assert!(
+        text(&out).contains("denied escalate-to-3"),
+        "{}",
+        text(&out)
+    );
     let out = run.output();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let j = journal(&state);

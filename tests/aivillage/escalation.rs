@@ -32,7 +32,11 @@ fn isolation_that_does_not_fix_it_waits_before_the_full_rollback_and_is_denied()
     assert_eq!(v.status("p2p"), Some(500));
     let state = v.base().join("rewind-state");
     let r = Receiver::start();
-    let runbook = runbook_copy(&example_dir().join("rewind.toml"), v.base(), &r.notify_toml());
+    let runbook = runbook_copy(
+        &example_dir().join("rewind.toml"),
+        v.base(),
+        &r.notify_toml(),
+    );
     let mut run = Proc::spawn(
         v.command(&["run".into(), "--json".into()], &runbook)
             .stdout(Stdio::piped())
@@ -73,12 +77,20 @@ fn isolation_that_does_not_fix_it_waits_before_the_full_rollback_and_is_denied()
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let j = journal(&state);
     assert!(j.contains("escalate-to-2 was denied by"), "{j}");
-    for step in ["maintenance-on", "restore-backups", "restore-config", "restore-imports"] {
+    for step in [
+        "maintenance-on",
+        "restore-backups",
+        "restore-config",
+        "restore-imports",
+    ] {
         assert!(!started(&state, step), "{step} ran after the denial");
     }
     // Untouched since: same units, same backups, the broken transport, no
     // maintenance page; p2p still down, and the others never stopped.
-    assert!(tree(&v.base().join("systemd")) == units, "unit files changed");
+    assert!(
+        tree(&v.base().join("systemd")) == units,
+        "unit files changed"
+    );
     assert_eq!(v.backups(), backups);
     assert_eq!(v.file("core/p2p/transport.py"), BROKEN_TRANSPORT);
     assert!(!v.base().join("www/maintenance.html").exists());

@@ -1081,7 +1081,10 @@ fn approving_a_step_that_is_not_the_one_waiting_is_refused() {
     let j = journal_text(&sb);
     assert!(j.contains("\"message\":\"looked\""), "{j}");
     assert!(!j.contains("\"message\":\"dropped\""), "{j}");
-    assert!(!j.contains("\"event\":\"approval\""), "no answer journaled: {j}");
+    assert!(
+        !j.contains("\"event\":\"approval\""),
+        "no answer journaled: {j}"
+    );
 
     // The right one goes through, and only for that gate: prune waits next.
     let out = sb.rewind(&["approve", "--step", "drop"]);

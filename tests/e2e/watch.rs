@@ -295,7 +295,10 @@ fn watch_never_runs_a_destructive_step_unattended() {
             .and_then(|e| std::fs::read_to_string(e.path()).ok())
     };
     let mut child = sb.spawn(&["watch", "--json", "--max-rounds", "3"]);
-    assert!(wait_until(PATIENCE, || waiting().is_some()), "the rollback waits");
+    assert!(
+        wait_until(PATIENCE, || waiting().is_some()),
+        "the rollback waits"
+    );
     assert!(waiting().unwrap().starts_with("drop\n"));
     let posted = |path: &str| {
         srv.methods()

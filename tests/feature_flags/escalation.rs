@@ -50,8 +50,8 @@ fn a_schema_only_the_backup_fixes_waits_before_the_full_restore_until_approved()
                 ("FF_RELOAD_TIMEOUT_MS", "3000"),
             ],
         )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped()),
     );
 
     let (run_id, gate) = wait_for_gate(&state);
@@ -77,7 +77,11 @@ fn a_schema_only_the_backup_fixes_waits_before_the_full_restore_until_approved()
     assert_eq!(s.rows(&s.memory_db()), LIVE_ROWS);
     assert_eq!(s.user_version(&s.memory_db()), 2);
     let before = r.events().len();
-    assert!(before >= 4, "run-start, escalate x2, approval-needed: {:?}", r.events());
+    assert!(
+        before >= 4,
+        "run-start, escalate x2, approval-needed: {:?}",
+        r.events()
+    );
 
     let said = answer_from(&s, &runbook, &["approve", &run_id]);
     assert!(said.contains("approved escalate-to-3"), "{said}");
@@ -114,7 +118,12 @@ fn a_version_label_that_differs_after_the_code_rollback_stops_instead_of_restori
     // The stable tag, as its build tool writes the version.
     s.git(&["checkout", "-q", crate::standin::STABLE]);
     std::fs::write(s.app().join("VERSION"), "v1.0.0\n").unwrap();
-    s.git(&["commit", "-q", "-am", "VERSION as the release tool writes it"]);
+    s.git(&[
+        "commit",
+        "-q",
+        "-am",
+        "VERSION as the release tool writes it",
+    ]);
     s.git(&["tag", "-f", crate::standin::STABLE]);
     s.git(&["push", "-q", "-f", "origin", "--tags"]);
     s.git(&["checkout", "-q", "main"]);
@@ -149,5 +158,9 @@ fn a_version_label_that_differs_after_the_code_rollback_stops_instead_of_restori
     // Level 3 never touched the tree nor the memory database.
     assert_eq!(moved_aside(&s), 0);
     assert_eq!(s.rows(&s.memory_db()), LIVE_ROWS);
-    assert_eq!(s.health().map(|(st, _)| st), Some(200), "back up on the stable tag");
+    assert_eq!(
+        s.health().map(|(st, _)| st),
+        Some(200),
+        "back up on the stable tag"
+    );
 }

@@ -57,7 +57,11 @@ fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_ne
     assert_eq!(columns(), "id,name,updated_at,new_column");
     let state = s.base().join("rewind-state");
     let r = Receiver::start();
-    let runbook = runbook_copy(&example_dir().join("rewind.toml"), s.base(), &r.notify_toml());
+    let runbook = runbook_copy(
+        &example_dir().join("rewind.toml"),
+        s.base(),
+        &r.notify_toml(),
+    );
     let mut run = Proc::spawn(
         s.command(&["run".into(), "--json".into()], &runbook)
             .stdout(Stdio::piped())
@@ -70,7 +74,11 @@ fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_ne
     let asked = r.wait_for("approval-needed");
     assert_asked(&asked, &run_id, "queue-app", "escalate-to-5");
     assert_eq!(levels(&state), [4, 5]);
-    assert!(ended(&state).iter().all(|(_, st)| st == "ok"), "{:?}", ended(&state));
+    assert!(
+        ended(&state).iter().all(|(_, st)| st == "ok"),
+        "{:?}",
+        ended(&state)
+    );
     assert_eq!(s.head(), v12, "back on the commit before the bad one");
     assert_eq!(s.get("/api/version").unwrap().1, "1.2.0");
     assert!(!started(&state, "migrate-down"));

@@ -138,7 +138,8 @@ impl Plugin for Aidis {
             && ctx.level == LEVEL_TARGETED
             && steps::scenario(ctx)? == measure::Scenario::Database
             && let Some(f) = v.findings.iter().find(|f| {
-                f.breached && (f.check.starts_with("MCP ready ") || f.check.starts_with("database "))
+                f.breached
+                    && (f.check.starts_with("MCP ready ") || f.check.starts_with("database "))
             })
         {
             let why = format!(
