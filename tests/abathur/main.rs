@@ -17,6 +17,7 @@
 
 #[path = "../support/cli.rs"]
 mod cli;
+mod escalation;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -340,9 +341,17 @@ impl Stand {
 
     /// The real CLI on the example runbook, pointed at this stand-in.
     fn rewind(&self, args: &[&str]) -> Output {
+        let runbook = self.runbook.clone().unwrap_or_else(example);
+        self.command(&cli::approving(args), &runbook)
+            .output()
+            .unwrap()
+    }
+
+    /// The CLI with exactly `args` (no approval added) on `runbook`.
+    fn command(&self, args: &[String], runbook: &Path) -> Command {
         let mut c = Command::new(REWIND);
-        c.args(cli::approving(args))
-            .arg(self.runbook.clone().unwrap_or_else(example))
+        c.args(args)
+            .arg(runbook)
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.root()).join("locks"))
             .env_remove("REWIND_LOG")
@@ -357,7 +366,7 @@ impl Stand {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        c.output().unwrap()
+        c
     }
 
     fn run_json(&self, args: &[&str]) -> (i32, Value, String) {

@@ -12,6 +12,7 @@
 
 #[path = "../support/cli.rs"]
 mod cli;
+mod escalation;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -320,10 +321,17 @@ impl Village {
 
     /// The CLI on examples/aivillage/rewind.toml, pointed at this stand-in.
     fn rewind(&self, args: &[&str]) -> Output {
-        let runbook = example_dir().join("rewind.toml");
+        self.command(&cli::approving(args), &example_dir().join("rewind.toml"))
+            .output()
+            .unwrap()
+    }
+
+    /// The CLI with exactly `args` (no approval added) on `runbook`,
+    /// pointed at this stand-in.
+    fn command(&self, args: &[String], runbook: &Path) -> Command {
         let mut cmd = Command::new(REWIND);
-        cmd.args(cli::approving(args))
-            .arg(&runbook)
+        cmd.args(args)
+            .arg(runbook)
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.base()).join("locks"))
             .env_remove("REWIND_LOG")
@@ -348,7 +356,7 @@ impl Village {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd
     }
 
     fn run_json(&self, args: &[&str]) -> (i32, Value, String) {

@@ -1043,3 +1043,60 @@ fn two_runbooks_cannot_roll_back_one_service_at_once() {
     let out = cmd(&b).output().unwrap();
     assert!(out.status.success(), "free again: {}", text(&out));
 }
+
+/// `rewind approve --step X` answers only the gate a run waits on: for
+/// another step it is refused, saying which one waits, and the run keeps
+/// waiting (nothing ran); the right answer then goes through.
+#[test]
+fn approving_a_step_that_is_not_the_one_waiting_is_refused() {
+    let sb = Sandbox::new();
+    let config = json!({"steps": [
+        {"id": "look", "effect": "observe", "op": {"call": "log", "args": {"level": "Info", "message": "looked"}}},
+        {"id": "drop", "effect": "destructive", "op": {"call": "log", "args": {"level": "Info", "message": "dropped"}}},
+        {"id": "prune", "effect": "destructive", "op": {"call": "log", "args": {"level": "Info", "message": "pruned"}}},
+    ]});
+    sb.runbook(&fixture_runbook(&config, &json!({})));
+    let waiting_on = || -> Option<String> {
+        std::fs::read_dir(sb.join("state/approvals"))
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".waiting"))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .map(|t| t.lines().next().unwrap_or_default().to_string())
+    };
+    let mut run = sb.spawn(&["run", "--json"]);
+    assert!(wait_until(PATIENCE, || waiting_on().as_deref() == Some("drop")));
+
+    // A step that ran already, and one that comes later: neither waits.
+    for wrong in ["look", "prune"] {
+        let out = sb.rewind(&["approve", "--step", wrong]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(&format!("waits on \"drop\", not \"{wrong}\"")),
+            "says which step waits: {t}"
+        );
+    }
+    assert_eq!(waiting_on().as_deref(), Some("drop"), "still waiting");
+    let j = journal_text(&sb);
+    assert!(j.contains("\"message\":\"looked\""), "{j}");
+    assert!(!j.contains("\"message\":\"dropped\""), "{j}");
+    assert!(
+        !j.contains("\"event\":\"approval\""),
+        "no answer journaled: {j}"
+    );
+
+    // The right one goes through, and only for that gate: prune waits next.
+    let out = sb.rewind(&["approve", "--step", "drop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_until(PATIENCE, || waiting_on().as_deref() == Some("prune")));
+    assert!(journal_text(&sb).contains("\"message\":\"dropped\""));
+    assert!(!journal_text(&sb).contains("\"message\":\"pruned\""));
+    let out = sb.rewind(&["deny", "--step", "prune"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run.output();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let j = journal_text(&sb);
+    assert!(!j.contains("\"message\":\"pruned\""), "{j}");
+    assert!(j.contains("prune was denied by"), "{j}");
+}

@@ -273,3 +273,65 @@ fn sigterm_pending(pid: u32) -> bool {
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
         .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }
+
+/// `rewind watch` under the default policy never runs a destructive step
+/// on its own: the rollback it triggers stops before the step and waits
+/// for a person; once denied, the step never ran, nothing after it either,
+/// and the watch goes on (holding: no second rollback while unhealthy).
+#[test]
+fn watch_never_runs_a_destructive_step_unattended() {
+    let sb = Sandbox::new();
+    let srv = Server::start();
+    srv.script("/healthz", &[500]);
+    let drop = json!({"id": "drop", "effect": "destructive", "op": {"call": "request", "args": {"req": {"method": "POST", "url": srv.url("/dropped")}}}});
+    let look = json!({"id": "look", "effect": "observe", "op": {"call": "request", "args": {"req": {"method": "POST", "url": srv.url("/looked")}}}});
+    watched(&sb, &srv, vec![look, drop], 1);
+    let waiting = || {
+        std::fs::read_dir(sb.join("state/approvals"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".waiting"))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+    };
+    let mut child = sb.spawn(&["watch", "--json", "--max-rounds", "3"]);
+    assert!(
+        wait_until(PATIENCE, || waiting().is_some()),
+        "the rollback waits"
+    );
+    assert!(waiting().unwrap().starts_with("drop\n"));
+    let posted = |path: &str| {
+        srv.methods()
+            .iter()
+            .filter(|m| *m == &format!("POST {path}"))
+            .count()
+    };
+    assert_eq!(posted("/looked"), 1, "the observe step ran");
+    assert_eq!(posted("/dropped"), 0, "the destructive step waits");
+    let out = sb.rewind(&["deny"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = child.output();
+    assert!(out.status.success(), "the watch goes on: {}", text(&out));
+    assert_eq!(posted("/dropped"), 0, "never ran");
+    assert_eq!(rollbacks(&srv), 0, "nothing after it ran");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let actions: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["event"] == "probe")
+        .map(|v| v["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "rollback").count(),
+        1,
+        "{actions:?}"
+    );
+    let journal: String = std::fs::read_dir(sb.join("state/runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(journal.contains("drop was denied by"), "{journal}");
+}

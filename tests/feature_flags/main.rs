@@ -10,6 +10,7 @@
 
 #[path = "../support/cli.rs"]
 mod cli;
+mod escalation;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;

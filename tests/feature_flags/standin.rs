@@ -18,6 +18,11 @@ const SERVER_PY: &str = include_str!("../../examples/feature-flags/standin/serve
 const PM2: &str = include_str!("../../examples/feature-flags/standin/pm2");
 const NPM: &str = include_str!("../../examples/feature-flags/standin/npm");
 
+/// The example runbook the tests run.
+pub fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags/rewind.toml")
+}
+
 pub const STABLE: &str = "v1.0.0-stable";
 pub const DEPLOYED: &str = "v1.1.0-agent-optimizations";
 /// Rows in agent_activities in the pre-deployment memory backup.
@@ -495,12 +500,18 @@ impl Stand {
 
     /// The example runbook, pointed at this stand-in.
     pub fn rewind(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-        let runbook =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags/rewind.toml");
+        self.command(&crate::cli::approving(args), &example(), extra_env)
+            .output()
+            .unwrap()
+    }
+
+    /// The CLI with exactly `args` (no approval added) on `runbook`,
+    /// pointed at this stand-in.
+    pub fn command(&self, args: &[String], runbook: &Path, extra_env: &[(&str, &str)]) -> Command {
         let s = |p: PathBuf| p.display().to_string();
         let mut cmd = Command::new(util::REWIND);
-        cmd.args(crate::cli::approving(args))
-            .arg(&runbook)
+        cmd.args(args)
+            .arg(runbook)
             .current_dir(self.sb.path())
             .env("REWIND_CACHE_DIR", util::cache_dir())
             .env("REWIND_LOCK_DIR", self.sb.path().join("locks"))
@@ -537,7 +548,7 @@ impl Stand {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd
     }
 
     /// `rewind run --json` on the example runbook: (exit code, report, stderr).

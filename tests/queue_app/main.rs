@@ -12,6 +12,7 @@
 
 #[path = "../support/cli.rs"]
 mod cli;
+mod escalation;
 #[allow(dead_code)]
 #[path = "../e2e/util.rs"]
 mod util;
@@ -260,9 +261,16 @@ impl Stand {
     }
     /// The CLI on examples/queue-app/rewind.toml, pointed at this stand-in.
     fn rewind(&self, args: &[&str]) -> Output {
+        self.command(&cli::approving(args), &example_dir().join("rewind.toml"))
+            .output()
+            .unwrap()
+    }
+    /// The CLI with exactly `args` (no approval added) on `runbook`,
+    /// pointed at this stand-in.
+    fn command(&self, args: &[String], runbook: &Path) -> Command {
         let mut cmd = Command::new(REWIND);
-        cmd.args(cli::approving(args))
-            .arg(example_dir().join("rewind.toml"))
+        cmd.args(args)
+            .arg(runbook)
             .env("REWIND_CACHE_DIR", cache_dir())
             .env("REWIND_LOCK_DIR", Path::new(&self.base()).join("locks"))
             .env_remove("REWIND_LOG")
@@ -283,7 +291,7 @@ impl Stand {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd
     }
     fn run_json(&self, args: &[&str]) -> (i32, Value, String) {
         let mut all = vec!["run", "--json"];

@@ -129,9 +129,26 @@ impl Plugin for Aidis {
 
     fn verify(ctx: &Context) -> Result<Verification> {
         let cfg = Config::load(ctx)?;
-        Ok(Verification::from_findings(measure::checklist(
-            ctx, &cfg, ctx.level,
-        )?))
+        let v = Verification::from_findings(measure::checklist(ctx, &cfg, ctx.level)?);
+        // Scenario 3's procedure is the connection pool reset, then the
+        // database recovery, then "PITR Restore if Corruption Detected:
+        // CONTACT DBA IMMEDIATELY". When the first two did not bring the
+        // database back, the next move is the DBA's, not a code revert.
+        if !v.healthy
+            && ctx.level == LEVEL_TARGETED
+            && steps::scenario(ctx)? == measure::Scenario::Database
+            && let Some(f) = v.findings.iter().find(|f| {
+                f.breached
+                    && (f.check.starts_with("MCP ready ") || f.check.starts_with("database "))
+            })
+        {
+            let why = format!(
+                "the connection pool reset and the database recovery did not bring the database back ({}: observed {}); the runbook's next step is the DBA's point-in-time recovery to {}, not a code revert: contact the DBA (level {LEVEL_MANUAL}, `rewind run --level {LEVEL_MANUAL}`, once they decide)",
+                f.check, f.observed, cfg.pitr_target
+            );
+            return Ok(v.or_stop(why));
+        }
+        Ok(v)
     }
 }
 

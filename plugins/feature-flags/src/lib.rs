@@ -2467,9 +2467,12 @@ impl Plugin for FeatureFlags {
             smoke_tests(&cfg, &mut f);
         }
         let mut v = Verification::from_findings(f);
+        let stop = version_only(ctx, &v);
         if ctx.executes() {
             let status = if v.healthy {
                 Status::Completed
+            } else if let Some(why) = &stop {
+                Status::Failed(why.clone())
             } else if ctx.level < 3 {
                 Status::Escalating
             } else {
@@ -2489,8 +2492,34 @@ impl Plugin for FeatureFlags {
                 }
             }
         }
-        Ok(v)
+        Ok(match stop {
+            Some(why) => v.or_stop(why),
+            None => v,
+        })
     }
+}
+
+/// After the code rollback, a failure that is only the version the app
+/// reports (healthy, stable, on the stable tag, smoke tests passing) is a
+/// label, not an outage: level 3 would move the tree aside and restore the
+/// backup over the live memory database (losing everything since the
+/// backup, the runbook's "assess impact"), which changes no label. A
+/// person looks instead.
+fn version_only(ctx: &Context, v: &Verification) -> Option<String> {
+    if ctx.level != 2 || v.healthy {
+        return None;
+    }
+    let breached: Vec<&Finding> = v.findings.iter().filter(|f| f.breached).collect();
+    let version = breached
+        .iter()
+        .find(|f| f.check.starts_with("version served ("))?;
+    (breached.len() == 1).then(|| {
+        format!(
+            "the app is healthy on the stable tag and only the version it reports differs ({}, expected {}); a full restore from backup would not change that and loses the data written since the backup: check how the release reports its version",
+            version.observed,
+            version.threshold.trim_start_matches("= ")
+        )
+    })
 }
 
 rewind_sdk::export_plugin!(FeatureFlags);

@@ -1,0 +1,147 @@
+//! The escalation chain under the default policy, on the stand-in: no
+//! `--approve`, no terminal, a `[[notify]]` webhook on a real loopback
+//! receiver. Release 1.3.0 is down; the commit before it (1.2.0, which
+//! also ran migration 0002) fails one request in five, so every level's
+//! verification sees failed requests and ERROR lines. The code rollback
+//! (level 4, disruptive) runs unattended; the down migration (level 5) and
+//! the drop-and-restore (level 6) are destructive: the run stops before
+//! each, tells the receiver, and waits. Approved from another process, the
+//! down migration runs; denied, the database is never dropped.
+
+#[allow(dead_code)]
+#[path = "../support/receiver.rs"]
+mod receiver;
+
+use std::process::Stdio;
+
+use serde_json::json;
+
+use receiver::*;
+
+use crate::util::{Proc, text};
+use crate::{MIGRATION_UP_0002, Stand, app_json, example_dir};
+
+#[test]
+fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_never_drops_the_database()
+ {
+    let mut s = Stand::new(1, 5, 100);
+    s.pre_deploy_dump();
+    // Release 1.2.0 migrated the schema and carries a latent bug; 1.3.0
+    // takes the API down.
+    s.sql(MIGRATION_UP_0002);
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json("1.2.0", "1", json!({"error_percent": 20})),
+        )],
+        "release 1.2.0",
+    );
+    let v12 = s.head();
+    s.deploy(
+        &[
+            (
+                "app.json",
+                &app_json("1.3.0", "2", json!({"healthy": false, "down": true})),
+            ),
+            ("backend/src/server.txt", "server 1.3.0\n"),
+        ],
+        "release 1.3.0",
+    );
+    assert_eq!(s.status("/api/queue/stats"), Some(500));
+    s.set("QUEUE_APP_DRAIN_TIMEOUT_MS", "5000");
+    let s = s;
+    let rows = s.sql("SELECT count(*) FROM projects");
+    let columns = || {
+        s.sql("SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'projects'")
+    };
+    assert_eq!(columns(), "id,name,updated_at,new_column");
+    let state = s.base().join("rewind-state");
+    let r = Receiver::start();
+    let runbook = runbook_copy(
+        &example_dir().join("rewind.toml"),
+        s.base(),
+        &r.notify_toml(),
+    );
+    let mut run = Proc::spawn(
+        s.command(&["run".into(), "--json".into()], &runbook)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+
+    // The code rollback ran on its own; the down migration waits.
+    let (run_id, gate) = wait_for_gate(&state);
+    assert_eq!(gate, "escalate-to-5");
+    let asked = r.wait_for("approval-needed");
+    assert_asked(&asked, &run_id, "queue-app", "escalate-to-5");
+    assert_eq!(levels(&state), [4, 5]);
+    assert!(
+        ended(&state).iter().all(|(_, st)| st == "ok"),
+        "{:?}",
+        ended(&state)
+    );
+    assert_eq!(s.head(), v12, "back on the commit before the bad one");
+    assert_eq!(s.get("/api/version").unwrap().1, "1.2.0");
+    assert!(!started(&state, "migrate-down"));
+    assert_eq!(columns(), "id,name,updated_at,new_column");
+    let escalate = r.wait_for("escalate");
+    assert_eq!(escalate["details"]["from"], 4);
+    assert_eq!(escalate["details"]["to"], 5);
+
+    let args = |a: &[&str]| -> Vec<String> { a.iter().map(|x| x.to_string()).collect() };
+    let said = text(&answer(s.command(&args(&["approve", &run_id]), &runbook)));
+    assert!(said.contains("approved escalate-to-5"), "{said}");
+
+    // The down migration ran (backed up first); it does not fix a bug in
+    // the code either, and the drop-and-restore waits for its own answer.
+    assert_eq!(wait_for_gate_named(&state, "escalate-to-6"), run_id);
+    assert_asked(
+        &r.wait_for_where("approval-needed", |n| {
+            n["details"]["step"] == "escalate-to-6"
+        }),
+        &run_id,
+        "queue-app",
+        "escalate-to-6",
+    );
+    assert!(started(&state, "migrate-down"));
+    assert_eq!(columns(), "id,name,updated_at", "migrated down");
+    assert_eq!(s.sql("SELECT count(*) FROM projects"), rows);
+    let ours = std::fs::read_dir(s.base().join("backups"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("backup_before_rollback_")
+        })
+        .count();
+    assert_eq!(ours, 1, "the dump before the migration");
+
+    let said = text(&answer(s.command(&args(&["deny", &run_id]), &runbook)));
+    assert!(said.contains("denied escalate-to-6"), "{said}");
+    let out = run.output();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(journal(&state).contains("escalate-to-6 was denied by"));
+    // Never dropped: the live database with every row.
+    assert!(!started(&state, "restore") && !started(&state, "verify-data"));
+    assert_eq!(s.sql("SELECT count(*) FROM projects"), rows);
+    assert_eq!(columns(), "id,name,updated_at");
+    let answers: Vec<(String, bool)> = events(&state)
+        .iter()
+        .filter(|e| e["event"] == "approval")
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().to_string(),
+                e["approved"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            ("escalate-to-5".to_string(), true),
+            ("escalate-to-6".to_string(), false)
+        ]
+    );
+    let end = r.wait_for("run-end");
+    assert_eq!(end["run_id"], run_id);
+}
