@@ -75,10 +75,38 @@ impl Breakage {
     }
 }
 
+/// How the stand-in differs from the runbook's example.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    pub breakage: Breakage,
+    /// Running the release (else `v1.0.0-stable`, for drills).
+    pub deployed: bool,
+    /// What `v1.0.0-stable` serves as its version (`GET /api/health`
+    /// `.version`): the tag without its `v` unless set.
+    pub stable_served: Option<&'static str>,
+    /// The app logs its work with `console.log`: only its lifecycle lines
+    /// (started, stopping) carry a timestamp.
+    pub untimed_work: bool,
+}
+
+impl Opts {
+    pub fn new(breakage: Breakage) -> Self {
+        Self {
+            breakage,
+            deployed: true,
+            stable_served: None,
+            untimed_work: false,
+        }
+    }
+}
+
 pub struct Stand {
     pub sb: util::Sandbox,
     pub port: u16,
     pub breakage: Breakage,
+    pub opts: Opts,
+    /// Lines added to `[plugin.config]` of the example runbook.
+    config: Vec<String>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -153,13 +181,27 @@ impl Stand {
     }
 
     fn with(breakage: Breakage, deployed: bool) -> Self {
+        Self::with_opts(Opts {
+            deployed,
+            ..Opts::new(breakage)
+        })
+    }
+
+    pub fn with_opts(opts: Opts) -> Self {
         let s = Self {
             sb: util::Sandbox::new(),
             port: util::free_port(),
-            breakage,
+            breakage: opts.breakage,
+            opts,
+            config: Vec::new(),
         };
-        s.build(deployed);
+        s.build(opts.deployed);
         s
+    }
+
+    /// Add a line (`key = value`) to the runbook's `[plugin.config]`.
+    pub fn config(&mut self, line: &str) {
+        self.config.push(line.to_string());
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -274,7 +316,11 @@ impl Stand {
                 "name": "app",
                 "cwd": s(self.app()),
                 "script": "server.py",
-                "args": ["--port", self.port.to_string(), "--log", s(self.log()), "--tick", "0.05"],
+                "args": if self.opts.untimed_work {
+                    serde_json::json!(["--port", self.port.to_string(), "--log", s(self.log()), "--tick", "0.05", "--untimed-work"])
+                } else {
+                    serde_json::json!(["--port", self.port.to_string(), "--log", s(self.log()), "--tick", "0.05"])
+                },
                 "pid_file": s(self.path("run/app.pid")),
                 "out_log": s(self.path("log/app-out.log")),
                 "history": s(self.path("run/history.log")),
@@ -308,7 +354,11 @@ impl Stand {
             .arg("."));
         set_mtime(&decoy, 22);
 
-        self.release("1.0.0-stable", "1.0.0", &healthy);
+        self.release(
+            self.opts.stable_served.unwrap_or("1.0.0-stable"),
+            "1.0.0",
+            &healthy,
+        );
         write(
             &self.app().join("lib/orchestration/agent-spawner.ts"),
             "export function spawnSequential() {}\n",
@@ -421,8 +471,19 @@ impl Stand {
     fn write_history(&self, deployed: bool) {
         let now = SystemTime::now();
         let mut text = String::new();
+        if self.opts.untimed_work {
+            // The last start, an hour ago, is the only stamped line.
+            text.push_str(&format!(
+                "{} INFO  server started version=1.1.0-agent-optimizations pid=1\n",
+                rfc3339(now - Duration::from_secs(3600))
+            ));
+        }
         for i in (1..=195).rev() {
-            let ts = rfc3339(now - Duration::from_secs(i * 2));
+            let ts = if self.opts.untimed_work {
+                String::new()
+            } else {
+                rfc3339(now - Duration::from_secs(i * 2)) + " "
+            };
             for (feature, word) in [
                 ("spawning", "spawn"),
                 ("uploads", "upload"),
@@ -431,11 +492,11 @@ impl Stand {
                 let core = matches!(self.breakage, Breakage::Code | Breakage::CodeAndSchema);
                 if deployed && (core || self.breakage.fails(feature)) {
                     text.push_str(&format!(
-                        "{ts} ERROR {word} failed: it broke duration_ms=5000\n"
+                        "{ts}ERROR {word} failed: it broke duration_ms=5000\n"
                     ));
                 } else {
                     text.push_str(&format!(
-                        "{ts} INFO  {word} ok mode=parallel duration_ms=120\n"
+                        "{ts}INFO  {word} ok mode=parallel duration_ms=120\n"
                     ));
                 }
             }
@@ -495,8 +556,23 @@ impl Stand {
 
     /// The example runbook, pointed at this stand-in.
     pub fn rewind(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-        let runbook =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags/rewind.toml");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags");
+        let mut runbook = example.join("rewind.toml");
+        if !self.config.is_empty() {
+            // A copy with the added keys; the plugin path made absolute.
+            let text = std::fs::read_to_string(&runbook)
+                .unwrap()
+                .replace(
+                    "[plugin.config]\n",
+                    &format!("[plugin.config]\n{}\n", self.config.join("\n")),
+                )
+                .replace(
+                    "component = \"../../",
+                    &format!("component = \"{}/../../", example.display()),
+                );
+            runbook = self.path("rewind.toml");
+            write(&runbook, &text);
+        }
         let s = |p: PathBuf| p.display().to_string();
         let mut cmd = Command::new(util::REWIND);
         cmd.args(crate::cli::approving(args))
