@@ -570,7 +570,7 @@ fn data_loss_goes_straight_to_level_3() {
     );
     let f = findings(&a["findings"]);
     assert!(
-        f.contains(&format!("BREACHED rows in agent_activities (vs pre-deployment backup memory-20251111-140000.db): observed 30 rows, threshold >= {BACKUP_ROWS} rows")),
+        f.contains(&format!("BREACHED rows in agent_activities from rowid 1 on (vs pre-deployment backup memory-20251111-140000.db): observed 30 rows, threshold >= {BACKUP_ROWS} rows")),
         "{f}"
     );
     assert_eq!(levels(&report), vec![(3, true)], "{report:#}");

@@ -559,9 +559,27 @@ impl Stand {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags");
         let mut runbook = example.join("rewind.toml");
         if !self.config.is_empty() {
-            // A copy with the added keys; the plugin path made absolute.
-            let text = std::fs::read_to_string(&runbook)
-                .unwrap()
+            // A copy with the keys set (replacing the example's line of
+            // the same key in [plugin.config]); the plugin path absolute.
+            let original = std::fs::read_to_string(&runbook).unwrap();
+            let keys: Vec<&str> = self
+                .config
+                .iter()
+                .map(|l| l.split('=').next().unwrap().trim())
+                .collect();
+            let mut section = String::new();
+            let mut kept = Vec::new();
+            for line in original.lines() {
+                if line.starts_with('[') {
+                    section = line.to_string();
+                }
+                let key = line.split('=').next().unwrap_or("").trim();
+                if section == "[plugin.config]" && line.contains('=') && keys.contains(&key) {
+                    continue;
+                }
+                kept.push(line);
+            }
+            let text = (kept.join("\n") + "\n")
                 .replace(
                     "[plugin.config]\n",
                     &format!("[plugin.config]\n{}\n", self.config.join("\n")),

@@ -77,13 +77,24 @@ struct StableTag {
     /// Every tag matching the pattern, version-sorted.
     candidates: Vec<String>,
     head_before: String,
+    /// The commit HEAD was at before the rollback (the deployed one).
+    #[serde(default)]
+    head_sha: String,
 }
 
 /// Level 3's choices.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Restore {
     backup: Option<String>,
+    /// Why that backup (or why none).
+    #[serde(default)]
+    backup_why: String,
     memory_backup: Option<String>,
+    #[serde(default)]
+    memory_why: String,
+    /// There are memory backups, but none predates the deployment.
+    #[serde(default)]
+    memory_refused: bool,
     failed_path: String,
     pkg_version: Option<String>,
 }
@@ -216,33 +227,57 @@ fn exists(path: &str) -> Result<bool> {
     Ok(storage::exists(path)?)
 }
 
+/// How the log was measured when it could not be cut into time windows:
+/// over its last `lines` lines, `untimed` of them entries without a
+/// timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    lines: usize,
+    untimed: usize,
+    /// The log has no timestamp at all.
+    none: bool,
+}
+
 /// The error rate windows of the log: (critical window, major window),
-/// and `Some(n)` when the log has no timestamps and both were measured
-/// over its last `n` lines instead (one interval: no duration can be
-/// told, so a rate above a threshold counts as sustained).
-fn log_windows(cfg: &Config, text: &str, now: i64) -> (Stats, Stats, Option<usize>) {
+/// and `Some(tail)` when they were measured over its last lines instead:
+/// the log has no timestamps, or its recent lines have entries without
+/// one (an app that stamps its start and `console.log`s its work). Those
+/// lines cannot be placed in time, and dropping them would read as "0%
+/// errors"; the tail is one interval (no duration can be told), so a rate
+/// above a threshold counts as sustained.
+fn log_windows(cfg: &Config, text: &str, now: i64) -> (Stats, Stats, Option<Tail>) {
     let mut ev = logscan::events(text, cfg.log_utc_offset_min);
     let m = cfg.matcher();
-    let (mut buckets, mut untimed) = (cfg.window_buckets, None);
-    if ev.is_empty() {
+    let (mut buckets, mut tail) = (cfg.window_buckets, None);
+    let untimed = logscan::untimed_entries(text, cfg.untimed_tail_lines, cfg.log_utc_offset_min);
+    if ev.is_empty() || untimed > 0 {
+        let none = ev.is_empty();
         ev = logscan::tail(text, cfg.untimed_tail_lines, now);
         if !ev.is_empty() {
             buckets = 1;
-            untimed = Some(ev.len());
+            tail = Some(Tail {
+                lines: ev.len(),
+                untimed,
+                none,
+            });
         }
     }
     (
         logscan::window(&ev, now, (cfg.critical_window_s * 1000) as i64, buckets, &m),
         logscan::window(&ev, now, (cfg.major_window_s * 1000) as i64, buckets, &m),
-        untimed,
+        tail,
     )
 }
 
 /// How a window is named in findings: "last 5 min", or the lines it was
-/// measured over when the log has no timestamps.
-fn window_name(untimed: Option<usize>, window_s: u64) -> String {
-    match untimed {
-        Some(n) => format!("last {n} lines (the log has no timestamps)"),
+/// measured over when the log could not be cut into time windows.
+fn window_name(tail: Option<Tail>, window_s: u64) -> String {
+    match tail {
+        Some(t) if t.none => format!("last {} lines (the log has no timestamps)", t.lines),
+        Some(t) => format!(
+            "last {} lines ({} entries without a timestamp: no time window)",
+            t.lines, t.untimed
+        ),
         None => format!("last {}", minutes(window_s)),
     }
 }
@@ -288,7 +323,25 @@ fn count_rows(db: &str, table: &str) -> Result<i64> {
     }
 }
 
-fn quick_check(db: &str) -> String {
+/// What `PRAGMA quick_check` said of a database.
+enum Integrity {
+    Ok,
+    /// It answered with problems, or SQLite called the file corrupt.
+    Corrupt(String),
+    /// It could not be asked (locked by a writer, unreadable): nothing is
+    /// known about the data.
+    Unknown(String),
+}
+
+/// SQLite errors that say the file itself is damaged (SQLITE_CORRUPT,
+/// SQLITE_NOTADB), as opposed to a database that is busy, locked or
+/// cannot be opened right now.
+fn is_corruption(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("malformed") || m.contains("not a database") || m.contains("corrupt")
+}
+
+fn quick_check(db: &str) -> Integrity {
     match storage::sqlite_query(db, "PRAGMA quick_check", &[]) {
         Ok(rows) => {
             let all: Vec<String> = rows
@@ -299,46 +352,185 @@ fn quick_check(db: &str) -> String {
                     _ => None,
                 })
                 .collect();
-            if all.is_empty() {
-                "no answer".into()
-            } else {
-                short(&all.join("; "), 160)
+            match all.as_slice() {
+                [ok] if ok == "ok" => Integrity::Ok,
+                [] => Integrity::Unknown("quick_check gave no answer".into()),
+                _ => Integrity::Corrupt(short(&all.join("; "), 160)),
             }
         }
-        Err(e) => format!("error: {e}"),
+        Err(e) if is_corruption(&e.to_string()) => Integrity::Corrupt(short(&e.to_string(), 160)),
+        Err(e) => Integrity::Unknown(short(&e.to_string(), 160)),
     }
 }
 
-/// The newest file in `dir` whose name ends with one of `suffixes`, like
-/// `ls -t | head -1` (ties go to the later name).
-fn newest(dir: &str, suffixes: &[&str]) -> Result<Option<DirEntry>> {
-    if !exists(dir)? {
+/// When the running release was deployed, and how that is known.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Deployed {
+    at_ms: i64,
+    how: String,
+}
+
+/// The deployment time: `deployed_at` from the config, else the time HEAD
+/// last moved to the deployed commit, from git's reflog (`.git/logs/HEAD`:
+/// the checkout or commit that deployed it). The deployed commit is the
+/// HEAD Level 2 left (pinned with the stable tag) once Level 2 ran, else
+/// HEAD. `None` when neither tells.
+fn deployment(ctx: &Context, cfg: &Config) -> Result<Option<Deployed>> {
+    if let Some(at) = &cfg.deployed_at {
+        let Some(ms) = logscan::parse_ts(at.trim(), cfg.log_utc_offset_min) else {
+            bail!(
+                "bad [plugin.config] of plugin {:?}: deployed_at = {at:?} is not a time like \"2025-11-12T14:00:00Z\"",
+                ctx.plugin
+            );
+        };
+        return Ok(Some(Deployed {
+            at_ms: ms,
+            how: format!("deployed_at = {at:?}"),
+        }));
+    }
+    let Ok(g) = git_state(cfg) else {
         return Ok(None);
-    }
-    Ok(storage::list_dir(dir, false)?
-        .into_iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .filter(|e| suffixes.iter().any(|s| e.path.ends_with(s)))
-        .max_by(|a, b| {
-            a.modified_ms
-                .cmp(&b.modified_ms)
-                .then_with(|| file_name(&a.path).cmp(file_name(&b.path)))
-        }))
-}
-
-fn app_backup(cfg: &Config) -> Result<Option<String>> {
-    match &cfg.app_backup {
-        Some(p) => Ok(Some(p.clone())),
-        None => Ok(newest(&cfg.app_backups_dir, &[".tar.gz", ".tgz"])?.map(|e| e.path)),
-    }
-}
-
-fn memory_backup(cfg: &Config) -> Result<Option<String>> {
-    match &cfg.memory_backup {
-        Some(p) => Ok(Some(p.clone())),
-        None => {
-            Ok(newest(&cfg.memory_backups_dir, &[".db", ".sqlite", ".sqlite3"])?.map(|e| e.path))
+    };
+    let sha = pinned_json::<StableTag>(ctx, "stable_tag")?
+        .map(|t| t.head_sha)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(g.head_sha);
+    let Some(reflog) = read_opt(&format!("{}/logs/HEAD", g.git_dir))? else {
+        return Ok(None);
+    };
+    // `<old> <new> <name> <<email>> <unix seconds> <zone>\t<message>`
+    let found = reflog.lines().rev().find_map(|l| {
+        let (who, msg) = l.split_once('\t').unwrap_or((l, ""));
+        let f: Vec<&str> = who.split_whitespace().collect();
+        if f.len() < 4 || f[1] != sha {
+            return None;
         }
+        let secs: i64 = f[f.len() - 2].parse().ok()?;
+        Some((secs * 1000, msg.to_string()))
+    });
+    Ok(found.map(|(at_ms, msg)| Deployed {
+        at_ms,
+        how: format!(
+            "HEAD moved to {} then: \"{}\" in .git/logs/HEAD",
+            sha12(&sha),
+            short(&msg, 80)
+        ),
+    }))
+}
+
+/// A backup to restore, and why that one.
+struct Chosen {
+    path: Option<String>,
+    why: String,
+    /// How many backups there were to choose from.
+    candidates: usize,
+}
+
+/// The newest file in `dir` whose name ends with one of `suffixes` (like
+/// `ls -t | head -1`; ties go to the later name) that was taken before the
+/// deployment (the runbook's "Identify pre-deployment backup"): a backup
+/// taken after it holds the broken release. When the deployment time is
+/// not known, the newest, and the reason says so.
+fn pre_deployment(dir: &str, suffixes: &[&str], deployed: Option<&Deployed>) -> Result<Chosen> {
+    let mut all: Vec<DirEntry> = if exists(dir)? {
+        storage::list_dir(dir, false)?
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .filter(|e| suffixes.iter().any(|s| e.path.ends_with(s)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    all.sort_by(|a, b| {
+        b.modified_ms
+            .cmp(&a.modified_ms)
+            .then_with(|| file_name(&b.path).cmp(file_name(&a.path)))
+    });
+    let names = |v: &[&DirEntry]| {
+        v.iter()
+            .map(|e| file_name(&e.path).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if all.is_empty() {
+        return Ok(Chosen {
+            path: None,
+            why: format!("no {} in {dir}", suffixes.join(" or ")),
+            candidates: 0,
+        });
+    }
+    let Some(d) = deployed else {
+        return Ok(Chosen {
+            path: Some(all[0].path.clone()),
+            why: format!(
+                "the newest of {} in {dir}; the deployment time is not known (no deployed_at, no reflog entry for HEAD), so it may have been taken after the deployment",
+                all.len()
+            ),
+            candidates: all.len(),
+        });
+    };
+    let (after, before): (Vec<&DirEntry>, Vec<&DirEntry>) =
+        all.iter().partition(|e| e.modified_ms as i64 >= d.at_ms);
+    let when = Utc::at(d.at_ms).rfc3339();
+    let skipped = if after.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; skipped {} taken after it: {}",
+            after.len(),
+            names(&after)
+        )
+    };
+    Ok(match before.first() {
+        Some(e) => Chosen {
+            path: Some(e.path.clone()),
+            why: format!(
+                "the newest of {} in {dir} that predates the deployment at {when} ({}){skipped}",
+                all.len(),
+                d.how
+            ),
+            candidates: all.len(),
+        },
+        None => Chosen {
+            path: None,
+            why: format!(
+                "none of the {} in {dir} predates the deployment at {when} ({}): {}; name one in the config to restore it anyway",
+                all.len(),
+                d.how,
+                names(&after)
+            ),
+            candidates: all.len(),
+        },
+    })
+}
+
+fn app_backup(ctx: &Context, cfg: &Config) -> Result<Chosen> {
+    match &cfg.app_backup {
+        Some(p) => Ok(Chosen {
+            path: Some(p.clone()),
+            why: "named by app_backup".into(),
+            candidates: 1,
+        }),
+        None => pre_deployment(
+            &cfg.app_backups_dir,
+            &[".tar.gz", ".tgz"],
+            deployment(ctx, cfg)?.as_ref(),
+        ),
+    }
+}
+
+fn memory_backup(ctx: &Context, cfg: &Config) -> Result<Chosen> {
+    match &cfg.memory_backup {
+        Some(p) => Ok(Chosen {
+            path: Some(p.clone()),
+            why: "named by memory_backup".into(),
+            candidates: 1,
+        }),
+        None => pre_deployment(
+            &cfg.memory_backups_dir,
+            &[".db", ".sqlite", ".sqlite3"],
+            deployment(ctx, cfg)?.as_ref(),
+        ),
     }
 }
 
@@ -466,6 +658,7 @@ fn decide_stable_tag(cfg: &Config) -> Result<StableTag> {
         sha,
         candidates,
         head_before: format!("{} ({})", sha12(&g.head_sha), g.head_name),
+        head_sha: g.head_sha.clone(),
     };
     Ok(t)
 }
@@ -478,9 +671,13 @@ fn decide_stable_tag(cfg: &Config) -> Result<StableTag> {
 /// declares is this run's observation, kept next to it.
 fn restore_choice(ctx: &Context, cfg: &Config) -> Result<Restore> {
     let mut r = pin_json(ctx, "restore", || {
+        let (app, mem) = (app_backup(ctx, cfg)?, memory_backup(ctx, cfg)?);
         Ok(Restore {
-            backup: app_backup(cfg)?,
-            memory_backup: memory_backup(cfg)?,
+            backup: app.path,
+            backup_why: app.why,
+            memory_refused: mem.path.is_none() && mem.candidates > 0,
+            memory_backup: mem.path,
+            memory_why: mem.why,
             failed_path: format!(
                 "{}/{}-failed-{}",
                 cfg.failed_dir(),
@@ -493,9 +690,11 @@ fn restore_choice(ctx: &Context, cfg: &Config) -> Result<Restore> {
     // Paths named in the config are the operator's choice, read afresh.
     if cfg.app_backup.is_some() {
         r.backup = cfg.app_backup.clone();
+        r.backup_why = "named by app_backup".into();
     }
     if cfg.memory_backup.is_some() {
         r.memory_backup = cfg.memory_backup.clone();
+        r.memory_why = "named by memory_backup".into();
     }
     r.pkg_version = kv_get(ctx, "pkg_version")?;
     Ok(r)
@@ -781,7 +980,12 @@ fn assess_log(
     Ok(())
 }
 
-fn assess_data(cfg: &Config, findings: &mut Vec<Finding>, reasons: &mut Vec<Reason>) -> Result<()> {
+fn assess_data(
+    ctx: &Context,
+    cfg: &Config,
+    findings: &mut Vec<Finding>,
+    reasons: &mut Vec<Reason>,
+) -> Result<()> {
     let db = cfg.memory_db_path();
     if !exists(&db)? {
         findings.push(Finding::new(
@@ -792,67 +996,185 @@ fn assess_data(cfg: &Config, findings: &mut Vec<Finding>, reasons: &mut Vec<Reas
         ));
         return Ok(());
     }
-    let qc = quick_check(&db);
-    let corrupt = qc != "ok";
-    findings.push(Finding::new(
-        "memory database integrity (PRAGMA quick_check)",
-        &qc,
-        "= ok",
-        corrupt,
-    ));
-    if corrupt {
-        reasons.push(Reason {
-            severity: Severity::Critical,
-            data: true,
-            what: format!("data corruption in {db}: {qc}"),
-        });
+    let check = "memory database integrity (PRAGMA quick_check)";
+    match quick_check(&db) {
+        Integrity::Ok => findings.push(Finding::new(check, "ok", "= ok", false)),
+        Integrity::Corrupt(qc) => {
+            findings.push(Finding::new(check, &qc, "= ok", true));
+            reasons.push(Reason {
+                severity: Severity::Critical,
+                data: true,
+                what: format!("data corruption in {db}: {qc}"),
+            });
+        }
+        // Busy or locked is not corruption: a restore of the whole
+        // system is not the answer to a long write. Not "ok" either.
+        Integrity::Unknown(why) => {
+            findings.push(Finding::new(
+                check,
+                format!("not checked: {why}"),
+                "= ok",
+                true,
+            ));
+            reasons.push(reason(
+                Severity::Minor,
+                format!("the integrity of {db} could not be checked ({why}): check it again"),
+            ));
+        }
     }
-    if !cfg.check_row_loss {
+    if !cfg.check_row_loss || cfg.row_loss_tables().is_empty() {
         return Ok(());
     }
-    let Some(backup) = memory_backup(cfg)? else {
+    let chosen = memory_backup(ctx, cfg)?;
+    let Some(backup) = chosen.path else {
         return Ok(());
     };
-    for table in &cfg.memory_tables {
-        let check = format!(
-            "rows in {table} (vs pre-deployment backup {})",
-            file_name(&backup)
-        );
-        match (count_rows(&db, table), count_rows(&backup, table)) {
-            (Ok(now), Ok(before)) => {
-                findings.push(Finding::at_least(check, now as f64, before as f64, "rows"));
-                if now < before {
+    for table in cfg.row_loss_tables() {
+        match compare_rows(&db, &backup, table) {
+            Ok(c) => {
+                let check = format!(
+                    "rows in {table}{} (vs pre-deployment backup {})",
+                    match c.from_rowid {
+                        Some(r) => format!(" from rowid {r} on"),
+                        None => String::new(),
+                    },
+                    file_name(&backup)
+                );
+                findings.push(Finding::at_least(
+                    check,
+                    c.live as f64,
+                    c.backup as f64,
+                    "rows",
+                ));
+                if c.live < c.backup {
                     reasons.push(Reason {
                         severity: Severity::Critical,
                         data: true,
                         what: format!(
-                            "data loss: {table} has {now} rows, the pre-deployment backup {before}"
+                            "data loss: {table} has {} of the {} rows the pre-deployment backup has{}",
+                            c.live,
+                            c.backup,
+                            match c.from_rowid {
+                                Some(r) => format!(" from rowid {r} on"),
+                                None => String::new(),
+                            }
                         ),
                     });
                 }
             }
-            (Err(e), Ok(before)) => {
+            Err((true, e)) if is_corruption(&e) => {
                 findings.push(Finding::new(
-                    check,
-                    format!("error: {}", e.message()),
-                    format!(">= {before} rows"),
+                    format!("rows in {table}"),
+                    format!("error: {e}"),
+                    "readable",
                     true,
                 ));
                 reasons.push(Reason {
                     severity: Severity::Critical,
                     data: true,
-                    what: format!("data loss: {table} cannot be read: {}", e.message()),
+                    what: format!("data corruption: {table} cannot be read: {e}"),
                 });
             }
-            (_, Err(e)) => findings.push(Finding::new(
-                check,
+            Err((true, e)) => {
+                findings.push(Finding::new(
+                    format!("rows in {table}"),
+                    format!("not counted: {e}"),
+                    format!("compared with {}", file_name(&backup)),
+                    true,
+                ));
+                reasons.push(reason(
+                    Severity::Minor,
+                    format!("{table} could not be counted ({e}): check it again"),
+                ));
+            }
+            Err((false, e)) => findings.push(Finding::new(
+                format!("rows in {table}"),
                 "not compared",
-                format!("backup unreadable: {}", e.message()),
+                format!("backup {} unreadable: {e}", file_name(&backup)),
                 false,
             )),
         }
     }
     Ok(())
+}
+
+/// Rows of a table in the live database against the backup.
+struct RowCompare {
+    /// Compared from this rowid on (the live table's lowest).
+    from_rowid: Option<i64>,
+    live: i64,
+    backup: i64,
+}
+
+fn query_int(db: &str, sql: &str, params: &[SqlValue]) -> Result<Option<i64>> {
+    let rows = storage::sqlite_query(db, sql, params)?;
+    match rows.rows.first().and_then(|r| r.first()) {
+        Some(SqlValue::Integer(n)) => Ok(Some(*n)),
+        Some(SqlValue::Null) | None => Ok(None),
+        other => bail!("unexpected result {other:?} of {sql}"),
+    }
+}
+
+/// The rows the backup has that must still be there: those from the live
+/// table's lowest rowid on. A retention job deletes the oldest rows; the
+/// rows after them that the backup holds (up to its highest rowid) are
+/// still in the live table unless data was lost. A table without rowids
+/// is compared by `COUNT(*)`. `Err((live, message))`: which side failed.
+fn compare_rows(
+    db: &str,
+    backup: &str,
+    table: &str,
+) -> std::result::Result<RowCompare, (bool, String)> {
+    if !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err((
+            true,
+            format!("table name {table:?} is not a plain SQL identifier"),
+        ));
+    }
+    let live_err = |e: Failure| (true, e.message().to_string());
+    let backup_err = |e: Failure| (false, e.message().to_string());
+    let min = query_int(db, &format!("SELECT MIN(rowid) FROM \"{table}\""), &[]);
+    let min = match min {
+        Ok(m) => m,
+        Err(e) if e.message().contains("no such column") => {
+            // WITHOUT ROWID: plain counts.
+            return Ok(RowCompare {
+                from_rowid: None,
+                live: count_rows(db, table).map_err(live_err)?,
+                backup: count_rows(backup, table).map_err(backup_err)?,
+            });
+        }
+        Err(e) => return Err(live_err(e)),
+    };
+    let Some(min) = min else {
+        return Ok(RowCompare {
+            from_rowid: None,
+            live: 0,
+            backup: count_rows(backup, table).map_err(backup_err)?,
+        });
+    };
+    let max = query_int(backup, &format!("SELECT MAX(rowid) FROM \"{table}\""), &[])
+        .map_err(backup_err)?
+        .unwrap_or(min - 1);
+    let kept = query_int(
+        backup,
+        &format!("SELECT COUNT(*) FROM \"{table}\" WHERE rowid >= ?1"),
+        &[SqlValue::Integer(min)],
+    )
+    .map_err(backup_err)?
+    .unwrap_or(0);
+    let live = query_int(
+        db,
+        &format!("SELECT COUNT(*) FROM \"{table}\" WHERE rowid >= ?1 AND rowid <= ?2"),
+        &[SqlValue::Integer(min), SqlValue::Integer(max)],
+    )
+    .map_err(live_err)?
+    .unwrap_or(0);
+    Ok(RowCompare {
+        from_rowid: Some(min),
+        live,
+        backup: kept,
+    })
 }
 
 fn level_name(level: u8) -> &'static str {
@@ -954,9 +1276,7 @@ fn step_health(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
             ctx.mode.as_str()
         )));
     }
-    let w = cfg
-        .health_probe()
-        .wait(WaitPolicy::every(cfg.probe_interval_ms).timeout_ms(timeout))?;
+    let (w, gave_up) = wait_for_health(cfg, timeout)?;
     let findings = vec![
         Finding::status(
             format!("GET {} status", cfg.health_path()),
@@ -970,6 +1290,11 @@ fn step_health(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     // failed verification is what makes the host escalate.
     let msg = if w.healthy {
         format!("healthy after {} probes in {} ms", w.attempts, w.elapsed_ms)
+    } else if gave_up {
+        format!(
+            "gave up after {} consecutive failed probes (failure_threshold) in {} ms, last: {}; the verification decides whether to escalate",
+            cfg.failure_threshold, w.elapsed_ms, w.last.detail
+        )
     } else {
         format!(
             "still not healthy after {} ms ({} probes, last: {}); the verification decides whether to escalate",
@@ -977,6 +1302,35 @@ fn step_health(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         )
     };
     Ok(StepOutcome::ok(msg).with_findings(findings))
+}
+
+/// Poll the health URL for up to `timeout`: while the app does not answer
+/// (it is starting: connection refused) for the whole time, and once it
+/// answers, until `failure_threshold` answers in a row fail. A steady 500
+/// is not waited out: the runbook checks health once after the restart,
+/// and the verification decides. Returns the wait and whether it gave up
+/// on the failure threshold.
+fn wait_for_health(cfg: &Config, timeout: u64) -> Result<(health::WaitResult, bool)> {
+    let every = WaitPolicy::every(cfg.probe_interval_ms);
+    if cfg.failure_threshold == 0 {
+        return Ok((cfg.health_probe().wait(every.timeout_ms(timeout))?, false));
+    }
+    // Any HTTP answer ends the first wait.
+    let answered = cfg
+        .health_probe()
+        .expect(100, 599)
+        .wait(every.timeout_ms(timeout))?;
+    if !answered.healthy {
+        return Ok((answered, false));
+    }
+    let left = timeout.saturating_sub(answered.elapsed_ms);
+    let mut w = cfg
+        .health_probe()
+        .wait(every.timeout_ms(left).failures(cfg.failure_threshold))?;
+    let gave_up = !w.healthy && w.attempts >= cfg.failure_threshold;
+    w.attempts += answered.attempts;
+    w.elapsed_ms += answered.elapsed_ms;
+    Ok((w, gave_up))
 }
 
 fn step_env(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
@@ -1191,8 +1545,8 @@ fn step_stop(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let r = restore_choice(ctx, cfg)?;
     let Some(backup) = &r.backup else {
         return Ok(StepOutcome::failed(format!(
-            "no pre-deployment backup (*.tar.gz) in {}: not stopping the application for a restore that cannot happen",
-            cfg.app_backups_dir
+            "no pre-deployment backup to restore ({}): not stopping the application for a restore that cannot happen",
+            r.backup_why
         )));
     };
     if !exists(backup)? {
@@ -1209,11 +1563,15 @@ fn step_identify(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let r = restore_choice(ctx, cfg)?;
     let Some(backup) = &r.backup else {
         return Ok(StepOutcome::failed(format!(
-            "no pre-deployment backup (*.tar.gz) in {}",
-            cfg.app_backups_dir
+            "no pre-deployment backup to restore: {}",
+            r.backup_why
         )));
     };
-    let mut msg = format!("pre-deployment backup {}", describe_file(backup)?);
+    let mut msg = format!(
+        "pre-deployment backup {}: {}",
+        describe_file(backup)?,
+        r.backup_why
+    );
     match &r.memory_backup {
         Some(m) => {
             let counts: Vec<String> = cfg
@@ -1225,14 +1583,15 @@ fn step_identify(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
                 })
                 .collect();
             msg.push_str(&format!(
-                "; memory database backup {} ({})",
+                "; memory database backup {} ({}): {}",
                 describe_file(m)?,
-                counts.join(", ")
+                counts.join(", "),
+                r.memory_why
             ));
         }
         None => msg.push_str(&format!(
-            "; no memory database backup in {}",
-            cfg.memory_backups_dir
+            "; no memory database backup to restore: {}",
+            r.memory_why
         )),
     }
     Ok(StepOutcome::ok(msg))
@@ -1307,9 +1666,18 @@ fn step_restore_db(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let r = restore_choice(ctx, cfg)?;
     let db = cfg.memory_db_path();
     let Some(backup) = &r.memory_backup else {
+        // Backups that all came after the deployment hold what it did to
+        // the database: restoring one would not roll it back, and keeping
+        // the live one is no restore either.
+        if r.memory_refused {
+            return Ok(StepOutcome::failed(format!(
+                "no memory database backup to restore: {}",
+                r.memory_why
+            )));
+        }
         return Ok(StepOutcome::ok(format!(
-            "no memory database backup in {}: nothing to restore (the runbook restores it if applicable)",
-            cfg.memory_backups_dir
+            "nothing to restore ({}; the runbook restores it if applicable)",
+            r.memory_why
         )));
     };
     let mut before = Vec::new();
@@ -1471,7 +1839,35 @@ fn step_build_artifacts(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     })
 }
 
+/// The command of the config a step runs, for the steps that run one.
+/// A `[]` command skips its step: `plan` leaves it out, and a run planned
+/// before the config changed skips it.
+fn step_command<'a>(
+    cfg: &'a Config,
+    level: u8,
+    step: &str,
+) -> Option<(&'static str, &'a [String])> {
+    Some(match (level, step) {
+        (1, "restart") => ("restart_cmd", &cfg.restart_cmd),
+        (2, "reinstall") | (3, "install") => ("install_cmd", &cfg.install_cmd),
+        (2 | 3, "build") => ("build_cmd", &cfg.build_cmd),
+        (2, "reload") => ("reload_cmd", &cfg.reload_cmd),
+        (3, "stop") => ("stop_cmd", &cfg.stop_cmd),
+        (3, "start") => ("start_cmd", &cfg.start_cmd),
+        (_, "status") => ("status_cmd", &cfg.status_cmd),
+        _ => return None,
+    })
+}
+
+/// The step's command is `[]`: the step does not run.
+fn skipped(cfg: &Config, level: u8, step: &str) -> Option<&'static str> {
+    step_command(cfg, level, step).and_then(|(key, argv)| argv.is_empty().then_some(key))
+}
+
 fn run_level_step(ctx: &Context, cfg: &Config, step: &str) -> Result<StepOutcome> {
+    if let Some(key) = skipped(cfg, ctx.level, step) {
+        return Ok(StepOutcome::ok(format!("skipped: {key} = []")));
+    }
     match (ctx.level, step) {
         (1, "env") => step_env(ctx, cfg),
         (1, "restart") => restart_like(ctx, cfg, &cfg.restart_cmd, "restarted"),
@@ -1676,17 +2072,26 @@ fn verify_level2(ctx: &Context, cfg: &Config, h: &Answer, f: &mut Vec<Finding>) 
             format!("{} ({})", sha12(&t.sha), t.tag),
         ));
     }
-    if !cfg.version_field.is_empty() {
-        let expected = t.tag.trim_start_matches('v');
-        f.push(Finding::equals(
+    if !cfg.version_field.is_empty() && !cfg.served_version.is_empty() {
+        // What the app serves for a tag is the deployment's convention
+        // (`served_version`): the tag without its `v` by default.
+        let expected = versions::served(&cfg.served_version, &t.tag);
+        let served = h.field(&cfg.version_field);
+        let ok = served
+            .as_deref()
+            .is_some_and(|v| versions::glob(&expected, v));
+        f.push(Finding::check(
             format!(
                 "version served (GET {} .{})",
                 cfg.health_path(),
                 cfg.version_field
             ),
-            h.field(&cfg.version_field)
-                .unwrap_or_else(|| "not reported".into()),
-            expected,
+            ok,
+            served.unwrap_or_else(|| "not reported".into()),
+            format!(
+                "= {expected} (served_version {:?} of {})",
+                cfg.served_version, t.tag
+            ),
         ));
     }
     Ok(())
@@ -1706,9 +2111,11 @@ fn verify_level3(ctx: &Context, cfg: &Config, h: &Answer, f: &mut Vec<Finding>) 
         let served = h
             .field(&cfg.version_field)
             .unwrap_or_else(|| "not reported".into());
-        let ok = served == pkg
-            || served.starts_with(&format!("{pkg}-"))
-            || served.starts_with(&format!("{pkg}+"));
+        // `1.0.0`, `1.0.0-stable`, `1.0.0+build`, also with a leading `v`.
+        let bare = served.strip_prefix('v').unwrap_or(&served);
+        let ok = bare == pkg
+            || bare.starts_with(&format!("{pkg}-"))
+            || bare.starts_with(&format!("{pkg}+"));
         f.push(Finding::check(
             format!(
                 "version served (GET {} .{}) vs package.json of the backup",
@@ -1717,7 +2124,7 @@ fn verify_level3(ctx: &Context, cfg: &Config, h: &Answer, f: &mut Vec<Finding>) 
             ),
             ok,
             served,
-            format!("= {pkg} (or {pkg}-*)"),
+            format!("= {pkg} (or {pkg}-*, {pkg}+*, v{pkg}...)"),
         ));
     }
     if let Some(backup) = &r.memory_backup {
@@ -1884,11 +2291,10 @@ fn write_incident(
     let healthy = !breached("GET ") && !breached("stable for");
     let db = cfg.memory_db_path();
     let integrity = if exists(&db)? {
-        let qc = quick_check(&db);
-        if qc == "ok" {
-            "INTACT".to_string()
-        } else {
-            format!("COMPROMISED ({qc})")
+        match quick_check(&db) {
+            Integrity::Ok => "INTACT".to_string(),
+            Integrity::Corrupt(qc) => format!("COMPROMISED ({qc})"),
+            Integrity::Unknown(why) => format!("NOT CHECKED ({why})"),
         }
     } else {
         "n/a (no memory database)".to_string()
@@ -1951,6 +2357,317 @@ fn write_incident(
 }
 
 // ---------------------------------------------------------------------------
+
+/// The steps of `ctx.level`, in the runbook's order, before `[]`
+/// commands are left out.
+fn plan_level(ctx: &Context, cfg: &Config) -> Result<Vec<Step>> {
+    let app = &cfg.app_dir;
+    let status = Step::auto(
+        "status",
+        "Verify application started (pm2 status)",
+        format!("Run `{}` in {app}", cfg.cmd(&cfg.status_cmd).display()),
+    )
+    .observe()
+    .repeatable();
+    let health = Step::auto(
+        "health",
+        "Check health",
+        format!(
+            "Poll GET {} every {} ms until it answers 200-399, for at most {}{}; a still-unhealthy app is left to the verification, which escalates",
+            cfg.health_url,
+            cfg.probe_interval_ms,
+            human_ms(cfg.wait_ms(ctx.level)),
+            if cfg.failure_threshold > 0 {
+                format!(
+                    ", or until {} answers in a row fail once it answers",
+                    cfg.failure_threshold
+                )
+            } else {
+                String::new()
+            }
+        ),
+    )
+                .observe()
+                .repeatable();
+    match ctx.level {
+        1 => {
+            let (feats, why) = chosen_features(ctx, cfg)?;
+            let flags: Vec<String> = feats.iter().map(|f| f.flag.clone()).collect();
+            let path = cfg.env_file();
+            let current = read_opt(&path)?;
+            let rw = envfile::set_flags(
+                current.as_deref().unwrap_or(""),
+                &flags,
+                "false",
+                "Emergency feature toggles",
+            );
+            let edits: Vec<String> = rw.edits.iter().map(|e| e.describe("false")).collect();
+            let markers: Vec<String> = feats
+                .iter()
+                .flat_map(|f| f.markers.iter().map(|m| format!("{m:?}")))
+                .collect();
+            Ok(vec![
+                Step::auto(
+                    "env",
+                    format!("Set {} to false in .env", flags.join(", ")),
+                    format!(
+                        "{} ({why}): snapshot {path}, then rewrite it atomically: {}; the other {} lines stay as they are",
+                        if current.is_some() { "Edit" } else { "Create" },
+                        edits.join("; "),
+                        rw.untouched
+                    ),
+                )
+                // The old .env is snapshotted first; a file that has the
+                // flags off already is left as it is.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "restart",
+                    "Restart application",
+                    format!(
+                        "Note where {} ends, then run `{}` in {app}; the verification looks for {} in what the restarted app logs",
+                        cfg.log_file,
+                        cfg.cmd(&cfg.restart_cmd).display(),
+                        markers.join(", ")
+                    ),
+                )
+                // A second restart is a restart.
+                .disruptive()
+                .repeatable(),
+                status,
+                health,
+            ])
+        }
+        2 => {
+            let t = stable_tag(ctx, cfg)?;
+            let archive = format!(
+                "{}/backup-before-rollback-{}.tar.gz",
+                cfg.rollback_backup_dir,
+                run_stamp(ctx)?
+            );
+            let mut steps = vec![
+                Step::auto(
+                    "inspect",
+                    "Check current version, identify the last stable version",
+                    format!(
+                        "Run `git log --oneline -5` and `git describe --tags` in {app} (HEAD is {}); the last tag matching {:?} by version order is {} (of {})",
+                        t.head_before,
+                        cfg.stable_tag_pattern,
+                        t.tag,
+                        t.candidates.join(", ")
+                    ),
+                )
+                .observe()
+                .repeatable(),
+                Step::auto(
+                    "backup",
+                    "Create backup of current state",
+                    format!(
+                        "Run `{} -czf {archive} .` in {app}, then `tar -tzf` it to check it reads back",
+                        cfg.tar
+                    ),
+                )
+                // Reads the tree; the archive is named by the run's stamp, so
+                // a second try writes the same archive again.
+                .observe()
+                .repeatable(),
+            ];
+            if !cfg.git_remote.is_empty() {
+                steps.push(Step::auto(
+                    "fetch",
+                    format!("git fetch {}", cfg.git_remote),
+                    format!(
+                        "Run `git fetch {}` in {app} (an unreachable remote is reported; the local tag {} is used)",
+                        cfg.git_remote, t.tag
+                    ),
+                )
+                // Updates remote-tracking refs only, not the checkout.
+                .observe()
+                .repeatable());
+            }
+            steps.extend([
+                Step::auto(
+                    "checkout",
+                    format!("Checkout stable version {}", t.tag),
+                    format!(
+                        "Run `git checkout {}` in {app} (commit {}), then check `git tag --points-at HEAD` names it",
+                        t.tag,
+                        sha12(&t.sha)
+                    ),
+                )
+                // The tree was archived first (backup) and git refuses to
+                // overwrite local changes; checking out the tag HEAD is at
+                // changes nothing.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "reinstall",
+                    "Clean and reinstall dependencies",
+                    format!(
+                        "Remove {} in {app} (package-lock.json is kept: npm ci installs from it), then run `{}`",
+                        cfg.clean_paths.join(", "),
+                        cfg.cmd(&cfg.install_cmd).display()
+                    ),
+                )
+                // node_modules is derived from the lock file (and in the
+                // archive); removing and installing again ends the same.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "build",
+                    "Rebuild application",
+                    format!(
+                        "Run `NODE_ENV=production {}` in {app}",
+                        cfg.cmd(&cfg.build_cmd).display()
+                    ),
+                )
+                // Build output follows the checked-out source.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "reload",
+                    "Restart with zero-downtime",
+                    format!(
+                        "Note where {} ends, then run `{}` in {app}",
+                        cfg.log_file,
+                        cfg.cmd(&cfg.reload_cmd).display()
+                    ),
+                )
+                // pm2 reload cycles the workers; a second reload is a reload.
+                .disruptive()
+                .repeatable(),
+                status,
+                health,
+            ]);
+            Ok(steps)
+        }
+        3 => {
+            let r = restore_choice(ctx, cfg)?;
+            let backup = match &r.backup {
+                Some(b) => format!("{}, {}", describe_file(b)?, r.backup_why),
+                None => format!("NONE ({}; the stop step will refuse)", r.backup_why),
+            };
+            let memory = match &r.memory_backup {
+                Some(m) => format!("{}, {}", describe_file(m)?, r.memory_why),
+                None => format!("none ({})", r.memory_why),
+            };
+            let db = cfg.memory_db_path();
+            Ok(vec![
+                Step::auto(
+                    "stop",
+                    "Stop application",
+                    format!(
+                        "Check the pre-deployment backup exists, then run `{}` in {app}",
+                        cfg.cmd(&cfg.stop_cmd).display()
+                    ),
+                )
+                // Stopping a stopped app changes nothing.
+                .disruptive()
+                .repeatable(),
+                Step::auto(
+                    "identify",
+                    "Identify pre-deployment backup",
+                    format!("Pre-deployment backup: {backup}; memory database backup: {memory}"),
+                )
+                .observe()
+                .repeatable(),
+                Step::auto(
+                    "move-aside",
+                    "Move current directory (safety)",
+                    format!("Rename {app} to {}", r.failed_path),
+                )
+                // A rename, put back by renaming; the path is pinned, and a
+                // tree moved there already is left where it is.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "extract",
+                    "Extract backup",
+                    format!(
+                        "Create {app} and run `{} -xzf {} -C {app}`; read the version from package.json",
+                        cfg.tar,
+                        r.backup.as_deref().unwrap_or("<none>")
+                    ),
+                )
+                // Into the empty directory left by move-aside (the failed
+                // tree is kept); extracting again writes the same files.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "restore-db",
+                    "Restore the SQLite memory database",
+                    match &r.memory_backup {
+                        Some(m) => format!(
+                            "Copy {}/{} to {db}.rollback-backup, remove a stale {db}-wal/-shm, copy {m} to {db} atomically, then check SELECT COUNT(*) FROM {} equals the backup's",
+                            r.failed_path,
+                            cfg.memory_db,
+                            cfg.memory_tables.join(", ")
+                        ),
+                        None => format!(
+                            "Nothing to restore: no backup in {}",
+                            cfg.memory_backups_dir
+                        ),
+                    },
+                )
+                // The live memory database is replaced by an older backup:
+                // what was written since is gone from the service (a copy
+                // is kept as .rollback-backup). Repeatable: the copy is
+                // taken from the moved-aside tree, and the pinned backup
+                // copied again ends the same.
+                .effect(Effect::Destructive)
+                .repeatable(),
+                Step::auto(
+                    "check-env",
+                    "Verify environment configuration",
+                    format!(
+                        "Check {} exists and report its feature flags",
+                        cfg.env_file()
+                    ),
+                )
+                .observe()
+                .repeatable(),
+                Step::auto(
+                    "install",
+                    "Reinstall dependencies",
+                    format!("Run `{}` in {app}", cfg.cmd(&cfg.install_cmd).display()),
+                )
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "build",
+                    "Verify build artifacts",
+                    format!(
+                        "Look for {} in {app}; if {} is missing, run `NODE_ENV=production {}`",
+                        cfg.build_dirs.join(", "),
+                        cfg.build_marker,
+                        cfg.cmd(&cfg.build_cmd).display()
+                    ),
+                )
+                // Build output follows the checked-out source.
+                .reversible()
+                .repeatable(),
+                Step::auto(
+                    "start",
+                    "Restart application",
+                    format!(
+                        "Note where {} ends, then run `{}` in {app}",
+                        cfg.log_file,
+                        cfg.cmd(&cfg.start_cmd).display()
+                    ),
+                )
+                // Not repeatable: a start cut short may have started the
+                // app, and a second `pm2 start` of a script can start a
+                // second copy.
+                .disruptive(),
+                status,
+                health,
+            ])
+        }
+        other => {
+            bail!("the feature-flags plugin has levels 1 to 3; level {other} was asked for")
+        }
+    }
+}
 
 struct FeatureFlags;
 
@@ -2057,7 +2774,7 @@ impl Plugin for FeatureFlags {
             }
         }
         assess_log(&cfg, now, &mut findings, &mut reasons, &mut affected)?;
-        assess_data(&cfg, &mut findings, &mut reasons)?;
+        assess_data(ctx, &cfg, &mut findings, &mut reasons)?;
 
         let worst = reasons.iter().map(|r| r.severity).max_by_key(|s| rank(*s));
         let severity = worst.unwrap_or(Severity::None);
@@ -2119,307 +2836,10 @@ impl Plugin for FeatureFlags {
 
     fn plan(ctx: &Context) -> Result<Vec<Step>> {
         let cfg = Config::load(ctx)?;
-        let app = &cfg.app_dir;
-        let status = Step::auto(
-            "status",
-            "Verify application started (pm2 status)",
-            format!("Run `{}` in {app}", cfg.cmd(&cfg.status_cmd).display()),
-        )
-        .observe()
-        .repeatable();
-        let health = Step::auto(
-            "health",
-            "Check health",
-            format!(
-                "Poll GET {} every {} ms until it answers 200-399, for at most {}; a still-unhealthy app is left to the verification, which escalates",
-                cfg.health_url,
-                cfg.probe_interval_ms,
-                human_ms(cfg.wait_ms(ctx.level))
-            ),
-        )
-                    .observe()
-                    .repeatable();
-        match ctx.level {
-            1 => {
-                let (feats, why) = chosen_features(ctx, &cfg)?;
-                let flags: Vec<String> = feats.iter().map(|f| f.flag.clone()).collect();
-                let path = cfg.env_file();
-                let current = read_opt(&path)?;
-                let rw = envfile::set_flags(
-                    current.as_deref().unwrap_or(""),
-                    &flags,
-                    "false",
-                    "Emergency feature toggles",
-                );
-                let edits: Vec<String> = rw.edits.iter().map(|e| e.describe("false")).collect();
-                let markers: Vec<String> = feats
-                    .iter()
-                    .flat_map(|f| f.markers.iter().map(|m| format!("{m:?}")))
-                    .collect();
-                Ok(vec![
-                    Step::auto(
-                        "env",
-                        format!("Set {} to false in .env", flags.join(", ")),
-                        format!(
-                            "{} ({why}): snapshot {path}, then rewrite it atomically: {}; the other {} lines stay as they are",
-                            if current.is_some() { "Edit" } else { "Create" },
-                            edits.join("; "),
-                            rw.untouched
-                        ),
-                    )
-                    // The old .env is snapshotted first; a file that has the
-                    // flags off already is left as it is.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "restart",
-                        "Restart application",
-                        format!(
-                            "Note where {} ends, then run `{}` in {app}; the verification looks for {} in what the restarted app logs",
-                            cfg.log_file,
-                            cfg.cmd(&cfg.restart_cmd).display(),
-                            markers.join(", ")
-                        ),
-                    )
-                    // A second restart is a restart.
-                    .disruptive()
-                    .repeatable(),
-                    status,
-                    health,
-                ])
-            }
-            2 => {
-                let t = stable_tag(ctx, &cfg)?;
-                let archive = format!(
-                    "{}/backup-before-rollback-{}.tar.gz",
-                    cfg.rollback_backup_dir,
-                    run_stamp(ctx)?
-                );
-                let mut steps = vec![
-                    Step::auto(
-                        "inspect",
-                        "Check current version, identify the last stable version",
-                        format!(
-                            "Run `git log --oneline -5` and `git describe --tags` in {app} (HEAD is {}); the last tag matching {:?} by version order is {} (of {})",
-                            t.head_before,
-                            cfg.stable_tag_pattern,
-                            t.tag,
-                            t.candidates.join(", ")
-                        ),
-                    )
-                    .observe()
-                    .repeatable(),
-                    Step::auto(
-                        "backup",
-                        "Create backup of current state",
-                        format!(
-                            "Run `{} -czf {archive} .` in {app}, then `tar -tzf` it to check it reads back",
-                            cfg.tar
-                        ),
-                    )
-                    // Reads the tree; the archive is named by the run's stamp, so
-                    // a second try writes the same archive again.
-                    .observe()
-                    .repeatable(),
-                ];
-                if !cfg.git_remote.is_empty() {
-                    steps.push(Step::auto(
-                        "fetch",
-                        format!("git fetch {}", cfg.git_remote),
-                        format!(
-                            "Run `git fetch {}` in {app} (an unreachable remote is reported; the local tag {} is used)",
-                            cfg.git_remote, t.tag
-                        ),
-                    )
-                    // Updates remote-tracking refs only, not the checkout.
-                    .observe()
-                    .repeatable());
-                }
-                steps.extend([
-                    Step::auto(
-                        "checkout",
-                        format!("Checkout stable version {}", t.tag),
-                        format!(
-                            "Run `git checkout {}` in {app} (commit {}), then check `git tag --points-at HEAD` names it",
-                            t.tag,
-                            sha12(&t.sha)
-                        ),
-                    )
-                    // The tree was archived first (backup) and git refuses to
-                    // overwrite local changes; checking out the tag HEAD is at
-                    // changes nothing.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "reinstall",
-                        "Clean and reinstall dependencies",
-                        format!(
-                            "Remove {} in {app} (package-lock.json is kept: npm ci installs from it), then run `{}`",
-                            cfg.clean_paths.join(", "),
-                            cfg.cmd(&cfg.install_cmd).display()
-                        ),
-                    )
-                    // node_modules is derived from the lock file (and in the
-                    // archive); removing and installing again ends the same.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "build",
-                        "Rebuild application",
-                        format!(
-                            "Run `NODE_ENV=production {}` in {app}",
-                            cfg.cmd(&cfg.build_cmd).display()
-                        ),
-                    )
-                    // Build output follows the checked-out source.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "reload",
-                        "Restart with zero-downtime",
-                        format!(
-                            "Note where {} ends, then run `{}` in {app}",
-                            cfg.log_file,
-                            cfg.cmd(&cfg.reload_cmd).display()
-                        ),
-                    )
-                    // pm2 reload cycles the workers; a second reload is a reload.
-                    .disruptive()
-                    .repeatable(),
-                    status,
-                    health,
-                ]);
-                Ok(steps)
-            }
-            3 => {
-                let r = restore_choice(ctx, &cfg)?;
-                let backup = match &r.backup {
-                    Some(b) => describe_file(b)?,
-                    None => format!(
-                        "NONE FOUND in {} (the stop step will refuse)",
-                        cfg.app_backups_dir
-                    ),
-                };
-                let memory = match &r.memory_backup {
-                    Some(m) => describe_file(m)?,
-                    None => format!("none in {}", cfg.memory_backups_dir),
-                };
-                let db = cfg.memory_db_path();
-                Ok(vec![
-                    Step::auto(
-                        "stop",
-                        "Stop application",
-                        format!(
-                            "Check the pre-deployment backup exists, then run `{}` in {app}",
-                            cfg.cmd(&cfg.stop_cmd).display()
-                        ),
-                    )
-                    // Stopping a stopped app changes nothing.
-                    .disruptive()
-                    .repeatable(),
-                    Step::auto(
-                        "identify",
-                        "Identify pre-deployment backup",
-                        format!("Newest backup: {backup}; memory database backup: {memory}"),
-                    )
-                    .observe()
-                    .repeatable(),
-                    Step::auto(
-                        "move-aside",
-                        "Move current directory (safety)",
-                        format!("Rename {app} to {}", r.failed_path),
-                    )
-                    // A rename, put back by renaming; the path is pinned, and a
-                    // tree moved there already is left where it is.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "extract",
-                        "Extract backup",
-                        format!(
-                            "Create {app} and run `{} -xzf {} -C {app}`; read the version from package.json",
-                            cfg.tar,
-                            r.backup.as_deref().unwrap_or("<none>")
-                        ),
-                    )
-                    // Into the empty directory left by move-aside (the failed
-                    // tree is kept); extracting again writes the same files.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "restore-db",
-                        "Restore the SQLite memory database",
-                        match &r.memory_backup {
-                            Some(m) => format!(
-                                "Copy {}/{} to {db}.rollback-backup, remove a stale {db}-wal/-shm, copy {m} to {db} atomically, then check SELECT COUNT(*) FROM {} equals the backup's",
-                                r.failed_path,
-                                cfg.memory_db,
-                                cfg.memory_tables.join(", ")
-                            ),
-                            None => format!(
-                                "Nothing to restore: no backup in {}",
-                                cfg.memory_backups_dir
-                            ),
-                        },
-                    )
-                    // The live memory database is replaced by an older backup:
-                    // what was written since is gone from the service (a copy
-                    // is kept as .rollback-backup). Repeatable: the copy is
-                    // taken from the moved-aside tree, and the pinned backup
-                    // copied again ends the same.
-                    .effect(Effect::Destructive)
-                    .repeatable(),
-                    Step::auto(
-                        "check-env",
-                        "Verify environment configuration",
-                        format!(
-                            "Check {} exists and report its feature flags",
-                            cfg.env_file()
-                        ),
-                    )
-                    .observe()
-                    .repeatable(),
-                    Step::auto(
-                        "install",
-                        "Reinstall dependencies",
-                        format!("Run `{}` in {app}", cfg.cmd(&cfg.install_cmd).display()),
-                    )
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "build",
-                        "Verify build artifacts",
-                        format!(
-                            "Look for {} in {app}; if {} is missing, run `NODE_ENV=production {}`",
-                            cfg.build_dirs.join(", "),
-                            cfg.build_marker,
-                            cfg.cmd(&cfg.build_cmd).display()
-                        ),
-                    )
-                    // Build output follows the checked-out source.
-                    .reversible()
-                    .repeatable(),
-                    Step::auto(
-                        "start",
-                        "Restart application",
-                        format!(
-                            "Note where {} ends, then run `{}` in {app}",
-                            cfg.log_file,
-                            cfg.cmd(&cfg.start_cmd).display()
-                        ),
-                    )
-                    // Not repeatable: a start cut short may have started the
-                    // app, and a second `pm2 start` of a script can start a
-                    // second copy.
-                    .disruptive(),
-                    status,
-                    health,
-                ])
-            }
-            other => {
-                bail!("the feature-flags plugin has levels 1 to 3; level {other} was asked for")
-            }
-        }
+        let mut steps = plan_level(ctx, &cfg)?;
+        // A step whose command is `[]` is skipped, as in the other plugins.
+        steps.retain(|s| skipped(&cfg, ctx.level, &s.id).is_none());
+        Ok(steps)
     }
 
     fn run_step(ctx: &Context, step: &str) -> Result<StepOutcome> {
