@@ -3,7 +3,9 @@
 //! `v1.0.0-stable`, the deployed `v1.1.0-agent-optimizations`) pushed to a
 //! bare `origin`, a python3 app serving /api/health on loopback from that
 //! tree (examples/feature-flags/standin/server.py), pm2 and npm stand-ins,
-//! a log with timestamps, an SQLite memory database, and the pre-deployment
+//! a log with timestamps (with `Opts::untimed_work`, only on the app's
+//! start: its work is logged like `console.log`), an SQLite memory
+//! database, and the pre-deployment
 //! backups (an app tarball and a memory.db copy, plus older decoys). It is
 //! either deployed (running v1.1.0) or, for drills, about to be: running
 //! `v1.0.0-stable`, healthy, with v1.1.0 tagged and pushed.
