@@ -22,7 +22,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use standin::{BACKUP_ROWS, Breakage, DEPLOYED, ENV, LIVE_ROWS, STABLE, Stand};
+use standin::{BACKUP_ROWS, Breakage, DEPLOYED, ENV, LIVE_ROWS, Opts, STABLE, Stand};
 use util::{alive, text, tree};
 
 /// The levels a report went through, with whether each verified.
@@ -571,7 +571,7 @@ fn data_loss_goes_straight_to_level_3() {
     );
     let f = findings(&a["findings"]);
     assert!(
-        f.contains(&format!("BREACHED rows in agent_activities (vs pre-deployment backup memory-20251111-140000.db): observed 30 rows, threshold >= {BACKUP_ROWS} rows")),
+        f.contains(&format!("BREACHED rows in agent_activities from rowid 1 on (vs pre-deployment backup memory-20251111-140000.db): observed 30 rows, threshold >= {BACKUP_ROWS} rows")),
         "{f}"
     );
     assert_eq!(levels(&report), vec![(3, true)], "{report:#}");
@@ -723,4 +723,185 @@ fn the_example_drills_deploy_the_release_and_meet_each_levels_rto() {
         "{rec}"
     );
     assert!(rec.contains("**Status**: COMPLETED"), "{rec}");
+}
+
+// ---------------------------------------------------------------------------
+// What an independent tester found (issue 12), each against the stand-in.
+
+#[test]
+fn the_served_version_follows_the_served_version_template() {
+    // The stable release reports "v1.0.0" for its tag v1.0.0-stable.
+    let mut s = Stand::with_opts(Opts {
+        stable_served: Some("v1.0.0"),
+        ..Opts::new(Breakage::Code)
+    });
+    s.config(r#"served_version = "v{semver}""#);
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(levels(&report), vec![(1, false), (2, true)], "{report:#}");
+    let vf = findings(&report["plugins"][0]["levels"][1]["verification"]["findings"]);
+    assert!(
+        vf.contains("ok version served (GET /api/health .version): observed v1.0.0, threshold = v1.0.0 (served_version \"v{semver}\" of v1.0.0-stable)"),
+        "{vf}"
+    );
+    assert_eq!(s.head(), s.rev(STABLE));
+    assert!(
+        !s.path("srv")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("failed")),
+        "level 3 did not move the tree aside"
+    );
+}
+
+#[test]
+fn level_1_stops_waiting_on_a_steady_500_after_failure_threshold_probes() {
+    // A core bug: the toggle cannot fix it. With the runbook's 2 minutes to
+    // wait for health, level 1 gives up after failure_threshold answers
+    // that fail, not after 2 minutes.
+    let s = Stand::new(Breakage::Code);
+    let (code, report, stderr) = s.run_json(&[], &[("FF_RESTART_TIMEOUT_MS", "120000")]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(levels(&report), vec![(1, false), (2, true)], "{report:#}");
+    let h = step(&report, 1, "health");
+    let took = h["duration_ms"].as_u64().unwrap();
+    assert!(took < 60_000, "level 1 waited {took} ms: {h:#}");
+    assert!(
+        h["message"]
+            .as_str()
+            .unwrap()
+            .contains("consecutive failed probes"),
+        "{h:#}"
+    );
+}
+
+#[test]
+fn a_log_whose_work_lines_have_no_timestamp_is_read_not_called_healthy() {
+    // Only the app's start (an hour ago) is stamped; its work lines are
+    // console.log lines, and uploads fail in all of them.
+    let s = Stand::with_opts(Opts {
+        untimed_work: true,
+        ..Opts::new(Breakage::Uploads)
+    });
+    assert_eq!(s.health().unwrap().0, 200);
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &report["plugins"][0]["assessment"];
+    let f = findings(&a["findings"]);
+    assert_eq!(a["severity"], "critical", "{f}");
+    assert!(
+        f.contains("BREACHED uploads failure rate, last 100 lines (")
+            && f.contains("without a timestamp"),
+        "{f}"
+    );
+    assert_eq!(levels(&report), vec![(1, true)], "{report:#}");
+    let vf = findings(&report["plugins"][0]["levels"][0]["verification"]["findings"]);
+    assert!(vf.contains("ok uploads fallback in the log"), "{vf}");
+}
+
+#[test]
+fn level_3_restores_the_newest_backups_that_predate_the_deployment() {
+    let s = Stand::new(Breakage::CodeAndSchema);
+    // Nightly backups taken after the deployment: the broken tree and the
+    // migrated memory database. Newer, but not what the runbook restores.
+    let late_tar = s.path("backups/app-backups/backup-29991231-020000.tar.gz");
+    let out = Command::new("tar")
+        .arg("-czf")
+        .arg(&late_tar)
+        .args(["--exclude=./.swarm", "-C"])
+        .arg(s.app())
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let late_db = s.path("backups/memory-backups/memory-29991231-020000.db");
+    std::fs::copy(s.memory_db(), &late_db).unwrap();
+    assert_eq!(s.user_version(&late_db), 2);
+
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(
+        levels(&report),
+        vec![(1, false), (2, false), (3, true)],
+        "{report:#}"
+    );
+    assert_eq!(read(&s.app().join("VERSION")).trim(), "1.0.0-stable");
+    assert_eq!(s.rows(&s.memory_db()), BACKUP_ROWS);
+    assert_eq!(s.user_version(&s.memory_db()), 1);
+    let msg = step(&report, 3, "identify")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("backup-20251111-140000.tar.gz")
+            && msg.contains("predates the deployment")
+            && msg.contains("backup-29991231-020000.tar.gz"),
+        "says which and why: {msg}"
+    );
+    assert!(msg.contains("memory-20251111-140000.db"), "{msg}");
+}
+
+#[test]
+fn a_locked_memory_database_is_not_corruption() {
+    let s = Stand::new(Breakage::None);
+    let before = tree(&s.path("srv"));
+    // Another process holds the database (a long write, a backup job).
+    let conn = rusqlite::Connection::open(s.memory_db()).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    conn.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &report["plugins"][0]["assessment"];
+    let f = findings(&a["findings"]);
+    assert_eq!(a["rollback"], false, "{f}");
+    assert!(
+        f.contains("memory database integrity (PRAGMA quick_check): observed not checked")
+            && f.contains("locked"),
+        "{f}"
+    );
+    assert!(levels(&report).is_empty(), "{report:#}");
+    assert_eq!(tree(&s.path("srv")), before);
+}
+
+#[test]
+fn a_retention_job_pruning_old_rows_is_not_data_loss() {
+    let s = Stand::new(Breakage::None);
+    // Retention: the 12 oldest activities are gone; 38 rows < the backup's 42.
+    rusqlite::Connection::open(s.memory_db())
+        .unwrap()
+        .execute("DELETE FROM agent_activities WHERE id <= 12", [])
+        .unwrap();
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &report["plugins"][0]["assessment"];
+    let f = findings(&a["findings"]);
+    assert_eq!(a["severity"], "none", "{f}");
+    assert!(
+        f.contains(&format!("ok rows in agent_activities from rowid 13 on (vs pre-deployment backup memory-20251111-140000.db): observed {} rows, threshold >= {} rows", BACKUP_ROWS - 12, BACKUP_ROWS - 12)),
+        "{f}"
+    );
+    assert!(levels(&report).is_empty(), "{report:#}");
+    assert_eq!(s.rows(&s.memory_db()), LIVE_ROWS - 12);
+}
+
+#[test]
+fn an_empty_command_skips_its_step() {
+    let mut s = Stand::new(Breakage::Features);
+    s.config("status_cmd = []");
+    let (code, report, stderr) = s.run_json(&[], &[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(levels(&report), vec![(1, true)], "{report:#}");
+    let ids: Vec<&str> = report["plugins"][0]["levels"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["env", "restart", "health"], "{report:#}");
+    assert!(
+        !s.history().iter().any(|l| l.starts_with("pm2 status")),
+        "{:?}",
+        s.history()
+    );
 }

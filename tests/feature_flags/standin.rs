@@ -3,7 +3,9 @@
 //! `v1.0.0-stable`, the deployed `v1.1.0-agent-optimizations`) pushed to a
 //! bare `origin`, a python3 app serving /api/health on loopback from that
 //! tree (examples/feature-flags/standin/server.py), pm2 and npm stand-ins,
-//! a log with timestamps, an SQLite memory database, and the pre-deployment
+//! a log with timestamps (with `Opts::untimed_work`, only on the app's
+//! start: its work is logged like `console.log`), an SQLite memory
+//! database, and the pre-deployment
 //! backups (an app tarball and a memory.db copy, plus older decoys). It is
 //! either deployed (running v1.1.0) or, for drills, about to be: running
 //! `v1.0.0-stable`, healthy, with v1.1.0 tagged and pushed.
@@ -80,10 +82,38 @@ impl Breakage {
     }
 }
 
+/// How the stand-in differs from the runbook's example.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    pub breakage: Breakage,
+    /// Running the release (else `v1.0.0-stable`, for drills).
+    pub deployed: bool,
+    /// What `v1.0.0-stable` serves as its version (`GET /api/health`
+    /// `.version`): the tag without its `v` unless set.
+    pub stable_served: Option<&'static str>,
+    /// The app logs its work with `console.log`: only its lifecycle lines
+    /// (started, stopping) carry a timestamp.
+    pub untimed_work: bool,
+}
+
+impl Opts {
+    pub fn new(breakage: Breakage) -> Self {
+        Self {
+            breakage,
+            deployed: true,
+            stable_served: None,
+            untimed_work: false,
+        }
+    }
+}
+
 pub struct Stand {
     pub sb: util::Sandbox,
     pub port: u16,
     pub breakage: Breakage,
+    pub opts: Opts,
+    /// Lines added to `[plugin.config]` of the example runbook.
+    config: Vec<String>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -158,13 +188,27 @@ impl Stand {
     }
 
     fn with(breakage: Breakage, deployed: bool) -> Self {
+        Self::with_opts(Opts {
+            deployed,
+            ..Opts::new(breakage)
+        })
+    }
+
+    pub fn with_opts(opts: Opts) -> Self {
         let s = Self {
             sb: util::Sandbox::new(),
             port: util::free_port(),
-            breakage,
+            breakage: opts.breakage,
+            opts,
+            config: Vec::new(),
         };
-        s.build(deployed);
+        s.build(opts.deployed);
         s
+    }
+
+    /// Add a line (`key = value`) to the runbook's `[plugin.config]`.
+    pub fn config(&mut self, line: &str) {
+        self.config.push(line.to_string());
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -279,7 +323,11 @@ impl Stand {
                 "name": "app",
                 "cwd": s(self.app()),
                 "script": "server.py",
-                "args": ["--port", self.port.to_string(), "--log", s(self.log()), "--tick", "0.05"],
+                "args": if self.opts.untimed_work {
+                    serde_json::json!(["--port", self.port.to_string(), "--log", s(self.log()), "--tick", "0.05", "--untimed-work"])
+                } else {
+                    serde_json::json!(["--port", self.port.to_string(), "--log", s(self.log()), "--tick", "0.05"])
+                },
                 "pid_file": s(self.path("run/app.pid")),
                 "out_log": s(self.path("log/app-out.log")),
                 "history": s(self.path("run/history.log")),
@@ -313,7 +361,11 @@ impl Stand {
             .arg("."));
         set_mtime(&decoy, 22);
 
-        self.release("1.0.0-stable", "1.0.0", &healthy);
+        self.release(
+            self.opts.stable_served.unwrap_or("1.0.0-stable"),
+            "1.0.0",
+            &healthy,
+        );
         write(
             &self.app().join("lib/orchestration/agent-spawner.ts"),
             "export function spawnSequential() {}\n",
@@ -426,8 +478,19 @@ impl Stand {
     fn write_history(&self, deployed: bool) {
         let now = SystemTime::now();
         let mut text = String::new();
+        if self.opts.untimed_work {
+            // The last start, an hour ago, is the only stamped line.
+            text.push_str(&format!(
+                "{} INFO  server started version=1.1.0-agent-optimizations pid=1\n",
+                rfc3339(now - Duration::from_secs(3600))
+            ));
+        }
         for i in (1..=195).rev() {
-            let ts = rfc3339(now - Duration::from_secs(i * 2));
+            let ts = if self.opts.untimed_work {
+                String::new()
+            } else {
+                rfc3339(now - Duration::from_secs(i * 2)) + " "
+            };
             for (feature, word) in [
                 ("spawning", "spawn"),
                 ("uploads", "upload"),
@@ -436,11 +499,11 @@ impl Stand {
                 let core = matches!(self.breakage, Breakage::Code | Breakage::CodeAndSchema);
                 if deployed && (core || self.breakage.fails(feature)) {
                     text.push_str(&format!(
-                        "{ts} ERROR {word} failed: it broke duration_ms=5000\n"
+                        "{ts}ERROR {word} failed: it broke duration_ms=5000\n"
                     ));
                 } else {
                     text.push_str(&format!(
-                        "{ts} INFO  {word} ok mode=parallel duration_ms=120\n"
+                        "{ts}INFO  {word} ok mode=parallel duration_ms=120\n"
                     ));
                 }
             }
@@ -500,9 +563,50 @@ impl Stand {
 
     /// The example runbook, pointed at this stand-in.
     pub fn rewind(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-        self.command(&crate::cli::approving(args), &example(), extra_env)
+        let runbook = self.runbook();
+        self.command(&crate::cli::approving(args), &runbook, extra_env)
             .output()
             .unwrap()
+    }
+
+    /// The example runbook, or a copy of it with the `config` keys set.
+    pub fn runbook(&self) -> PathBuf {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/feature-flags");
+        let mut runbook = example.join("rewind.toml");
+        if !self.config.is_empty() {
+            // A copy with the keys set (replacing the example's line of
+            // the same key in [plugin.config]); the plugin path absolute.
+            let original = std::fs::read_to_string(&runbook).unwrap();
+            let keys: Vec<&str> = self
+                .config
+                .iter()
+                .map(|l| l.split('=').next().unwrap().trim())
+                .collect();
+            let mut section = String::new();
+            let mut kept = Vec::new();
+            for line in original.lines() {
+                if line.starts_with('[') {
+                    section = line.to_string();
+                }
+                let key = line.split('=').next().unwrap_or("").trim();
+                if section == "[plugin.config]" && line.contains('=') && keys.contains(&key) {
+                    continue;
+                }
+                kept.push(line);
+            }
+            let text = (kept.join("\n") + "\n")
+                .replace(
+                    "[plugin.config]\n",
+                    &format!("[plugin.config]\n{}\n", self.config.join("\n")),
+                )
+                .replace(
+                    "component = \"../../",
+                    &format!("component = \"{}/../../", example.display()),
+                );
+            runbook = self.path("rewind.toml");
+            write(&runbook, &text);
+        }
+        runbook
     }
 
     /// The CLI with exactly `args` (no approval added) on `runbook`,

@@ -20,7 +20,10 @@ background work (spawn, upload, MCP tracking), and the runbook's fallback
 markers ("sequential spawning", "sequential upload", "MCP ... unavailable")
 when a feature is disabled.
 
-    server.py --port 3000 --log /var/log/app.log [--tick 0.1]
+    server.py --port 3000 --log /var/log/app.log [--tick 0.1] [--untimed-work]
+
+With --untimed-work the work lines carry no timestamp (an app logging its
+requests with console.log); only the lifecycle lines have one.
 """
 
 import argparse
@@ -47,13 +50,17 @@ def now():
 
 
 class Log:
-    def __init__(self, path):
+    def __init__(self, path, untimed_work=False):
         self.path = path
+        self.untimed_work = untimed_work
         self.lock = threading.Lock()
 
-    def write(self, level, msg):
+    def write(self, level, msg, work=False):
+        # --untimed-work: the work lines go out like console.log, without a
+        # timestamp; lifecycle lines keep theirs.
+        stamp = "" if work and self.untimed_work else f"{now()} "
         with self.lock, open(self.path, "a") as f:
-            f.write(f"{now()} {level:<5} {msg}\n")
+            f.write(f"{stamp}{level:<5} {msg}\n")
 
 
 def read(rel, default=None):
@@ -152,7 +159,7 @@ class App:
         err = self.fails(feature)
         word = {"spawning": "spawn", "uploads": "upload", "mcp": "mcp tracking"}[feature]
         if err:
-            self.log.write("ERROR", f"{word} failed{why}: {err} duration_ms=5000")
+            self.log.write("ERROR", f"{word} failed{why}: {err} duration_ms=5000", work=True)
             return False, err
         if not self.on[feature]:
             msg = {
@@ -160,9 +167,9 @@ class App:
                 "uploads": "upload ok: sequential upload duration_ms=300",
                 "mcp": "MCP tracking unavailable: local-only tracking duration_ms=1",
             }[feature]
-            self.log.write("INFO", msg + why)
+            self.log.write("INFO", msg + why, work=True)
             return True, msg
-        self.log.write("INFO", f"{word} ok mode=parallel{why} duration_ms=120")
+        self.log.write("INFO", f"{word} ok mode=parallel{why} duration_ms=120", work=True)
         return True, "ok"
 
     def start(self):
@@ -182,8 +189,9 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--tick", type=float, default=0.1)
+    ap.add_argument("--untimed-work", action="store_true")
     args = ap.parse_args()
-    log = Log(args.log)
+    log = Log(args.log, args.untimed_work)
     app = App(log)
 
     def stop(signum, frame):

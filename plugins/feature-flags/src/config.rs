@@ -79,6 +79,7 @@ defaults! {
     log_file: String = "/var/log/app.log".into();
     health_url: String = "http://localhost:3000/api/health".into();
     version_field: String = "version".into();
+    served_version: String = "{version}".into();
     smoke_spawn_path: String = "/api/agents/spawn".into();
     smoke_upload_path: String = "/api/upload".into();
     restart_cmd: Vec<String> = strings(&["pm2", "restart", "app"]);
@@ -120,6 +121,7 @@ defaults! {
     max_recent_errors: u64 = 1;
     probe_interval_ms: u64 = 1000;
     probe_timeout_ms: u64 = 2000;
+    failure_threshold: u32 = 10;
     restart_timeout_ms: u64 = 120_000;
     reload_timeout_ms: u64 = 60_000;
     start_timeout_ms: u64 = 10_000;
@@ -145,6 +147,12 @@ pub struct Config {
     pub health_url: String,
     #[serde(default = "d::version_field")]
     pub version_field: String,
+    /// What Level 2 expects the app to serve for the stable tag: a template
+    /// with `{tag}` (`v1.0.0-stable`), `{version}` (the tag without its
+    /// leading `v`: `1.0.0-stable`), `{semver}` (its first dotted number:
+    /// `1.0.0`), and `*` for any text.
+    #[serde(default = "d::served_version")]
+    pub served_version: String,
     #[serde(default = "d::smoke_spawn_path")]
     pub smoke_spawn_path: String,
     #[serde(default = "d::smoke_upload_path")]
@@ -193,6 +201,11 @@ pub struct Config {
     pub app_backup: Option<String>,
     #[serde(default)]
     pub failed_dir: Option<String>,
+    /// When the release was deployed (`2025-11-12T14:00:00Z`): Level 3
+    /// restores the newest backups taken before it. Unset: the time HEAD
+    /// moved to the deployed commit, from git's reflog.
+    #[serde(default)]
+    pub deployed_at: Option<String>,
     #[serde(default = "d::memory_db")]
     pub memory_db: String,
     #[serde(default = "d::memory_backups_dir")]
@@ -203,6 +216,10 @@ pub struct Config {
     pub memory_tables: Vec<String>,
     #[serde(default = "d::check_row_loss")]
     pub check_row_loss: bool,
+    /// The tables compared with the backup for data loss (`memory_tables`
+    /// when unset).
+    #[serde(default)]
+    pub row_loss_tables: Option<Vec<String>>,
     #[serde(default = "d::build_dirs")]
     pub build_dirs: Vec<String>,
     #[serde(default = "d::build_marker")]
@@ -249,6 +266,10 @@ pub struct Config {
     pub probe_interval_ms: u64,
     #[serde(default = "d::probe_timeout_ms")]
     pub probe_timeout_ms: u64,
+    /// A level's health wait gives up after this many failed answers in a
+    /// row once the app answers (0: wait the whole timeout).
+    #[serde(default = "d::failure_threshold")]
+    pub failure_threshold: u32,
     #[serde(default = "d::restart_timeout_ms")]
     pub restart_timeout_ms: u64,
     #[serde(default = "d::reload_timeout_ms")]
@@ -323,9 +344,10 @@ impl Config {
             ("install_cmd", &c.install_cmd),
             ("build_cmd", &c.build_cmd),
         ] {
-            if cmd.first().is_none_or(|p| p.trim().is_empty()) {
+            // `[]` skips the step that runs it; a list must name a program.
+            if cmd.first().is_some_and(|p| p.trim().is_empty()) {
                 bail!(
-                    "bad [plugin.config] of plugin {:?}: {key} must name a program, e.g. [\"pm2\", \"restart\", \"app\"]",
+                    "bad [plugin.config] of plugin {:?}: {key} must name a program, e.g. [\"pm2\", \"restart\", \"app\"], or be [] to skip its step",
                     ctx.plugin
                 );
             }
@@ -406,8 +428,17 @@ impl Config {
         }
     }
 
+    /// The tables compared with the backup for data loss.
+    pub fn row_loss_tables(&self) -> &[String] {
+        self.row_loss_tables
+            .as_deref()
+            .unwrap_or(&self.memory_tables)
+    }
+
+    /// A command of the config, run in `app_dir`. The steps check for a
+    /// `[]` command first and skip it; this is never asked to run one.
     pub fn cmd(&self, argv: &[String]) -> Cmd {
-        let (program, args) = argv.split_first().expect("commands are checked in load");
+        let (program, args) = argv.split_first().unwrap_or((&self.git, &[]));
         Cmd::new(program)
             .args(args.iter().cloned())
             .cwd(&self.app_dir)

@@ -107,9 +107,31 @@ pub fn events(text: &str, offset_min: i64) -> Vec<(i64, &str)> {
     out.into_iter().map(|(t, a, b)| (t, &text[a..b])).collect()
 }
 
-/// For a log without timestamps, where no time window can be cut: the
-/// last `n` non-empty lines, all stamped `now` (the runbook's own check,
-/// `tail -100 /var/log/app.log | grep -i error | wc -l`).
+/// A line without a timestamp that continues the entry above it: a stack
+/// trace (`    at f (x.js:1)`, `Caused by: ...`), an indented or closing
+/// line of a multi-line message. Any other line without a timestamp is an
+/// entry of its own whose time is not known (`console.log` output).
+pub fn is_continuation(line: &str) -> bool {
+    line.starts_with([' ', '\t', '}', ']', ')'])
+        || line.starts_with("Caused by")
+        || line.starts_with("...")
+}
+
+/// How many of the last `n` non-empty lines are entries without a
+/// timestamp (not timestamped, not a continuation). Where there are any,
+/// the recent log cannot be cut into time windows.
+pub fn untimed_entries(text: &str, n: usize, offset_min: i64) -> usize {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .filter(|l| !is_continuation(l) && parse_ts(l, offset_min).is_none())
+        .count()
+}
+
+/// For a log without timestamps (or whose recent lines lack them), where
+/// no time window can be cut: the last `n` non-empty lines, all stamped
+/// `now` (the runbook's own check, `tail -100 /var/log/app.log | grep -i
+/// error | wc -l`).
 pub fn tail(text: &str, n: usize, now: i64) -> Vec<(i64, &str)> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..]
@@ -281,20 +303,20 @@ pub fn since_offset(text: &str, offset: u64) -> &str {
     &text[i..]
 }
 
-/// Lines at or after `since_ms`; lines without a timestamp go with the
-/// last timestamped line before them (stack traces and the like).
+/// The lines of `text` (the log after the restart's offset) written at or
+/// after `since_ms`: the lines after the last one stamped before it. That
+/// line and the lines above it are the old process's last words; the
+/// lines under it without a timestamp were written after it (an app that
+/// stamps only its start, then logs its work with `console.log`). With no
+/// line stamped before `since_ms`, every line counts: all of them come
+/// after the offset.
 pub fn lines_since(text: &str, since_ms: i64, offset_min: i64) -> Vec<&str> {
-    let mut current: Option<i64> = None;
-    let mut out = Vec::new();
-    for l in text.lines() {
-        if let Some(t) = parse_ts(l, offset_min) {
-            current = Some(t);
-        }
-        if current.is_some_and(|t| t >= since_ms) {
-            out.push(l);
-        }
-    }
-    out
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines
+        .iter()
+        .rposition(|l| parse_ts(l, offset_min).is_some_and(|t| t < since_ms))
+        .map_or(0, |i| i + 1);
+    lines[from..].to_vec()
 }
 
 #[cfg(test)]
@@ -373,6 +395,20 @@ mod tests {
         assert!(s3.sustained(5.0, true));
         assert!((s.mean_duration().unwrap() - (42.0 * 100.0 + 18.0 * 300.0) / 60.0).abs() < 1e-9);
         assert_eq!(lines_since(&text, now - 10_000, 0).len(), 3);
+        // Only the start is stamped: what follows it counts.
+        let t = crate::clock::Utc::at(now - 60_000).rfc3339();
+        let started = format!("old ERROR x\n{t} server started\nERROR a\nINFO b\n");
+        assert_eq!(lines_since(&started, now, 0), ["ERROR a", "INFO b"]);
+        assert_eq!(lines_since("ERROR a\n", now, 0), ["ERROR a"]);
+    }
+
+    #[test]
+    fn untimed_entries_are_told_from_continuations() {
+        let text = "2025-11-12T14:30:00Z INFO start\nTypeError: x\n    at f (a.js:1)\nCaused by: y\nINFO upload ok\n";
+        assert_eq!(untimed_entries(text, 100, 0), 2);
+        assert_eq!(untimed_entries(text, 2, 0), 1);
+        assert!(is_continuation("    at f (a.js:1)"));
+        assert!(!is_continuation("ERROR upload failed"));
     }
 
     #[test]

@@ -73,9 +73,70 @@ pub fn last_matching<'a>(
         .find(|(_, sha)| head.is_none_or(|h| h != sha))
 }
 
+/// The version the app should serve for `tag`, from the `served_version`
+/// template: `{tag}` is the tag (`v1.0.0-stable`), `{version}` the tag
+/// without its leading `v` (`1.0.0-stable`), `{semver}` its first dotted
+/// number (`1.0.0`). `*` stays, for [`glob`].
+pub fn served(template: &str, tag: &str) -> String {
+    let version = tag.strip_prefix('v').unwrap_or(tag);
+    template
+        .replace("{tag}", tag)
+        .replace("{version}", version)
+        .replace("{semver}", semver(tag))
+}
+
+/// The first run of digits and dots in `s` that starts with a digit, without
+/// a trailing dot (`v1.0.0-stable` -> `1.0.0`); `s` when it has none.
+pub fn semver(s: &str) -> &str {
+    let Some(start) = s.find(|c: char| c.is_ascii_digit()) else {
+        return s;
+    };
+    let rest = &s[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].trim_end_matches('.')
+}
+
+/// `text` matches `pattern`, where `*` matches any text (also none) and
+/// everything else itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_version_templates() {
+        let tag = "v1.0.0-stable";
+        assert_eq!(served("{version}", tag), "1.0.0-stable");
+        assert_eq!(served("{tag}", tag), "v1.0.0-stable");
+        assert_eq!(served("v{semver}", tag), "v1.0.0");
+        assert_eq!(served("{semver}", "release-2.10.3."), "2.10.3");
+        assert!(glob("v{semver}", "v{semver}"));
+        assert!(glob("1.0.0*", "1.0.0-stable+build.7"));
+        assert!(glob("*1.0.0*", "app v1.0.0 (abc)"));
+        assert!(!glob("1.0.0*", "v1.0.0"));
+        assert!(!glob("1.0.0", "1.0.0-stable"));
+        assert!(!glob("a*a", "a"));
+    }
 
     #[test]
     fn sorts_like_sort_v() {
