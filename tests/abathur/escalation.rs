@@ -19,7 +19,7 @@ use std::time::Duration;
 use receiver::*;
 
 use crate::util::{Proc, text};
-use crate::{ALL, CORE, MEMORY, Stand, backups_in, example};
+use crate::{ALL, CORE, MEMORY, Stand, backups_in, example, manual_backups_in};
 
 impl Stand {
     fn state(&self) -> PathBuf {
@@ -50,14 +50,14 @@ impl Stand {
 }
 
 /// Milestone 3 failed (a half-deployed vector search); the API falls over
-/// during the rollback. The level's backup (whose retention prunes) and its
-/// drop of the vector tables each wait for a person; approved, by the run
-/// and then `--step`, they run. The verification then finds the database
+/// during the rollback. The backup and the reversible steps run
+/// unattended; the drop of the vector tables waits for a person, and
+/// approved with `--step`, it runs. The verification then finds the database
 /// checks passing and only the API down: the plugin says stop, with its
 /// reason, the receiver is told, and the run never escalates to milestone
 /// 2's drop of the memory tables.
 #[test]
-fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is_down() {
+fn milestone_3_waits_before_the_drop_and_stops_when_only_the_api_is_down() {
     let s = Stand::new();
     {
         let c = s.conn();
@@ -84,31 +84,19 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
     let before = s.counts(&s.db(), &ALL);
     let mut run = s.spawn_run(&runbook);
 
-    // Assessed, planned, and stopped before the very first step: the
-    // backup prunes old backups.
+    // The backup (it deletes nothing: observe), the embedding services
+    // stopped and the flags turned off run unattended (disruptive,
+    // reversible); the drop of the vector tables waits for a person.
     let (run_id, gate) = wait_for_gate(&s.state());
-    assert_eq!(gate, "backup");
-    assert_asked(&r.wait_for("approval-needed"), &run_id, "abathur", "backup");
-    assert_eq!(r.wait_for("run-start")["run_id"], run_id);
-    assert!(backups_in(&s.backups()).is_empty(), "no backup taken yet");
-    assert!(ended(&s.state()).is_empty(), "{:?}", ended(&s.state()));
-    assert_eq!(levels(&s.state()), [1]);
-
-    // The API crashes while the person looks.
-    assert!(s.svc("stop", "abathur-api").status.success());
-    let said = s.answer(&runbook, &["approve", &run_id]);
-    assert!(said.contains("approved backup"), "{said}");
-
-    // The backup is taken; the embedding services stopped and the flags
-    // turned off unattended (disruptive, reversible); the drop waits.
-    assert_eq!(wait_for_gate_named(&s.state(), "drop-vector"), run_id);
+    assert_eq!(gate, "drop-vector");
     assert_asked(
         &r.wait_for_where("approval-needed", |n| n["details"]["step"] == "drop-vector"),
         &run_id,
         "abathur",
         "drop-vector",
     );
-    assert_eq!(backups_in(&s.backups()).len(), 1);
+    assert_eq!(r.wait_for("run-start")["run_id"], run_id);
+    assert_eq!(manual_backups_in(&s.backups()).len(), 1);
     assert_eq!(
         ended(&s.state()),
         [
@@ -117,12 +105,15 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
             ("disable-features".into(), "ok".into()),
         ]
     );
+    assert_eq!(levels(&s.state()), [1]);
     assert!(
         s.names("table")
             .contains(&"document_embeddings_data".into())
     );
     assert_eq!(s.counts(&s.db(), &ALL), before, "no row touched yet");
 
+    // The API crashes while the person looks.
+    assert!(s.svc("stop", "abathur-api").status.success());
     let said = s.answer(&runbook, &["approve", "--step", "drop-vector"]);
     assert!(said.contains("approved drop-vector"), "{said}");
     let out = run.output();
@@ -175,7 +166,7 @@ fn milestone_3_waits_before_each_destructive_step_and_stops_when_only_the_api_is
         .into_iter()
         .filter(|e| e["event"] == "approval")
         .collect();
-    assert_eq!(approvals.len(), 2, "{approvals:#?}");
+    assert_eq!(approvals.len(), 1, "{approvals:#?}");
     assert!(
         approvals.iter().all(|a| a["approved"] == true
             && a["by"] == "rewind approve"
