@@ -46,6 +46,9 @@ pub struct Cli {
 enum Command {
     /// Parse the runbook, load and link every plugin, and compare what each
     /// plugin needs with what it is granted. Executes nothing.
+    #[command(
+        after_help = "Examples:\n  rewind check /etc/rewind/shop.toml\n  rewind --json check | jq .ok"
+    )]
     Check {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -53,11 +56,17 @@ enum Command {
     /// Compile every plugin of the runbook into the compiled-code cache
     /// (in parallel), so that no incident pays for compiling: run it at
     /// install time, after each plugin upgrade. Executes nothing.
+    #[command(
+        after_help = "Examples:\n  rewind compile /etc/rewind/shop.toml   # after installing or upgrading a plugin"
+    )]
     Compile {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
     },
     /// Assess the system and print each plugin's plan. Executes nothing.
+    #[command(
+        after_help = "Examples:\n  rewind plan /etc/rewind/shop.toml\n  rewind plan --level 2 --plugin db"
+    )]
     Plan {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -69,6 +78,9 @@ enum Command {
         level: Option<u8>,
     },
     /// Roll back: assess, plan, run the steps, verify, escalate if needed.
+    #[command(
+        after_help = "Examples:\n  rewind run --dry-run /etc/rewind/shop.toml   # what it would do, nothing executed\n  rewind run /etc/rewind/shop.toml\n  rewind run --approve destructive --junit report.xml   # scripted: no person to ask"
+    )]
     Run {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -105,6 +117,9 @@ enum Command {
     /// Carry on an interrupted run (the last one, or RUN_ID) under its own
     /// id: completed steps are not run again; the step that was in flight
     /// runs again only if its plugin marks it safe to repeat.
+    #[command(
+        after_help = "Examples:\n  rewind resume                       # the last run, if it was interrupted\n  rewind resume 20261202T0301 --in-flight done"
+    )]
     Resume {
         /// `[RUN_ID] [RUNBOOK]`, in either order: the run (a unique prefix
         /// of its id; default: the last run, if it was interrupted) and the
@@ -134,6 +149,9 @@ enum Command {
     },
     /// Approve the step (or escalation) a run is waiting on, from another
     /// shell: `[RUN_ID] [RUNBOOK]`, as for resume.
+    #[command(
+        after_help = "Examples:\n  rewind approve                      # the one run waiting in ./rewind.toml's state dir\n  rewind approve 20261202T0301 /etc/rewind/shop.toml --step restore-db"
+    )]
     Approve {
         #[arg(num_args = 0..=2, value_name = "RUN_ID|RUNBOOK")]
         args: Vec<String>,
@@ -143,6 +161,7 @@ enum Command {
     },
     /// Refuse the step (or escalation) a run is waiting on: the run stops
     /// there and ends, the services left as they are.
+    #[command(after_help = "Examples:\n  rewind deny 20261202T0301 /etc/rewind/shop.toml")]
     Deny {
         #[arg(num_args = 0..=2, value_name = "RUN_ID|RUNBOOK")]
         args: Vec<String>,
@@ -151,6 +170,7 @@ enum Command {
     },
     /// List the snapshots the runbook's plugins took (newest first): what
     /// `rewind restore` can put back.
+    #[command(after_help = "Examples:\n  rewind snapshots /etc/rewind/shop.toml")]
     Snapshots {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -162,6 +182,9 @@ enum Command {
     /// shows what would change, asks as [policy] says for a destructive
     /// step, saves the live files first (so the restore can be undone),
     /// and checks the result against the snapshot.
+    #[command(
+        after_help = "Examples:\n  rewind restore aivillage-pre-rollback-2026 --dry-run\n  rewind restore aivillage-pre-rollback-2026 /etc/rewind/shop.toml"
+    )]
     Restore {
         snapshot: String,
         #[arg(default_value = "rewind.toml")]
@@ -176,11 +199,17 @@ enum Command {
     /// What rewind is doing for the runbook now: a run (its step), a run
     /// waiting for a person, a watch (its last round), an interrupted run
     /// to resume, and the last run's outcome. Takes no lock.
+    #[command(
+        after_help = "Examples:\n  rewind status /etc/rewind/shop.toml\n  rewind --json status | jq -r .state"
+    )]
     Status {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
     },
     /// List past runs from the journal.
+    #[command(
+        after_help = "Examples:\n  rewind history /etc/rewind/shop.toml\n  rewind history --state-dir /var/lib/rewind/shop"
+    )]
     History {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -189,6 +218,9 @@ enum Command {
         state_dir: Option<PathBuf>,
     },
     /// Show one run's timeline (a unique prefix of the run id is enough).
+    #[command(
+        after_help = "Examples:\n  rewind show 20261202T0301\n  rewind --json show 20261202T0301 | jq -c 'select(.event == \"action\")'"
+    )]
     Show {
         run_id: String,
         #[arg(default_value = "rewind.toml")]
@@ -198,6 +230,9 @@ enum Command {
     },
     /// Rehearse a rollback: break the system as a [[drill]] says, time
     /// detect, decide, act and verify, and compare with the RTO.
+    #[command(
+        after_help = "Examples:\n  rewind drill --scenario bad-deploy\n  rewind drill --reload --junit drills.xml"
+    )]
     Drill {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -219,6 +254,7 @@ enum Command {
         junit: Option<PathBuf>,
     },
     /// List past drills with their recovery times against the RTO.
+    #[command(after_help = "Examples:\n  rewind drills /etc/rewind/shop.toml")]
     Drills {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -227,6 +263,9 @@ enum Command {
     },
     /// Probe on an interval ([watch] in the runbook) and roll back after N
     /// consecutive failures; never twice until the service was healthy again.
+    #[command(
+        after_help = "Examples:\n  rewind watch /etc/rewind/shop.toml   # under systemd: see docs/operations.md\n  rewind watch --max-rounds 1 --json"
+    )]
     Watch {
         #[arg(default_value = "rewind.toml")]
         runbook: PathBuf,
@@ -240,6 +279,23 @@ enum Command {
         /// what it may do with nobody asked.
         #[arg(long, value_name = "EFFECT|LEVEL|STEP")]
         approve: Vec<String>,
+    },
+    /// Print a shell completion script for rewind.
+    #[command(
+        after_help = "Examples:\n  rewind completions bash > /etc/bash_completion.d/rewind\n  rewind completions zsh > \"${fpath[1]}/_rewind\"\n  rewind completions fish > ~/.config/fish/completions/rewind.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into DIR.
+    #[command(
+        after_help = "Examples:\n  rewind man | man -l -\n  rewind man --dir /usr/local/share/man/man1"
+    )]
+    Man {
+        /// Write rewind.1 and rewind-COMMAND.1 here instead of printing rewind.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -381,6 +437,13 @@ fn dispatch(cli: &Cli) -> CliResult {
             },
         ),
         Command::Status { runbook } => status_cmd(cli, runbook),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "rewind", &mut out);
+            print_raw(&out)
+        }
+        Command::Man { dir } => man_cmd(dir.as_deref()),
         Command::History { runbook, state_dir } => {
             history(cli, &state_for(cli, runbook, state_dir.as_deref())?)
         }
@@ -507,6 +570,37 @@ fn pre_approvals(list: &[String]) -> Vec<crate::policy::PreApproval> {
     list.iter()
         .map(|a| crate::policy::PreApproval::parse(a))
         .collect()
+}
+
+/// Bytes for stdout as they are (a script, a man page): a reader that
+/// closed the pipe ends it quietly.
+fn print_raw(bytes: &[u8]) -> CliResult {
+    use std::io::Write as _;
+    match std::io::stdout().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err((exit::FAILED, format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(exit::OK),
+    }
+}
+
+fn man_cmd(dir: Option<&Path>) -> CliResult {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .map_err(|e| (exit::FAILED, format!("cannot render the man page: {e}")))?;
+        return print_raw(&out);
+    };
+    let failed = |e: std::io::Error| {
+        (
+            exit::FAILED,
+            format!("cannot write man pages into {}: {e}", dir.display()),
+        )
+    };
+    clap_mangen::generate_to(cmd, dir).map_err(failed)?;
+    Ok(exit::OK)
 }
 
 fn status_cmd(cli: &Cli, path: &Path) -> CliResult {

@@ -7,6 +7,7 @@ mod util;
 mod bad_input;
 mod demo;
 mod drills;
+mod golden;
 mod hostile_limits;
 mod hostile_output;
 mod hostile_paths;

@@ -4,7 +4,7 @@
 /// commands that run steps (`run`, `drill`, `resume`, `watch`): these
 /// tests are about what each plugin does at every level, destructive ones
 /// included, not about the approval gate that `[policy]` puts before them
-/// (tests/e2e covers that gate).
+/// (tests/e2e and each seed's `escalation.rs` cover that gate).
 pub fn approving(args: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     if args
