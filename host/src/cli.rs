@@ -38,6 +38,10 @@ pub struct Cli {
     /// Where compiled plugins are cached [default: $REWIND_CACHE_DIR, else $XDG_CACHE_HOME/rewind, else ~/.cache/rewind].
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// When to colour help and usage errors (`auto`: on a terminal, unless
+    /// NO_COLOR is set). rewind's own output is never styled.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "always", "never"])]
+    color: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -301,7 +305,15 @@ enum Command {
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    // `--color` decides how clap styles help and usage errors (rewind's
+    // own output has no styling), so it is read before clap parses.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let color = color_choice(&args);
+    let parsed = <Cli as clap::CommandFactory>::command()
+        .color(color)
+        .try_get_matches_from(&args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -320,6 +332,28 @@ pub fn main() -> i32 {
             crate::errln!("error: {msg}");
             code
         }
+    }
+}
+
+/// `--color auto|always|never` (or `--color=...`) from the raw arguments;
+/// `auto` (the default) colours a terminal unless `NO_COLOR` is set.
+fn color_choice(args: &[std::ffi::OsString]) -> clap::ColorChoice {
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    let mut value = None;
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "--color" {
+            value = it.next().map(|v| v.to_string());
+        } else if let Some(v) = a.strip_prefix("--color=") {
+            value = Some(v.to_string());
+        }
+    }
+    match value.as_deref() {
+        Some("always") => clap::ColorChoice::Always,
+        Some("never") => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
     }
 }
 
