@@ -247,6 +247,15 @@ fn phase4_serving_500s_is_rolled_back_to_the_baseline_on_the_example_runbook() {
     let v = &report["plugins"][0]["levels"][0]["verification"];
     assert_eq!(v["healthy"], true, "{v:#}");
     assert_eq!(finding(&v["findings"], "git HEAD")["breached"], false);
+    // The data recovery verification: no row lost, the config as before.
+    let rows = finding(&v["findings"], "rows in contexts");
+    assert_eq!(
+        (rows["observed"].as_str(), rows["threshold"].as_str()),
+        (Some("3"), Some(">= 3 (before the rollback)")),
+        "{rows}"
+    );
+    let cfg = finding(&v["findings"], "configuration consistency");
+    assert_eq!(cfg["breached"], false, "{cfg}");
 
     // AIDIS is back: healthy, on the baseline, the old server gone.
     assert!(s.all_healthy(), "{:?}", s.statuses());
@@ -1026,7 +1035,7 @@ fn the_data_recovery_checks_catch_lost_rows_and_config() {
     assert!(rows["threshold"].as_str().unwrap().contains('3'), "{rows}");
     let kept = finding(&v["findings"], "rows in technical_decisions");
     assert_eq!(kept["breached"], false, "{kept}");
-    let cfg = finding(&v["findings"], "config");
+    let cfg = finding(&v["findings"], "configuration consistency");
     assert_eq!(cfg["breached"], true, "{cfg}");
     assert!(
         cfg["observed"].as_str().unwrap().contains("local.env"),
