@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HEALTH_STATUS = 200
 DELAY_MS = 0
+HANG = False
 
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(HERE)
@@ -84,6 +85,9 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, method):
         p = self.path.split("?")[0]
         if ROLE == "mcp":
+            if HANG and p in ("/healthz", "/readyz", "/livez"):
+                # A hung service: the connection is accepted, no answer comes.
+                time.sleep(3600)
             if p in ("/healthz", "/livez"):
                 time.sleep(DELAY_MS / 1000)
                 ok = HEALTH_STATUS == 200
@@ -355,6 +359,12 @@ impl StandIn {
         Self::build(branch, ("DELAY_MS = 0", format!("DELAY_MS = {delay_ms}")))
     }
 
+    /// Like `new`, but `phase-4`'s MCP server hangs on `/healthz /readyz
+    /// /livez`: it accepts the connection and never answers.
+    pub fn hung(branch: &str) -> Self {
+        Self::build(branch, ("HANG = False", "HANG = True".into()))
+    }
+
     fn build(branch: &str, phase4: (&str, String)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rewind-aidis-")
@@ -489,8 +499,9 @@ impl StandIn {
             &self.path("bin/npm").display().to_string(),
             &["run", "dev"],
         );
+        // Any answer will do (a hung phase-4 never answers /livez).
         for (port, path) in [
-            (self.ports.mcp, "/livez"),
+            (self.ports.mcp, "/"),
             (self.ports.bridge, "/ping"),
             (self.ports.frontend, "/"),
             (self.ports.backend, "/health"),
@@ -757,6 +768,44 @@ impl StandIn {
         let path = self.dir.path().join("rewind.toml");
         std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
         path
+    }
+
+    /// Like `runbook`, with the grants changed by `grants` too.
+    pub fn runbook_granting(
+        &self,
+        tweak: impl FnOnce(&mut Value),
+        grants: impl FnOnce(&mut Value),
+    ) -> PathBuf {
+        let path = self.runbook(tweak);
+        let mut doc: Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        grants(&mut doc["plugin"][0]["grants"]);
+        std::fs::write(&path, toml::to_string(&doc).unwrap()).unwrap();
+        path
+    }
+
+    /// An executable script in the test's directory (outside the checkout).
+    pub fn script(&self, name: &str, body: &str) -> String {
+        let path = self.dir.path().join("bin").join(name);
+        write(&path, body, true);
+        path.display().to_string()
+    }
+
+    /// Every file rewind wrote under the state directory, concatenated
+    /// (the journal among them).
+    pub fn state_text(&self) -> String {
+        let mut out = String::new();
+        let mut dirs = vec![self.dir.path().join("state")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if let Ok(t) = std::fs::read_to_string(&p) {
+                    out.push_str(&t);
+                }
+            }
+        }
+        out
     }
 
     /// Run the CLI with `args` and then the runbook path.

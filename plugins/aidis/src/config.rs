@@ -26,6 +26,8 @@ defaults! {
     d_stop_grace_ms: u64 = 10_000;
     d_mesh_grace_ms: u64 = 5000;
     d_command_timeout_ms: u64 = 120_000;
+    d_dump_timeout_ms: u64 = 120_000;
+    d_probe_budget_ms: u64 = 45_000;
     d_max_latency_ms: f64 = 1000.0;
     d_warn_latency_ms: f64 = 500.0;
     d_perf_samples: u32 = 3;
@@ -73,6 +75,8 @@ defaults! {
     d_config_dir: String = "config".into();
     d_logs_dir: String = "logs".into();
     d_backups_dir: String = "backups".into();
+    d_count_tables: Vec<String> = strings(&["contexts", "technical_decisions"]);
+    d_dirty_tree: String = "stash".into();
     d_pitr_target: String = "2025-09-19 18:00:00 UTC".into();
 }
 
@@ -108,6 +112,14 @@ pub struct Config {
     pub mesh_grace_ms: u64,
     #[serde(default = "d_command_timeout_ms")]
     pub command_timeout_ms: u64,
+    /// How long `pg_dump` may take before the rollback goes on without it.
+    #[serde(default = "d_dump_timeout_ms")]
+    pub dump_timeout_ms: u64,
+    /// The HTTP probes of one sweep (assessment, checklist) share this
+    /// much time: the runbook detects a failure within 1 minute, and the
+    /// host probes one URL at a time.
+    #[serde(default = "d_probe_budget_ms")]
+    pub probe_budget_ms: u64,
 
     // Thresholds.
     #[serde(default = "d_max_latency_ms")]
@@ -195,6 +207,9 @@ pub struct Config {
     pub db_extension: String,
     #[serde(default = "d_true")]
     pub backup_database: bool,
+    /// The tables whose rows the data recovery verification counts.
+    #[serde(default = "d_count_tables")]
+    pub count_tables: Vec<String>,
     #[serde(default = "d_pitr_target")]
     pub pitr_target: String,
 
@@ -207,6 +222,10 @@ pub struct Config {
     pub branch_prefix: String,
     #[serde(default = "d_tag_prefix")]
     pub tag_prefix: String,
+    /// Uncommitted changes to tracked files before `git checkout`:
+    /// `stash` (kept in `git stash`) or `refuse` (the revert stops).
+    #[serde(default = "d_dirty_tree")]
+    pub dirty_tree: String,
 
     // Files, relative to `root` unless absolute.
     #[serde(default = "d_config_dir")]
@@ -266,6 +285,24 @@ impl Config {
                 "bad [plugin.config] of plugin {:?}: baseline_ref is empty",
                 ctx.plugin
             );
+        }
+        if !matches!(cfg.dirty_tree.as_str(), "stash" | "refuse") {
+            bail!(
+                "bad [plugin.config] of plugin {:?}: dirty_tree = {:?}; use \"stash\" (put uncommitted changes aside with git stash before the checkout) or \"refuse\" (stop the revert)",
+                ctx.plugin,
+                cfg.dirty_tree
+            );
+        }
+        for t in &cfg.count_tables {
+            let ok = !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !ok {
+                bail!(
+                    "bad [plugin.config] of plugin {:?}: count_tables has {t:?}; use table names (letters, digits, _ and a schema .)",
+                    ctx.plugin
+                );
+            }
         }
         cfg.perf_samples = cfg.perf_samples.max(1);
         Ok(cfg)
@@ -414,7 +451,7 @@ impl Config {
             .args(self.db_conn_args())
             .args(["-w", "-f", file])
             .cwd(&self.root)
-            .timeout_ms(self.command_timeout_ms.max(self.db_timeout_ms))
+            .timeout_ms(self.dump_timeout_ms)
     }
 
     /// Every pattern the plugin may stop, deduplicated.

@@ -7,11 +7,13 @@
 //! backend `:5000/health`, MCP `:8080/healthz`, `/readyz`, `/livez`) for
 //! 5xx and answers that do not come within the timeout, and how many
 //! services are down at once (Scenario 1); `/healthz` response time over
-//! several samples, machine memory used and the MCP server's CPU held over
-//! the limit across runs (Scenario 2); the database through `psql -c
+//! several samples, the AIDIS processes' memory (not the machine's) and the
+//! MCP server's CPU held over the limit across runs (Scenario 2); the database through `psql -c
 //! 'SELECT 1;'` and the readiness endpoint (Scenario 3); processes matching
 //! the runbook's patterns, their memory and the load (Scenario 4); the MCP
-//! tool call through the HTTP bridge (Scenario 5). Every measurement is a
+//! tool call through the HTTP bridge (Scenario 5). The host probes one URL
+//! at a time, so the probes of one sweep share a time budget that fits the
+//! runbook's 1-minute detection. Every measurement is a
 //! finding, observed vs threshold. The most specific cause wins (runaway
 //! processes, the database, failing endpoints, the bridge, performance) and
 //! the severity comes from what was measured.
@@ -21,12 +23,15 @@
 //! connection pool reset and database recovery, process cleanup and
 //! essential restart, bridge recovery and service mesh reset). 2 "phase 0
 //! rollback" is the Scenario 1 procedure and the emergency rollback script,
-//! after the pre-rollback backups: database dump, config snapshot and copy,
-//! git branch and tag; then stop, stop the process patterns, `git checkout`
-//! the baseline, start, wait until healthy. Scenario 1 starts there. 3
+//! after the pre-rollback backups: row counts and database dump (best
+//! effort: a failed dump is recorded, not a reason to stay on Phase 4),
+//! config snapshot and copy, git branch and tag; then stop, stop the process
+//! patterns, `git status` (uncommitted changes stashed or refused), `git
+//! checkout` the baseline, start, wait until healthy. Scenario 1 starts there. 3
 //! "manual intervention" hands over to a person (senior developer, the DBA
 //! for point-in-time recovery). Every level ends with the validation
-//! checklist and the documentation (`logs/rollback.log`, the process list);
+//! checklist (with the data recovery verification: row counts, `diff -r`
+//! of the config) and the documentation (`logs/rollback.log`, the process list);
 //! the host escalates when the verification (the same checklist) fails.
 //!
 //! Config keys, their defaults (the runbook's values) and the grants are in

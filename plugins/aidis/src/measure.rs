@@ -2,11 +2,12 @@
 //! the measurements into findings (observed vs threshold), a scenario and a
 //! severity; and the post-rollback validation checklist.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rewind_sdk::health::{ProbeResult, SystemStats};
 use rewind_sdk::prelude::*;
 use rewind_sdk::report::num;
+use rewind_sdk::storage::EntryKind;
 
 use crate::clock;
 use crate::config::{Config, Endpoint, Service};
@@ -63,6 +64,35 @@ pub struct Procs {
     /// patterns is counted once when the host's per-pattern sums allow it
     /// (disjoint or nested pid sets); a partial overlap is estimated.
     pub rss_mb: f64,
+    /// Their pids, ascending.
+    pub pids: Vec<u32>,
+}
+
+impl Procs {
+    /// `<n> MB in <count> processes (pids 1, 2, ...)`: which processes
+    /// were counted.
+    pub fn memory_shown(&self) -> String {
+        const SHOWN: usize = 20;
+        let mut pids: Vec<String> = self
+            .pids
+            .iter()
+            .take(SHOWN)
+            .map(|p| p.to_string())
+            .collect();
+        if self.pids.len() > SHOWN {
+            pids.push(format!("and {} more", self.pids.len() - SHOWN));
+        }
+        format!(
+            "{} MB in {} processes (pids {})",
+            num(self.rss_mb.round()),
+            self.count,
+            if pids.is_empty() {
+                "none".to_string()
+            } else {
+                pids.join(", ")
+            }
+        )
+    }
 }
 
 pub fn count_processes(patterns: &[String]) -> Result<Procs> {
@@ -79,7 +109,69 @@ pub fn count_processes(patterns: &[String]) -> Result<Procs> {
     Ok(Procs {
         count: seen.len() as u32,
         rss_mb: rss / MIB,
+        pids: seen.into_iter().collect(),
     })
+}
+
+/// The runbook's "Memory usage >3000MB" / "<3000MB" (and the 2500 MB
+/// warning), measured on the AIDIS processes (`process_patterns`), not the
+/// whole machine: on a shared server, other programs' memory is not
+/// AIDIS's doing and must neither trigger nor block a rollback.
+pub fn memory_finding(cfg: &Config, procs: &Procs, limit_mb: f64, warning: bool) -> Finding {
+    let mut f = Finding::at_most(
+        format!(
+            "memory of the AIDIS processes, matching {}{}",
+            patterns_shown(&cfg.process_patterns),
+            if warning { " (warning)" } else { "" }
+        ),
+        procs.rss_mb.round(),
+        limit_mb,
+        "MB",
+    );
+    f.observed = procs.memory_shown();
+    f
+}
+
+/// The HTTP probes of one sweep share `probe_budget_ms`: the host probes
+/// one URL at a time, so each probe gets the time left divided by the
+/// probes left (at most `response_timeout_ms`, at least 1 s). A hung
+/// service (it accepts, never answers) is then found within the budget,
+/// not after 30 s per endpoint.
+pub struct Budget {
+    left_ms: u64,
+    probes: u32,
+    max_ms: u64,
+}
+
+impl Budget {
+    pub const MIN_MS: u64 = 1000;
+
+    pub fn new(cfg: &Config, probes: u32) -> Self {
+        Self {
+            left_ms: cfg.probe_budget_ms,
+            probes: probes.max(1),
+            max_ms: cfg.response_timeout_ms,
+        }
+    }
+
+    /// The timeout of the next probe.
+    pub fn next_ms(&self) -> u64 {
+        (self.left_ms / u64::from(self.probes.max(1)))
+            .min(self.max_ms)
+            .max(Self::MIN_MS.min(self.max_ms))
+    }
+
+    /// A probe took `ms`.
+    pub fn spend(&mut self, ms: u64) {
+        self.left_ms = self.left_ms.saturating_sub(ms);
+        self.probes = self.probes.saturating_sub(1).max(1);
+    }
+
+    pub fn probe(&mut self, p: HttpProbe) -> Result<ProbeResult> {
+        let r = p.timeout_ms(self.next_ms()).probe()?;
+        self.spend(r.latency_us / 1000);
+        Ok(r)
+    }
 }
 
 pub fn patterns_shown(patterns: &[String]) -> String {
@@ -170,29 +262,34 @@ fn ping_finding(cfg: &Config, r: &ProbeResult) -> Finding {
 /// The checklist's MCP tool call, `curl -X POST .../mcp/tools/aidis_ping
 /// -H "Content-Type: application/json" -d '{}'`, and its response time.
 /// POSTs are not sent in dry runs: there, the bridge detection (a GET).
-pub fn tool_call(ctx: &Context, cfg: &Config) -> Result<Vec<Finding>> {
+pub fn tool_call(ctx: &Context, cfg: &Config, budget: &mut Budget) -> Result<Vec<Finding>> {
     if !ctx.executes() {
-        let r = cfg.ping_probe().probe()?;
+        let r = budget.probe(cfg.ping_probe())?;
         let mut f = ping_finding(cfg, &r);
         f.observed = format!("{} (the POST is not sent in a dry run)", f.observed);
         return Ok(vec![f]);
     }
     let check = format!("MCP tool POST {}", cfg.ping_url());
+    let timeout = budget.next_ms();
     let r = http::HttpRequest::post(cfg.ping_url(), "{}")
         .header("Content-Type", "application/json")
-        .timeout_ms(cfg.response_timeout_ms)
+        .timeout_ms(timeout)
         .send();
     match r {
-        Ok(r) => Ok(vec![
-            Finding::status(&check, Some(r.status), 200, 399),
-            Finding::at_most(
-                "MCP tool response time",
-                (r.latency_us as f64 / 1000.0).round(),
-                cfg.max_latency_ms,
-                "ms",
-            ),
-        ]),
+        Ok(r) => Ok({
+            budget.spend(r.latency_us / 1000);
+            vec![
+                Finding::status(&check, Some(r.status), 200, 399),
+                Finding::at_most(
+                    "MCP tool response time",
+                    (r.latency_us as f64 / 1000.0).round(),
+                    cfg.max_latency_ms,
+                    "ms",
+                ),
+            ]
+        }),
         Err(Error::Failed(m)) | Err(Error::Timeout(m)) => {
+            budget.spend(timeout);
             let mut f = Finding::status(&check, None, 200, 399);
             f.observed = format!("no answer ({m})");
             Ok(vec![f])
@@ -217,12 +314,16 @@ pub struct Measured {
 }
 
 pub fn measure(ctx: &Context, cfg: &Config) -> Result<Measured> {
+    // The five endpoints, the bridge, and the extra /healthz samples share
+    // one time budget (the runbook's 1-minute detection).
+    let eps = cfg.endpoints();
+    let mut budget = Budget::new(cfg, eps.len() as u32 + cfg.perf_samples);
     let mut endpoints = Vec::new();
-    for ep in cfg.endpoints() {
-        let r = cfg.probe(&ep.url).probe()?;
+    for ep in eps {
+        let r = budget.probe(cfg.probe(&ep.url))?;
         endpoints.push((ep, r));
     }
-    let ping = cfg.ping_probe().probe()?;
+    let ping = budget.probe(cfg.ping_probe())?;
     // `time curl .../healthz`, several times: "consistently" over the limit.
     let mut latencies = Vec::new();
     if let Some((_, r)) = endpoints.iter().find(|(e, _)| e.url == cfg.healthz())
@@ -230,7 +331,7 @@ pub fn measure(ctx: &Context, cfg: &Config) -> Result<Measured> {
     {
         latencies.push(r.latency_ms());
         for _ in 1..cfg.perf_samples {
-            let r = cfg.probe(&cfg.healthz()).probe()?;
+            let r = budget.probe(cfg.probe(&cfg.healthz()))?;
             if r.status.is_some() {
                 latencies.push(r.latency_ms());
             }
@@ -406,19 +507,10 @@ pub fn assess(cfg: &Config, m: &Measured) -> Verdict {
         ));
         (lat_min > cfg.max_latency_ms, lat_min > cfg.warn_latency_ms)
     };
-    let used_mb = m.sys.memory_used_bytes as f64 / MIB;
-    findings.push(Finding::at_most(
-        "memory used (free: Mem used)",
-        used_mb.round(),
-        cfg.max_memory_mb,
-        "MB",
-    ));
-    findings.push(Finding::at_most(
-        "memory used (warning)",
-        used_mb.round(),
-        cfg.warn_memory_mb,
-        "MB",
-    ));
+    // "Memory usage >3000MB": the AIDIS processes' resident memory.
+    let used_mb = m.procs.rss_mb;
+    findings.push(memory_finding(cfg, &m.procs, cfg.max_memory_mb, false));
+    findings.push(memory_finding(cfg, &m.procs, cfg.warn_memory_mb, true));
     let cpu_breach = m.cpu_high_for_s.is_some_and(|s| s >= cfg.cpu_sustain_s);
     findings.push(Finding::new(
         format!("CPU of {:?}", cfg.server_pattern),
@@ -518,10 +610,13 @@ pub fn assess(cfg: &Config, m: &Measured) -> Verdict {
 /// The runbook's post-rollback validation checklist, as findings.
 pub fn checklist(ctx: &Context, cfg: &Config, level: u8) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
-    // 1. Service health: all five endpoints.
+    // 1. Service health: all five endpoints (and the tool call, 3.) share
+    // one time budget.
+    let eps = cfg.endpoints();
+    let mut budget = Budget::new(cfg, eps.len() as u32 + 1);
     let mut healthz_latency = None;
-    for ep in cfg.endpoints() {
-        let r = cfg.probe(&ep.url).probe()?;
+    for ep in eps {
+        let r = budget.probe(cfg.probe(&ep.url))?;
         if ep.url == cfg.healthz() && r.status.is_some() {
             healthz_latency = Some(r.latency_ms());
         }
@@ -536,7 +631,7 @@ pub fn checklist(ctx: &Context, cfg: &Config, level: u8) -> Result<Vec<Finding>>
     )?;
     out.push(Finding::check(&db.check, db.ok, &db.observed, "answers"));
     // 3. MCP tool, within the response-time limit.
-    out.extend(tool_call(ctx, cfg)?);
+    out.extend(tool_call(ctx, cfg, &mut budget)?);
     if let Some(l) = healthz_latency {
         out.push(Finding::at_most(
             "MCP /healthz response time",
@@ -556,18 +651,14 @@ pub fn checklist(ctx: &Context, cfg: &Config, level: u8) -> Result<Vec<Finding>>
         f64::from(cfg.max_processes_after),
         "",
     ));
-    // 5. Memory.
+    // 5. Memory: the AIDIS processes under the limit ("Memory usage
+    // <3000MB"); the machine's available memory (`free -h`: "Available
+    // >2GB").
+    out.push(memory_finding(cfg, &procs, cfg.max_memory_mb, false));
     let sys = health::system();
-    let used = sys.memory_used_bytes as f64 / MIB;
     let available = sys.memory_total_bytes.saturating_sub(sys.memory_used_bytes) as f64 / MIB;
-    out.push(Finding::at_most(
-        "memory used",
-        used.round(),
-        cfg.max_memory_mb,
-        "MB",
-    ));
     out.push(Finding::at_least(
-        "memory available",
+        "memory available (machine)",
         available.round(),
         cfg.min_available_mb,
         "MB",
@@ -576,6 +667,8 @@ pub fn checklist(ctx: &Context, cfg: &Config, level: u8) -> Result<Vec<Finding>>
     if level >= 2 {
         out.push(head_finding(ctx, cfg)?);
     }
+    // The data recovery verification (row counts, `diff -r` of the config).
+    out.extend(data_recovery(ctx, cfg)?);
     // 6. Integration suite, when configured.
     if let Some(cmd) = cfg.cmd(&cfg.integration_command) {
         let shown = cmd.display();
@@ -592,6 +685,163 @@ pub fn checklist(ctx: &Context, cfg: &Config, level: u8) -> Result<Vec<Finding>>
         ));
     }
     Ok(out)
+}
+
+/// The run key of the row counts taken before the rollback.
+pub const ROWS_BEFORE: &str = "rows-before";
+/// The run key of the config copy taken before the rollback.
+pub const CONFIG_COPY: &str = "config-copy";
+
+/// The runbook's "Verify Database Integrity": `SELECT COUNT(*) FROM <t>`
+/// for each of `count_tables` (only when commands run).
+pub fn count_rows(cfg: &Config) -> Result<Vec<(String, std::result::Result<u64, String>)>> {
+    let mut out = Vec::new();
+    for t in &cfg.count_tables {
+        let r = match cfg.psql_cmd(&format!("SELECT COUNT(*) FROM {t};")).run() {
+            Ok(o) if o.success() => o
+                .stdout
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("unexpected output {:?}", first_line(o.stdout.trim()))),
+            Ok(o) => Err(format!(
+                "exit {}: {}",
+                o.exit_code.unwrap_or(-1),
+                first_line(o.stderr.trim())
+            )),
+            Err(Error::Timeout(m)) => Err(format!("timed out ({m})")),
+            Err(e) => return Err(e).context("running psql"),
+        };
+        out.push((t.clone(), r));
+    }
+    Ok(out)
+}
+
+/// The files under `dir`, by their path relative to it.
+pub fn files_under(dir: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if !storage::exists(dir)? {
+        return Ok(out);
+    }
+    let entries = storage::list_dir(dir, true)?;
+    // Entries come back under the directory's canonical path: the
+    // shortest parent is the directory itself.
+    let Some(base) = entries
+        .iter()
+        .filter_map(|e| e.path.rsplit_once('/').map(|(d, _)| d.to_string()))
+        .min_by_key(|d| d.len())
+    else {
+        return Ok(out);
+    };
+    for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        let rel = e
+            .path
+            .strip_prefix(&base)
+            .unwrap_or(&e.path)
+            .trim_start_matches('/');
+        out.insert(rel.to_string(), e.path.clone());
+    }
+    Ok(out)
+}
+
+/// The runbook's data recovery verification, after a rollback that took
+/// the pre-rollback backups: the row counts (no fewer rows than before the
+/// rollback) and `diff -r config/ backups/config-<ts>/` (files git does not
+/// track must come through unchanged; tracked ones change with the
+/// checkout, and are listed). Nothing in a dry run, which changed nothing.
+pub fn data_recovery(ctx: &Context, cfg: &Config) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    if !ctx.executes() {
+        return Ok(out);
+    }
+    let before: BTreeMap<String, u64> =
+        storage::get_json(&ctx.run_key(ROWS_BEFORE))?.unwrap_or_default();
+    for (table, now) in count_rows(cfg)? {
+        let check = format!("rows in {table} (SELECT COUNT(*))");
+        out.push(match (now, before.get(&table)) {
+            (Ok(n), Some(&b)) => {
+                let mut f = Finding::at_least(&check, n as f64, b as f64, "");
+                f.threshold = format!(">= {b} (before the rollback)");
+                f
+            }
+            (Ok(n), None) => Finding::check(&check, true, n.to_string(), "a count"),
+            (Err(e), _) => Finding::check(&check, false, e, "a count"),
+        });
+    }
+    if let Some(copy) = storage::get(&ctx.run_key(CONFIG_COPY))? {
+        out.push(config_consistency(cfg, &copy)?);
+    }
+    Ok(out)
+}
+
+fn config_consistency(cfg: &Config, copy: &str) -> Result<Finding> {
+    let now = files_under(&cfg.config_path())?;
+    let before = files_under(copy)?;
+    let mut changed = Vec::new();
+    for (rel, old) in &before {
+        match now.get(rel) {
+            None => changed.push((rel.clone(), "missing")),
+            Some(new) => {
+                if storage::read_to_string(old)? != storage::read_to_string(new)? {
+                    changed.push((rel.clone(), "differs"));
+                }
+            }
+        }
+    }
+    let added: Vec<&String> = now.keys().filter(|k| !before.contains_key(*k)).collect();
+    // What git tracks changes with the checkout (or was stashed).
+    let tracked: BTreeSet<String> = if changed.is_empty() && added.is_empty() {
+        BTreeSet::new()
+    } else {
+        let o = Cmd::new(cfg.program(&cfg.git))
+            .args(["ls-files"])
+            .cwd(cfg.config_path())
+            .timeout_ms(cfg.command_timeout_ms)
+            .run()?;
+        if o.success() {
+            o.stdout.lines().map(|l| l.trim().to_string()).collect()
+        } else {
+            BTreeSet::new()
+        }
+    };
+    let (expected, lost): (Vec<_>, Vec<_>) = changed
+        .into_iter()
+        .partition(|(rel, _)| tracked.contains(rel));
+    let list = |v: &[(String, &str)]| {
+        v.iter()
+            .map(|(r, how)| format!("{r} {how}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut observed = if lost.is_empty() {
+        format!("{} files identical", before.len() - expected.len())
+    } else {
+        format!("not in git and not as before: {}", list(&lost))
+    };
+    if !expected.is_empty() {
+        observed.push_str(&format!(
+            "; changed with the checkout (tracked by git): {}",
+            list(&expected)
+        ));
+    }
+    if !added.is_empty() {
+        observed.push_str(&format!(
+            "; new: {}",
+            added
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(Finding::new(
+        format!(
+            "configuration consistency: diff -r {} {copy}",
+            cfg.config_path()
+        ),
+        observed,
+        "files git does not track unchanged",
+        !lost.is_empty(),
+    ))
 }
 
 /// Whether the checkout is on the baseline ref.

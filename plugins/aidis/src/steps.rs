@@ -3,7 +3,6 @@
 //! out through host calls.
 
 use rewind_sdk::prelude::*;
-use rewind_sdk::storage::EntryKind;
 
 use crate::clock;
 use crate::config::Config;
@@ -140,12 +139,13 @@ fn all_endpoints(cfg: &Config) -> String {
 
 fn validate_step(cfg: &Config, level: u8) -> Step {
     let mut d = format!(
-        "The validation checklist: GET {} answer 200-399; psql SELECT current_database() on {}:{}/{}; POST {} within {} ms; at most {} processes matching {}; memory used <= {} MB and available >= {} MB",
+        "The validation checklist: GET {} answer 200-399 (all probes within {} ms in all); psql SELECT current_database() on {}:{}/{}; POST {} within {} ms; at most {} processes matching {}; their memory <= {} MB; the machine's available memory >= {} MB",
         cfg.endpoints()
             .iter()
             .map(|e| e.url.clone())
             .collect::<Vec<_>>()
             .join(", "),
+        cfg.probe_budget_ms,
         cfg.db_host,
         cfg.db_port,
         cfg.db_name,
@@ -158,6 +158,18 @@ fn validate_step(cfg: &Config, level: u8) -> Step {
     );
     if level >= LEVEL_PHASE0 {
         d.push_str(&format!("; git HEAD on {}", cfg.baseline_ref));
+    }
+    if !cfg.count_tables.is_empty() {
+        d.push_str(&format!(
+            "; data recovery: SELECT COUNT(*) of {} (no fewer rows than before the rollback, when counted)",
+            cfg.count_tables.join(", ")
+        ));
+    }
+    if level == LEVEL_PHASE0 {
+        d.push_str(&format!(
+            "; diff -r {} against the pre-rollback copy (files git does not track unchanged)",
+            cfg.config_path()
+        ));
     }
     if let Some(c) = cfg.cmd(&cfg.integration_command) {
         d.push_str(&format!("; `{}` exits 0", c.display()));
@@ -498,11 +510,17 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                 Step::auto(
                     "backup-database",
                     "Back up the database",
-                    if cfg.backup_database {
-                        format!("Run `{}`", cfg.dump_cmd(&n.dump).display())
-                    } else {
-                        "Turned off (backup_database = false)".to_string()
-                    },
+                    format!(
+                        "Count the rows of {} (for the data recovery verification); {}. Best effort: a dump that fails or takes over {} ms is recorded as a breached finding and in {}, and the rollback goes on (the revert does not touch the database)",
+                        cfg.count_tables.join(", "),
+                        if cfg.backup_database {
+                            format!("run `{}`", cfg.dump_cmd(&n.dump).display())
+                        } else {
+                            "no dump (backup_database = false)".to_string()
+                        },
+                        cfg.dump_timeout_ms,
+                        cfg.rollback_log()
+                    ),
                 )
                 // Reads the database; the file is named by the run's stamp, so a
                 // second try writes the same file again.
@@ -559,12 +577,19 @@ pub fn plan(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<Vec<
                 "revert",
                 format!("Revert to {}", cfg.baseline_ref),
                 format!(
-                    "`{} checkout {}` in {}: {head} -> {target}; nothing when HEAD is there already",
-                    cfg.git, cfg.baseline_ref, cfg.root
+                    "`git status` in {}: uncommitted changes to tracked files are {}; then `{} checkout {}`: {head} -> {target}; nothing when HEAD is there already",
+                    cfg.root,
+                    if cfg.dirty_tree == "refuse" {
+                        "refused (the step fails and says what to do; dirty_tree = \"refuse\")"
+                    } else {
+                        "put aside with `git stash push` (kept; dirty_tree = \"stash\")"
+                    },
+                    cfg.git,
+                    cfg.baseline_ref
                 ),
             )
-    // HEAD is preserved first (backup-git); git refuses to overwrite
-    // local changes; nothing when HEAD is at the pinned commit already.
+    // HEAD is preserved first (backup-git), local changes in a stash;
+    // nothing when HEAD is at the pinned commit already.
     .reversible()
     .repeatable());
             s.push(start);
@@ -706,6 +731,8 @@ fn wait_for(ctx: &Context, cfg: &Config, probes: Vec<(String, HttpProbe)>) -> Re
     for (name, probe) in probes {
         // Once the budget is spent, each remaining URL still gets one probe.
         let left = budget.saturating_sub(spent);
+        // A hung endpoint must not hold one attempt longer than the wait.
+        let probe = probe.timeout_ms(cfg.response_timeout_ms.min(left.max(1000)));
         let w = probe.wait(
             WaitPolicy::every(cfg.poll_interval_ms)
                 .timeout_ms(left)
@@ -833,7 +860,7 @@ pub fn run(
             };
             // Nothing restarts in a dry run: the bridge as it is now says
             // whether the mesh reset would run.
-            let call = measure::tool_call(ctx, cfg)?;
+            let call = measure::tool_call(ctx, cfg, &mut measure::Budget::new(cfg, 1))?;
             let ok = call.iter().all(|f| !f.breached);
             set_flag(ctx, "bridge-ok", ok)?;
             let msg = format!(
@@ -1067,58 +1094,106 @@ fn graceful_shutdown(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     })
 }
 
+/// The runbook's `pg_dump` before the rollback, and the row counts the
+/// data recovery verification compares against. Best effort: the dump
+/// protects the revert, it does not block it (the Phase 0 rollback does
+/// not touch the database, and no level restores from this dump). When it
+/// fails or times out, the step says so with a breached finding, the
+/// rollback log says so, and the rollback goes on.
 fn backup_database(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
-    if !cfg.backup_database {
-        return Ok(StepOutcome::ok("turned off (backup_database = false)"));
-    }
     let n = names(ctx, cfg)?;
     if ctx.executes() {
         pre_rollback_stamp(ctx)?;
     }
+    let rows = if ctx.executes() {
+        let counts = measure::count_rows(cfg)?;
+        let ok: std::collections::BTreeMap<String, u64> = counts
+            .iter()
+            .filter_map(|(t, r)| r.as_ref().ok().map(|n| (t.clone(), *n)))
+            .collect();
+        storage::set_json(&ctx.run_key(measure::ROWS_BEFORE), &ok)?;
+        counts
+            .iter()
+            .map(|(t, r)| match r {
+                Ok(n) => format!("{t} {n}"),
+                Err(e) => format!("{t} not counted ({e})"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        format!("would count the rows of {}", cfg.count_tables.join(", "))
+    };
+    if !cfg.backup_database {
+        return Ok(StepOutcome::ok(format!(
+            "dump turned off (backup_database = false); rows: {rows}"
+        )));
+    }
     storage::make_dir(&cfg.backups())?;
     let cmd = cfg.dump_cmd(&n.dump);
     let shown = cmd.display();
-    let o = cmd.run()?;
+    let o = match cmd.run() {
+        Ok(o) => o,
+        Err(Error::Timeout(m)) => {
+            return no_dump(
+                ctx,
+                &format!("`{shown}` timed out after {} ms ({m})", cfg.dump_timeout_ms),
+                &rows,
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
     if o.simulated {
-        return Ok(StepOutcome::ok(format!("would run `{shown}`")));
+        return Ok(StepOutcome::ok(format!("would run `{shown}`; {rows}")));
     }
-    if o.success() {
-        let size = storage::stat(&n.dump)?.map(|e| e.size).unwrap_or(0);
+    let size = if o.success() {
+        storage::stat(&n.dump)?.map(|e| e.size).unwrap_or(0)
+    } else {
+        0
+    };
+    if o.success() && size > 0 {
         storage::set(&ctx.run_key("dump"), &n.dump)?;
         let f = Finding::at_least("database dump size", size as f64, 1.0, "bytes");
-        return Ok(if size > 0 {
-            StepOutcome::ok(format!(
-                "dumped {} to {} ({size} bytes)",
-                cfg.db_name, n.dump
-            ))
-        } else {
-            StepOutcome::failed(format!("`{shown}` wrote nothing to {}", n.dump))
-        }
-        .with_findings(vec![f]));
-    }
-    // A database that does not even accept connections cannot be dumped,
-    // and the code rollback does not touch it: go on, and say so.
-    let tcp = TcpProbe::new(&cfg.db_host, cfg.db_port)
-        .timeout_ms(2000)
-        .probe()?;
-    let err = last_lines(&o.stderr, 2);
-    if !tcp.healthy {
-        let f = Finding::check(
-            "database dump",
-            false,
-            format!("not taken: {}", tcp.detail),
-            "taken",
-        );
         return Ok(StepOutcome::ok(format!(
-            "no dump: the database at {}:{} is unreachable ({}); rolling the code back anyway",
-            cfg.db_host, cfg.db_port, tcp.detail
+            "dumped {} to {} ({size} bytes); rows: {rows}",
+            cfg.db_name, n.dump
         ))
         .with_findings(vec![f]));
     }
-    Ok(StepOutcome::failed(format!(
-        "`{shown}` failed (exit {}): {err}",
-        o.exit_code.unwrap_or(-1)
-    )))
+    let mut why = if o.success() {
+        format!("`{shown}` wrote nothing to {}", n.dump)
+    } else {
+        format!(
+            "`{shown}` failed (exit {}): {}",
+            o.exit_code.unwrap_or(-1),
+            last_lines(&o.stderr, 2)
+        )
+    };
+    let tcp = TcpProbe::new(&cfg.db_host, cfg.db_port)
+        .timeout_ms(2000)
+        .probe()?;
+    if !tcp.healthy {
+        why.push_str(&format!(
+            " (the database at {}:{} is unreachable: {})",
+            cfg.db_host, cfg.db_port, tcp.detail
+        ));
+    }
+    no_dump(ctx, &why, &rows)
+}
+
+/// The dump was not taken: a breached finding, a warning, a note for the
+/// rollback log; the step itself succeeds so that the revert runs.
+fn no_dump(ctx: &Context, why: &str, rows: &str) -> Result<StepOutcome> {
+    storage::set(&ctx.run_key("dump-missing"), why)?;
+    let msg = format!(
+        "no database dump: {why}; rolling the code back without it (the Phase 0 rollback does not touch the database; take a dump by hand before anyone restores it); rows: {rows}"
+    );
+    log::warn(&msg);
+    Ok(StepOutcome::ok(msg).with_findings(vec![Finding::check(
+        "database dump",
+        false,
+        format!("not taken: {why}"),
+        "taken",
+    )]))
 }
 
 fn backup_config(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
@@ -1145,25 +1220,13 @@ fn backup_config(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     }
     // `cp -r config/ backups/config-<ts>/`, file by file.
     let mut copied = 0;
-    if storage::exists(&cfg.config_path())? {
-        let entries = storage::list_dir(&cfg.config_path(), true)?;
-        // Entries come back under the directory's canonical path: the
-        // shortest parent is the directory itself.
-        let base = entries
-            .iter()
-            .filter_map(|e| e.path.rsplit_once('/').map(|(d, _)| d.to_string()))
-            .min_by_key(|d| d.len());
-        if let Some(base) = base {
-            for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
-                let rel = e
-                    .path
-                    .strip_prefix(&base)
-                    .unwrap_or(&e.path)
-                    .trim_start_matches('/');
-                storage::copy(&e.path, &format!("{}/{rel}", n.config_copy))?;
-                copied += 1;
-            }
-        }
+    for (rel, path) in measure::files_under(&cfg.config_path())? {
+        storage::copy(&path, &format!("{}/{rel}", n.config_copy))?;
+        copied += 1;
+    }
+    if ctx.executes() && copied > 0 {
+        // The data recovery verification diffs against this copy.
+        storage::set(&ctx.run_key(measure::CONFIG_COPY), &n.config_copy)?;
     }
     let verb = if ctx.executes() { "" } else { "would " };
     Ok(StepOutcome::ok(format!(
@@ -1269,20 +1332,99 @@ fn revert(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         None => None,
     };
     let what = moved.clone().unwrap_or_else(|| cfg.baseline_ref.clone());
+    // `git status` first: uncommitted changes would be carried into the
+    // baseline (or make git refuse the checkout).
+    let stashed = match clean_tree(ctx, cfg, &before)? {
+        Ok(s) => s,
+        Err(refused) => return Ok(refused),
+    };
     let out = run_cmd("git", Some(git(cfg, &["checkout", &what])))?;
     if !out.ok || !ctx.executes() {
-        return Ok(out);
+        return Ok(match stashed {
+            Some(s) => StepOutcome {
+                message: format!("{s}; {}", out.message),
+                ..out
+            },
+            None => out,
+        });
     }
     let after = repo.head_described().map(|h| h.1).unwrap_or_default();
     log::info(format_args!("reverted {before} -> {after}"));
-    Ok(StepOutcome::ok(match moved {
+    let mut msg = match moved {
         Some(t) => format!(
             "{before} -> {after}: {} moved since the incident began, so its pinned commit {} was checked out",
             cfg.baseline_ref,
             &t[..t.len().min(7)]
         ),
         None => format!("{before} -> {after}"),
-    }))
+    };
+    if let Some(s) = stashed {
+        msg = format!("{s}; {msg}");
+    }
+    Ok(StepOutcome::ok(msg))
+}
+
+/// The runbook's `git status` before the checkout. Uncommitted changes to
+/// tracked files are put aside with `git stash` (`dirty_tree = "stash"`,
+/// the default: kept, and named after the run) or stop the revert
+/// (`"refuse"`). `Ok(Some(what))` when something was stashed, `Err(step)`
+/// when the revert is refused. Untracked files stay where they are.
+fn clean_tree(
+    ctx: &Context,
+    cfg: &Config,
+    before: &str,
+) -> Result<std::result::Result<Option<String>, StepOutcome>> {
+    let o = git(cfg, &["status", "--porcelain", "--untracked-files=no"]).run()?;
+    if o.simulated {
+        return Ok(Ok(Some(format!(
+            "would run `git status` and {} uncommitted changes",
+            if cfg.dirty_tree == "refuse" {
+                "refuse the checkout on"
+            } else {
+                "stash"
+            }
+        ))));
+    }
+    if !o.success() {
+        return Ok(Err(StepOutcome::failed(format!(
+            "`git status` in {} failed (exit {}): {}; the checkout was not tried",
+            cfg.root,
+            o.exit_code.unwrap_or(-1),
+            last_lines(&o.stderr, 2)
+        ))));
+    }
+    let files: Vec<String> = o
+        .stdout
+        .lines()
+        .filter(|l| l.len() > 3)
+        .map(|l| l[3..].trim().to_string())
+        .collect();
+    if files.is_empty() {
+        return Ok(Ok(None));
+    }
+    let shown = files.join(", ");
+    if cfg.dirty_tree == "refuse" {
+        return Ok(Err(StepOutcome::failed(format!(
+            "uncommitted changes in {} ({shown}) on {before}: `git checkout {}` would carry them into the baseline or be refused; commit them, or put them aside with `git stash push -m \"before the rollback\"`, or set dirty_tree = \"stash\", then run rewind again",
+            cfg.root, cfg.baseline_ref
+        ))));
+    }
+    let label = format!(
+        "rewind {}: uncommitted changes on {before} before the rollback to {}",
+        ctx.run_id, cfg.baseline_ref
+    );
+    let out = run_cmd("git", Some(git(cfg, &["stash", "push", "-m", &label])))?;
+    if !out.ok {
+        return Ok(Err(StepOutcome::failed(format!(
+            "uncommitted changes in {} ({shown}) could not be stashed: {}; the checkout was not tried",
+            cfg.root, out.message
+        ))));
+    }
+    let msg = format!(
+        "stashed uncommitted changes to {shown} as stash@{{0}} ({label:?}; `git stash pop` brings them back)"
+    );
+    log::warn(&msg);
+    Ok(Ok(Some(msg)))
 }
 
 fn validate(ctx: &Context, cfg: &Config, level: u8) -> Result<StepOutcome> {
@@ -1329,6 +1471,10 @@ fn record(ctx: &Context, cfg: &Config, sc: Scenario, level: u8) -> Result<StepOu
             "{}: Phase 4 service rollback steps done ({what}; not validated)",
             clock::date(now)
         ),
+    };
+    let line = match storage::get(&ctx.run_key("dump-missing"))? {
+        Some(why) => format!("{line} [no database dump: {why}]"),
+        None => line,
     };
     let log_path = cfg.rollback_log();
     let mut text = if storage::exists(&log_path)? {
