@@ -1383,6 +1383,60 @@ fn a_full_rollback_without_backup_files_restores_the_previous_commit_with_git() 
     }
 }
 
+/// The git fallback's files are this incident's: a run that restored them
+/// and then stopped (p2p's port held by a stray process) leaves them at
+/// the previous commit, and the next run of the incident must not take
+/// "the commit holds the same files" for "nothing to restore".
+#[test]
+fn a_second_run_after_the_git_fallback_knows_the_files_it_restored() {
+    let v = Village::new();
+    v.write(".gitignore", "run/\nlogs/\n");
+    v.git(&["init", "-q"]);
+    v.git(&["add", "-A"]);
+    v.git(&["commit", "-q", "-m", "release 1.0.0"]);
+    for c in COMPONENTS {
+        v.write(module(c), &broken_module(c));
+    }
+    v.git(&["commit", "-q", "-a", "-m", "release 2.0.0"]);
+    for c in COMPONENTS {
+        v.stop(c);
+        v.start(c);
+    }
+    v.stop("p2p");
+    let squatter = Squatter::bind(v.port("p2p"));
+
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    let s = steps(&report, 2);
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert_eq!(st, "ok", "{msg}");
+    assert!(
+        msg.contains("restored 4 files with `git checkout HEAD~1"),
+        "{msg}"
+    );
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restart-p2p").unwrap();
+    assert_eq!(st, "failed", "{msg}");
+    for c in COMPONENTS {
+        assert_eq!(v.file(module(c)), good_module(c), "{c}");
+    }
+
+    drop(squatter);
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(plugin(&report)["outcome"], "rolled-back");
+    let s = steps(&report, 2);
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert_eq!(st, "ok", "{msg}");
+    assert!(msg.contains("in place already"), "{msg}");
+    for c in COMPONENTS {
+        assert_eq!(
+            v.state(c),
+            (Some(200), "1.0.0".into(), "1.0.0".into()),
+            "{c}"
+        );
+    }
+}
+
 /// The runbook's success criterion "Gateway <100ms" and its "Rollback Not
 /// Required: performance issues <25% degradation" are one threshold: a
 /// component 10 % over the baseline is not degraded to the assessment, so

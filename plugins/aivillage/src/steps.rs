@@ -546,59 +546,87 @@ pub(crate) fn restore_from_git(ctx: &Context, cfg: &Config) -> Result<StepOutcom
             list(&files)
         )));
     }
-    // Files an earlier try of this run restored already hold the commit's.
-    let key = ctx.run_key("git-restored");
-    let mut restored: Vec<Restored> = storage::get_json(&key)?.unwrap_or_default();
+    let git = |args: &[&str]| {
+        Cmd::new("git")
+            .args(args.iter().copied())
+            .cwd(&cfg.raw.root)
+            .timeout_ms(cfg.raw.command_timeout_ms)
+    };
+    // Which files differ from the commit, decided before any checkout and
+    // pinned for the incident: a later run (after this one restored them
+    // and stopped further on) finds them at the commit already, and must
+    // know that they were this incident's, not "nothing to restore".
+    let decided = ctx.pin("git_fallback", || {
+        let mut differ = Vec::new();
+        let mut errors = Vec::new();
+        for f in &files {
+            // `git diff --quiet REF -- f`: 0 same, 1 differs.
+            let out = git(&["diff", "--quiet", reff, "--", f.as_str()]).run()?;
+            match out.exit_code {
+                Some(0) => {}
+                Some(1) => differ.push(f.clone()),
+                c => errors.push(format!(
+                    "`git diff --quiet {reff} -- {f}` exited {}: {}",
+                    c.map_or("by a signal".to_string(), |c| c.to_string()),
+                    one_line(&out.stderr, 200)
+                )),
+            }
+        }
+        if differ.is_empty() {
+            let why = if errors.is_empty() {
+                format!(
+                    "{reff} holds the same {} as the working tree",
+                    list(&files)
+                )
+            } else {
+                format!("git failed: {}", errors.join("; "))
+            };
+            bail!(
+                "nothing was restored: {none}, and the runbook's fallback `{shown}` has nothing to restore ({why}); {by_hand}"
+            );
+        }
+        Ok(serde_json::to_string(&differ)?)
+    });
+    let differ: Vec<String> = match decided {
+        Ok(t) => serde_json::from_str(&t).context("the pinned git fallback files")?,
+        Err(e) => return Ok(StepOutcome::failed(e.into_message()).with_findings(vec![finding(0)])),
+    };
+    let mut restored = Vec::new();
     let mut now_restored = Vec::new();
-    let mut same = Vec::new();
+    let mut already = Vec::new();
     let mut errors = Vec::new();
-    for f in &files {
+    for f in &differ {
         let target = cfg.path(f);
         let before = if storage::exists(&target)? {
             Some(fnv64(&storage::read_file(&target)?))
         } else {
             None
         };
-        let cmd = Cmd::new("git")
-            .args(["checkout", reff, "--", f.as_str()])
-            .cwd(&cfg.raw.root)
-            .timeout_ms(cfg.raw.command_timeout_ms);
+        let cmd = git(&["checkout", reff, "--", f.as_str()]);
         match run_ok(&cmd, &format!("restoring {f} from git {reff}"))? {
             Ok(_) => {
                 let bytes = storage::read_file(&target)?;
                 let fnv = fnv64(&bytes);
                 if before.as_deref() == Some(fnv.as_str()) {
-                    same.push(f.clone());
+                    already.push(f.clone());
                 } else {
                     now_restored.push(f.clone());
-                    restored.retain(|r| r.target != target);
-                    restored.push(Restored {
-                        backup: format!("git {reff}:{f}"),
-                        target,
-                        bytes: bytes.len() as u64,
-                        fnv,
-                    });
                 }
+                restored.push(Restored {
+                    backup: format!("git {reff}:{f}"),
+                    target,
+                    bytes: bytes.len() as u64,
+                    fnv,
+                });
             }
             Err(e) => errors.push(e),
         }
     }
-    storage::set_json(&key, &restored)?;
     storage::set_json(&ctx.run_key("restored"), &restored)?;
     if restored.is_empty() {
-        let why = if errors.is_empty() {
-            format!(
-                "`{shown}` changed none of {} (the commit holds the same files)",
-                list(&files)
-            )
-        } else {
-            format!(
-                "the runbook's fallback `{shown}` failed: {}",
-                errors.join("; ")
-            )
-        };
         return Ok(StepOutcome::failed(format!(
-            "nothing was restored: {none}, and {why}; {by_hand}"
+            "nothing was restored: {none}, and the runbook's fallback `{shown}` failed: {}; {by_hand}",
+            errors.join("; ")
         ))
         .with_findings(vec![finding(0)]));
     }
@@ -607,8 +635,11 @@ pub(crate) fn restore_from_git(ctx: &Context, cfg: &Config) -> Result<StepOutcom
         now_restored.len(),
         list(&now_restored)
     );
-    if !same.is_empty() {
-        msg.push_str(&format!("; the same at {reff} already: {}", list(&same)));
+    if !already.is_empty() {
+        msg.push_str(&format!(
+            "; in place already (restored by an earlier run of this incident): {}",
+            list(&already)
+        ));
     }
     if !errors.is_empty() {
         msg.push_str(&format!("; not restored: {}", errors.join("; ")));
