@@ -2,9 +2,8 @@
 //! `--approve`, no terminal, a `[[notify]]` webhook on a real loopback
 //! receiver. A deployment broke p2p in two files, and the isolation of
 //! level 1 (p2p stopped, its own module restored, started) does not bring
-//! it back. Level 2, the full rollback, overwrites the system's unit files
-//! and runs the team's import-restoring script, which no snapshot can undo
-//! (destructive with this runbook): the run stops before escalating into
+//! it back. Level 2, the full rollback, runs the team's import-restoring
+//! script, which no snapshot can undo (destructive with this runbook): the run stops before escalating into
 //! it, tells the receiver, and waits; `rewind deny --step escalate-to-2`
 //! from another process ends the run there, the system as level 1 left it.
 

@@ -284,6 +284,36 @@ impl Village {
         }
     }
 
+    /// `cp config/systemd/*.service` into the unit directory, as a
+    /// deployment installs its units.
+    fn install_units(&self) {
+        for c in COMPONENTS {
+            let name = format!("aivillage-{c}.service");
+            std::fs::copy(
+                self.root().join("config/systemd").join(&name),
+                self.units().join(&name),
+            )
+            .unwrap();
+        }
+    }
+
+    /// `git` in the root, failing the test when it fails.
+    fn git(&self, args: &[&str]) {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(self.root())
+            .args([
+                "-c",
+                "user.name=deploy",
+                "-c",
+                "user.email=deploy@localhost",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    }
+
     /// Every `*.backup` under the root.
     fn backups(&self) -> Vec<PathBuf> {
         tree(&self.root())
@@ -543,12 +573,13 @@ fn component_isolation_restarts_only_the_broken_component() {
     assert!(v.ops_log().is_empty(), "{:?}", v.ops_log());
     assert!(!v.page().exists());
 
-    // Validation: latency within the baseline (1 s here) and a user request.
+    // Validation: latency within the baseline (1 s here, with the
+    // assessment's 25 % tolerance) and a user request.
     let vf = &plugin(&report)["levels"][0]["verification"]["findings"];
     let lat = finding(vf, "p2p: latency");
     assert_eq!(
         (lat["threshold"].as_str(), lat["breached"].as_bool()),
-        (Some("<= 1000 ms"), Some(false))
+        (Some("<= 1250 ms"), Some(false))
     );
     assert_eq!(finding(vf, "user request: POST")["observed"], "200");
     assert!(v.file("logs/queries.log").contains("rollback_test"));
@@ -598,7 +629,12 @@ fn a_critical_failure_gets_the_full_rollback_in_order() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
+    // The units of 1.0.0 are installed in the unit directory; the
+    // deployment installs its new gateway unit there too.
+    v.install_units();
     v.deploy(&files, &COMPONENTS);
+    v.install_units();
+    let unit_deployed = v.file("config/systemd/aivillage-gateway.service");
     assert_eq!(v.backups().len(), 7);
     for c in COMPONENTS {
         assert_eq!(v.status(c), Some(500), "{c}");
@@ -674,7 +710,7 @@ fn a_critical_failure_gets_the_full_rollback_in_order() {
         v.ops_log(),
         [
             "proxy reload: maintenance on: System maintenance in progress",
-            "daemon-reload: aivillage-gateway.service ",
+            "daemon-reload: aivillage-agents.service aivillage-gateway.service aivillage-p2p.service aivillage-rag.service ",
             "proxy reload: maintenance off"
         ]
     );
@@ -716,9 +752,24 @@ fn a_critical_failure_gets_the_full_rollback_in_order() {
     let id = r["snapshot"].as_str().unwrap();
     let out = v.rewind(&["--json", "snapshots"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snap = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("{list:#}"));
+    // It holds the unit file the rollback overwrote in the unit directory
+    // (outside the root), not only the tree.
+    let unit = std::fs::canonicalize(v.units())
+        .unwrap()
+        .join("aivillage-gateway.service");
     assert!(
-        list.as_array().unwrap().iter().any(|s| s["id"] == id),
-        "{list:#}"
+        snap["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str() == Some(unit.to_str().unwrap())),
+        "{snap:#}"
     );
     let out = v.rewind(&["--json", "restore", id, "--approve", "destructive"]);
     let restored: Value = serde_json::from_slice(&out.stdout)
@@ -728,6 +779,11 @@ fn a_critical_failure_gets_the_full_rollback_in_order() {
     for c in COMPONENTS {
         assert_eq!(v.file(module(c)), broken_module(c), "{c}");
     }
+    assert_eq!(
+        std::fs::read_to_string(v.units().join("aivillage-gateway.service")).unwrap(),
+        unit_deployed,
+        "the restore put back the unit the rollback overwrote"
+    );
     assert!(
         v.root()
             .join("packages/core/legacy/error_handling.py")
@@ -896,7 +952,9 @@ fn downtime_beyond_the_threshold_goes_straight_to_the_full_rollback() {
     v.set("AIVILLAGE_HIGH_DOWNTIME_MS", "500");
     v.set("AIVILLAGE_CRITICAL_DOWNTIME_MS", "1000");
 
-    // p2p crashes and a stray process holds its port, answering 503.
+    // A deployment of p2p 2.0.0 (its backup kept) crashes it, and a
+    // stray process holds its port, answering 503.
+    v.deploy(&[("core/p2p/mesh_protocol.py", &broken_module("p2p"))], &[]);
     v.stop("p2p");
     let squatter = Squatter::bind(v.port("p2p"));
     assert_eq!(v.status("p2p"), Some(503));
@@ -1230,35 +1288,242 @@ impl Drop for Squatter {
     }
 }
 
-/// "Backup Files Missing" (the runbook's troubleshooting, issue 1): a
-/// release deployed without keeping `*.backup` files. The full rollback has
-/// nothing to restore: it must say so (not "restored 0 files"), restart on
-/// the code there is, and let the health gates fail the run rather than
-/// report a rollback.
+/// "Backup Files Missing" (the runbook's troubleshooting): three
+/// components crashed and no deployment left `*.backup` files, and the
+/// tree is not under git. The full rollback has nothing to roll back to:
+/// restarting the services on whatever code is there is not a rollback,
+/// so it must not report one. It stops at restore-backups, says why and
+/// what to do, and restarts nothing.
 #[test]
-fn a_full_rollback_without_backup_files_says_nothing_was_restored_and_fails_its_gates() {
+fn a_full_rollback_with_nothing_to_restore_fails_instead_of_restarting() {
     let v = Village::new();
-    for c in COMPONENTS {
-        v.write(module(c), &broken_module(c));
+    for c in ["p2p", "agents", "rag"] {
         v.stop(c);
-        v.start(c);
     }
     assert_eq!(v.backups(), Vec::<PathBuf>::new());
-    for c in COMPONENTS {
-        assert_eq!(v.status(c), Some(500), "{c}");
-    }
+    let starts_before = v.starts().len();
 
     let (code, report, stderr) = v.run_json(&[]);
     assert_eq!(code, 1, "{report:#}\n{stderr}");
     assert_eq!(plugin(&report)["outcome"], "failed");
+    assert_eq!(level_numbers(&report), [2]);
+    let s = steps(&report, 2);
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert_eq!(st, "failed", "{msg}");
+    assert!(
+        msg.contains("nothing was restored")
+            && msg.contains("no *.backup files")
+            && msg.contains("git checkout HEAD~1"),
+        "{msg}"
+    );
+    for c in COMPONENTS {
+        let (_, st, _) = s
+            .iter()
+            .find(|(i, _, _)| *i == format!("restart-{c}"))
+            .unwrap();
+        assert_eq!(st, "skipped", "restart-{c}");
+    }
+    assert_eq!(v.starts().len(), starts_before, "nothing was started");
+    assert!(v.page().exists(), "the maintenance page stays up");
+}
+
+/// "Backup Files Missing", with the runbook's fix: the tree is a git
+/// checkout and the bad release 2.0.0 was committed without `*.backup`
+/// files. The full rollback restores the components' files from the
+/// previous commit (`git checkout HEAD~1 -- <file>`), snapshotted first,
+/// and continues with the restart.
+#[test]
+fn a_full_rollback_without_backup_files_restores_the_previous_commit_with_git() {
+    let v = Village::new();
+    v.write(".gitignore", "run/\nlogs/\n");
+    v.git(&["init", "-q"]);
+    v.git(&["add", "-A"]);
+    v.git(&["commit", "-q", "-m", "release 1.0.0"]);
+    for c in COMPONENTS {
+        v.write(module(c), &broken_module(c));
+    }
+    v.git(&["commit", "-q", "-a", "-m", "release 2.0.0"]);
+    for c in COMPONENTS {
+        v.stop(c);
+        v.start(c);
+        assert_eq!(v.status(c), Some(500), "{c}");
+    }
+    assert_eq!(v.backups(), Vec::<PathBuf>::new());
+
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(plugin(&report)["outcome"], "rolled-back");
+    assert_eq!(level_numbers(&report), [2]);
+    let s = steps(&report, 2);
+    assert!(s.iter().all(|(_, st, _)| st == "ok"), "{s:#?}");
+    let (_, _, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert!(
+        msg.contains("no *.backup files")
+            && msg.contains("restored 4 files with `git checkout HEAD~1"),
+        "{msg}"
+    );
+    for c in COMPONENTS {
+        assert_eq!(v.file(module(c)), good_module(c), "{c}");
+        assert_eq!(
+            v.state(c),
+            (Some(200), "1.0.0".into(), "1.0.0".into()),
+            "{c}"
+        );
+    }
+    let r = record(&v, &report);
+    assert_eq!(r["restored"].as_array().unwrap().len(), 4, "{r:#}");
+    // The snapshot taken first holds release 2.0.0's files.
+    let id = r["snapshot"].as_str().unwrap();
+    let out = v.rewind(&["--json", "restore", id, "--approve", "destructive"]);
+    let restored: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(restored["outcome"], "restored", "{restored:#}");
+    for c in COMPONENTS {
+        assert_eq!(v.file(module(c)), broken_module(c), "{c}");
+    }
+}
+
+/// The git fallback's files are this incident's: a run that restored them
+/// and then stopped (p2p's port held by a stray process) leaves them at
+/// the previous commit, and the next run of the incident must not take
+/// "the commit holds the same files" for "nothing to restore".
+#[test]
+fn a_second_run_after_the_git_fallback_knows_the_files_it_restored() {
+    let v = Village::new();
+    v.write(".gitignore", "run/\nlogs/\n");
+    v.git(&["init", "-q"]);
+    v.git(&["add", "-A"]);
+    v.git(&["commit", "-q", "-m", "release 1.0.0"]);
+    for c in COMPONENTS {
+        v.write(module(c), &broken_module(c));
+    }
+    v.git(&["commit", "-q", "-a", "-m", "release 2.0.0"]);
+    for c in COMPONENTS {
+        v.stop(c);
+        v.start(c);
+    }
+    v.stop("p2p");
+    let squatter = Squatter::bind(v.port("p2p"));
+
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
     let s = steps(&report, 2);
     let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
     assert_eq!(st, "ok", "{msg}");
     assert!(
-        msg.contains("nothing restored: no *.backup files") && msg.contains("git checkout HEAD~1"),
+        msg.contains("restored 4 files with `git checkout HEAD~1"),
         "{msg}"
     );
-    // The broken code is still there: the first health gate stops the run.
-    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restart-gateway").unwrap();
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restart-p2p").unwrap();
     assert_eq!(st, "failed", "{msg}");
+    for c in COMPONENTS {
+        assert_eq!(v.file(module(c)), good_module(c), "{c}");
+    }
+
+    drop(squatter);
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    assert_eq!(plugin(&report)["outcome"], "rolled-back");
+    let s = steps(&report, 2);
+    let (_, st, msg) = s.iter().find(|(i, _, _)| i == "restore-backups").unwrap();
+    assert_eq!(st, "ok", "{msg}");
+    assert!(msg.contains("in place already"), "{msg}");
+    for c in COMPONENTS {
+        assert_eq!(
+            v.state(c),
+            (Some(200), "1.0.0".into(), "1.0.0".into()),
+            "{c}"
+        );
+    }
+}
+
+/// The runbook's success criterion "Gateway <100ms" and its "Rollback Not
+/// Required: performance issues <25% degradation" are one threshold: a
+/// component 10 % over the baseline is not degraded to the assessment, so
+/// it must not fail the verification either. p2p breaks (high: isolate
+/// p2p); the gateway answers 10 % over the baseline all along. Level 1
+/// fixes p2p and verifies; it does not escalate to the full rollback over
+/// the gateway's latency.
+#[test]
+fn a_component_10_percent_over_the_baseline_does_not_fail_the_verification() {
+    let mut v = Village::new();
+    // Baseline 3 s, the gateway at 3.3 s (+10 %, the runbook's 110 ms
+    // against 100 ms); scaled up so that a loaded machine cannot push it
+    // over the 25 % (3.75 s).
+    v.set("AIVILLAGE_BASELINE_MS", "3000");
+    let slow_gateway = good_module("gateway").replace(
+        "def health(env):\n",
+        "def health(env):\n    import time\n    time.sleep(3.3)\n",
+    );
+    v.deploy(&[(module("gateway"), &slow_gateway)], &["gateway"]);
+    v.deploy(
+        &[("core/p2p/mesh_protocol.py", &broken_module("p2p"))],
+        &["p2p"],
+    );
+    assert_eq!(v.status("p2p"), Some(500));
+
+    let (code, report, stderr) = v.run_json(&[]);
+    assert_eq!(code, 0, "{report:#}\n{stderr}");
+    let a = &plugin(&report)["assessment"];
+    assert_eq!(a["level"], 1, "{a:#}");
+    let lat = finding(&a["findings"], "gateway: latency");
+    assert_eq!(lat["breached"], false, "{lat}");
+    assert_eq!(
+        level_numbers(&report),
+        [1],
+        "no escalation over the gateway's latency: {report:#}"
+    );
+    let level = &plugin(&report)["levels"][0];
+    assert_eq!(level["verification"]["healthy"], true, "{level:#}");
+    let lat = finding(&level["verification"]["findings"], "gateway: latency");
+    assert_eq!(lat["breached"], false, "{lat}");
+    assert_eq!(lat["threshold"], "<= 3750 ms", "{lat}");
+    assert_eq!(v.state("p2p"), (Some(200), "1.0.0".into(), "1.0.0".into()));
+}
+
+/// `systemd_unit_dir = ""` skips the unit files, and with them the
+/// service manager's reload: the plugin must not ask for the reload
+/// command's program (`systemctl` by default) when there is nothing to
+/// reload.
+#[test]
+fn no_unit_directory_needs_no_daemon_reload_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = example_dir().canonicalize().unwrap();
+    let example_text = std::fs::read_to_string(example.join("rewind.toml")).unwrap();
+    let toml: String = example_text
+        .lines()
+        .filter(|l| {
+            !l.starts_with("daemon_reload_command")
+                && !l.starts_with("systemd_unit_dir")
+                && !l
+                    .trim_start()
+                    .starts_with("\"${AIVILLAGE_STANDIN:-/tmp/aivillage-standin}/systemd\"")
+        })
+        .map(|l| {
+            let l = l
+                .replace("\"../", &format!("\"{}/../", example.display()))
+                .replace("\"standin/", &format!("\"{}/standin/", example.display()));
+            if l.starts_with("systemd_source") {
+                format!("{l}\nsystemd_unit_dir = \"\"")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!toml.contains("daemon_reload_command"), "{toml}");
+    let runbook = dir.path().join("rewind.toml");
+    std::fs::write(&runbook, toml).unwrap();
+    let out = Command::new(REWIND)
+        .arg("check")
+        .arg(&runbook)
+        .env("REWIND_CACHE_DIR", cache_dir())
+        .env("AIVILLAGE_STANDIN", dir.path())
+        .env("REWIND_LOCK_DIR", dir.path().join("locks"))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("grants cover everything"), "{t}");
+    assert!(!t.contains("systemctl"), "{t}");
 }

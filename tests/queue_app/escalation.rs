@@ -3,10 +3,12 @@
 //! receiver. Release 1.3.0 is down; the commit before it (1.2.0, which
 //! also ran migration 0002) fails one request in five, so every level's
 //! verification sees failed requests and ERROR lines. The code rollback
-//! (level 4, disruptive) runs unattended; the down migration (level 5) and
-//! the drop-and-restore (level 6) are destructive: the run stops before
-//! each, tells the receiver, and waits. Approved from another process, the
-//! down migration runs; denied, the database is never dropped.
+//! (level 4, disruptive) runs unattended; its verification also finds the
+//! schema of migration 0002, which the down migration (level 5,
+//! destructive) addresses: the run stops before it, tells the receiver,
+//! and waits. Approved from another process, the down migration runs; it
+//! does not fix the bug either, and a failed database rollback stops for a
+//! person: the drop-and-restore (level 6) is never reached.
 
 #[allow(dead_code)]
 #[path = "../support/receiver.rs"]
@@ -92,19 +94,12 @@ fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_ne
     assert!(said.contains("approved escalate-to-5"), "{said}");
 
     // The down migration ran (backed up first); it does not fix a bug in
-    // the code either, and the drop-and-restore waits for its own answer.
-    assert_eq!(wait_for_gate_named(&state, "escalate-to-6"), run_id);
-    assert_asked(
-        &r.wait_for_where("approval-needed", |n| {
-            n["details"]["step"] == "escalate-to-6"
-        }),
-        &run_id,
-        "queue-app",
-        "escalate-to-6",
-    );
+    // the code either, and the run stops there for a person: no gate to
+    // the drop-and-restore.
+    let out = run.output();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started(&state, "migrate-down"));
     assert_eq!(columns(), "id,name,updated_at", "migrated down");
-    assert_eq!(s.sql("SELECT count(*) FROM projects"), rows);
     let ours = std::fs::read_dir(s.base().join("backups"))
         .unwrap()
         .flatten()
@@ -115,16 +110,11 @@ fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_ne
         })
         .count();
     assert_eq!(ours, 1, "the dump before the migration");
-
-    let said = text(&answer(s.command(&args(&["deny", &run_id]), &runbook)));
-    assert!(said.contains("denied escalate-to-6"), "{said}");
-    let out = run.output();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(journal(&state).contains("escalate-to-6 was denied by"));
+    assert!(text(&out).contains("a person decides"), "{}", text(&out));
+    assert_eq!(levels(&state), [4, 5]);
     // Never dropped: the live database with every row.
     assert!(!started(&state, "restore") && !started(&state, "verify-data"));
     assert_eq!(s.sql("SELECT count(*) FROM projects"), rows);
-    assert_eq!(columns(), "id,name,updated_at");
     let answers: Vec<(String, bool)> = events(&state)
         .iter()
         .filter(|e| e["event"] == "approval")
@@ -135,13 +125,7 @@ fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_ne
             )
         })
         .collect();
-    assert_eq!(
-        answers,
-        [
-            ("escalate-to-5".to_string(), true),
-            ("escalate-to-6".to_string(), false)
-        ]
-    );
+    assert_eq!(answers, [("escalate-to-5".to_string(), true)]);
     let end = r.wait_for("run-end");
     assert_eq!(end["run_id"], run_id);
 }

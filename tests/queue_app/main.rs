@@ -1635,3 +1635,77 @@ fn an_api_that_dies_during_the_drain_is_still_rolled_back() {
     assert_eq!(s.get("/api/version").unwrap().1, "1.0.0");
     assert_eq!(verification(&report)["healthy"], true, "{report:#}");
 }
+
+/// Issue 11: a level escalates only when its failed verification names a
+/// finding the next level addresses. Release 1.3.0 takes the API down; the
+/// commit before it (1.2.0) fails one request in five, with no migration
+/// and the schema as the stable version has it. The code rollback (level
+/// 4) brings 1.2.0 back and its errors stay. The next level is the down
+/// migration, which changes the schema and cannot fix a bug in the code:
+/// the run stops after level 4 with the reason, no level 5, the schema
+/// untouched and no pre-migration dump.
+#[test]
+fn a_code_rollback_whose_errors_are_not_a_schema_problem_stops_instead_of_migrating_down() {
+    let mut s = Stand::new(1, 5, 100);
+    s.deploy(
+        &[(
+            "app.json",
+            &app_json("1.2.0", "1", json!({"error_percent": 20})),
+        )],
+        "release 1.2.0",
+    );
+    let v12 = s.head();
+    s.deploy(
+        &[
+            (
+                "app.json",
+                &app_json("1.3.0", "2", json!({"healthy": false, "down": true})),
+            ),
+            ("backend/src/server.txt", "server 1.3.0\n"),
+        ],
+        "release 1.3.0",
+    );
+    assert_eq!(s.status("/api/queue/stats"), Some(500));
+    s.set("QUEUE_APP_DRAIN_TIMEOUT_MS", "5000");
+    let columns = || {
+        s.sql("SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'projects'")
+    };
+    assert_eq!(columns(), "id,name,updated_at");
+
+    let (code, report, stderr) = s.run_json(&[]);
+    assert_eq!(code, 1, "{report:#}\n{stderr}");
+    assert_eq!(
+        level_numbers(&report),
+        [4],
+        "no down migration for errors the schema does not cause: {report:#}"
+    );
+    all_ok(&steps(&report, 4), &report);
+    assert_eq!(s.head(), v12, "back on the commit before the bad one");
+    assert_eq!(s.get("/api/version").unwrap().1, "1.2.0");
+    let v = verification(&report);
+    assert_eq!(v["healthy"], false, "{v:#}");
+    let f = &v["findings"];
+    assert_eq!(finding(f, "error rate")["breached"], true, "{f:#}");
+    assert_eq!(finding(f, "schema of projects")["breached"], false, "{f:#}");
+    let error = plugin(&report)["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("not to escalate")
+            && error.contains("no schema check failed")
+            && error.contains("a person decides"),
+        "{report:#}"
+    );
+    // Nothing of level 5 ran: the schema and the backups as they were.
+    assert_eq!(columns(), "id,name,updated_at");
+    let dumps = std::fs::read_dir(s.base().join("backups"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("backup_before_rollback_")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(dumps, 0, "no dump before a migration that did not run");
+}

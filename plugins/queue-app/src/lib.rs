@@ -722,16 +722,38 @@ impl Plugin for QueueApp {
                     "answers (running version)",
                     !v.healthy,
                 ));
+                // The schema the stable code expects: what the next level,
+                // the down migration, addresses (5.3 "Check schema").
+                if ctx.executes() {
+                    f.extend(schema_findings(cfg)?);
+                }
             }
             SCHEMA if ctx.executes() => f.extend(db_checks(ctx, cfg, true)?),
             RESTORE if ctx.executes() => f.extend(db_checks(ctx, cfg, false)?),
             _ => {}
         }
+        let schema_failed = f.iter().any(|x| x.breached && is_schema_finding(x));
         let v = Verification::from_findings(f);
         // Database rollbacks are "high-risk operations" (5.1): after one
         // that did not bring the service back, the next step is a person's,
         // not an automatic dropdb (level 6) or nothing higher.
         Ok(match ctx.level {
+            // The next level is the down migration: it changes the schema,
+            // so it is the answer only to a schema the stable code does not
+            // expect. Errors, ERROR lines or a failing feature on the
+            // stable code are a bug a migration cannot fix (issue 11).
+            CODE if schema_failed => v.or_escalate_to(SCHEMA),
+            CODE => v.or_stop(format!(
+                "the code rollback did not bring the service back, and no schema check failed ({}): the next level, the down migration (5.1), changes the schema and would not fix what failed; a person decides (the errors are in the stable code or its environment; `rewind run --level 5` runs the down migration all the same)",
+                if cfg.stable_schema.is_empty() {
+                    "none is configured: set stable_schema to let a schema that the stable code does not expect lead to the down migration".to_string()
+                } else {
+                    format!(
+                        "{} as the stable version has them",
+                        cfg.stable_schema.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                }
+            )),
             SCHEMA => v.or_stop(
                 "the schema rollback (down migration) did not bring the service back; the next level drops the database and restores a backup (5.1 method 2, \"DANGEROUS\"): a person decides, after checking the backup and what the migration left",
             ),

@@ -828,8 +828,12 @@ pub fn columns(cfg: &Config, table: &str) -> Result<std::result::Result<Vec<Stri
     }))
 }
 
-/// Schema, row counts and relationships after a database rollback.
-pub fn db_checks(ctx: &Context, cfg: &Config, compare_counts: bool) -> Result<Vec<Finding>> {
+/// The check names of [`schema_findings`].
+const SCHEMA_CHECK: &str = "schema of ";
+
+/// Each table of `stable_schema` has exactly the stable version's columns
+/// (5.3 "Check schema": `\d projects`).
+pub fn schema_findings(cfg: &Config) -> Result<Vec<Finding>> {
     let mut f = Vec::new();
     for (t, want) in &cfg.stable_schema {
         let got = match columns(cfg, t)? {
@@ -837,11 +841,23 @@ pub fn db_checks(ctx: &Context, cfg: &Config, compare_counts: bool) -> Result<Ve
             Err(e) => format!("query failed: {e}"),
         };
         f.push(Finding::equals(
-            format!("schema of {t} (\\d {t})"),
+            format!("{SCHEMA_CHECK}{t} (\\d {t})"),
             got,
             want.join(", "),
         ));
     }
+    Ok(f)
+}
+
+/// Whether a finding is one of [`schema_findings`]: what a schema rollback
+/// addresses.
+pub fn is_schema_finding(f: &Finding) -> bool {
+    f.check.starts_with(SCHEMA_CHECK)
+}
+
+/// Schema, row counts and relationships after a database rollback.
+pub fn db_checks(ctx: &Context, cfg: &Config, compare_counts: bool) -> Result<Vec<Finding>> {
+    let mut f = schema_findings(cfg)?;
     let before: Vec<(String, i64)> = storage::get_json(&ctx.run_key("counts"))?.unwrap_or_default();
     match counts(cfg)? {
         Ok(now) => {
