@@ -90,6 +90,7 @@ pub mod log;
 pub mod process;
 pub mod report;
 pub mod storage;
+pub mod text;
 
 use std::fmt;
 
@@ -104,6 +105,7 @@ pub use process::Cmd;
 
 /// Everything a plugin usually needs: `use rewind_sdk::prelude::*;`.
 pub mod prelude {
+    pub use crate::text::{fmt_ms, one_line};
     pub use crate::{
         Assessment, Cmd, Context, Effect, Error, Failure, Finding, HttpProbe, LevelInfo, Mode,
         Needs, Plugin, PluginInfo, Result, ResultExt, Severity, Step, StepKind, StepOutcome,
@@ -241,6 +243,12 @@ impl Context {
 
     /// True when side effects are carried out (`execute` and `drill`); in
     /// `dry-run` and `check` the host only records what would happen.
+    /// `done` when this call carries side effects out, `would` in a dry
+    /// run: for messages that say what a step did or would have done.
+    pub fn would(&self, done: &str, would: &str) -> String {
+        if self.executes() { done } else { would }.to_string()
+    }
+
     pub fn executes(&self) -> bool {
         matches!(self.mode, Mode::Execute | Mode::Drill)
     }

@@ -82,6 +82,36 @@ impl Command {
         spawn(self, log_path)
     }
     /// The command line as one string, for step details and logs.
+    /// Run it and say how it went in one line: `Ok(what it said)` for exit
+    /// 0 (or a dry run), `Err(why)` naming `what`, the command, its exit and
+    /// its output otherwise. A call that could not run at all is the outer
+    /// error.
+    pub fn run_ok(&self, what: &str) -> Result<std::result::Result<String, String>, Error> {
+        use crate::text::one_line;
+        let out = self.run()?;
+        if out.simulated {
+            return Ok(Ok(format!("would run `{}`", self.display())));
+        }
+        if out.exit_code == Some(0) {
+            let said = one_line(&out.stdout, 160);
+            return Ok(Ok(if said.is_empty() {
+                format!("`{}` ok", self.display())
+            } else {
+                format!("`{}`: {said}", self.display())
+            }));
+        }
+        let code = out
+            .exit_code
+            .map_or("was killed by a signal".to_string(), |c| {
+                format!("exited {c}")
+            });
+        Ok(Err(format!(
+            "{what}: `{}` {code}: {}",
+            self.display(),
+            one_line(&format!("{} {}", out.stderr, out.stdout), 300)
+        )))
+    }
+
     pub fn display(&self) -> String {
         let mut s = quote(&self.program);
         for a in &self.args {

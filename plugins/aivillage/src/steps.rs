@@ -151,30 +151,6 @@ pub(crate) fn push_event(ctx: &Context, step: &str, o: &StepOutcome) -> Result<(
 
 // ------------------------------------------------------------- commands
 
-/// Run a command; a non-zero exit is a failure with its output.
-pub(crate) fn run_ok(cmd: &Cmd, what: &str) -> Result<std::result::Result<String, String>> {
-    let out = cmd.run()?;
-    if out.simulated {
-        return Ok(Ok(format!("would run `{}`", cmd.display())));
-    }
-    if out.exit_code == Some(0) {
-        let said = one_line(&out.stdout, 160);
-        Ok(Ok(if said.is_empty() {
-            format!("`{}` ok", cmd.display())
-        } else {
-            format!("`{}`: {said}", cmd.display())
-        }))
-    } else {
-        let code = out
-            .exit_code
-            .map_or("was killed by a signal".to_string(), |c| {
-                format!("exited {c}")
-            });
-        let said = one_line(&format!("{} {}", out.stderr, out.stdout), 200);
-        Ok(Err(format!("{what}: `{}` {code}: {said}", cmd.display())))
-    }
-}
-
 /// Whether the status command says the component is running (`None` in dry
 /// runs, where nothing ran).
 pub(crate) fn is_running(cfg: &Config, name: &str) -> Result<Option<bool>> {
@@ -201,7 +177,7 @@ pub(crate) fn restart(
             let stop = cfg
                 .cmd(&cfg.raw.stop_command, c.name)
                 .ok_or("no stop command")?;
-            match run_ok(&stop, &format!("stopping {}", c.name))? {
+            match stop.run_ok(&format!("stopping {}", c.name))? {
                 Ok(m) if running.is_none() => said.push(m),
                 Ok(_) => said.push(format!("stopped {}", c.name)),
                 Err(e) => return Ok(Err(e)),
@@ -211,7 +187,7 @@ pub(crate) fn restart(
     let start = cfg
         .cmd(&cfg.raw.start_command, c.name)
         .ok_or("no start command")?;
-    match run_ok(&start, &format!("starting {}", c.name))? {
+    match start.run_ok(&format!("starting {}", c.name))? {
         Ok(m) => said.push(m),
         Err(e) => return Ok(Err(e)),
     }
@@ -227,7 +203,7 @@ pub(crate) fn restart(
         return Ok(Ok((said.join("; "), Vec::new())));
     }
     if let Some(status) = cfg.cmd(&cfg.raw.status_command, c.name) {
-        match run_ok(&status, &format!("{} status after start", c.name))? {
+        match status.run_ok(&format!("{} status after start", c.name))? {
             Ok(_) => said.push("status active".into()),
             Err(e) => return Ok(Err(e)),
         }
@@ -273,14 +249,6 @@ pub(crate) fn restart(
 }
 
 // ---------------------------------------------------------------- steps
-
-pub(crate) fn would(ctx: &Context, done: &str, would: &str) -> String {
-    if ctx.executes() {
-        done.to_string()
-    } else {
-        would.to_string()
-    }
-}
 
 pub(crate) fn step_snapshot(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     let mut paths = Vec::new();
@@ -362,7 +330,7 @@ pub(crate) fn step_snapshot(ctx: &Context, cfg: &Config) -> Result<StepOutcome> 
         0,
         format!(
             "{} {} ({} files, {} bytes) of {}",
-            would(ctx, "snapshot", "would snapshot"),
+            ctx.would("snapshot", "would snapshot"),
             snap.id,
             snap.files,
             snap.bytes,
@@ -384,7 +352,7 @@ pub(crate) fn step_isolate(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
         let stop = cfg
             .cmd(&cfg.raw.stop_command, name)
             .ok_or("no stop command")?;
-        match run_ok(&stop, &format!("stopping {name}"))? {
+        match stop.run_ok(&format!("stopping {name}"))? {
             Ok(m) => said.push(m),
             Err(e) => return Ok(StepOutcome::failed(e)),
         }
@@ -408,7 +376,7 @@ pub(crate) fn step_isolate(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     said.push(format!("left running: {}", list(&kept)));
     Ok(StepOutcome::ok(format!(
         "{} {}: {}",
-        would(ctx, "isolated", "would isolate"),
+        ctx.would("isolated", "would isolate"),
         failed.join(", "),
         said.join("; ")
     )))
@@ -423,13 +391,13 @@ pub(crate) fn step_maintenance_on(ctx: &Context, cfg: &Config) -> Result<StepOut
         )?;
         said.push(format!(
             "{} {:?} to {}",
-            would(ctx, "wrote", "would write"),
+            ctx.would("wrote", "would write"),
             cfg.raw.maintenance_text,
             cfg.raw.maintenance_page
         ));
     }
     if let Some(reload) = cfg.cmd(&cfg.raw.reload_command, "proxy") {
-        match run_ok(&reload, "routing traffic to the maintenance page")? {
+        match reload.run_ok("routing traffic to the maintenance page")? {
             Ok(m) => said.push(m),
             Err(e) => return Ok(StepOutcome::failed(e)),
         }
@@ -603,7 +571,7 @@ pub(crate) fn restore_from_git(ctx: &Context, cfg: &Config) -> Result<StepOutcom
             None
         };
         let cmd = git(&["checkout", reff, "--", f.as_str()]);
-        match run_ok(&cmd, &format!("restoring {f} from git {reff}"))? {
+        match cmd.run_ok(&format!("restoring {f} from git {reff}"))? {
             Ok(_) => {
                 let bytes = storage::read_file(&target)?;
                 let fnv = fnv64(&bytes);
@@ -672,7 +640,7 @@ pub(crate) fn step_remove_added(ctx: &Context, cfg: &Config) -> Result<StepOutco
     } else {
         format!(
             "{} {}",
-            would(ctx, "removed", "would remove"),
+            ctx.would("removed", "would remove"),
             removed.join(", ")
         )
     }))
@@ -699,7 +667,7 @@ pub(crate) fn step_restore_components(ctx: &Context, cfg: &Config) -> Result<Ste
                 });
                 said.push(format!(
                     "{} {f} from {f}.backup",
-                    would(ctx, "restored", "would restore")
+                    ctx.would("restored", "would restore")
                 ));
             } else {
                 said.push(format!("no {f}.backup: {f} stays as it is"));
@@ -711,7 +679,7 @@ pub(crate) fn step_restore_components(ctx: &Context, cfg: &Config) -> Result<Ste
     if !removed.is_empty() {
         said.push(format!(
             "{} {}",
-            would(ctx, "removed", "would remove"),
+            ctx.would("removed", "would remove"),
             removed.join(", ")
         ));
     }
@@ -739,7 +707,7 @@ pub(crate) fn step_restore_config(ctx: &Context, cfg: &Config) -> Result<StepOut
             storage::copy(&backup, &target)?;
             said.push(format!(
                 "{} {f} from {f}.backup",
-                would(ctx, "copied", "would copy")
+                ctx.would("copied", "would copy")
             ));
             continue;
         }
@@ -785,12 +753,12 @@ pub(crate) fn step_restore_config(ctx: &Context, cfg: &Config) -> Result<StepOut
         } else {
             said.push(format!(
                 "{} {} to {}",
-                would(ctx, "copied", "would copy"),
+                ctx.would("copied", "would copy"),
                 copied.join(", "),
                 cfg.raw.systemd_unit_dir
             ));
             if let Some(reload) = cfg.cmd(&cfg.raw.daemon_reload_command, "systemd") {
-                match run_ok(&reload, "reloading the service manager")? {
+                match reload.run_ok("reloading the service manager")? {
                     Ok(m) => said.push(m),
                     Err(e) => return Ok(StepOutcome::failed(e).with_findings(findings)),
                 }
@@ -850,7 +818,7 @@ pub(crate) fn step_restore_imports(cfg: &Config) -> Result<StepOutcome> {
         ),
     ] {
         if let Some(cmd) = cfg.cmd(argv, "imports") {
-            match run_ok(&cmd, what)? {
+            match cmd.run_ok(what)? {
                 Ok(m) => said.push(m),
                 Err(e) => return Ok(StepOutcome::failed(e)),
             }
@@ -907,7 +875,7 @@ pub(crate) fn step_validate(cfg: &Config) -> Result<StepOutcome> {
     let mut said = Vec::new();
     for argv in &cfg.raw.validation_commands {
         if let Some(cmd) = cfg.cmd(argv, "validate") {
-            match run_ok(&cmd, "validation")? {
+            match cmd.run_ok("validation")? {
                 Ok(m) => said.push(m),
                 Err(e) => return Ok(StepOutcome::failed(e)),
             }
@@ -926,7 +894,7 @@ pub(crate) fn step_maintenance_off(ctx: &Context, cfg: &Config) -> Result<StepOu
             storage::remove(&cfg.raw.maintenance_page)?;
             said.push(format!(
                 "{} {}",
-                would(ctx, "removed", "would remove"),
+                ctx.would("removed", "would remove"),
                 cfg.raw.maintenance_page
             ));
         } else if ctx.executes() {
@@ -939,7 +907,7 @@ pub(crate) fn step_maintenance_off(ctx: &Context, cfg: &Config) -> Result<StepOu
         }
     }
     if let Some(reload) = cfg.cmd(&cfg.raw.reload_command, "proxy") {
-        match run_ok(&reload, "routing traffic back to the services")? {
+        match reload.run_ok("routing traffic back to the services")? {
             Ok(m) => said.push(m),
             Err(e) => return Ok(StepOutcome::failed(e)),
         }
@@ -985,7 +953,7 @@ pub(crate) fn step_record(ctx: &Context, cfg: &Config) -> Result<StepOutcome> {
     storage::write_string(&path, &format!("{text}\n"))?;
     Ok(StepOutcome::ok(format!(
         "{} the rollback record ({} timeline entries) to {path}",
-        would(ctx, "wrote", "would write"),
+        ctx.would("wrote", "would write"),
         record.timeline.len()
     )))
 }

@@ -23,25 +23,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn one_line(s: &str, max: usize) -> String {
-    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if s.chars().count() > max {
-        format!("{}...", s.chars().take(max).collect::<String>())
-    } else {
-        s
-    }
-}
-
-pub fn fmt_ms(ms: u64) -> String {
-    if ms >= 60_000 && ms.is_multiple_of(60_000) {
-        format!("{} min", ms / 60_000)
-    } else if ms >= 1000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{ms} ms")
-    }
-}
-
 // ------------------------------------------------------------- queues
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -9,41 +9,6 @@ use crate::measure::*;
 
 pub type Out = Result<StepOutcome>;
 
-pub fn verb(ctx: &Context, done: &str, would: &str) -> String {
-    if ctx.executes() {
-        done.to_string()
-    } else {
-        would.to_string()
-    }
-}
-
-/// Run a command; `Err(why)` for a non-zero exit.
-pub fn run_ok(cmd: &Cmd, what: &str) -> Result<std::result::Result<String, String>> {
-    let out = cmd.run()?;
-    if out.simulated {
-        return Ok(Ok(format!("would run `{}`", cmd.display())));
-    }
-    if out.exit_code == Some(0) {
-        let said = one_line(&out.stdout, 160);
-        Ok(Ok(if said.is_empty() {
-            format!("`{}` ok", cmd.display())
-        } else {
-            format!("`{}`: {said}", cmd.display())
-        }))
-    } else {
-        let code = out
-            .exit_code
-            .map_or("was killed by a signal".to_string(), |c| {
-                format!("exited {c}")
-            });
-        Ok(Err(format!(
-            "{what}: `{}` {code}: {}",
-            cmd.display(),
-            one_line(&format!("{} {}", out.stderr, out.stdout), 300)
-        )))
-    }
-}
-
 /// A configured command as one step; skipped when configured empty.
 pub fn command_step(cfg: &Config, argv: &[String], what: &str) -> Out {
     let Some(cmd) = cfg.cmd(argv) else {
@@ -51,7 +16,7 @@ pub fn command_step(cfg: &Config, argv: &[String], what: &str) -> Out {
             "{what}: no command configured, skipped"
         )));
     };
-    Ok(match run_ok(&cmd, what)? {
+    Ok(match cmd.run_ok(what)? {
         Ok(m) => StepOutcome::ok(m),
         Err(e) => StepOutcome::failed(e),
     })
@@ -510,7 +475,7 @@ pub fn checkout(ctx: &Context, cfg: &Config, path: Option<&str>) -> Out {
         args.extend(["--", p]);
     }
     let cmd = cfg.git(&args);
-    Ok(match run_ok(&cmd, "checking out the stable version")? {
+    Ok(match cmd.run_ok("checking out the stable version")? {
         Ok(_) if !ctx.executes() => StepOutcome::ok(format!("would run `{}`", cmd.display())),
         Ok(_) => {
             let now = head(cfg)?;
@@ -756,7 +721,7 @@ pub fn backup(ctx: &Context, cfg: &Config) -> Out {
         .arg(cfg.db_url()?)
         .args(["--no-password", "-f", &file])
         .timeout_ms(cfg.command_timeout_ms);
-    if let Err(e) = run_ok(&dump, "backing up the database")? {
+    if let Err(e) = dump.run_ok("backing up the database")? {
         return Ok(StepOutcome::failed(e));
     }
     let before = if ctx.executes() {
@@ -800,7 +765,7 @@ pub fn backup(ctx: &Context, cfg: &Config) -> Out {
         .collect();
     Ok(StepOutcome::ok(format!(
         "{} {file} ({size} bytes){}; kept the newest {} backups{}",
-        verb(ctx, "dumped the database to", "would dump the database to"),
+        ctx.would("dumped the database to", "would dump the database to"),
         if counts.is_empty() {
             String::new()
         } else {
@@ -1013,7 +978,7 @@ pub fn migrate_down(ctx: &Context, cfg: &Config) -> Out {
         .arg(cfg.db_url()?)
         .args(["-X", "-w", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", &copy])
         .timeout_ms(cfg.command_timeout_ms);
-    Ok(match run_ok(&cmd, "applying the down migration")? {
+    Ok(match cmd.run_ok("applying the down migration")? {
         Ok(_) if !ctx.executes() => {
             StepOutcome::ok(format!("would apply {from} with `{}`", cmd.display()))
         }
@@ -1151,7 +1116,7 @@ fn check_dump_loads(
             (&create, "creating the scratch database"),
             (&load, "loading the backup into the scratch database"),
         ] {
-            if let Err(e) = run_ok(c, what)? {
+            if let Err(e) = c.run_ok(what)? {
                 return Ok(Err(e));
             }
         }
@@ -1160,7 +1125,7 @@ fn check_dump_loads(
         )))
     })();
     // The scratch copy goes whatever happened.
-    let _ = run_ok(&drop, "dropping the scratch database");
+    let _ = drop.run_ok("dropping the scratch database");
     checked
 }
 
@@ -1197,7 +1162,7 @@ pub fn restore(ctx: &Context, cfg: &Config) -> Out {
     }
     let steps = load_db_cmds(cfg, &m, &db, &url, &file);
     for c in steps {
-        match run_ok(&c, "restoring from the backup")? {
+        match c.run_ok("restoring from the backup")? {
             Ok(_) => said.push(format!("`{}`", c.display())),
             Err(e) => {
                 return Ok(StepOutcome::failed(format!(
@@ -1210,7 +1175,7 @@ pub fn restore(ctx: &Context, cfg: &Config) -> Out {
     storage::set(&ctx.run_key("restored_from"), &file)?;
     Ok(StepOutcome::ok(format!(
         "{} {file}: {}",
-        verb(ctx, "restored", "would restore"),
+        ctx.would("restored", "would restore"),
         said.join(", ")
     )))
 }
