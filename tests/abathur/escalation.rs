@@ -59,25 +59,7 @@ impl Stand {
 #[test]
 fn milestone_3_waits_before_the_drop_and_stops_when_only_the_api_is_down() {
     let s = Stand::new();
-    {
-        let c = s.conn();
-        // What sqlite-vss leaves in the schema (see the main tests).
-        c.execute_batch(
-            "PRAGMA writable_schema = ON;
-             INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('table', 'document_embeddings', 'document_embeddings', 0, 'CREATE VIRTUAL TABLE document_embeddings USING vss0(embedding(384))');
-             PRAGMA writable_schema = OFF;",
-        )
-        .unwrap();
-    }
-    {
-        let c = s.conn();
-        c.execute_batch(
-            "CREATE TABLE document_embeddings_data (rowid INTEGER PRIMARY KEY, data BLOB);
-             INSERT INTO document_embeddings_data (data) VALUES (x'0102'), (x'0304');
-             UPDATE document_index SET sync_status = 'failed' WHERE id % 2 = 0;",
-        )
-        .unwrap();
-    }
+    s.half_applied_vector_search();
     s.start_all();
     let r = Receiver::start();
     let runbook = s.notifying(&r);

@@ -292,6 +292,28 @@ impl Stand {
             .filter(|p| alive(*p))
     }
 
+    /// Milestone 3 half applied: what sqlite-vss leaves in the schema (a
+    /// virtual table that, without the extension, cannot be read nor
+    /// dropped with DROP TABLE), its data table, and half the documents
+    /// failed to sync.
+    fn half_applied_vector_search(&self) {
+        self.conn()
+            .execute_batch(
+                "PRAGMA writable_schema = ON;
+                 INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('table', 'document_embeddings', 'document_embeddings', 0, 'CREATE VIRTUAL TABLE document_embeddings USING vss0(embedding(384))');
+                 PRAGMA writable_schema = OFF;",
+            )
+            .unwrap();
+        // A new connection: the schema written above is read afresh.
+        self.conn()
+            .execute_batch(
+                "CREATE TABLE document_embeddings_data (rowid INTEGER PRIMARY KEY, data BLOB);
+                 INSERT INTO document_embeddings_data (data) VALUES (x'0102'), (x'0304');
+                 UPDATE document_index SET sync_status = 'failed' WHERE id % 2 = 0;",
+            )
+            .unwrap();
+    }
+
     fn start_all(&self) {
         for s in [
             "abathur-api",
@@ -757,26 +779,7 @@ fn failed_memory_milestone_is_rolled_back_to_the_core_schema() {
 #[test]
 fn failed_vector_search_is_rolled_back() {
     let s = Stand::new();
-    {
-        let c = s.conn();
-        // What sqlite-vss leaves in the schema; without the extension the
-        // table cannot be read (nor dropped with DROP TABLE).
-        c.execute_batch(
-            "PRAGMA writable_schema = ON;
-             INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('table', 'document_embeddings', 'document_embeddings', 0, 'CREATE VIRTUAL TABLE document_embeddings USING vss0(embedding(384))');
-             PRAGMA writable_schema = OFF;",
-        )
-        .unwrap();
-    }
-    {
-        let c = s.conn();
-        c.execute_batch(
-            "CREATE TABLE document_embeddings_data (rowid INTEGER PRIMARY KEY, data BLOB);
-             INSERT INTO document_embeddings_data (data) VALUES (x'0102'), (x'0304');
-             UPDATE document_index SET sync_status = 'failed' WHERE id % 2 = 0;",
-        )
-        .unwrap();
-    }
+    s.half_applied_vector_search();
     s.start_all();
     assert_dry_run_untouched(&s, 1, "milestone 3 (vector search) failed");
     let api = s.pid("abathur-api").unwrap();

@@ -16,12 +16,10 @@ mod receiver;
 
 use std::process::Stdio;
 
-use serde_json::json;
-
 use receiver::*;
 
 use crate::util::{Proc, text};
-use crate::{MIGRATION_UP_0002, Stand, app_json, example_dir};
+use crate::{MIGRATION_UP_0002, Stand, example_dir};
 
 #[test]
 fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_never_drops_the_database()
@@ -31,26 +29,7 @@ fn a_bad_previous_release_climbs_to_the_down_migration_only_when_approved_and_ne
     // Release 1.2.0 migrated the schema and carries a latent bug; 1.3.0
     // takes the API down.
     s.sql(MIGRATION_UP_0002);
-    s.deploy(
-        &[(
-            "app.json",
-            &app_json("1.2.0", "1", json!({"error_percent": 20})),
-        )],
-        "release 1.2.0",
-    );
-    let v12 = s.head();
-    s.deploy(
-        &[
-            (
-                "app.json",
-                &app_json("1.3.0", "2", json!({"healthy": false, "down": true})),
-            ),
-            ("backend/src/server.txt", "server 1.3.0\n"),
-        ],
-        "release 1.3.0",
-    );
-    assert_eq!(s.status("/api/queue/stats"), Some(500));
-    s.set("QUEUE_APP_DRAIN_TIMEOUT_MS", "5000");
+    let v12 = s.deploy_buggy_then_down();
     let s = s;
     let rows = s.sql("SELECT count(*) FROM projects");
     let columns = || {

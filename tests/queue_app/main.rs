@@ -187,6 +187,33 @@ impl Stand {
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "-m", msg]);
     }
+    /// Release 1.2.0, which fails one request in five, then 1.3.0, which
+    /// takes the API down (the stats answer 500); the drain gives up after
+    /// 5 s. Returns 1.2.0's commit: what the code rollback goes back to.
+    fn deploy_buggy_then_down(&mut self) -> String {
+        self.deploy(
+            &[(
+                "app.json",
+                &app_json("1.2.0", "1", json!({"error_percent": 20})),
+            )],
+            "release 1.2.0",
+        );
+        let v12 = self.head();
+        self.deploy(
+            &[
+                (
+                    "app.json",
+                    &app_json("1.3.0", "2", json!({"healthy": false, "down": true})),
+                ),
+                ("backend/src/server.txt", "server 1.3.0\n"),
+            ],
+            "release 1.3.0",
+        );
+        assert_eq!(self.status("/api/queue/stats"), Some(500));
+        self.set("QUEUE_APP_DRAIN_TIMEOUT_MS", "5000");
+        v12
+    }
+
     fn head(&self) -> String {
         self.git(&["rev-parse", "HEAD"])
     }
@@ -1647,26 +1674,7 @@ fn an_api_that_dies_during_the_drain_is_still_rolled_back() {
 #[test]
 fn a_code_rollback_whose_errors_are_not_a_schema_problem_stops_instead_of_migrating_down() {
     let mut s = Stand::new(1, 5, 100);
-    s.deploy(
-        &[(
-            "app.json",
-            &app_json("1.2.0", "1", json!({"error_percent": 20})),
-        )],
-        "release 1.2.0",
-    );
-    let v12 = s.head();
-    s.deploy(
-        &[
-            (
-                "app.json",
-                &app_json("1.3.0", "2", json!({"healthy": false, "down": true})),
-            ),
-            ("backend/src/server.txt", "server 1.3.0\n"),
-        ],
-        "release 1.3.0",
-    );
-    assert_eq!(s.status("/api/queue/stats"), Some(500));
-    s.set("QUEUE_APP_DRAIN_TIMEOUT_MS", "5000");
+    let v12 = s.deploy_buggy_then_down();
     let columns = || {
         s.sql("SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = 'projects'")
     };

@@ -119,40 +119,46 @@ pub fn waiting(state: &Path) -> Option<(String, String)> {
         })
 }
 
-/// Wait for a run in `state` to wait for a person; its id and gate.
-pub fn wait_for_gate(state: &Path) -> (String, String) {
+/// Poll `check` until it gives a value: the one place these tests wait,
+/// always for a condition (a file, a process state), never for a time;
+/// `NOTICE_PATIENCE` is only the bound after which the test fails,
+/// saying `what` it waited for.
+pub fn poll<T>(what: impl Fn() -> String, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + NOTICE_PATIENCE;
     loop {
-        if let Some(w) = waiting(state) {
-            return w;
+        if let Some(v) = check() {
+            return v;
         }
-        assert!(
-            Instant::now() < end,
-            "no run waits for an approval in {} after {NOTICE_PATIENCE:?}",
-            state.display()
-        );
+        assert!(Instant::now() < end, "{} after {NOTICE_PATIENCE:?}", what());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Wait for a run in `state` to wait for a person; its id and gate.
+pub fn wait_for_gate(state: &Path) -> (String, String) {
+    poll(
+        || format!("no run waits for an approval in {}", state.display()),
+        || waiting(state),
+    )
 }
 
 /// Wait for a run in `state` to wait on `gate` (after an earlier gate was
 /// answered): its id.
 pub fn wait_for_gate_named(state: &Path, gate: &str) -> String {
-    let end = Instant::now() + NOTICE_PATIENCE;
-    loop {
-        if let Some((run, g)) = waiting(state)
-            && g == gate
-        {
-            return run;
-        }
-        assert!(
-            Instant::now() < end,
-            "no run waits on {gate:?} in {} after {NOTICE_PATIENCE:?} (waiting: {:?})",
-            state.display(),
+    poll(
+        || {
+            format!(
+                "no run waits on {gate:?} in {} (waiting: {:?})",
+                state.display(),
+                waiting(state)
+            )
+        },
+        || {
             waiting(state)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+                .filter(|(_, g)| g == gate)
+                .map(|(run, _)| run)
+        },
+    )
 }
 
 /// The example runbook at `example` copied into `dir` with `extra`
@@ -252,18 +258,16 @@ pub fn assert_asked(notice: &Value, run: &str, plugin: &str, gate: &str) {
 /// Wait for `run` to end on its own; a run that starts waiting for a
 /// person in `state` instead fails the test at once.
 pub fn ends_without_waiting(run: &mut std::process::Child, state: &Path) {
-    let end = Instant::now() + NOTICE_PATIENCE;
-    loop {
-        if run.try_wait().unwrap().is_some() {
-            return;
-        }
-        if let Some(w) = waiting(state) {
-            panic!("the run waits for a person ({w:?}) instead of stopping");
-        }
-        assert!(
-            Instant::now() < end,
-            "the run neither ended nor waited within {NOTICE_PATIENCE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(
+        || "the run neither ended nor waited".to_string(),
+        || {
+            if run.try_wait().unwrap().is_some() {
+                return Some(());
+            }
+            if let Some(w) = waiting(state) {
+                panic!("the run waits for a person ({w:?}) instead of stopping");
+            }
+            None
+        },
+    )
 }
