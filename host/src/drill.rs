@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -527,24 +527,16 @@ fn write_reports(state: &StateDir, d: &DrillReport) -> std::io::Result<()> {
     crate::state::create_private_dir(&dir)?;
     // Through the output boundary: secrets masked in both; in the Markdown,
     // which is meant to be read on a terminal, control characters escaped.
-    atomic_write(
+    crate::state::write_atomic(
         &dir.join(format!("{}.json", d.id)),
         crate::redact::json_string(d, true).as_bytes(),
+        0o600,
     )?;
-    atomic_write(
+    crate::state::write_atomic(
         &dir.join(format!("{}.md", d.id)),
         crate::redact::terminal(&markdown(d)).as_bytes(),
+        0o600,
     )
-}
-
-/// Write a file in full or not at all. `NamedTempFile` creates it 0600,
-/// and the mode goes with it on rename.
-fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = tempfile::NamedTempFile::new_in(path.parent().expect("a file in a dir"))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 fn ms_text(ms: f64) -> String {

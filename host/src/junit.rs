@@ -203,15 +203,6 @@ pub fn write(report: &Report, path: &Path) -> Result<(), String> {
         .to_string()
         .map_err(|e| format!("cannot encode the JUnit report: {e}"))?;
     let xml = crate::redact::redact(&xml);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let failed =
-        |e: std::io::Error| format!("cannot write the JUnit report {}: {e}", path.display());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
-    std::io::Write::write_all(&mut tmp, xml.as_bytes()).map_err(failed)?;
-    tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist(path).map_err(|e| failed(e.error))?;
-    Ok(())
+    crate::state::write_atomic(path, xml.as_bytes(), 0o600)
+        .map_err(|e| format!("cannot write the JUnit report {}: {e}", path.display()))
 }

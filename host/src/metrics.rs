@@ -187,24 +187,10 @@ pub fn serve(
     Ok(())
 }
 
-/// Replace the textfile whole (temporary file in its directory, rename):
-/// node_exporter never reads half of it.
+/// Replace the textfile whole, readable by node_exporter's user: it
+/// never reads half of it.
 pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".rewind-metrics")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-    // Readable by node_exporter's user, unlike tempfile's 0600.
-    use std::os::unix::fs::PermissionsExt as _;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::state::write_atomic(path, text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]

@@ -61,6 +61,30 @@ impl StateDir {
 /// what a service keeps secret. The mode is set as the directory is made,
 /// so there is no moment when it is open to others. A directory that
 /// exists already is left as it is.
+/// Replace a file rewind writes for people and tools (a drill report, a
+/// JUnit file, the watch's status and metrics) in full or not at all: a
+/// temporary file beside it (created 0600, then given `mode`), fsynced,
+/// renamed over it. A reader never sees half of it, and a temporary file
+/// never ends in a collector's name (`.rewind-*.tmp`).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".rewind-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()

@@ -82,12 +82,9 @@ impl WatchStatus {
             }
         }
         let path = state.watch_status();
-        let result = (|| -> std::io::Result<()> {
-            let mut tmp = tempfile::NamedTempFile::new_in(state.path())?;
-            serde_json::to_writer(&mut tmp, self)?;
-            tmp.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        })();
+        let result = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::state::write_atomic(&path, &bytes, 0o600));
         if let Err(e) = result {
             tracing::warn!("cannot write the watch status {}: {e}", path.display());
         }

@@ -172,6 +172,21 @@ fn completions_and_man_pages_are_generated() {
             "{cmd}: its examples are in the page"
         );
     }
+    // --color decides the styling of help outright; NO_COLOR turns the
+    // default off.
+    let styled = |args: &[&str], no_color: bool| {
+        let mut c = std::process::Command::new(REWIND);
+        c.args(args);
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        c.output().unwrap().stdout.contains(&0x1b)
+    };
+    assert!(styled(&["--color", "always", "--help"], false));
+    assert!(!styled(&["--color=never", "--help"], false));
+    assert!(!styled(&["--help"], true), "not a terminal, NO_COLOR set");
     // A reader that closes the pipe ends the output quietly.
     let mut child = std::process::Command::new(REWIND)
         .args(["man"])

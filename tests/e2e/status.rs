@@ -220,4 +220,10 @@ fn a_watch_exposes_prometheus_metrics_on_an_endpoint_and_a_textfile() {
         1,
         "no temporary file left beside it"
     );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(sb.join("textfile/rewind.prom"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644, "readable by node_exporter's user");
 }
